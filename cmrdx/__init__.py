@@ -1,0 +1,23 @@
+"""cmrdx: zero-shot cardiac MRI diagnosis with CMR-CLIP-style encoders.
+
+Research and demonstration software, not a medical device. The public API is imported lazily so that
+``import cmrdx`` stays light (no torch, no onnxruntime).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "inspect_study", "scan", "assemble_study"]
+
+
+def __getattr__(name: str):
+    if name == "scan":
+        from cmrdx.dicom import scan
+
+        return scan
+    if name in ("inspect_study", "assemble_study"):
+        from cmrdx import assemble
+
+        return getattr(assemble, name)
+    raise AttributeError(f"module 'cmrdx' has no attribute {name!r}")

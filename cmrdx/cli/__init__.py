@@ -1,0 +1,67 @@
+"""The ``cmrdx`` command: typer sub-apps, each a thin layer over the Python API.
+
+Each command group lives in its own module and registers here with one ``add_typer``/``command`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from cmrdx import __version__
+from cmrdx.errors import CmrdxError
+
+app = typer.Typer(
+    name="cmrdx",
+    help="Zero-shot cardiac MRI diagnosis (research and demonstration use only; not for clinical use).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cmrdx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log diagnostics to stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- command registration (one line per command group) ---
+from cmrdx.cli import inspect as _inspect  # noqa: E402
+
+app.command("inspect")(_inspect.inspect_cmd)
+
+
+def main() -> None:
+    """Console entry point: CmrdxError becomes a clear message and its documented exit code."""
+    try:
+        app(standalone_mode=False)
+    except CmrdxError as exc:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[yellow]fix:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,169 @@
+"""A study as the model sees it: per (role, view) one assembled stack, plus a manifest of choices.
+
+Data flow: ``dicom`` (files -> Series) -> ``views`` (Series -> role/view) -> **study** (chosen series ->
+StudyView stacks + AssemblyManifest) -> ``recipe`` (StudyView -> model input).
+
+A StudyView is a lazy (slices x phases) grid of frames: nothing is decoded until ``pixels()`` asks for
+the slices and phases it needs, so a recipe that uses the middle slice of a cine stack decodes 1/S of it.
+Views built from in-memory arrays (phantom renders used for training) offer the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+ROLES = ("cine", "lge")
+VIEWS = ("SAX", "2CH", "3CH", "4CH", "LVOT", "LAX")
+
+
+def view_key(role: str, view: str) -> str:
+    """Canonical key of a view in ``Study.views``: ``"cine:SAX"``, ``"lge:4CH"``, ..."""
+    return f"{role}:{view}"
+
+
+@dataclass
+class StudyView:
+    """One assembled stack of a study.
+
+    Attributes:
+        role: "cine" or "lge".
+        view: one of VIEWS.
+        n_slices, n_phases: grid shape; LGE views have n_phases == 1.
+        shape: (H, W) of every frame ``pixels()`` returns (mixed matrices are resampled to it).
+        pixel_spacing: (row, column) spacing in mm of the returned frames.
+        slice_positions: (S,) float64, mm along the slice normal, ascending.
+        trigger_times: (P,) float64, ms after the R wave (nominal, from the reference slice); NaN if unknown.
+        rr_interval: ms, or None when unknown.
+        series_uids: the series this view was built from.
+        notes: human-readable repairs and warnings (a dropped phase, a merged stack, ...).
+    """
+
+    role: str
+    view: str
+    n_slices: int
+    n_phases: int
+    shape: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+    slice_positions: np.ndarray
+    trigger_times: np.ndarray
+    rr_interval: float | None
+    series_uids: list[str]
+    notes: list[str] = field(default_factory=list)
+    # loader(slices, phases) -> float32 (len(slices), len(phases), H, W)
+    _loader: Callable[[Sequence[int], Sequence[int]], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return view_key(self.role, self.view)
+
+    def pixels(self, slices: Sequence[int] | None = None, phases: Sequence[int] | None = None) -> np.ndarray:
+        """Decode and return float32 (len(slices), len(phases), H, W) in modality units (rescale applied,
+        MONOCHROME1 inverted so that bright is high signal). Default: every slice / every phase."""
+        s = list(range(self.n_slices)) if slices is None else [int(i) for i in slices]
+        p = list(range(self.n_phases)) if phases is None else [int(i) for i in phases]
+        for i in s:
+            if not 0 <= i < self.n_slices:
+                raise IndexError(f"slice {i} out of range for {self.key} with {self.n_slices} slices")
+        for i in p:
+            if not 0 <= i < self.n_phases:
+                raise IndexError(f"phase {i} out of range for {self.key} with {self.n_phases} phases")
+        assert self._loader is not None, "StudyView built without a loader"
+        out = self._loader(s, p)
+        return np.asarray(out, dtype=np.float32)
+
+    @classmethod
+    def from_array(
+        cls,
+        role: str,
+        view: str,
+        array: np.ndarray,
+        *,
+        pixel_spacing: tuple[float, float] = (1.0, 1.0),
+        slice_positions: np.ndarray | None = None,
+        trigger_times: np.ndarray | None = None,
+        rr_interval: float | None = None,
+        series_uids: list[str] | None = None,
+        notes: list[str] | None = None,
+    ) -> "StudyView":
+        """A view over an in-memory (S, P, H, W) array, e.g. a phantom rendered without DICOM."""
+        arr = np.asarray(array, dtype=np.float32)
+        if arr.ndim != 4:
+            raise ValueError(f"expected (slices, phases, H, W), got shape {arr.shape}")
+        s, p, h, w = arr.shape
+        return cls(
+            role=role,
+            view=view,
+            n_slices=s,
+            n_phases=p,
+            shape=(h, w),
+            pixel_spacing=tuple(float(x) for x in pixel_spacing),  # type: ignore[arg-type]
+            slice_positions=np.arange(s, dtype=np.float64) if slice_positions is None else np.asarray(slice_positions, float),
+            trigger_times=np.full(p, np.nan) if trigger_times is None else np.asarray(trigger_times, float),
+            rr_interval=rr_interval,
+            series_uids=list(series_uids or []),
+            notes=list(notes or []),
+            _loader=lambda sl, ph: arr[np.ix_(list(sl), list(ph))],
+        )
+
+
+@dataclass
+class SeriesDecision:
+    """Why a series was used or skipped, for the assembly manifest."""
+
+    series_uid: str
+    series_number: int | None
+    description: str
+    role: str
+    view: str | None
+    used_as: str | None  # view key it went into, or None when skipped
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AssemblyManifest:
+    """What went into a Study and what was left out, with reasons."""
+
+    decisions: list[SeriesDecision] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files_scanned: int = 0
+    files_skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decisions": [d.to_dict() for d in self.decisions],
+            "warnings": list(self.warnings),
+            "files_scanned": self.files_scanned,
+            "files_skipped": dict(self.files_skipped),
+        }
+
+
+@dataclass
+class Study:
+    """The assembled study: chosen views and the manifest that explains them."""
+
+    study_uid: str
+    views: dict[str, StudyView] = field(default_factory=dict)
+    manifest: AssemblyManifest = field(default_factory=AssemblyManifest)
+    source: str | None = None  # folder or archive the study was read from
+
+    def get(self, role: str, view: str) -> StudyView | None:
+        return self.views.get(view_key(role, view))
+
+    def first(self, role: str, views: Sequence[str]) -> StudyView | None:
+        """The first present view of ``role`` among ``views`` (a preference order)."""
+        for v in views:
+            sv = self.get(role, v)
+            if sv is not None:
+                return sv
+        return None
+
+    @property
+    def missing(self) -> list[str]:
+        """Standard views absent from the study (LAX of unknown plane is not counted as a standard view)."""
+        return [view_key(r, v) for r in ROLES for v in VIEWS if v != "LAX" and view_key(r, v) not in self.views]
