@@ -1,0 +1,402 @@
+"""CMR-CLIP-compatible model in torch: divided space-time ViT video encoder + BERT text encoder.
+
+Parameter names follow the released checkpoint (``video_model.*``, ``text_model.*``, ``vid_proj.1.*``,
+``txt_proj.1.*``) so ``pytorch_model.bin`` loads with ``strict=True``. The video encoder is the "Frozen in
+Time" SpaceTimeTransformer: see shared/design/CMRCLIP.md for the token layout and block order copied here.
+
+Two attention implementations share the same parameters:
+
+* ``"sdpa"`` (default): ``scaled_dot_product_attention`` on 4-D (groups, heads, tokens, head_dim) tensors
+  built with plain reshapes/permutes, so the dynamo exporter emits fused ONNX ``Attention`` ops.
+* ``"einsum"``: written the way the reference code writes it ((batch*heads), tokens, head_dim layout,
+  pre-scaled queries, einsum + softmax). Used as the benchmark baseline and a numerical cross-check only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_IMPLS = ("sdpa", "einsum")
+
+
+@dataclass
+class VideoConfig:
+    """Video encoder hyper-parameters (defaults: the released CMR-CLIP ViT-B/16, 64 frames at 224x224)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    num_frames: int = 64
+    ln_eps: float = 1e-6
+
+    @property
+    def patches_per_frame(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+@dataclass
+class TextConfig:
+    """BERT hyper-parameters (defaults: Bio_ClinicalBERT, BERT-base with a 28,996-token cased vocabulary)."""
+
+    vocab_size: int = 28996
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+
+
+@dataclass
+class CMRClipConfig:
+    video: VideoConfig = field(default_factory=VideoConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    projection_dim: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CMRClipConfig":
+        return cls(
+            video=VideoConfig(**d.get("video", {})),
+            text=TextConfig(**d.get("text", {})),
+            projection_dim=int(d.get("projection_dim", 512)),
+        )
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """(B, F, C, H, W) -> (B*F, D, H/p, W/p) by a strided convolution (key ``patch_embed.proj``)."""
+
+    def __init__(self, cfg: VideoConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, f, c, h, w = x.shape
+        return self.proj(x.reshape(b * f, c, h, w))
+
+
+class DividedAttention(nn.Module):
+    """Multi-head attention of one space-time block, over tokens ``[CLS, frame0 patches, frame1 patches, ...]``.
+
+    The CLS query attends to every token. A patch query attends to the CLS key/value plus either the
+    patches of its own frame (``mode="space"``) or the patches at its position in every frame
+    (``mode="time"``). Keys ``qkv`` (D -> 3D, bias) and ``proj`` (D -> D) as in the checkpoint.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.impl = "sdpa"
+
+    def forward(self, x: torch.Tensor, mode: str, frames: int) -> torch.Tensor:
+        """x: (B, 1 + frames*N, D) float -> (B, 1 + frames*N, D)."""
+        if self.impl == "einsum":
+            return self._forward_einsum(x, mode, frames)
+        b, t, d = x.shape
+        h, hd = self.heads, self.head_dim
+        n = (t - 1) // frames
+        qkv = self.qkv(x)
+        # Full (B, H, T, hd) q/k/v; the CLS row attends to all of them.
+        q_all, k_all, v_all = qkv.reshape(b, t, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        cls_out = F.scaled_dot_product_attention(q_all[:, :, :1], k_all, v_all)  # (B, H, 1, hd)
+        cls_k, cls_v = k_all[:, :, :1], v_all[:, :, :1]
+
+        # Patch tokens regrouped so each attention group is one leading "batch" row of a 4-D tensor:
+        # space: groups = (B, F), sequence = N patches; time: groups = (B, N), sequence = F frames.
+        pq = qkv[:, 1:].reshape(b, frames, n, 3, h, hd)
+        if mode == "space":
+            g, s = frames, n
+            q, k, v = pq.permute(3, 0, 1, 4, 2, 5).reshape(3, b * g, h, s, hd).unbind(0)
+        elif mode == "time":
+            g, s = n, frames
+            q, k, v = pq.permute(3, 0, 2, 4, 1, 5).reshape(3, b * g, h, s, hd).unbind(0)
+        else:
+            raise ValueError(f"mode must be 'space' or 'time', not {mode!r}")
+        ck = cls_k.unsqueeze(1).expand(b, g, h, 1, hd).reshape(b * g, h, 1, hd)
+        cv = cls_v.unsqueeze(1).expand(b, g, h, 1, hd).reshape(b * g, h, 1, hd)
+        out = F.scaled_dot_product_attention(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2))
+        out = out.reshape(b, g, h, s, hd)
+        if mode == "space":  # (B, F, H, N, hd) -> (B, F, N, H, hd)
+            out = out.permute(0, 1, 3, 2, 4)
+        else:  # (B, N, H, F, hd) -> (B, F, N, H, hd)
+            out = out.permute(0, 3, 1, 2, 4)
+        out = torch.cat([cls_out.transpose(1, 2).reshape(b, 1, d), out.reshape(b, frames * n, d)], dim=1)
+        return self.proj(out)
+
+    def _forward_einsum(self, x: torch.Tensor, mode: str, frames: int) -> torch.Tensor:
+        """The reference formulation: (B*H, T, hd) tensors, q pre-scaled, einsum similarity + softmax."""
+        b, t, d = x.shape
+        h, hd = self.heads, self.head_dim
+        n = (t - 1) // frames
+
+        def attn(q, k, v):
+            sim = torch.einsum("bid,bjd->bij", q, k)
+            return torch.einsum("bij,bjd->bid", sim.softmax(dim=-1), v)
+
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        # 'b n (h d) -> (b h) n d'
+        q, k, v = (z.reshape(b, t, h, hd).permute(0, 2, 1, 3).reshape(b * h, t, hd) for z in (q, k, v))
+        q = q * self.scale
+        cls_q, q_ = q[:, :1], q[:, 1:]
+        cls_k, k_ = k[:, :1], k[:, 1:]
+        cls_v, v_ = v[:, :1], v[:, 1:]
+        cls_out = attn(cls_q, k, v)
+        bh = b * h
+        if mode == "space":  # 'b (f n) d -> (b f) n d'
+            fwd = lambda z: z.reshape(bh * frames, n, hd)  # noqa: E731
+            back = lambda z: z.reshape(bh, frames * n, hd)  # noqa: E731
+            r = frames
+        else:  # 'b (f n) d -> (b n) f d'
+            fwd = lambda z: z.reshape(bh, frames, n, hd).permute(0, 2, 1, 3).reshape(bh * n, frames, hd)  # noqa: E731
+            back = lambda z: z.reshape(bh, n, frames, hd).permute(0, 2, 1, 3).reshape(bh, frames * n, hd)  # noqa: E731
+            r = n
+        q_, k_, v_ = fwd(q_), fwd(k_), fwd(v_)
+        cls_k = cls_k.repeat_interleave(r, dim=0)  # 'b () d -> (b r) () d'
+        cls_v = cls_v.repeat_interleave(r, dim=0)
+        out = attn(q_, torch.cat([cls_k, k_], dim=1), torch.cat([cls_v, v_], dim=1))
+        out = torch.cat([cls_out, back(out)], dim=1)
+        out = out.reshape(b, h, t, hd).permute(0, 2, 1, 3).reshape(b, t, d)  # '(b h) n d -> b n (h d)'
+        return self.proj(out)
+
+
+class SpaceTimeBlock(nn.Module):
+    """Keys: norm1, attn (space), timeattn, norm2, mlp, norm3.
+
+    Order copied from the reference, including its quirk: the space residual is added to the block input
+    ``x``, not to the time-attended ``t``; time attention reaches the output only through space attention.
+    """
+
+    def __init__(self, cfg: VideoConfig):
+        super().__init__()
+        d = cfg.width
+        self.norm1 = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.attn = DividedAttention(d, cfg.heads)
+        self.timeattn = DividedAttention(d, cfg.heads)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.mlp = Mlp(d, int(d * cfg.mlp_ratio))
+        self.norm3 = nn.LayerNorm(d, eps=cfg.ln_eps)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        t = x + self.timeattn(self.norm3(x), "time", frames)
+        x = x + self.attn(self.norm1(t), "space", frames)
+        return x + self.mlp(self.norm2(x))
+
+
+class SpaceTimeTransformer(nn.Module):
+    """Divided space-time ViT: (B, F, 3, H, W) float32 normalised video -> (B, width) CLS feature.
+
+    F may be smaller than ``cfg.num_frames`` (the first F temporal embeddings are used, as in the reference).
+    """
+
+    def __init__(self, cfg: VideoConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_dim = cfg.width
+        n = cfg.patches_per_frame
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.width))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
+        self.blocks = nn.ModuleList([SpaceTimeBlock(cfg) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.temporal_embed, std=0.02)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, f = video.shape[0], video.shape[1]
+        if f > self.cfg.num_frames:
+            raise ValueError(f"{f} frames given, the model takes at most {self.cfg.num_frames}")
+        d, n = self.cfg.width, self.cfg.patches_per_frame
+        x = self.patch_embed(video).flatten(2).transpose(1, 2).reshape(b, f * n, d)  # frame-major patches
+        # pos_embed[1:] tiled over frames, temporal_embed repeated within each frame; CLS gets pos_embed[0].
+        pos = self.pos_embed[:, 1:].repeat(1, f, 1) + self.temporal_embed[:, :f].repeat_interleave(n, dim=1)
+        x = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], x + pos], dim=1)
+        for blk in self.blocks:
+            x = blk(x, f)
+        return self.norm(x)[:, 0]
+
+
+def build_bert(cfg: TextConfig) -> nn.Module:
+    """A randomly initialised ``transformers.BertModel`` (no download), pooler included (its keys are in the
+    checkpoint, although the CMR-CLIP forward does not use it)."""
+    from transformers import BertConfig, BertModel
+
+    bc = BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    bc._attn_implementation = "sdpa"
+    return BertModel(bc, add_pooling_layer=True)
+
+
+class CMRClip(nn.Module):
+    """Video + text towers with ReLU-then-Linear projections (keys ``vid_proj.1``, ``txt_proj.1``)."""
+
+    def __init__(self, cfg: CMRClipConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or CMRClipConfig()
+        self.video_model = SpaceTimeTransformer(self.cfg.video)
+        self.text_model = build_bert(self.cfg.text)
+        self.txt_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.text.hidden_size, self.cfg.projection_dim))
+        self.vid_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.video.width, self.cfg.projection_dim))
+
+    def set_attention_impl(self, impl: str) -> "CMRClip":
+        """Switch every video attention between "sdpa" and the reference-style "einsum" (same weights)."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, not {impl!r}")
+        for m in self.video_model.modules():
+            if isinstance(m, DividedAttention):
+                m.impl = impl
+        return self
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) float32 -> (B, projection_dim), not normalised."""
+        return self.vid_proj(self.video_model(video))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) int64 ids and 0/1 mask -> (N, projection_dim): attention-masked mean of the last hidden
+        state (no pooler), then the projection; not normalised."""
+        hidden = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return self.txt_proj(pooled)
+
+    def forward(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Cosine-similarity matrix (N_text, B_video)."""
+        return similarity(self.encode_text(input_ids, attention_mask), self.encode_video(video))
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity matrix of (N, D) and (M, D) -> (N, M)."""
+    a = a / a.norm(dim=1, keepdim=True).clamp(min=eps)
+    b = b / b.norm(dim=1, keepdim=True).clamp(min=eps)
+    return a @ b.T
+
+
+class VideoTower(nn.Module):
+    """Export wrapper: video -> projected embedding."""
+
+    def __init__(self, model: CMRClip):
+        super().__init__()
+        self.model = model
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_video(video)
+
+
+class TextTower(nn.Module):
+    """Export wrapper: (input_ids, attention_mask) -> projected embedding."""
+
+    def __init__(self, model: CMRClip):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids, attention_mask)
+
+
+# Present in checkpoints written by older transformers; current BertModel keeps it as a non-persistent buffer.
+OPTIONAL_KEYS = ("text_model.embeddings.position_ids",)
+
+
+def load_state_dict_strict(model: CMRClip, state: dict[str, torch.Tensor]) -> None:
+    """Load a CMR-CLIP state dict with strict key checking (only ``OPTIONAL_KEYS`` may be extra or missing).
+
+    Accepts a ``{"state_dict": ...}`` wrapper and the ``module.`` prefix of DataParallel checkpoints.
+    Raises ValueError listing missing/unexpected keys or mismatched shapes.
+    """
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not (k in OPTIONAL_KEYS and k not in own)}
+    missing = sorted(set(own) - set(state) - set(OPTIONAL_KEYS))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or bad_shape:
+        raise ValueError(
+            "checkpoint does not match the CMR-CLIP layout: "
+            f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}; "
+            f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}; "
+            f"shape mismatches {bad_shape[:10]}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def config_from_state_dict(state: dict[str, torch.Tensor], heads: int | None = None,
+                           text_heads: int | None = None) -> CMRClipConfig:
+    """Infer every shape hyper-parameter from checkpoint tensors. Head counts cannot be inferred from shapes:
+    they default to width / 64 (ViT-B and BERT-base both use 64-wide heads)."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    s = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    w = s["video_model.patch_embed.proj.weight"]
+    width, in_chans, patch = w.shape[0], w.shape[1], w.shape[2]
+    n = s["video_model.pos_embed"].shape[1] - 1
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
+    depth = 1 + max(int(k.split(".")[2]) for k in s if k.startswith("video_model.blocks."))
+    fc1 = s["video_model.blocks.0.mlp.fc1.weight"]
+    video = VideoConfig(
+        img_size=side * patch, patch_size=patch, in_chans=in_chans, width=width, depth=depth,
+        heads=heads or max(1, width // 64), mlp_ratio=fc1.shape[0] / width,
+        num_frames=s["video_model.temporal_embed"].shape[1],
+    )
+    hidden = s["text_model.embeddings.word_embeddings.weight"].shape[1]
+    text = TextConfig(
+        vocab_size=s["text_model.embeddings.word_embeddings.weight"].shape[0],
+        hidden_size=hidden,
+        num_hidden_layers=1 + max(int(k.split(".")[3]) for k in s if k.startswith("text_model.encoder.layer.")),
+        num_attention_heads=text_heads or max(1, hidden // 64),
+        intermediate_size=s["text_model.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=s["text_model.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=s["text_model.embeddings.token_type_embeddings.weight"].shape[0],
+    )
+    return CMRClipConfig(video=video, text=text, projection_dim=s["vid_proj.1.weight"].shape[0])
