@@ -1,0 +1,324 @@
+"""Input recipes: a Study -> the float32 video array a model was trained on. numpy only.
+
+A recipe is a name plus parameters (``RecipeParams``); both are stored in a model's manifest, so the input
+spec travels with the weights. ``cmrclip-v1`` reproduces the CMR-CLIP reference input
+(shared/design/CMRCLIP.md):
+
+1. Montage, in order: ``cine_lax`` (middle slice, every phase), ``cine_sa`` (middle slice, every phase),
+   ``lge_sa`` (every slice), then ``lge_lax``, ``lge_2ch``, ``lge_3ch`` (one image each, repeated L times,
+   L = number of ``lge_sa`` slices): 60 + 4L frames for 30-phase cines.
+2. DICOM -> 8 bit (not in the public reference code; our choice, measured in bench/results/recipe_window.md):
+   per view, a robust percentile window (1st..99.5th percentile of the view's frames) maps modality units
+   to 0..255; the frame is resized (shorter edge) and centre-cropped to 224x224 and rounded to uint8, as
+   the reference stored 224x224 uint8 frames; then /255.
+3. ``frames`` indices at the midpoints of ``frames`` equal intervals over the montage (the reference's
+   "uniform" test sampling, ``(start + end - 1) // 2``); fewer frames than that are zero-padded *after*
+   normalisation (the reference fills a zero tensor).
+4. The reference test transform: Resize(256) / CenterCrop(256) / Resize(224), bilinear with antialias
+   (torch's ``interpolate(antialias=True)`` semantics, as precomputed separable weight matrices), ImageNet
+   mean/std, grey repeated into 3 channels.
+
+Which long-axis plane the reference's ``cine_lax`` was is not recorded; we prefer 4CH (its most likely
+meaning: the four-chamber view is the standard long-axis cine), then an unspecified LAX, 3CH, 2CH, LVOT.
+Every departure (a missing view, another plane, a phase count other than 30) is recorded in
+``RecipeResult.substitutions``; nothing is substituted silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.study import Study, StudyView
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Montage segments: name -> (role, view preference order, how many images, how they enter the video).
+SEGMENTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "cine_lax": ("cine", ("4CH", "LAX", "3CH", "2CH", "LVOT"), "mid_slice_all_phases"),
+    "cine_sa": ("cine", ("SAX",), "mid_slice_all_phases"),
+    "lge_sa": ("lge", ("SAX",), "all_slices"),
+    "lge_lax": ("lge", ("4CH", "LAX"), "one_image_repeated"),
+    "lge_2ch": ("lge", ("2CH",), "one_image_repeated"),
+    "lge_3ch": ("lge", ("3CH", "LVOT"), "one_image_repeated"),
+}
+
+
+@dataclass(frozen=True)
+class RecipeParams:
+    """Parameters of a recipe. Sizes in pixels; ``window`` in percentiles of the view's intensities.
+
+    Attributes:
+        segments: montage segments in order (keys of ``SEGMENTS``).
+        frames: frames sampled from the montage (zero-padded when the montage is shorter).
+        image_size: final square size fed to the model.
+        resize: shorter-edge resize of the test transform; ``crop``: its centre crop.
+        store_size: frames are first brought to store_size x store_size and rounded to 8 bit, as the
+            reference stored them; None skips that step (no 8-bit rounding either).
+        window: (low, high) percentiles mapped to 0 and 255.
+        window_scope: "view" (one window per montage segment) or "frame" (one per image).
+        cine_phases: resample cines to this many phases (nearest index) when they have another count;
+            None keeps every phase.
+        lge_repeats_default: L when there is no LGE short-axis stack.
+        mean, std: per-channel normalisation of [0, 1] intensities.
+    """
+
+    segments: tuple[str, ...] = ("cine_lax", "cine_sa", "lge_sa", "lge_lax", "lge_2ch", "lge_3ch")
+    frames: int = 64
+    image_size: int = 224
+    resize: int = 256
+    crop: int = 256
+    store_size: int | None = 224
+    window: tuple[float, float] = (1.0, 99.5)
+    window_scope: str = "view"
+    cine_phases: int | None = 30
+    lge_repeats_default: int = 12
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.segments if s not in SEGMENTS]
+        if unknown:
+            raise ValueError(f"unknown recipe segments {unknown}; known: {list(SEGMENTS)}")
+        if self.window_scope not in ("view", "frame"):
+            raise ValueError(f"window_scope must be 'view' or 'frame', not {self.window_scope!r}")
+        if not 0 <= self.window[0] < self.window[1] <= 100:
+            raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.window}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RecipeParams":
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown recipe parameters {sorted(extra)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+RECIPES: dict[str, RecipeParams] = {"cmrclip-v1": RecipeParams()}
+
+
+@dataclass
+class RecipeResult:
+    """A recipe's output and the record of how it was made.
+
+    Attributes:
+        array: (frames, 3, image_size, image_size) float32, normalised.
+        used: segment name -> what went in (view key, series, slices, phases, window in modality units,
+            number of montage frames).
+        substitutions: human-readable departures from the recipe (missing or replaced views, resampling).
+        montage_length: frames in the montage before sampling; ``sampled``: indices taken from it.
+    """
+
+    array: np.ndarray
+    used: dict[str, dict[str, Any]] = field(default_factory=dict)
+    substitutions: list[str] = field(default_factory=list)
+    montage_length: int = 0
+    sampled: list[int] = field(default_factory=list)
+
+
+def get_recipe(name: str, **overrides: Any) -> RecipeParams:
+    """The named recipe's parameters, with ``overrides`` applied (e.g. ``frames=16, image_size=112``)."""
+    try:
+        base = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}") from None
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+# ---------------------------------------------------------------- resampling (torch semantics, in numpy)
+
+
+@lru_cache(maxsize=64)
+def aa_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 weights of 1-D bilinear resampling with antialias, as torch's
+    ``interpolate(mode="bilinear", antialias=True, align_corners=False)`` computes them: a triangle filter
+    stretched by the scale when downsampling, centred at ``scale * (i + 0.5)``, weights renormalised."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        j = np.arange(xmin, xmax)
+        w = np.clip(1.0 - np.abs((j - center + 0.5) * invscale), 0.0, None)
+        total = w.sum()
+        if total > 0:
+            m[i, xmin:xmax] = w / total
+    return m
+
+
+def _short_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)`` with an int: the shorter edge becomes ``size``, aspect kept."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def _crop_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) selection matrix of torchvision's CenterCrop offset ``round((in - out) / 2)``."""
+    if out_size > in_size:
+        raise ValueError(f"centre crop {out_size} larger than the image ({in_size})")
+    top = int(round((in_size - out_size) / 2.0))
+    m = np.zeros((out_size, in_size))
+    m[np.arange(out_size), top + np.arange(out_size)] = 1.0
+    return m
+
+
+@lru_cache(maxsize=64)
+def _resize_crop_matrices(h: int, w: int, resize: int, crop: int, final: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column matrices of Resize(shorter edge -> resize) / CenterCrop(crop) [/ Resize(final)]."""
+    rh, rw = _short_edge_size(h, w, resize)
+    rows = _crop_matrix(rh, crop) @ aa_bilinear_matrix(h, rh)
+    cols = _crop_matrix(rw, crop) @ aa_bilinear_matrix(w, rw)
+    if final is not None and final != crop:
+        rows = aa_bilinear_matrix(crop, final) @ rows
+        cols = aa_bilinear_matrix(crop, final) @ cols
+    return rows.astype(np.float32), cols.astype(np.float32)
+
+
+def resize_crop(frames: np.ndarray, resize: int, crop: int, final: int | None = None) -> np.ndarray:
+    """(N, H, W) float -> (N, S, S) float32: Resize(resize) / CenterCrop(crop) / Resize(final), antialiased.
+
+    The resizes are linear, so the chain is one pair of (S, H) and (S, W) matrices applied as R @ x @ C^T
+    (equal to running them in sequence up to float rounding)."""
+    x = np.asarray(frames, dtype=np.float32)
+    rows, cols = _resize_crop_matrices(x.shape[1], x.shape[2], resize, crop, final)
+    return np.matmul(np.matmul(rows, x), cols.T)
+
+
+def sample_indices(length: int, frames: int) -> np.ndarray:
+    """Midpoints of ``min(frames, length)`` equal integer intervals over ``range(length)`` (reference
+    "uniform" sampling): intervals ``linspace(0, length, k + 1).astype(int)``, index ``(a + b - 1) // 2``."""
+    if length <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(frames, length)
+    edges = np.linspace(0, length, k + 1).astype(int)
+    return (edges[:-1] + edges[1:] - 1) // 2
+
+
+# ---------------------------------------------------------------- intensity
+
+
+def window_to_unit(x: np.ndarray, window: tuple[float, float], scope: str = "view") -> tuple[np.ndarray, list[float]]:
+    """(N, H, W) modality units -> (N, H, W) float32 in [0, 255] via a percentile window.
+
+    Returns the scaled frames and the window in modality units ([lo, hi], or the first frame's with
+    scope "frame")."""
+    x = np.asarray(x, dtype=np.float32)
+    if scope == "view":
+        lo, hi = np.percentile(x, window)
+        lo_a = np.full((x.shape[0], 1, 1), lo, np.float32)
+        hi_a = np.full((x.shape[0], 1, 1), hi, np.float32)
+    else:
+        p = np.percentile(x.reshape(x.shape[0], -1), window, axis=1)  # (2, N)
+        lo_a, hi_a = p[0][:, None, None].astype(np.float32), p[1][:, None, None].astype(np.float32)
+    span = np.maximum(hi_a - lo_a, 1e-6)  # a constant image maps to black rather than dividing by zero
+    out = np.clip((x - lo_a) / span, 0.0, 1.0) * 255.0
+    return out, [float(lo_a.ravel()[0]), float(hi_a.ravel()[0])]
+
+
+# ---------------------------------------------------------------- montage
+
+
+def _resample_phases(n: int, target: int | None) -> list[int]:
+    if target is None or n == target:
+        return list(range(n))
+    return [int(i) for i in np.floor(np.arange(target) * n / target)]
+
+
+def collect_segments(study: "Study", p: RecipeParams) -> tuple[list[tuple[str, np.ndarray, int]], dict, list[str]]:
+    """Decode only what the montage uses. Returns [(segment, frames (n, H, W) float32 modality units,
+    repeats)], the ``used`` record and the substitutions."""
+    used: dict[str, dict[str, Any]] = {}
+    subs: list[str] = []
+    out: list[tuple[str, np.ndarray, int]] = []
+    lge_sa = study.get("lge", "SAX") if "lge_sa" in p.segments else None
+    repeats = lge_sa.n_slices if lge_sa is not None else p.lge_repeats_default
+    if lge_sa is None and any(SEGMENTS[s][2] == "one_image_repeated" for s in p.segments):
+        subs.append(f"no lge:SAX stack: LGE long-axis images repeated {repeats} times (recipe default)")
+    for seg in p.segments:
+        role, prefs, kind = SEGMENTS[seg]
+        view: StudyView | None = study.first(role, prefs)
+        if view is None:
+            subs.append(f"{seg}: no {role} view among {list(prefs)}: segment omitted")
+            continue
+        if view.view != prefs[0]:
+            subs.append(f"{seg}: no {role}:{prefs[0]}; used {view.key}")
+        if kind == "mid_slice_all_phases":
+            mid = view.n_slices // 2
+            phases = _resample_phases(view.n_phases, p.cine_phases)
+            if len(phases) != view.n_phases:
+                subs.append(f"{seg}: {view.key} has {view.n_phases} phases; resampled to {len(phases)} (nearest)")
+            uniq = sorted(set(phases))
+            px = view.pixels(slices=[mid], phases=uniq)[0]  # (len(uniq), H, W)
+            frames = px[[uniq.index(i) for i in phases]]
+            rec = {"slices": [mid], "phases": len(phases), "repeats": 1}
+            n_rep = 1
+        elif kind == "all_slices":
+            frames = view.pixels(phases=[0])[:, 0]
+            rec = {"slices": list(range(view.n_slices)), "phases": 1, "repeats": 1}
+            n_rep = 1
+        else:
+            mid = view.n_slices // 2
+            frames = view.pixels(slices=[mid], phases=[0])[0]
+            rec = {"slices": [mid], "phases": 1, "repeats": repeats}
+            n_rep = repeats
+            if view.n_slices > 1:
+                subs.append(f"{seg}: {view.key} has {view.n_slices} slices; used the middle one ({mid})")
+        rec.update(view=view.key, series_uids=list(view.series_uids), montage_frames=len(frames) * n_rep)
+        used[seg] = rec
+        out.append((seg, frames, n_rep))
+    return out, used, subs
+
+
+def frames_to_input(frames01: np.ndarray, p: RecipeParams) -> np.ndarray:
+    """(n, h, w) float32 intensities in [0, 1] -> (p.frames, 3, S, S) float32: test transform, ImageNet
+    normalisation, grey into 3 channels, zero padding after normalisation."""
+    n = len(frames01)
+    s = p.image_size
+    out = np.zeros((p.frames, 3, s, s), dtype=np.float32)
+    if n:
+        img = resize_crop(frames01, p.resize, p.crop, s)  # (n, S, S)
+        for c in range(3):
+            out[:n, c] = (img - p.mean[c]) / p.std[c]
+    return out
+
+
+def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> RecipeResult:
+    """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32."""
+    p = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    segments, used, subs = collect_segments(study, p)
+    stored: list[np.ndarray] = []
+    for seg, frames, n_rep in segments:
+        x, win = window_to_unit(frames, p.window, p.window_scope)
+        used[seg]["window"] = win
+        if p.store_size is not None:
+            x = np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)  # the stored uint8 frame
+        else:
+            x = resize_crop(x, p.resize, p.crop)  # sizes differ per view: bring each to the crop size now
+        x = x / 255.0
+        stored.append(np.repeat(x, n_rep, axis=0) if n_rep > 1 else x)
+    if not stored:
+        raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
+    montage = np.concatenate(stored, axis=0).astype(np.float32)
+    idx = sample_indices(len(montage), p.frames)
+    if len(montage) < p.frames:
+        subs.append(f"montage has {len(montage)} frames < {p.frames}: zero-padded")
+    picked = montage[idx]
+    if p.store_size is None:
+        # already at crop size; the remaining step is Resize(image_size)
+        arr = frames_to_input(picked, replace(p, resize=p.crop))
+    else:
+        arr = frames_to_input(picked, p)
+    return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(montage), sampled=idx.tolist())
