@@ -17,6 +17,9 @@ import numpy as np
 
 ROLES = ("cine", "lge")
 VIEWS = ("SAX", "2CH", "3CH", "4CH", "LVOT", "LAX")
+# The views a complete CMR study is expected to have (LGE of the LVOT is not routinely acquired; "LAX" is a
+# long axis whose plane could not be told).
+STANDARD_VIEWS = ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
 
 
 def view_key(role: str, view: str) -> str:
@@ -165,5 +168,5 @@ class Study:
 
     @property
     def missing(self) -> list[str]:
-        """Standard views absent from the study (LAX of unknown plane is not counted as a standard view)."""
-        return [view_key(r, v) for r in ROLES for v in VIEWS if v != "LAX" and view_key(r, v) not in self.views]
+        """Standard views (STANDARD_VIEWS) absent from the study."""
+        return [k for k in STANDARD_VIEWS if k not in self.views]

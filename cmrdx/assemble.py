@@ -1,0 +1,342 @@
+"""Choose series per view and assemble them into a Study (lazy stacks + a manifest of every choice).
+
+Repairs real archives need (DICOM.md): a short-axis stack split into one series per slice is merged; a
+repeated position keeps the latest acquisition; missing phases are detected and reported; slices with
+differing phase counts are resampled on normalised time (TriggerTime / RR); mixed matrix sizes are
+resampled to the most common one. Only headers are read here; pixels are decoded by the views' loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from cmrdx.dicom.geometry import PARALLEL_DOT, group_by_position, positions_along, reference_normal
+from cmrdx.dicom.pixels import decode_frame
+from cmrdx.dicom.scan import ScanResult, scan
+from cmrdx.dicom.series import Frame, Series
+from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
+from cmrdx.study import ROLES, STANDARD_VIEWS, AssemblyManifest, SeriesDecision, Study, StudyView, view_key
+from cmrdx.views import classify_study_series
+
+log = logging.getLogger(__name__)
+
+GAP_FACTOR = 1.5  # a trigger-time step over 1.5x the median step means a phase is missing
+
+
+@dataclass
+class StudyInspection:
+    """One study's series with their roles and views (headers only), and what the scan skipped."""
+
+    study_uid: str
+    series: list[Series]
+    scan: ScanResult
+    other_studies: list[str] = field(default_factory=list)
+
+    @property
+    def views_found(self) -> dict[str, list[Series]]:
+        out: dict[str, list[Series]] = {}
+        for s in self.series:
+            if s.role in ROLES and s.view:
+                out.setdefault(view_key(s.role, s.view), []).append(s)
+        return out
+
+    @property
+    def views_missing(self) -> list[str]:
+        found = self.views_found
+        return [k for k in STANDARD_VIEWS if k not in found]
+
+    def to_dict(self, show_phi: bool = False) -> dict[str, Any]:
+        return {
+            "study_uid": self.study_uid,
+            "source": self.scan.root,
+            "files_scanned": self.scan.files_scanned,
+            "files_skipped": dict(self.scan.files_skipped),
+            "series": [s.summary(show_phi) for s in self.series],
+            "views_found": {k: [s.uid for s in v] for k, v in self.views_found.items()},
+            "views_missing": self.views_missing,
+            "other_studies": list(self.other_studies),
+        }
+
+
+def _check_scan(res: ScanResult, path: str) -> None:
+    if res.files_scanned == 0:
+        raise NoDicomError(f"{path}: the folder is empty", hint="point cmrdx at the folder that holds the study's DICOM files")
+    if not res.studies:
+        skipped = ", ".join(f"{n} {r}" for r, n in res.files_skipped.items())
+        raise NoDicomError(
+            f"{path}: no DICOM files among {res.files_scanned} files ({skipped})",
+            hint="check that this is a DICOM export (a PACS export folder or a .zip of one)",
+        )
+
+
+def list_studies(res: ScanResult) -> list[tuple[str, int]]:
+    """(StudyInstanceUID, number of series) for every study found."""
+    return [(uid, len(ss)) for uid, ss in res.studies.items()]
+
+
+def inspect_study(
+    path: str | os.PathLike[str] | ScanResult, study_uid: str | None = None
+) -> StudyInspection:
+    """Scan ``path`` (or reuse a ScanResult) and classify the series of one study.
+
+    Raises NoDicomError, MultipleStudiesError (several studies and none chosen) or NoMRError.
+    """
+    res = path if isinstance(path, ScanResult) else scan(path)
+    _check_scan(res, res.root)
+    uids = list(res.studies)
+    if study_uid is None:
+        mr_uids = [u for u in uids if any(s.modality == "MR" for s in res.studies[u])]
+        if len(mr_uids) > 1:
+            listing = "; ".join(f"{u} ({len(res.studies[u])} series)" for u in mr_uids)
+            raise MultipleStudiesError(
+                f"{res.root}: {len(mr_uids)} MR studies are mixed in this folder: {listing}",
+                hint="choose one with --study UID (or study_uid=...), or run `cmrdx batch` on the folder",
+            )
+        study_uid = mr_uids[0] if mr_uids else uids[0]
+    elif study_uid not in res.studies:
+        raise MultipleStudiesError(
+            f"{res.root}: no study {study_uid}; found {', '.join(uids)}", hint="use one of the UIDs listed"
+        )
+    series = res.studies[study_uid]
+    if not any(s.modality == "MR" for s in series):
+        mods = Counter(s.modality or "?" for s in series)
+        raise NoMRError(
+            f"{res.root}: DICOM found but no MR series (modalities: {dict(mods)})",
+            hint="cmrdx reads cardiac MR studies; check that this export holds the MR series",
+        )
+    classify_study_series(series)
+    return StudyInspection(study_uid=study_uid, series=series, scan=res, other_studies=[u for u in uids if u != study_uid])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Assembly
+
+
+def _latest_key(s: Series) -> tuple:
+    """Order by acquisition: later series time, then higher series number, wins."""
+    return (s.series_time if s.series_time is not None else -1.0, s.number if s.number is not None else -1, s.uid)
+
+
+def _frame_time_key(f: Frame) -> tuple:
+    return (f.acquisition_time if f.acquisition_time is not None else -1.0, f.instance_number or 0, str(f.ref), f.index or 0)
+
+
+def _order_phases(frames: list[Frame]) -> list[Frame]:
+    """Frames of one position ordered by trigger time (or temporal index); a repeated time keeps the latest."""
+    def t(f: Frame) -> float:
+        if f.trigger_time is not None:
+            return f.trigger_time
+        if f.temporal_index is not None:
+            return float(f.temporal_index)
+        return float(f.instance_number or 0)
+
+    by_time: dict[float, Frame] = {}
+    for f in sorted(frames, key=_frame_time_key):
+        by_time[round(t(f), 1)] = f  # later acquisition overwrites
+    return [by_time[k] for k in sorted(by_time)]
+
+
+def _norm_times(frames: list[Frame], rr: float | None) -> np.ndarray:
+    tt = [f.trigger_time for f in frames]
+    if rr and all(x is not None for x in tt):
+        return np.array(tt, dtype=np.float64) / rr
+    n = len(frames)
+    return np.arange(n, dtype=np.float64) / max(n, 1)
+
+
+class _Grid:
+    """A (slices x phases) grid of frames with the decode-and-resample loader."""
+
+    def __init__(self, grid: list[list[Frame]], photometric: dict[int, str], shape: tuple[int, int]):
+        self.grid = grid
+        self.photometric = photometric  # id(frame) -> photometric of its series
+        self.shape = shape
+
+    def load(self, slices: Sequence[int], phases: Sequence[int]) -> np.ndarray:
+        out = np.empty((len(slices), len(phases), *self.shape), dtype=np.float32)
+        cache: dict[int, np.ndarray] = {}  # frames repeated by phase resampling are decoded once
+        for i, si in enumerate(slices):
+            for j, pj in enumerate(phases):
+                f = self.grid[si][pj]
+                key = id(f)
+                if key not in cache:
+                    img = decode_frame(f, self.photometric.get(key, "MONOCHROME2"))
+                    cache[key] = _resize(img, self.shape) if img.shape != self.shape else img
+                out[i, j] = cache[key]
+        return out
+
+
+def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a frame to ``shape`` over the same field of view (linear), with SimpleITK."""
+    import SimpleITK as sitk
+
+    src = sitk.GetImageFromArray(img.astype(np.float32))
+    out_spacing = (img.shape[1] / shape[1], img.shape[0] / shape[0])  # sitk is (x=cols, y=rows)
+    origin = (0.5 * (out_spacing[0] - 1.0), 0.5 * (out_spacing[1] - 1.0))  # keep the FOV edges aligned
+    res = sitk.Resample(src, [shape[1], shape[0]], sitk.Transform(), sitk.sitkLinear, origin, out_spacing,
+                        src.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(res)
+
+
+def _build_view(role: str, view: str, chosen: list[Series], notes: list[str]) -> StudyView:
+    frames: list[Frame] = []
+    photometric: dict[int, str] = {}
+    owner: dict[int, Series] = {}
+    for s in chosen:
+        for f in s.frames:
+            frames.append(f)
+            photometric[id(f)] = s.photometric
+            owner[id(f)] = s
+    groups = group_by_position(frames)
+    rr = next((s.rr_interval for s in chosen if s.rr_interval), None)
+    slices: list[list[Frame]] = []
+    for g in groups:
+        series_here = {id(owner[id(f)]): owner[id(f)] for f in g}
+        if len(series_here) > 1:
+            # The same position acquired more than once (a repeated breath-hold): keep the latest acquisition.
+            keep = max(series_here.values(), key=_latest_key)
+            dropped = [s for s in series_here.values() if s is not keep]
+            notes.append(
+                f"position repeated in {len(series_here)} series: kept #{keep.number} ({keep.description}), "
+                f"dropped {', '.join('#' + str(s.number) for s in dropped)}"
+            )
+            g = [f for f in g if owner[id(f)] is keep]
+        ordered = _order_phases(g) if role == "cine" else sorted(g, key=_frame_time_key)[-1:]
+        if role == "lge" and len(g) > 1:
+            notes.append(f"{len(g)} images at one LGE position: kept the latest")
+        slices.append(ordered)
+    counts = [len(p) for p in slices]
+    # The fullest slice sets the phase count; slices that lost phases are resampled onto it.
+    n_phases = max(counts) if role == "cine" else 1
+    expected = next((s.cardiac_number_of_images for s in chosen if s.cardiac_number_of_images), None)
+    if role == "cine":
+        for k, ph in enumerate(slices):
+            if expected and len(ph) < expected:
+                notes.append(f"slice {k}: {len(ph)} of {expected} phases (missing phases)")
+            tt = [f.trigger_time for f in ph if f.trigger_time is not None]
+            if len(tt) >= 3:
+                steps = np.diff(tt)
+                med = float(np.median(steps))
+                if med > 0 and np.any(steps > GAP_FACTOR * med):
+                    at = tt[int(np.argmax(steps))]
+                    notes.append(f"slice {k}: trigger-time gap after {at:.0f} ms (a missing phase)")
+    grid: list[list[Frame]] = []
+    resampled = 0
+    for ph in slices:
+        if len(ph) == n_phases:
+            grid.append(list(ph))
+            continue
+        resampled += 1
+        src_t = _norm_times(ph, rr)
+        dst_t = np.arange(n_phases, dtype=np.float64) / n_phases
+        idx = [int(np.argmin(np.abs(src_t - t))) for t in dst_t]
+        grid.append([ph[i] for i in idx])
+    if resampled:
+        notes.append(f"{resampled} slice(s) with a different phase count resampled to {n_phases} phases on normalised time")
+    shapes = Counter((f.rows, f.cols) for row in grid for f in row)
+    shape = max(shapes.items(), key=lambda kv: kv[1])[0]
+    if len(shapes) > 1:
+        notes.append(f"mixed matrix sizes {sorted(shapes)}: resampled to {shape[0]}x{shape[1]}")
+    ref_frame = next(f for row in grid for f in row if (f.rows, f.cols) == shape)
+    normal = reference_normal([row[0] for row in grid])
+    positions = positions_along([row[0] for row in grid], normal) if normal is not None else np.arange(len(grid), dtype=float)
+    spacing = ref_frame.pixel_spacing or (1.0, 1.0)
+    mid = grid[len(grid) // 2]
+    trig = np.array([f.trigger_time if f.trigger_time is not None else np.nan for f in mid], dtype=np.float64)
+    loader = _Grid(grid, photometric, shape)
+    return StudyView(
+        role=role,
+        view=view,
+        n_slices=len(grid),
+        n_phases=n_phases,
+        shape=shape,
+        pixel_spacing=spacing,
+        slice_positions=positions,
+        trigger_times=trig,
+        rr_interval=rr,
+        series_uids=[s.uid for s in chosen],
+        notes=notes,
+        _loader=loader.load,
+    )
+
+
+def _choose(role: str, view: str, cands: list[Series]) -> tuple[list[Series], list[tuple[Series, str]]]:
+    """Which series build a view. SAX merges parallel stacks (split per-slice series); other views take one."""
+    if view == "SAX":
+        base = max(cands, key=lambda s: (s.n_positions, _latest_key(s)))
+        n0 = reference_normal(base.frames)
+        used, skipped = [], []
+        for s in cands:
+            n = reference_normal(s.frames)
+            if n0 is None or n is None or abs(float(np.dot(n0, n))) > PARALLEL_DOT:
+                used.append(s)
+            else:
+                skipped.append((s, f"not parallel to the chosen short-axis stack #{base.number}"))
+        return used, skipped
+    best = max(cands, key=lambda s: (s.n_phases if role == "cine" else 0, _latest_key(s)))
+    return [best], [(s, f"another series (#{best.number}) chosen for {view_key(role, view)}") for s in cands if s is not best]
+
+
+def assemble_study(
+    path: str | os.PathLike[str] | StudyInspection, study_uid: str | None = None, *, require_cine: bool = True
+) -> Study:
+    """Files -> Study: choose series per view, merge and repair, and record every decision.
+
+    Raises NoCineError when ``require_cine`` and no cine series was found (naming what was found).
+    """
+    insp = path if isinstance(path, StudyInspection) else inspect_study(path, study_uid)
+    manifest = AssemblyManifest(files_scanned=insp.scan.files_scanned, files_skipped=dict(insp.scan.files_skipped))
+    study = Study(study_uid=insp.study_uid, manifest=manifest, source=insp.scan.root)
+    found = insp.views_found
+    used_by: dict[str, str] = {}
+    why_skipped: dict[str, str] = {}
+    for key, cands in found.items():
+        role, view = key.split(":")
+        chosen, skipped = _choose(role, view, cands)
+        notes: list[str] = []
+        if view == "SAX" and len(chosen) > 1:
+            notes.append(f"short-axis stack merged from {len(chosen)} series")
+        sv = _build_view(role, view, chosen, notes)
+        study.views[key] = sv
+        for s in chosen:
+            used_by[s.uid] = key
+        for s, why in skipped:
+            why_skipped[s.uid] = why
+        manifest.warnings.extend(f"{key}: {n}" for n in notes if "missing" in n or "gap" in n or "repeated" in n)
+    for s in insp.series:
+        if s.uid in used_by:
+            reason = s.reason
+        elif s.uid in why_skipped:
+            reason = why_skipped[s.uid]
+        elif s.role in ROLES and not s.view:
+            reason = f"{s.role} of unknown view: {s.view_reason}"
+        else:
+            reason = s.reason
+        manifest.decisions.append(
+            SeriesDecision(
+                series_uid=s.uid,
+                series_number=s.number,
+                description=s.description,
+                role=s.role,
+                view=s.view,
+                used_as=used_by.get(s.uid),
+                reason=reason,
+            )
+        )
+    if require_cine and not any(k.startswith("cine:") for k in study.views):
+        roles = Counter(s.reason if s.role == "other" else s.role for s in insp.series)
+        listing = ", ".join(f"{n} {r}" for r, n in roles.most_common())
+        raise NoCineError(
+            f"{insp.scan.root}: no cine series in study {insp.study_uid}; found: {listing}",
+            hint=f"run `cmrdx inspect {insp.scan.root}` to see every series and why it was not taken as a cine",
+        )
+    missing = study.missing
+    if missing:
+        manifest.warnings.append("views not found: " + ", ".join(missing))
+    return study

@@ -1,0 +1,424 @@
+"""Typed series from DICOM headers: one model for classic single-frame MR and Enhanced MR multi-frame.
+
+Only headers are read here (``stop_before_pixels``); pixels are decoded later, per frame, by
+``cmrdx.dicom.pixels`` once the study assembly knows which frames a recipe uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from cmrdx.dicom.source import FileRef
+
+log = logging.getLogger(__name__)
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+LEGACY_ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.4"
+MR_SOP_CLASSES = {MR_IMAGE, ENHANCED_MR, LEGACY_ENHANCED_MR}
+ENHANCED_SOP_CLASSES = {ENHANCED_MR, LEGACY_ENHANCED_MR}
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+PRESENTATION_STATE_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+# Tags that identify patients: kept apart, shown only with --show-phi.
+PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
+
+
+@dataclass
+class Frame:
+    """One 2D image of a series: a whole single-frame file, or frame ``index`` of a multi-frame file.
+
+    Geometry in the DICOM patient coordinate system (mm). ``trigger_time`` is ms after the R wave.
+    """
+
+    ref: FileRef
+    index: int | None  # frame number (0-based) inside a multi-frame object; None for single-frame
+    rows: int
+    cols: int
+    position: np.ndarray | None  # (3,) ImagePositionPatient, mm
+    orientation: np.ndarray | None  # (6,) row then column direction cosines
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing), mm
+    slice_thickness: float | None
+    trigger_time: float | None
+    temporal_index: int | None
+    instance_number: int | None
+    acquisition_time: float | None  # seconds since midnight
+    rescale: tuple[float, float]  # (slope, intercept)
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        if self.orientation is None:
+            return None
+        n = np.cross(self.orientation[:3], self.orientation[3:])
+        norm = np.linalg.norm(n)
+        return n / norm if norm > 0 else None
+
+
+@dataclass
+class Series:
+    """A DICOM series: identity tags plus its frames (headers only).
+
+    ``role``, ``view`` and their reasons are filled in by ``cmrdx.views.classify_series``.
+    """
+
+    uid: str
+    study_uid: str
+    frame_of_reference_uid: str | None
+    number: int | None
+    modality: str
+    sop_class_uid: str
+    description: str
+    protocol: str
+    sequence_name: str
+    scanning_sequence: tuple[str, ...]
+    sequence_variant: tuple[str, ...]
+    scan_options: tuple[str, ...]
+    image_type: tuple[str, ...]
+    inversion_time: float | None
+    manufacturer: str
+    rr_interval: float | None  # ms
+    heart_rate: float | None  # bpm
+    cardiac_number_of_images: int | None
+    series_time: float | None  # seconds since midnight
+    photometric: str
+    transfer_syntax: str
+    phase_contrast: bool = False
+    frames: list[Frame] = field(default_factory=list)
+    phi: dict[str, str] = field(default_factory=dict)
+    role: str = "other"
+    view: str | None = None
+    reason: str = ""
+    view_reason: str = ""
+
+    @property
+    def is_enhanced(self) -> bool:
+        return self.sop_class_uid in ENHANCED_SOP_CLASSES
+
+    @property
+    def n_files(self) -> int:
+        return len({f.ref for f in self.frames})
+
+    @property
+    def matrix(self) -> tuple[int, int] | None:
+        if not self.frames:
+            return None
+        shapes = [(f.rows, f.cols) for f in self.frames]
+        return max(set(shapes), key=shapes.count)
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        for f in self.frames:
+            if f.pixel_spacing:
+                return f.pixel_spacing
+        return None
+
+    def slice_groups(self, tol_mm: float = 0.5) -> list[list[Frame]]:
+        """Frames grouped by position along the slice normal (within ``tol_mm``), sorted ascending.
+        Frames without geometry form one group. Never sorted by SliceLocation or InstanceNumber."""
+        from cmrdx.dicom.geometry import group_by_position
+
+        return group_by_position(self.frames, tol_mm)
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.slice_groups())
+
+    @property
+    def n_phases(self) -> int:
+        """Most distinct trigger times at one position (1 when there is no timing)."""
+        best = 1
+        for g in self.slice_groups():
+            tt = {round(f.trigger_time, 1) for f in g if f.trigger_time is not None}
+            ti = {f.temporal_index for f in g if f.temporal_index is not None}
+            best = max(best, len(tt), len(ti))
+        return best
+
+    def summary(self, show_phi: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "series_uid": self.uid,
+            "series_number": self.number,
+            "description": self.description,
+            "protocol": self.protocol,
+            "sequence_name": self.sequence_name,
+            "modality": self.modality,
+            "sop_class_uid": self.sop_class_uid,
+            "manufacturer": self.manufacturer,
+            "enhanced": self.is_enhanced,
+            "files": self.n_files,
+            "frames": len(self.frames),
+            "positions": self.n_positions,
+            "phases": self.n_phases,
+            "matrix": list(self.matrix) if self.matrix else None,
+            "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
+            "role": self.role,
+            "view": self.view,
+            "reason": self.reason,
+            "view_reason": self.view_reason,
+        }
+        if show_phi:
+            d["phi"] = dict(self.phi)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------
+# Header parsing
+
+
+def _s(ds: Dataset, kw: str) -> str:
+    v = ds.get(kw)
+    if v is None:
+        return ""
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    return str(v).strip()
+
+
+def _tuple(ds: Dataset, kw: str) -> tuple[str, ...]:
+    v = ds.get(kw)
+    if v is None or v == "":
+        return ()
+    if isinstance(v, (pydicom.multival.MultiValue, list, tuple)):
+        return tuple(str(x).strip().upper() for x in v if str(x).strip())
+    return tuple(p.strip().upper() for p in str(v).split("\\") if p.strip())
+
+
+def _float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        if isinstance(v, (pydicom.multival.MultiValue, list, tuple)):
+            v = v[0]
+        f = float(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _int(v: Any) -> int | None:
+    f = _float(v)
+    return int(f) if f is not None else None
+
+
+def _vec(v: Any, n: int) -> np.ndarray | None:
+    if v is None or v == "":
+        return None
+    try:
+        arr = np.array([float(x) for x in v], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _time_seconds(v: Any) -> float | None:
+    """DICOM TM ('HHMMSS.frac') or DT ('YYYYMMDDHHMMSS.frac') -> seconds since midnight."""
+    s = str(v or "").strip()
+    if not s:
+        return None
+    if len(s) >= 14 and s[:8].isdigit():  # DT
+        s = s[8:]
+    s = s.split("+")[0].split("-")[0]
+    try:
+        hh = int(s[0:2]) if len(s) >= 2 else 0
+        mm = int(s[2:4]) if len(s) >= 4 else 0
+        ss = float(s[4:]) if len(s) > 4 else 0.0
+    except ValueError:
+        return None
+    return hh * 3600 + mm * 60 + ss
+
+
+def _spacing(v: Any) -> tuple[float, float] | None:
+    a = _vec(v, 2)
+    return (float(a[0]), float(a[1])) if a is not None and np.all(a > 0) else None
+
+
+def _first(seq_parent: Dataset | None, seq_kw: str) -> Dataset | None:
+    if seq_parent is None:
+        return None
+    seq = seq_parent.get(seq_kw)
+    if seq is None or len(seq) == 0:
+        return None
+    return seq[0]
+
+
+def _fg(per_frame: Dataset | None, shared: Dataset | None, seq_kw: str) -> Dataset | None:
+    """A functional group item: per-frame first, then shared (per DICOM PS3.3 C.7.6.16)."""
+    return _first(per_frame, seq_kw) or _first(shared, seq_kw)
+
+
+def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
+    """Read one object's header. Returns (dataset, None) or (None, skip-reason)."""
+    try:
+        with ref.open() as fp, warnings.catch_warnings():
+            # pydicom warns on every non-conformant value; a scan of thousands of files would drown in them.
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError:
+                # No preamble: old-style or raw data set. Accept it only if it looks like an image object.
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds and "Modality" not in ds:
+                    return None, "not DICOM"
+    except (InvalidDicomError, EOFError) as exc:
+        log.debug("%s: not DICOM (%s)", ref, exc)
+        return None, "not DICOM"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError) as exc:
+        log.warning("%s: unreadable DICOM header (%s), skipped", ref, exc.__class__.__name__)
+        return None, "unreadable header"
+    return ds, None
+
+
+def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
+    """Per-frame geometry and timing of one object (classic: one frame; Enhanced: NumberOfFrames)."""
+    rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    n_frames = _int(ds.get("NumberOfFrames")) or 1
+    sop = str(ds.get("SOPClassUID", ""))
+    acq = _time_seconds(ds.get("AcquisitionTime")) or _time_seconds(ds.get("AcquisitionDateTime"))
+    if sop not in ENHANCED_SOP_CLASSES and n_frames == 1:
+        return [
+            Frame(
+                ref=ref,
+                index=None,
+                rows=rows,
+                cols=cols,
+                position=_vec(ds.get("ImagePositionPatient"), 3),
+                orientation=_vec(ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_spacing(ds.get("PixelSpacing")),
+                slice_thickness=_float(ds.get("SliceThickness")),
+                trigger_time=_float(ds.get("TriggerTime")),
+                temporal_index=_int(ds.get("TemporalPositionIdentifier")),
+                instance_number=_int(ds.get("InstanceNumber")),
+                acquisition_time=acq,
+                rescale=(_float(ds.get("RescaleSlope")) or 1.0, _float(ds.get("RescaleIntercept")) or 0.0),
+            )
+        ]
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence") or []
+    temporal_dim = _temporal_dimension_index(ds)
+    frames = []
+    for i in range(n_frames):
+        pf = per_frame_seq[i] if i < len(per_frame_seq) else None
+        pos = _fg(pf, shared, "PlanePositionSequence")
+        ori = _fg(pf, shared, "PlaneOrientationSequence")
+        meas = _fg(pf, shared, "PixelMeasuresSequence")
+        card = _fg(pf, shared, "CardiacSynchronizationSequence")
+        content = _fg(pf, shared, "FrameContentSequence")
+        pvt = _fg(pf, shared, "PixelValueTransformationSequence")
+        tidx = _int(content.get("TemporalPositionIndex")) if content is not None else None
+        if tidx is None and content is not None and temporal_dim is not None:
+            div = content.get("DimensionIndexValues")
+            if div is not None and isinstance(div, (list, pydicom.multival.MultiValue)) and temporal_dim < len(div):
+                tidx = int(div[temporal_dim])
+        frames.append(
+            Frame(
+                ref=ref,
+                index=i,
+                rows=rows,
+                cols=cols,
+                position=_vec(pos.get("ImagePositionPatient"), 3) if pos is not None else _vec(ds.get("ImagePositionPatient"), 3),
+                orientation=_vec(ori.get("ImageOrientationPatient"), 6) if ori is not None else _vec(ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_spacing(meas.get("PixelSpacing")) if meas is not None else _spacing(ds.get("PixelSpacing")),
+                slice_thickness=_float(meas.get("SliceThickness")) if meas is not None else None,
+                trigger_time=_float(card.get("NominalCardiacTriggerDelayTime")) if card is not None else None,
+                temporal_index=tidx,
+                instance_number=_int(ds.get("InstanceNumber")),
+                acquisition_time=(_time_seconds(content.get("FrameAcquisitionDateTime")) if content is not None else None) or acq,
+                rescale=(
+                    (_float(pvt.get("RescaleSlope")) or 1.0, _float(pvt.get("RescaleIntercept")) or 0.0)
+                    if pvt is not None
+                    else (_float(ds.get("RescaleSlope")) or 1.0, _float(ds.get("RescaleIntercept")) or 0.0)
+                ),
+            )
+        )
+    return frames
+
+
+def _temporal_dimension_index(ds: Dataset) -> int | None:
+    """Which DimensionIndexValues entry is time (TemporalPositionIndex or a trigger delay pointer)."""
+    dims = ds.get("DimensionIndexSequence") or []
+    temporal_tags = {0x00209128, 0x00209153, 0x00209241}  # TemporalPositionIndex, trigger delay, trigger time
+    for k, item in enumerate(dims):
+        ptr = item.get("DimensionIndexPointer")
+        if ptr is not None and int(ptr) in temporal_tags:
+            return k
+    return None
+
+
+def _enhanced_identity(ds: Dataset) -> dict[str, Any]:
+    """Enhanced MR keeps some identity in the MR modules / shared functional groups instead of classic tags."""
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    out: dict[str, Any] = {}
+    timing = _first(shared, "MRTimingAndRelatedParametersSequence")
+    modifier = _first(shared, "MRModifierSequence")
+    card = _first(shared, "CardiacSynchronizationSequence")
+    frame_type = _first(shared, "MRImageFrameTypeSequence")
+    if modifier is not None:
+        ir = str(modifier.get("InversionRecovery", "")).upper()
+        if ir == "YES":
+            out["ir"] = True
+        out["inversion_time"] = _float(modifier.get("InversionTimes"))
+    if str(ds.get("InversionRecovery", "")).upper() == "YES":
+        out["ir"] = True
+    if timing is not None and out.get("inversion_time") is None:
+        out["inversion_time"] = _float(timing.get("InversionTimes"))
+    if card is not None:
+        out["rr"] = _float(card.get("RRIntervalTimeNominal"))
+    if frame_type is not None and frame_type.get("FrameType"):
+        out["frame_type"] = _tuple(frame_type, "FrameType")
+    return out
+
+
+def series_from_dataset(ds: Dataset, ref: FileRef) -> Series:
+    """A one-object Series (later merged with the other objects of the same SeriesInstanceUID)."""
+    sop = str(ds.get("SOPClassUID", ""))
+    ident = _enhanced_identity(ds) if sop in ENHANCED_SOP_CLASSES else {}
+    scanning = _tuple(ds, "ScanningSequence")
+    if ident.get("ir") and "IR" not in scanning:
+        scanning = scanning + ("IR",)
+    seq_name = _s(ds, "SequenceName") or _s(ds, "PulseSequenceName")
+    image_type = _tuple(ds, "ImageType")
+    if "frame_type" in ident:
+        image_type = tuple(dict.fromkeys(image_type + ident["frame_type"]))
+    rr = _float(ds.get("NominalInterval")) or ident.get("rr")
+    if rr is None:
+        hr = _float(ds.get("HeartRate"))
+        rr = 60000.0 / hr if hr else None
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    phi = {k: str(ds.get(k)) for k in PHI_KEYWORDS if ds.get(k) not in (None, "")}
+    return Series(
+        uid=str(ds.get("SeriesInstanceUID", "")) or f"no-series-uid:{ref}",
+        study_uid=str(ds.get("StudyInstanceUID", "")) or "no-study-uid",
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
+        number=_int(ds.get("SeriesNumber")),
+        modality=_s(ds, "Modality").upper(),
+        sop_class_uid=sop,
+        description=_s(ds, "SeriesDescription"),
+        protocol=_s(ds, "ProtocolName"),
+        sequence_name=seq_name,
+        scanning_sequence=scanning,
+        sequence_variant=_tuple(ds, "SequenceVariant"),
+        scan_options=_tuple(ds, "ScanOptions"),
+        image_type=image_type,
+        inversion_time=_float(ds.get("InversionTime")) or ident.get("inversion_time"),
+        manufacturer=_s(ds, "Manufacturer"),
+        rr_interval=rr,
+        heart_rate=_float(ds.get("HeartRate")),
+        cardiac_number_of_images=_int(ds.get("CardiacNumberOfImages")),
+        series_time=_time_seconds(ds.get("SeriesTime")),
+        photometric=_s(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
+        transfer_syntax=ts,
+        phase_contrast=str(ds.get("PhaseContrast", "")).upper() == "YES",
+        frames=frames_from_dataset(ds, ref) if "Rows" in ds else [],
+        phi=phi,
+    )
