@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -56,8 +57,14 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
         if sop == MEDIA_STORAGE_DIRECTORY or ds.get("DirectoryRecordSequence") is not None:
             _skip(res, "DICOMDIR (directory index)", ref)
             continue
+        if "SeriesInstanceUID" not in ds or ("SOPClassUID" not in ds and "Modality" not in ds):
+            # A file cut short inside its header parses as a few elements and then nothing.
+            _skip(res, "incomplete header (truncated file?)", ref)
+            continue
         try:
-            one = series_from_dataset(ds, ref)
+            with warnings.catch_warnings():  # non-conformant values warn on access; counted, not printed
+                warnings.simplefilter("ignore")
+                one = series_from_dataset(ds, ref)
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
             log.warning("%s: header could not be interpreted (%s), skipped", ref, exc.__class__.__name__)
             _skip(res, "uninterpretable header", ref)

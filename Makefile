@@ -1,0 +1,39 @@
+# cmrdx: the README's two commands (make demo, make test) work on a fresh machine with nothing installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CMRDX := $(VENV)/bin/cmrdx
+EXAMPLE ?= examples/phantom-study
+
+.PHONY: demo test bench install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Runtime install (no torch). Re-run when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Dev install: runtime + train extra + test tools + the packages that ship real DICOM test files.
+# heudiconv is installed without its dependencies (nipype and friends): only its test data is used.
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "heudiconv==1.5.1"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(CMRDX) inspect $(EXAMPLE)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,68 @@
+"""Shared fixtures: where the real DICOM test files live (installed packages, see shared DICOM.md), and
+helpers for tests that need an external checker tool."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # cine_factory
+
+
+def _pkg_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def real_data_dirs() -> dict[str, Path]:
+    """Folders of real DICOM test files shipped by packages in the dev extra (none is copied into the repo)."""
+    out = {}
+    for key, pkg, sub in [
+        ("pydicom", "pydicom", "data/test_files"),
+        ("pydicom-data", "data_store", "data"),
+        ("nibabel", "nibabel", "nicom/tests/data"),
+        ("pynetdicom", "pynetdicom", "tests/dicom_files"),
+        ("heudiconv", "heudiconv", "tests/data"),
+    ]:
+        d = _pkg_dir(pkg)
+        if d is not None and (d / sub).is_dir():
+            out[key] = d / sub
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_dirs() -> dict[str, Path]:
+    dirs = real_data_dirs()
+    missing = {"pydicom", "pydicom-data", "nibabel", "pynetdicom", "heudiconv"} - set(dirs)
+    if missing:
+        pytest.fail(f"real DICOM test data missing: {sorted(missing)}; run `make test` (installs the dev extra)")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def philips_mprage(real_dirs, tmp_path_factory) -> Path:
+    """nibabel's Philips Enhanced MR (headers with full functional groups; pixels zeroed), un-gzipped."""
+    out = tmp_path_factory.mktemp("nib") / "philips_mprage.dcm"
+    out.write_bytes(gzip.open(real_dirs["nibabel"] / "philips_mprage.dcm.gz").read())
+    return out
+
+
+def require_tool(name: str) -> str:
+    """Path of an external checker. Missing: skip with a reason locally, fail under CI (CI installs it)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} not installed (Debian package; .ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(msg + " -- CI must run this check")
+    pytest.skip(msg)
