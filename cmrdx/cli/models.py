@@ -1,0 +1,88 @@
+"""``cmrdx models``: list, info, verify (no model loaded, no onnxruntime) and import-cmrclip (torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Installed models: list, inspect, verify, import.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List bundled and user models (reads manifests only)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cmrdx.model.registry import list_models, search_dirs
+
+    models = list_models()
+    if as_json:
+        typer.echo(json.dumps([{**e.__dict__, "root": str(e.root)} for e in models], indent=2))
+        return
+    con = Console()
+    if not models:
+        con.print("no models found in " + ", ".join(str(d) for _, d in search_dirs()))
+        con.print("import one: cmrdx models import-cmrclip --checkpoint pytorch_model.bin --config config.json --vocab vocab.txt --out DIR")
+        return
+    t = Table("name", "version", "source", "dim", "recipe", "folder")
+    for e in models:
+        t.add_row(e.name, e.version, e.source, str(e.embedding_dim), e.recipe, str(e.root))
+    con.print(t)
+
+
+@app.command("info")
+def info_cmd(name: str = typer.Argument(..., help="Model name or folder.")) -> None:
+    """Show a model's manifest: files, embedding size, tokenizer, input recipe, provenance, licence."""
+    from cmrdx.model.registry import get_manifest
+
+    m = get_manifest(name, verify=False)
+    d = m.to_dict()
+    d["root"] = str(m.root)
+    typer.echo(json.dumps(d, indent=2))
+
+
+@app.command("verify")
+def verify_cmd(name: str = typer.Argument(..., help="Model name or folder.")) -> None:
+    """Check every file of a model against its manifest's sha256 (exit code 8 names any altered file)."""
+    from cmrdx.model.registry import get_manifest
+
+    m = get_manifest(name, verify=True)
+    typer.echo(f"{m.name} {m.version}: {len(m.files)} files intact ({m.root})")
+
+
+@app.command("import-cmrclip")
+def import_cmrclip_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", exists=True, dir_okay=False, help="pytorch_model.bin"),
+    config: Path = typer.Option(..., "--config", exists=True, dir_okay=False, help="the checkpoint's config.json"),
+    vocab: Path = typer.Option(..., "--vocab", exists=True, dir_okay=False, help="the BERT vocab.txt"),
+    out: Path = typer.Option(..., "--out", help="model folder to write (e.g. $CMRDX_HOME/models/cmrclip)"),
+    name: str = typer.Option("cmrclip", help="model name in the registry"),
+    version: str = typer.Option("1.0", help="model version"),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="also write an int8 CPU video variant"),
+    float16: bool = typer.Option(True, "--float16/--no-float16", help="also write a float16 GPU video variant"),
+    legacy: bool = typer.Option(False, "--legacy-exporter", help="use the TorchScript exporter (no fused attention)"),
+) -> None:
+    """Convert the CMR-CLIP checkpoint to ONNX + tokenizer + manifest, and prove it matches torch (needs
+    the `train` extra: torch, onnx, onnxscript, transformers)."""
+    try:
+        from cmrdx.train.cmrclip_import import import_cmrclip
+        from cmrdx.train.export import ExportError, ExportOptions
+    except ImportError as exc:
+        from cmrdx.errors import ModelError
+
+        raise ModelError(f"import-cmrclip needs torch: {exc}", hint="pip install 'cmrdx[train]'") from exc
+    from cmrdx.errors import ModelError
+
+    opts = ExportOptions(float16=float16, int8=int8, dynamo=not legacy)
+    try:
+        rep = import_cmrclip(checkpoint, config, vocab, out, name=name, version=version, options=opts)
+    except ExportError as exc:
+        raise ModelError(f"export failed its check: {exc}", hint="report this with `cmrdx --version` and the checkpoint's sha256") from exc
+    typer.echo(f"wrote {out}: " + ", ".join(rep.files))
+    for k, v in rep.checks.items():
+        typer.echo(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}")
+    for n in rep.notes:
+        typer.echo(f"  note: {n}")
