@@ -171,17 +171,25 @@ def build_cine_study(
     mixed_matrix: bool = False,  # odd slices at a different matrix
     rr: float = 900.0,
     file_names: str = "sequential",  # or "uid"
+    matrix: int | None = None,  # upsample the 64x64 source to matrix x matrix (realistic file sizes)
+    compress: str | None = None,  # a transfer syntax UID to re-encode every file with
 ) -> Built:
     """Write a cine study under ``root``; returns what a reader should find."""
     root = Path(root)
     names = NAMES[vendor]
     tmpl = _template()
     base = tmpl.pixel_array.astype(np.float64)
+    if matrix:
+        idx = (np.arange(matrix) * base.shape[0] / matrix).astype(int)
+        base = base[np.ix_(idx, idx)]
+        spacing_scale = 64 / matrix
+    else:
+        spacing_scale = 1.0
     study_uid = generate_uid()
     row, col, n = _basis(seed)
     origin = np.array([-40.0, -60.0, 30.0])
     gap = 10.0
-    spacing = 1.5
+    spacing = 1.5 * spacing_scale
     built = Built(root=root, study_uid=study_uid, n_slices=n_slices, n_phases=n_phases, sax_normal=n)
     counter = [0]
 
@@ -213,7 +221,7 @@ def build_cine_study(
             else:
                 uid, desc, num = sax_uid, names["sax"].format(k="", n=number), number
             built.series[desc] = "cine:SAX"
-            shape = (48, 48) if (mixed_matrix and k % 2) else base.shape
+            shape = (base.shape[0] * 3 // 4,) * 2 if (mixed_matrix and k % 2) else base.shape
             sp = spacing * base.shape[0] / shape[0]
             for ph in range(n_phases):
                 if drop_phase == (k, ph):
@@ -293,6 +301,11 @@ def build_cine_study(
             number += 1
     if distractors:
         number = _distractors(tmpl, built, root, study_uid, number, row, col, n, origin, spacing, rr, base, names)
+    if compress:
+        for p in built.files:
+            ds = pydicom.dcmread(p)
+            ds.compress(compress)  # pydicom's encoders: RLE native, JPEG-LS (pyjpegls), JPEG 2000 (openjpeg)
+            ds.save_as(p, enforce_file_format=True)
     return built
 
 

@@ -12,7 +12,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cmrdx.dicom.series import MEDIA_STORAGE_DIRECTORY, Series, read_series_header, series_from_dataset
+from cmrdx.dicom.series import (
+    MEDIA_STORAGE_DIRECTORY,
+    Series,
+    frames_from_dataset,
+    read_series_header,
+    series_from_dataset,
+)
 from cmrdx.dicom.source import FileRef, iter_refs
 
 log = logging.getLogger(__name__)
@@ -61,22 +67,21 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
             # A file cut short inside its header parses as a few elements and then nothing.
             _skip(res, "incomplete header (truncated file?)", ref)
             continue
+        have = by_series.get(str(ds.SeriesInstanceUID))
         try:
             with warnings.catch_warnings():  # non-conformant values warn on access; counted, not printed
                 warnings.simplefilter("ignore")
-                one = series_from_dataset(ds, ref)
+                if have is None:
+                    by_series[str(ds.SeriesInstanceUID)] = series_from_dataset(ds, ref)
+                else:
+                    # Series identity is parsed once per series; later files add only their frames.
+                    have.frames.extend(frames_from_dataset(ds, ref) if "Rows" in ds else [])
+                    if have.rr_interval is None:
+                        have.rr_interval = series_from_dataset(ds, ref).rr_interval
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
             log.warning("%s: header could not be interpreted (%s), skipped", ref, exc.__class__.__name__)
             _skip(res, "uninterpretable header", ref)
             continue
-        have = by_series.get(one.uid)
-        if have is None:
-            by_series[one.uid] = one
-        else:
-            have.frames.extend(one.frames)
-            # a later object may carry what the first lacked
-            if have.rr_interval is None:
-                have.rr_interval = one.rr_interval
     for s in by_series.values():
         res.studies.setdefault(s.study_uid, []).append(s)
     for uid in res.studies:
