@@ -227,7 +227,7 @@ def sample_params(
     s = np.array([-0.80, -0.55, -0.1])
     s = _jitter_dir(rng, s - s.dot(u) * u, 8)
     s = _unit(s - s.dot(u) * u)
-    sph = float(rng.uniform(1.75, 2.1) - (0.25 if sev["lv_dilation"] in ("moderate", "severe") else 0.0))
+    sph = float(rng.uniform(2.4, 2.9) - (0.4 if sev["lv_dilation"] in ("moderate", "severe") else 0.0))
     apex = np.array([50.0, -35.0, -50.0]) + rng.normal(0, 8, 3)
 
     anatomy = Anatomy(

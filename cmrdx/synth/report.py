@@ -1,0 +1,202 @@
+"""CMR report text from a phantom's findings: varied phrasing, synonyms, negations, severity words, numbers.
+
+Styles: ``TRAIN_STYLES`` are for training; ``HELDOUT_STYLES`` use their own vocabulary and layout so a benchmark
+can test generalisation to wording a model never saw (exclude them from training with ``report_style``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+TRAIN_STYLES = ("narrative", "structured", "terse")
+HELDOUT_STYLES = ("telegraphic",)
+STYLES = TRAIN_STYLES + HELDOUT_STYLES
+
+_SEV_ADJ = {"mild": ["mild", "mild", "slight"], "moderate": ["moderate"], "severe": ["severe", "marked", "significant"]}
+_SEV_ADV = {"mild": ["mildly", "mildly", "slightly"], "moderate": ["moderately"], "severe": ["severely", "markedly"]}
+_WALL_NAMES = {
+    "LAD": ["anterior wall and septum", "anteroseptal wall", "LAD territory"],
+    "RCA": ["inferior wall", "inferoseptal and inferior walls", "RCA territory"],
+    "LCx": ["lateral wall", "inferolateral and anterolateral walls", "circumflex territory"],
+}
+
+
+class _Pick:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def __call__(self, options: list[str] | tuple[str, ...]) -> str:
+        return str(options[int(self.rng.integers(len(options)))])
+
+
+def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
+    """One sentence per finding (present or negated), training vocabulary."""
+    f = p.findings
+    adj = lambda s: pick(_SEV_ADJ[s])  # noqa: E731
+    adv = lambda s: pick(_SEV_ADV[s])  # noqa: E731
+    edv, ef = round(m["lv_edv_ml"]), round(m["lv_ef_pct"])
+    redv, ref = round(m["rv_edv_ml"]), round(m["rv_ef_pct"])
+    out: dict[str, str] = {}
+    s = f["lv_dilation"]
+    out["lv_dilation"] = (
+        pick([f"The left ventricle is {adv(s)} dilated (LVEDV {edv} mL).", f"{adj(s).capitalize()} LV dilatation, EDV {edv} ml.",
+              f"The left ventricle is {adv(s)} enlarged with an end-diastolic volume of {edv} mL."])
+        if s != "none" else
+        pick([f"Normal left ventricular size (LVEDV {edv} mL).", "The left ventricle is not dilated.",
+              "LV cavity size is within normal limits."])
+    )
+    s = f["lv_dysfunction"]
+    wma = ""
+    if p.wall_motion and p.lge_territory:
+        kinds = set(p.wall_motion.values())
+        word = "akinesia" if kinds == {"akinetic"} else "hypokinesia"
+        wma = f" with regional {word} of the {pick(_WALL_NAMES[p.lge_territory])}"
+    out["lv_dysfunction"] = (
+        pick([f"{adj(s).capitalize()} LV systolic dysfunction{wma}, LVEF {ef}%.",
+              f"Left ventricular systolic function is {adv(s)} impaired{wma} (ejection fraction {ef}%).",
+              f"{adv(s).capitalize()} reduced LV ejection fraction of {ef}%{wma}."])
+        if s != "none" else
+        pick([f"Normal LV systolic function (LVEF {ef}%){wma}.", f"Preserved left ventricular ejection fraction, {ef}%{wma}.",
+              f"Good biventricular systolic function{wma}, LVEF {ef}%." if f["rv_dysfunction"] == "none"
+              else f"LV systolic function is normal{wma}, EF {ef}%."])
+    )
+    s = f["lv_hypertrophy"]
+    mw = round(m["lv_max_wall_mm"])
+    if s != "none":
+        if p.hypertrophy_pattern == "septal":
+            out["lv_hypertrophy"] = pick([f"{adj(s).capitalize()} asymmetric septal hypertrophy, maximal septal thickness {mw} mm.",
+                                          f"There is {adj(s)} septal hypertrophy ({mw} mm)."])
+        else:
+            out["lv_hypertrophy"] = pick([f"{adj(s).capitalize()} concentric left ventricular hypertrophy, maximal wall thickness {mw} mm.",
+                                          f"The LV walls are {adv(s)} thickened (up to {mw} mm), in keeping with LV hypertrophy."])
+    else:
+        out["lv_hypertrophy"] = pick(["No left ventricular hypertrophy.", f"Normal LV wall thickness (maximum {mw} mm).",
+                                      "No LVH."])
+    s = f["rv_dilation"]
+    out["rv_dilation"] = (
+        pick([f"The right ventricle is {adv(s)} dilated (RVEDV {redv} mL).", f"{adj(s).capitalize()} RV dilatation, RVEDV {redv} ml.",
+              f"{adv(s).capitalize()} enlarged right ventricle."])
+        if s != "none" else
+        pick(["Normal right ventricular size.", f"The right ventricle is not dilated (RVEDV {redv} mL).", "RV size normal."])
+    )
+    s = f["rv_dysfunction"]
+    out["rv_dysfunction"] = (
+        pick([f"{adj(s).capitalize()} RV systolic dysfunction, RVEF {ref}%.",
+              f"Right ventricular systolic function is {adv(s)} impaired (RVEF {ref}%)."])
+        if s != "none" else
+        pick([f"Normal RV systolic function (RVEF {ref}%).", "Preserved right ventricular function.",
+              "No RV systolic impairment."])
+    )
+    s = f["lge"]
+    if s != "none":
+        segs = ", ".join(str(x) for x in p.lge_segments[:6])
+        pat = p.lge_pattern
+        if pat == "subendocardial":
+            out["lge"] = pick([f"{adj(s).capitalize()} subendocardial late gadolinium enhancement in the {pick(_WALL_NAMES[p.lge_territory])} "
+                               f"(AHA segments {segs}), consistent with prior infarction; the myocardium remains viable.",
+                               f"Subendocardial LGE in the {p.lge_territory} territory, ischaemic pattern, <50% transmurality."])
+        elif pat == "transmural":
+            out["lge"] = pick([f"Transmural late gadolinium enhancement of the {pick(_WALL_NAMES[p.lge_territory])} in keeping with "
+                               f"a {adj(s)} completed infarct; non-viable segments {segs}.",
+                               f"There is a {'large' if s == 'severe' else 'moderate-sized' if s == 'moderate' else 'small'} area of "
+                               f"{p.lge_territory} scar with transmural enhancement."])
+        elif pat == "midwall":
+            out["lge"] = pick(["Mid-wall linear enhancement of the septum, a non-ischaemic pattern.",
+                               f"{adj(s).capitalize()} non-ischaemic mid-myocardial LGE stripe involving the septum."])
+        else:
+            out["lge"] = pick(["Diffuse subendocardial late enhancement with difficulty nulling the myocardium, suggestive of "
+                               "cardiac amyloidosis.", "Global subendocardial LGE, amyloid pattern."])
+    else:
+        out["lge"] = pick(["No late gadolinium enhancement.", "No LGE to suggest myocardial scar or fibrosis.",
+                           "There is no myocardial late enhancement.", "No evidence of infarction or fibrosis on LGE imaging."])
+    s = f["aortic_dilation"]
+    ao = round(m["aortic_root_mm"])
+    out["aortic_dilation"] = (
+        pick([f"The aortic root is {adv(s)} dilated, measuring {ao} mm.", f"{adj(s).capitalize()} aortic root dilatation ({ao} mm).",
+              f"Ectatic aortic root ({ao} mm) and ascending aorta."])
+        if s != "none" else
+        pick([f"Normal aortic root dimensions ({ao} mm).", "The aortic root is not dilated.", "Aortic root of normal calibre."])
+    )
+    s = f["pericardial_effusion"]
+    eff = round(m["effusion_mm"])
+    out["pericardial_effusion"] = (
+        pick([f"{adj(s).capitalize()} pericardial effusion measuring up to {eff} mm.", f"There is a {adj(s)} pericardial effusion."])
+        if s != "none" else
+        pick(["No pericardial effusion.", "The pericardium is normal with no effusion.", "No pericardial fluid."])
+    )
+    return out
+
+
+def _telegraphic(p: Any, m: dict[str, float], pick: _Pick) -> str:
+    """Held-out style: list layout, arrows and abbreviations never used by the training styles."""
+    f = p.findings
+    sev = {"mild": "+", "moderate": "++", "severe": "+++"}
+    lines = ["CMR SUMMARY"]
+    lv = f"LV: EDV {round(m['lv_edv_ml'])} ml"
+    lv += f" (enlarged {sev[f['lv_dilation']]})" if f["lv_dilation"] != "none" else " (nl)"
+    lv += f"; EF {round(m['lv_ef_pct'])} %"
+    lv += f" - decreased {sev[f['lv_dysfunction']]}" if f["lv_dysfunction"] != "none" else " - nl"
+    lines.append(lv)
+    lines.append(f"Wall: {round(m['lv_max_wall_mm'])} mm" + (f", thick {sev[f['lv_hypertrophy']]}" if f["lv_hypertrophy"] != "none" else ", nl"))
+    rv = f"RV: EDV {round(m['rv_edv_ml'])} ml" + (f" (enlarged {sev[f['rv_dilation']]})" if f["rv_dilation"] != "none" else " (nl)")
+    rv += f"; EF {round(m['rv_ef_pct'])} %" + (f" - decreased {sev[f['rv_dysfunction']]}" if f["rv_dysfunction"] != "none" else " - nl")
+    lines.append(rv)
+    if f["lge"] != "none":
+        where = p.lge_territory or "septum" if p.lge_pattern == "midwall" else p.lge_territory or "global"
+        lines.append(f"Delayed enh: POS, {p.lge_pattern.replace('_', ' ')} ({where}) {sev[f['lge']]}")
+    else:
+        lines.append("Delayed enh: neg")
+    lines.append(f"Ao root: {round(m['aortic_root_mm'])} mm" + (f" {sev[f['aortic_dilation']]}" if f["aortic_dilation"] != "none" else " nl"))
+    lines.append("Pericard.: " + (f"fluid {round(m['effusion_mm'])} mm {sev[f['pericardial_effusion']]}" if f["pericardial_effusion"] != "none" else "dry"))
+    return "\n".join(lines)
+
+
+def make_report(p: Any, measurements: dict[str, float], style: str | None = None) -> str:
+    """Report text for StudyParams ``p`` with phantom ``measurements`` (``Phantom.truth()``).
+
+    The wording is drawn from the study seed, so the same study always gets the same report.
+    """
+    style = style or p.report_style
+    if style not in STYLES:
+        raise ValueError(f"unknown report style {style!r}; use one of {', '.join(STYLES)}")
+    pick = _Pick(np.random.default_rng([p.seed, 0x7E47, STYLES.index(style)]))
+    m = measurements
+    if style == "telegraphic":
+        return _telegraphic(p, m, pick)
+    sent = _sentences(p, m, pick)
+    present = [k for k in sent if p.findings[k] != "none"]
+    absent = [k for k in sent if p.findings[k] == "none"]
+    order = ["lv_dilation", "lv_hypertrophy", "lv_dysfunction", "rv_dilation", "rv_dysfunction", "lge",
+             "aortic_dilation", "pericardial_effusion"]
+    if style == "structured":
+        groups = [("Left ventricle", ["lv_dilation", "lv_hypertrophy", "lv_dysfunction"]),
+                  ("Right ventricle", ["rv_dilation", "rv_dysfunction"]),
+                  ("Tissue characterisation", ["lge"]),
+                  ("Aorta", ["aortic_dilation"]), ("Pericardium", ["pericardial_effusion"])]
+        lines = ["FINDINGS:"] + [f"{g}: " + " ".join(sent[k] for k in ks) for g, ks in groups]
+        lines.append("")
+        lines.append("IMPRESSION:")
+        imp = [sent[k] for k in order if k in present] or [pick(["Structurally and functionally normal heart.",
+                                                                   "Normal cardiac MRI."])]
+        lines += [f"{i}. {s}" for i, s in enumerate(imp, 1)]
+        return "\n".join(lines)
+    if style == "terse":
+        bits = [sent[k] for k in order if k in present]
+        neg = [sent[k] for k in ("lge", "pericardial_effusion", "lv_dysfunction") if k in absent]
+        head = pick(["Impression:", "Conclusion:", "IMPRESSION"])
+        return head + " " + " ".join(bits + neg[:2] if bits else [pick(["Normal study.", "Normal CMR."])] + neg)
+    # narrative
+    pick_order = order[:]
+    intro = pick(["Cardiac MRI with cine SSFP and late gadolinium enhancement imaging.",
+                  "CMR performed with functional cine imaging and LGE.",
+                  "Comprehensive cardiac MR study."])
+    body = " ".join(sent[k] for k in pick_order)
+    if present:
+        imp = "; ".join(sent[k].rstrip(".").replace("The ", "the ", 1) for k in order if k in present)
+        conclusion = pick(["In summary: ", "Conclusion: ", "Impression: "]) + imp[0].upper() + imp[1:] + "."
+    else:
+        conclusion = pick(["Impression: normal cardiac MRI.", "Conclusion: structurally normal heart with normal "
+                           "biventricular function and no LGE."])
+    return f"{intro}\n\n{body}\n\n{conclusion}"
