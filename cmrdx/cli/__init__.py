@@ -42,6 +42,8 @@ from cmrdx.cli import inspect as _inspect  # noqa: E402
 app.command("inspect")(_inspect.inspect_cmd)
 from cmrdx.cli import models as _models  # noqa: E402
 app.add_typer(_models.app, name="models")
+from cmrdx.cli import synth as _synth  # noqa: E402
+app.add_typer(_synth.app, name="synth")
 
 
 def main() -> None:
