@@ -66,3 +66,39 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(msg + " -- CI must run this check")
     pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-weight CMR-CLIP-layout model exported to an ONNX model folder (small recipe: 8 frames of
+    32x32), for tests of everything downstream of the encoder. Built once per session (~15 s)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from cmrdx.recipe import get_recipe
+    from cmrdx.train.export import ExportOptions, export_model_folder
+    from cmrdx.train.model import CMRClip, CMRClipConfig, TextConfig, VideoConfig
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({
+        w for w in "left right ventricle is dilated enlarged in size with systolic dysfunction there septal "
+        "hypertrophy lv thickened delayed enhancement imaging reveals transmural patchy a large area of lad scar "
+        "aortic root ectatic ascending descending aorta pericardial effusion fluid present no normal and".split()
+    }) + ["-", ".", ","]
+    cfg = CMRClipConfig(
+        video=VideoConfig(img_size=32, patch_size=8, width=32, depth=2, heads=4, num_frames=8),
+        text=TextConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = CMRClip(cfg).eval()
+    d = tmp_path_factory.mktemp("tiny_model")
+    (d / "vocab.txt").write_text("\n".join(words) + "\n")
+    recipe = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=36, crop=36, store_size=36, cine_phases=None)
+    out = d / "tiny-test-model"
+    export_model_folder(
+        model, out, vocab_path=d / "vocab.txt", name="tiny-test-model", version="0.0.1",
+        recipe={"name": "cmrclip-v1", "params": recipe.to_dict()}, max_length=64,
+        provenance={"purpose": "tests only: random weights"}, licence="MIT",
+        options=ExportOptions(float16=False, int8=False),
+    )
+    return out

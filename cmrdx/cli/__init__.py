@@ -40,6 +40,8 @@ def _root(
 from cmrdx.cli import inspect as _inspect  # noqa: E402
 
 app.command("inspect")(_inspect.inspect_cmd)
+from cmrdx.cli import classify as _classify  # noqa: E402
+app.command("classify")(_classify.classify_cmd)
 from cmrdx.cli import models as _models  # noqa: E402
 app.add_typer(_models.app, name="models")
 from cmrdx.cli import synth as _synth  # noqa: E402

@@ -1,0 +1,182 @@
+"""The main job as a Python API: a study folder -> ranked zero-shot findings, with a run manifest.
+
+files -> series -> views -> Study (``assemble``) -> model input (``recipe``) -> embedding (``model.encoder``)
+-> scores against prompt banks (``scoring``). Models and banks are loaded once per process and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cmrdx import __version__
+from cmrdx.assemble import StudyInspection, assemble_study
+from cmrdx.errors import ModelError
+from cmrdx.prompts import PromptBank, load_bank
+from cmrdx.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
+from cmrdx.study import Study
+
+DEFAULT_MODEL = "cmrdx-phantom-small"
+DEFAULT_BANKS = ("cmr-findings",)
+RESULT_SCHEMA = "cmrdx-classify/1"
+FEW_PHASES = 15  # a cine with fewer phases than this is under-sampled for the model
+
+_ENCODERS: dict[tuple[str, str], Any] = {}
+_BANKS: dict[str, PromptBank] = {}
+
+
+def model_sha256(manifest) -> str:
+    """A model's identity: the sha256 of its manifest (which holds every file's sha256)."""
+    return hashlib.sha256((Path(manifest.root) / "manifest.json").read_bytes()).hexdigest()
+
+
+def get_encoder(model: str | Path | None = None, device: str = "auto"):
+    """The Encoder for ``model`` on ``device``, built once per process (integrity-checked on first load)."""
+    from cmrdx.model.encoder import Encoder
+    from cmrdx.model.registry import resolve
+
+    name = str(model or DEFAULT_MODEL)
+    try:
+        root = resolve(name)
+    except ModelError as exc:
+        if model is None:
+            raise ModelError(
+                f"the default model {DEFAULT_MODEL!r} is not installed",
+                hint="pass --model NAME_OR_FOLDER (see `cmrdx models list`), or reinstall cmrdx",
+            ) from exc
+        raise
+    key = (str(Path(root).resolve()), device)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = Encoder(root, device=device)
+    return _ENCODERS[key]
+
+
+def get_bank(name_or_path: str | Path) -> PromptBank:
+    """A prompt bank loaded once per process (reloaded when the file changes)."""
+    from cmrdx.prompts import resolve_bank
+
+    p = resolve_bank(name_or_path)
+    key = f"{p.resolve()}:{p.stat().st_mtime_ns}"
+    if key not in _BANKS:
+        _BANKS[key] = load_bank(p)
+    return _BANKS[key]
+
+
+@dataclass
+class ClassifyResult:
+    """Everything ``cmrdx classify`` shows, as data. ``to_dict`` follows RESULT_SCHEMA."""
+
+    study_uid: str
+    source: str
+    findings: list[FindingScore]
+    embedding: np.ndarray  # (D,) float32, L2-normalised
+    model: dict[str, Any]
+    banks: list[dict[str, Any]]
+    device: str
+    views_used: dict[str, dict[str, Any]]
+    series_used: list[str]
+    warnings: list[str]
+    skipped_series: list[dict[str, Any]]
+    timings_ms: dict[str, float]
+    files_scanned: int = 0
+    files_skipped: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": RESULT_SCHEMA,
+            "study_uid": self.study_uid,
+            "findings": [f.to_dict() for f in self.findings],
+            "warnings": list(self.warnings),
+            "views_used": self.views_used,
+            "skipped_series": self.skipped_series,
+            "run": {
+                "cmrdx_version": __version__,
+                "model": self.model,
+                "banks": self.banks,
+                "device": self.device,
+                "series_uids_used": self.series_used,
+                "files_scanned": self.files_scanned,
+                "files_skipped": self.files_skipped,
+                "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            },
+        }
+        if include_embedding:
+            d["embedding"] = [round(float(x), 6) for x in self.embedding]
+        return d
+
+
+def _input_warnings(study: Study, recipe_result) -> list[str]:
+    out = list(study.manifest.warnings)
+    out += [f"recipe: {s}" for s in recipe_result.substitutions]
+    for seg, rec in recipe_result.used.items():
+        view = study.views.get(rec.get("view", ""))
+        if view is not None and view.role == "cine" and view.n_phases < FEW_PHASES:
+            out.append(f"{view.key}: only {view.n_phases} phases (fewer than {FEW_PHASES}): motion is under-sampled")
+        win = rec.get("window")
+        if win and len(win) == 2 and not win[1] > win[0]:
+            out.append(f"{seg}: flat intensities in {rec.get('view')} (window {win[0]:g}..{win[1]:g}): blank or corrupt images?")
+    return list(dict.fromkeys(out))
+
+
+def classify(
+    path: str | os.PathLike[str] | StudyInspection | Study,
+    *,
+    model: str | Path | None = None,
+    banks: Sequence[str | Path] = DEFAULT_BANKS,
+    device: str = "auto",
+    study_uid: str | None = None,
+    text_cache_dir: Path | None = None,
+) -> ClassifyResult:
+    """Classify one study zero-shot against ``banks`` with ``model``; returns a typed result.
+
+    Raises the DICOM layer's errors (NoDicomError, NoCineError, ...) and ModelError / PromptBankError.
+    """
+    from cmrdx.recipe import apply_recipe
+
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loaded_banks = [get_bank(b) for b in banks]  # bank errors before any heavy work
+    enc = get_encoder(model, device)
+    t["load_ms"] = (time.perf_counter() - t0) * 1000
+    t1 = time.perf_counter()
+    study = path if isinstance(path, Study) else assemble_study(path, study_uid)
+    t["read_ms"] = (time.perf_counter() - t1) * 1000
+    t2 = time.perf_counter()
+    rr = apply_recipe(study, enc.manifest.recipe_params())
+    t["recipe_ms"] = (time.perf_counter() - t2) * 1000
+    t3 = time.perf_counter()
+    emb = enc.encode_studies(rr.array[None])[0]
+    t["encode_ms"] = (time.perf_counter() - t3) * 1000
+    t4 = time.perf_counter()
+    msha = model_sha256(enc.manifest)
+    cache = TextEmbeddingCache(msha, text_cache_dir)
+    scores: list[FindingScore] = []
+    for bank in loaded_banks:
+        temb = bank_text_embeddings(bank, enc.encode_texts, cache)
+        scores += score_bank(emb, bank, temb, enc.manifest.name, msha)
+    t["score_ms"] = (time.perf_counter() - t4) * 1000
+    used_series = list(dict.fromkeys(u for rec in rr.used.values() for u in rec.get("series_uids", [])))
+    skipped = [d.to_dict() for d in study.manifest.decisions if d.used_as is None]
+    return ClassifyResult(
+        study_uid=study.study_uid,
+        source=str(study.source or path),
+        findings=rank(scores),
+        embedding=emb,
+        model={"name": enc.manifest.name, "version": enc.manifest.version, "sha256": msha,
+               "recipe": enc.manifest.recipe.get("name"), "licence": enc.manifest.licence},
+        banks=[{"name": b.name, "version": b.version, "sha256": b.sha256, "path": str(b.path)} for b in loaded_banks],
+        device=f"{enc.device} ({enc.precision})",
+        views_used={seg: {k: v for k, v in rec.items() if k != "series_uids"} for seg, rec in rr.used.items()},
+        series_used=used_series,
+        warnings=_input_warnings(study, rr),
+        skipped_series=skipped,
+        timings_ms=t,
+        files_scanned=study.manifest.files_scanned,
+        files_skipped=dict(study.manifest.files_skipped),
+    )

@@ -1,0 +1,81 @@
+"""`cmrdx classify STUDY_DIR`: ranked zero-shot findings. A thin layer over ``cmrdx.classify``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+CALL_STYLE = {"present": "bold red", "absent": "green", "uncertain": "yellow", "no threshold": "dim"}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: never a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def classify_cmd(
+    study_dir: Path = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: the bundled model)."),
+    bank: Optional[List[str]] = typer.Option(None, "--bank", "-b", help="Prompt bank name or YAML file (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
+    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
+) -> None:
+    """Score a study against prompt banks and print the findings ranked."""
+    from cmrdx.classify import DEFAULT_BANKS, DEFAULT_MODEL, classify
+
+    if device not in ("auto", "cuda", "cpu"):
+        raise typer.BadParameter("--device must be auto, cuda or cpu")
+    res = classify(study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study)
+    payload = json.dumps(res.to_dict(), indent=2)
+    if output is not None:
+        write_atomic(output, payload + "\n")
+    if as_json:
+        typer.echo(payload)
+        return
+    console = Console()
+    demo = res.model["name"] == DEFAULT_MODEL
+    if demo:
+        console.print("[bold yellow]Demonstration model trained on synthetic phantoms: not for clinical use.[/]")
+    table = Table(title=f"Study {res.study_uid}", header_style="bold")
+    for col in ("finding", "score", "threshold / probability", "call", "margin"):
+        table.add_column(col)
+    for f in res.findings:
+        ref = f"p = {f.probability:.2f}" if f.probability is not None else (f"{f.threshold:.3f}" if f.threshold is not None else "-")
+        call = f.call + (f" ({f.severity})" if f.severity else "")
+        table.add_row(
+            f.label,
+            f"{f.score:.3f}" + (" (softmax)" if f.kind == "softmax" else ""),
+            ref,
+            f"[{CALL_STYLE.get(f.call, '')}]{call}[/]",
+            f"{f.margin:+.3f}" if f.margin is not None else "-",
+        )
+    console.print(table)
+    used = ", ".join(f"{seg}: {rec['view']}" for seg, rec in res.views_used.items())
+    console.print(f"[bold]views used:[/] {used}")
+    console.print(f"[bold]series used:[/] {len(res.series_used)}; skipped: {len(res.skipped_series)} (see --json)")
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    if any(f.call == "no threshold" for f in res.findings):
+        console.print("[dim]no threshold for this model in the bank: scores are shown ranked without calls "
+                      "(`cmrdx prompts calibrate` writes thresholds)[/]")
+    banks = ", ".join(f"{b['name']} {b['version']} ({b['sha256'][:12]})" for b in res.banks)
+    console.print(f"[dim]model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
+                  f"banks {banks}; {sum(res.timings_ms.values()):.0f} ms[/]")

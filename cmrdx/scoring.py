@@ -1,0 +1,180 @@
+"""Zero-shot scores from study and prompt embeddings: the reference mean cosine, negative-prompt softmax,
+calibrated probabilities and present / absent / uncertain calls. numpy only.
+
+Prompt embeddings are computed once per (model, text) and cached on disk (``TextEmbeddingCache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cmrdx import config
+from cmrdx.prompts import Calibration, Finding, PromptBank
+
+log = logging.getLogger(__name__)
+
+
+def normalise_text(text: str) -> str:
+    """The cache key's text: whitespace collapsed (case kept: a cased model tells 'LV' from 'lv')."""
+    return " ".join(text.split())
+
+
+class TextEmbeddingCache:
+    """Prompt embeddings on disk, one .npz per model, keyed by sha256(model sha256 + normalised text).
+
+    Writes are atomic (a temporary file renamed over the old one), so a crash never leaves a torn cache.
+    """
+
+    def __init__(self, model_sha256: str, folder: Path | None = None):
+        self.model_sha256 = model_sha256
+        self.folder = Path(folder) if folder else config.home() / "cache" / "text"
+        self.path = self.folder / f"{model_sha256[:32]}.npz"
+        self._mem: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            try:
+                with np.load(self.path) as z:
+                    self._mem = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as exc:  # a damaged cache is rebuilt, never fatal
+                log.warning("%s: unreadable text-embedding cache (%s); rebuilding", self.path, exc)
+
+    def key(self, text: str) -> str:
+        return hashlib.sha256(f"{self.model_sha256}\0{normalise_text(text)}".encode()).hexdigest()
+
+    def get(self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """(N, D) embeddings of ``texts``; only texts never seen with this model are encoded."""
+        keys = [self.key(t) for t in texts]
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self._mem))
+        if missing:
+            emb = np.asarray(encode([normalise_text(t) for t in missing]), dtype=np.float32)
+            for t, e in zip(missing, emb):
+                self._mem[self.key(t)] = e
+            self._save()
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._mem[k] for k in keys])
+
+    def _save(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self._mem)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only home must not stop a classification
+            log.warning("text-embedding cache not written to %s: %s", self.folder, exc)
+
+
+@dataclass
+class FindingScore:
+    """One finding's result for one study.
+
+    ``score`` is the mean cosine similarity with the prompts (reference protocol), or, when the finding has
+    negative prompts, the softmax probability of positive over negative at the bank's temperature (0-1).
+    ``probability`` is the calibrated probability when the bank holds a Platt or isotonic map for the model.
+    ``call``: present / absent / uncertain (|margin| < the bank's uncertain_margin) / "no threshold".
+    """
+
+    id: str
+    label: str
+    score: float
+    kind: str  # "mean-cosine" or "softmax"
+    threshold: float | None
+    margin: float | None
+    call: str
+    probability: float | None = None
+    severity: str | None = None  # best-matching severity level, when the finding has severity prompts
+    severity_scores: dict[str, float] = field(default_factory=dict)
+    prompt_similarities: dict[str, float] = field(default_factory=dict)
+    code: dict[str, str] | None = None
+    bank: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _probability(cal: Calibration, score: float) -> float | None:
+    if cal.platt is not None:
+        a, b = cal.platt
+        return float(1.0 / (1.0 + np.exp(-(a * score + b))))
+    if cal.isotonic is not None:
+        xs, ys = cal.isotonic
+        return float(np.interp(score, xs, ys))
+    return None
+
+
+def score_finding(
+    study_emb: np.ndarray,
+    finding: Finding,
+    text_emb: dict[str, np.ndarray],
+    bank: PromptBank,
+    model_name: str,
+    model_sha256: str | None,
+) -> FindingScore:
+    """Score one finding for one L2-normalised study embedding (D,)."""
+    sims = {t: float(np.dot(study_emb, text_emb[t])) for t in finding.all_texts}
+    pos = float(np.mean([sims[t] for t in finding.prompts]))
+    if finding.negative_prompts:
+        neg = float(np.mean([sims[t] for t in finding.negative_prompts]))
+        z = np.array([pos, neg]) / bank.temperature
+        z -= z.max()
+        score, kind = float(np.exp(z[0]) / np.exp(z).sum()), "softmax"
+    else:
+        score, kind = pos, "mean-cosine"
+    sev_scores = {lvl: float(np.mean([sims[t] for t in ps])) for lvl, ps in finding.severity.items()}
+    cal = finding.calibration_for(model_name, model_sha256)
+    if cal is None:
+        threshold = margin = None
+        call = "no threshold"
+    else:
+        threshold = cal.threshold
+        margin = score - threshold
+        call = "uncertain" if abs(margin) < bank.uncertain_margin else ("present" if margin > 0 else "absent")
+    return FindingScore(
+        id=finding.id,
+        label=finding.label,
+        score=score,
+        kind=kind,
+        threshold=threshold,
+        margin=margin,
+        call=call,
+        probability=_probability(cal, score) if cal is not None else None,
+        severity=max(sev_scores, key=sev_scores.get) if sev_scores and call in ("present", "uncertain") else None,
+        severity_scores=sev_scores,
+        prompt_similarities=sims,
+        code=finding.code,
+        bank=bank.name,
+    )
+
+
+def bank_text_embeddings(bank: PromptBank, encode_texts: Callable[[list[str]], np.ndarray],
+                         cache: TextEmbeddingCache | None) -> dict[str, np.ndarray]:
+    """text -> (D,) embedding for every prompt of the bank, through the cache when given."""
+    texts = bank.texts
+    emb = cache.get(texts, encode_texts) if cache is not None else np.asarray(encode_texts(texts), dtype=np.float32)
+    return {t: e for t, e in zip(texts, emb)}
+
+
+def score_bank(study_emb: np.ndarray, bank: PromptBank, text_emb: dict[str, np.ndarray],
+               model_name: str, model_sha256: str | None) -> list[FindingScore]:
+    """Every finding of ``bank`` for one study, in bank order."""
+    return [score_finding(study_emb, f, text_emb, bank, model_name, model_sha256) for f in bank.findings]
+
+
+def rank(scores: Sequence[FindingScore]) -> list[FindingScore]:
+    """Findings ranked for display: by calibrated probability, else by margin over the threshold, else score."""
+    def key(s: FindingScore) -> tuple:
+        if s.probability is not None:
+            return (2, s.probability)
+        if s.margin is not None:
+            return (1, s.margin)
+        return (0, s.score)
+
+    return sorted(scores, key=key, reverse=True)
