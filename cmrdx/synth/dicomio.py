@@ -164,17 +164,41 @@ def _pixels_bytes(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<u2").tobytes()
 
 
-def _compress(ds: Dataset, arr: np.ndarray, compress: str | None) -> None:
+_ENCODERS = {"rle": "RLELosslessEncoder", "jpegls": "JPEGLSLosslessEncoder", "j2k": "JPEG2000LosslessEncoder"}
+
+
+def encode_frames(frames: np.ndarray, compress: str, bits_stored: int) -> list[bytes]:
+    """Losslessly encode (N, rows, cols) uint16 frames with the transfer syntax ``compress``."""
+    import pydicom.pixels.encoders as enc
+
+    e = getattr(enc, _ENCODERS[compress])
+    n, h, w = frames.shape
+    kw = dict(rows=h, columns=w, samples_per_pixel=1, bits_allocated=16, bits_stored=bits_stored,
+              pixel_representation=0, photometric_interpretation="MONOCHROME2", number_of_frames=1)
+    return [e.encode(np.ascontiguousarray(f, dtype=np.uint16), encoding_plugin=_ENCODER_PLUGIN[compress], **kw)
+            for f in frames]
+
+
+def _set_pixels(ds: Dataset, frames: np.ndarray, compress: str | None) -> None:
+    """PixelData from (N, rows, cols) integral frames: native little endian, or encapsulated and compressed."""
     if compress is None:
-        ds.PixelData = _pixels_bytes(arr)
+        ds.PixelData = _pixels_bytes(frames)
+        ds["PixelData"].VR = "OW"
         return
-    ds.compress(COMPRESSION[compress], np.ascontiguousarray(arr, dtype=np.uint16),
-                encoding_plugin=_ENCODER_PLUGIN[compress])
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate(encode_frames(frames, compress, int(ds.BitsStored)))
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
 
 
 def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle, *,
                   compress: str | None = None) -> list[Path]:
-    """One MR Image Storage file per (slice, phase); returns the written paths."""
+    """One MR Image Storage file per (slice, phase); returns the written paths.
+
+    One dataset per series is built once and only the per-image attributes change between files (building
+    every header from scratch cost more than rendering).
+    """
     st = s.style
     out.mkdir(parents=True, exist_ok=True)
     n_sl, n_ph = s.pixels.shape[:2]
@@ -182,61 +206,71 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
     paths = []
     inst = 0
     ir = "IR" in st.scanning_sequence
+    ts = COMPRESSION[compress] if compress else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = _file_meta(MRImageStorage, "1.2", ts)
+    ds.ImageType = list(st.image_type)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = "1.2"
+    _common(ds, info, vendor, s)
+    ds.AcquisitionDate = info.date
+    ds.AcquisitionTime = ds.SeriesTime
+    ds.ScanningSequence = list(st.scanning_sequence)
+    ds.SequenceVariant = list(st.sequence_variant)
+    ds.ScanOptions = list(st.scan_options) if st.scan_options else ""
+    ds.MRAcquisitionType = "2D"
+    if st.sequence_name:
+        ds.SequenceName = st.sequence_name
+    ds.SliceThickness = _ds(s.planes[0].thickness, 2)
+    ds.RepetitionTime = _ds(st.repetition_ms, 2)
+    ds.EchoTime = _ds(st.echo_ms, 2)
+    if ir:
+        ds.InversionTime = "0"
+    ds.NumberOfAverages = "1"
+    ds.ImagingFrequency = _ds(42.577478 * vendor.field_t, 6)
+    ds.ImagedNucleus = "1H"
+    ds.EchoNumbers = "1"
+    ds.MagneticFieldStrength = _ds(vendor.field_t, 1)
+    if n_sl > 1:
+        gap = abs(s.planes[1].position - s.planes[0].position)
+        ds.SpacingBetweenSlices = _ds(gap, 3)
+    ds.EchoTrainLength = "1"
+    ds.PercentSampling = "100"
+    ds.PercentPhaseFieldOfView = _ds(100.0 * ds.Rows / ds.Columns, 2)
+    ds.PixelBandwidth = "930"
+    ds.TriggerTime = "0"
+    ds.NominalInterval = str(int(round(info.rr_ms)))
+    ds.HeartRate = str(int(round(info.hr_bpm)))
+    ds.CardiacNumberOfImages = n_ph
+    ds.TriggerWindow = "0"
+    ds.ReceiveCoilName = "Body18" if vendor.name == "siemens" else "Cardiac"
+    ds.AcquisitionMatrix = [0, ds.Columns, ds.Rows, 0]
+    ds.InPlanePhaseEncodingDirection = "ROW"
+    ds.FlipAngle = _ds(st.flip_deg, 1)
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = "0"
+    ds.PixelSpacing = [_ds(s.planes[0].spacing), _ds(s.planes[0].spacing)]
+    ds.WindowCenter = _ds(wc, 1)
+    ds.WindowWidth = _ds(ww, 1)
     for si in range(n_sl):
         pl = s.planes[si]
+        ds.ImagePositionPatient = [_ds(x) for x in pl.origin]
+        ds.ImageOrientationPatient = [_ds(x, 6) for x in np.concatenate([pl.row, pl.col])]
+        ds.SliceLocation = _ds(pl.position, 3)
         for pi in range(n_ph):
             inst += 1
             sop = uid(info.seed, "sop", s.number, si, pi)
-            ds = Dataset()
-            ds.file_meta = _file_meta(MRImageStorage, sop, COMPRESSION[compress] if compress else ExplicitVRLittleEndian)
-            ds.ImageType = list(st.image_type)
-            ds.SOPClassUID = MRImageStorage
+            ds.file_meta.MediaStorageSOPInstanceUID = sop
             ds.SOPInstanceUID = sop
-            _common(ds, info, vendor, s)
-            ds.AcquisitionDate = info.date
-            ds.AcquisitionTime = ds.SeriesTime
-            ds.ScanningSequence = list(st.scanning_sequence)
-            ds.SequenceVariant = list(st.sequence_variant)
-            ds.ScanOptions = list(st.scan_options) if st.scan_options else ""
-            ds.MRAcquisitionType = "2D"
-            if st.sequence_name:
-                ds.SequenceName = st.sequence_name
-            ds.SliceThickness = _ds(pl.thickness, 2)
-            ds.RepetitionTime = _ds(st.repetition_ms, 2)
-            ds.EchoTime = _ds(st.echo_ms, 2)
-            if ir:
-                ti = s.inversion_times[pi] if s.inversion_times is not None else 300.0
-                ds.InversionTime = _ds(float(ti), 1)
-            ds.NumberOfAverages = "1"
-            ds.ImagingFrequency = _ds(42.577478 * vendor.field_t, 6)
-            ds.ImagedNucleus = "1H"
-            ds.EchoNumbers = "1"
-            ds.MagneticFieldStrength = _ds(vendor.field_t, 1)
-            if n_sl > 1:
-                gap = abs(s.planes[1].position - s.planes[0].position)
-                ds.SpacingBetweenSlices = _ds(gap, 3)
-            ds.EchoTrainLength = "1"
-            ds.PercentSampling = "100"
-            ds.PercentPhaseFieldOfView = _ds(100.0 * ds.Rows / ds.Columns, 2)
-            ds.PixelBandwidth = "930"
-            ds.TriggerTime = _ds(float(s.trigger_times[pi]), 2)
-            ds.NominalInterval = str(int(round(info.rr_ms)))
-            ds.HeartRate = str(int(round(info.hr_bpm)))
-            ds.CardiacNumberOfImages = n_ph
-            ds.TriggerWindow = "0"
-            ds.ReceiveCoilName = "Body18" if vendor.name == "siemens" else "Cardiac"
-            ds.AcquisitionMatrix = [0, ds.Columns, ds.Rows, 0]
-            ds.InPlanePhaseEncodingDirection = "ROW"
-            ds.FlipAngle = _ds(st.flip_deg, 1)
-            ds.AcquisitionNumber = 1
             ds.InstanceNumber = inst
-            ds.ImagePositionPatient = [_ds(x) for x in pl.origin]
-            ds.ImageOrientationPatient = [_ds(x, 6) for x in np.concatenate([pl.row, pl.col])]
-            ds.SliceLocation = _ds(pl.position, 3)
-            ds.PixelSpacing = [_ds(pl.spacing), _ds(pl.spacing)]
-            ds.WindowCenter = _ds(wc, 1)
-            ds.WindowWidth = _ds(ww, 1)
-            _compress(ds, s.pixels[si, pi], compress)
+            ds.TriggerTime = _ds(float(s.trigger_times[pi]), 2)
+            if ir:
+                ti = s.inversion_times[pi if len(s.inversion_times) > 1 else 0] if s.inversion_times is not None else 300.0
+                ds.InversionTime = _ds(float(ti), 1)
+            _set_pixels(ds, s.pixels[si, pi][None], compress)
             p = out / f"IM{inst:05d}.dcm"
             ds.save_as(p, enforce_file_format=True)
             paths.append(p)
