@@ -187,3 +187,13 @@ def test_config_inferred_from_checkpoint_shapes():
         "text_model.embeddings.position_embeddings.weight": (512, 768),
         "text_model.embeddings.token_type_embeddings.weight": (2, 768), "vid_proj.1.weight": (512, 768)}.items()})
     assert full == CMRClipConfig()  # the released ViT-B/16 + BERT-base layout, 12 heads each
+
+
+def test_last_block_cls_only_is_exact():
+    m = tiny_model(5)
+    video = torch.randn(2, 3, 3, 16, 16)
+    with torch.no_grad():
+        pruned = m.video_model(video)
+        m.video_model.prune_last = False
+        full = m.video_model(video)
+    torch.testing.assert_close(pruned, full, rtol=1e-5, atol=1e-6)

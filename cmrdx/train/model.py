@@ -210,6 +210,26 @@ class SpaceTimeBlock(nn.Module):
         x = x + self.attn(self.norm1(t), "space", frames)
         return x + self.mlp(self.norm2(x))
 
+    def forward_cls(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """Only the CLS row of ``forward`` (B, 1, D): what the last block must produce, since the encoder
+        outputs ``norm(x)[:, 0]``. Exact; skips the patch rows' space queries, space projection and MLP
+        (about 60% of the last block)."""
+        t = x + self.timeattn(self.norm3(x), "time", frames)
+        y = self.norm1(t)
+        a = self.attn
+        b, n_tok, d = y.shape
+        h, hd = a.heads, a.head_dim
+        w, bias = a.qkv.weight, a.qkv.bias
+        q = F.linear(y[:, :1], w[:d], bias[:d]).reshape(b, 1, h, hd).transpose(1, 2)
+        k, v = F.linear(y, w[d:], bias[d:]).reshape(b, n_tok, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        if a.impl == "einsum":
+            att = (torch.einsum("bhid,bhjd->bhij", q * a.scale, k)).softmax(-1)
+            o = torch.einsum("bhij,bhjd->bhid", att, v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)
+        c = x[:, :1] + a.proj(o.transpose(1, 2).reshape(b, 1, d))
+        return c + self.mlp(self.norm2(c))
+
 
 class SpaceTimeTransformer(nn.Module):
     """Divided space-time ViT: (B, F, 3, H, W) float32 normalised video -> (B, width) CLS feature.
@@ -228,6 +248,7 @@ class SpaceTimeTransformer(nn.Module):
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
         self.blocks = nn.ModuleList([SpaceTimeBlock(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.prune_last = True  # compute only the CLS row of the last block (exact; see forward_cls)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.temporal_embed, std=0.02)
@@ -241,8 +262,12 @@ class SpaceTimeTransformer(nn.Module):
         # pos_embed[1:] tiled over frames, temporal_embed repeated within each frame; CLS gets pos_embed[0].
         pos = self.pos_embed[:, 1:].repeat(1, f, 1) + self.temporal_embed[:, :f].repeat_interleave(n, dim=1)
         x = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], x + pos], dim=1)
-        for blk in self.blocks:
+        for blk in self.blocks[:-1]:
             x = blk(x, f)
+        if self.prune_last and self.blocks[-1].attn.impl == "sdpa":
+            x = self.blocks[-1].forward_cls(x, f)
+        else:  # the reference computes every row of the last block
+            x = self.blocks[-1](x, f)
         return self.norm(x)[:, 0]
 
 
