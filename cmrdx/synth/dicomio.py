@@ -275,3 +275,186 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
             ds.save_as(p, enforce_file_format=True)
             paths.append(p)
     return paths
+
+
+def _item(**kw) -> Dataset:
+    d = Dataset()
+    for k, v in kw.items():
+        setattr(d, k, v)
+    return d
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
+
+
+def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle, *,
+                   compress: str | None = None) -> list[Path]:
+    """One Enhanced MR Image object holding every (slice, phase) frame of the series.
+
+    Frames are ordered slice-major (all phases of slice 0, then slice 1, ...). Dimensions: StackID,
+    InStackPositionNumber (1 = first slice) and TemporalPositionIndex (1 = first phase); cardiac timing per
+    frame in CardiacSynchronizationSequence (NominalCardiacTriggerDelayTime, RRIntervalTimeNominal).
+    """
+    st = s.style
+    out.mkdir(parents=True, exist_ok=True)
+    n_sl, n_ph, h, w = s.pixels.shape
+    ir = "IR" in st.scanning_sequence
+    original = st.image_type[0] == "ORIGINAL"
+    flavor = {"localizer": "LOCALIZER", "t1map": "CARDIAC", "flow": "CARDIAC_GATED"}.get(s.kind, "CARDIAC_GATED")
+    image_type = [st.image_type[0], "PRIMARY", flavor, "NONE" if original else "T1_MAP"]
+    sop = uid(info.seed, "sop-enh", s.number)
+    ts = COMPRESSION[compress] if compress else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = _file_meta(ENHANCED_MR_STORAGE, sop, ts)
+    ds.ImageType = image_type
+    ds.SOPClassUID = ENHANCED_MR_STORAGE
+    ds.SOPInstanceUID = sop
+    _common(ds, info, vendor, s)
+    dt = info.date + ds.SeriesTime
+    ds.AcquisitionDateTime = dt
+    ds.AcquisitionDuration = round(n_ph * info.rr_ms / 1000.0 * 12, 1)
+    ds.InstanceNumber = 1
+    ds.ContentQualification = "RESEARCH"
+    ds.ResonantNucleus = "1H"
+    ds.KSpaceFiltering = "NONE"
+    ds.MagneticFieldStrength = _ds(vendor.field_t, 1)
+    ds.ApplicableSafetyStandardAgency = "IEC"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.AcquisitionContextSequence = Sequence([])
+    ds.NumberOfFrames = n_sl * n_ph
+    if original:  # MR Pulse Sequence module: only for ORIGINAL images
+        ds.PulseSequenceName = st.sequence_name or s.description
+        ds.MRAcquisitionType = "2D"
+        ds.EchoPulseSequence = "GRADIENT"
+        ds.MultiPlanarExcitation = "NO"
+        ds.PhaseContrast = "YES" if s.kind == "flow" else "NO"
+        ds.TimeOfFlightContrast = "NO"
+        ds.SteadyStatePulseSequence = "FREE_PRECESSION" if s.kind in ("cine", "localizer", "tiscout") else "NONE"
+        ds.EchoPlanarPulseSequence = "NO"
+        ds.SaturationRecovery = "NO"
+        ds.SpectrallySelectedSuppression = "NONE"
+        ds.OversamplingPhase = "NONE"
+        ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
+        ds.RectilinearPhaseEncodeReordering = "LINEAR"
+        ds.SegmentedKSpaceTraversal = "PARTIAL"
+        ds.NumberOfKSpaceTrajectories = 1
+        if s.kind == "flow":
+            ds.VelocityEncodingAcquisitionSequence = Sequence([_item(VelocityEncodingDirection=[0.0, 0.0, 1.0])])
+    # Cardiac Synchronization module
+    ds.CardiacSynchronizationTechnique = "RETROSPECTIVE" if n_ph > 1 else "PROSPECTIVE"
+    ds.CardiacSignalSource = "ECG"
+    ds.CardiacBeatRejectionTechnique = "NONE"
+    ds.LowRRValue = _ds(info.rr_ms * 0.8, 0)
+    ds.HighRRValue = _ds(info.rr_ms * 1.2, 0)
+    if original:  # acquisition details of the gating, not defined for derived images (maps)
+        ds.CardiacRRIntervalSpecified = round(float(info.rr_ms), 1)
+        ds.IntervalsAcquired = str(12 * max(n_ph // 2, 1))
+        ds.IntervalsRejected = "0"
+    ds.CardiacFramingType = "FORW"
+    ds.HeartRate = str(int(round(info.hr_bpm)))
+    ds.NominalInterval = str(int(round(info.rr_ms)))
+    ds.CardiacNumberOfImages = n_ph
+
+    # Multi-frame Dimension module
+    dim_uid = uid(info.seed, "dim", s.number)
+    ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=dim_uid)])
+    ds.DimensionOrganizationType = "3D_TEMPORAL" if n_ph > 1 else "3D"
+    dims = [(0x00209056, "Stack ID"), (0x00209057, "In-Stack Position Number"), (0x00209128, "Temporal Position Index")]
+    ds.DimensionIndexSequence = Sequence([
+        _item(DimensionIndexPointer=tag, FunctionalGroupPointer=0x00209111, DimensionOrganizationUID=dim_uid,
+              DimensionDescriptionLabel=label) for tag, label in dims])
+
+    same_orientation = all(np.allclose(np.r_[p.row, p.col], np.r_[s.planes[0].row, s.planes[0].col]) for p in s.planes)
+    pl0 = s.planes[0]
+    shared = Dataset()
+    spacing_between = abs(s.planes[1].position - pl0.position) if n_sl > 1 and same_orientation else pl0.thickness
+    shared.PixelMeasuresSequence = Sequence([_item(PixelSpacing=[_ds(pl0.spacing), _ds(pl0.spacing)],
+                                                   SliceThickness=_ds(pl0.thickness, 2),
+                                                   SpacingBetweenSlices=_ds(spacing_between, 3))])
+    if same_orientation:
+        shared.PlaneOrientationSequence = Sequence([_item(ImageOrientationPatient=[
+            _ds(x, 6) for x in np.r_[pl0.row, pl0.col]])])
+    shared.FrameAnatomySequence = Sequence([_item(
+        AnatomicRegionSequence=Sequence([_code("80891009", "SCT", "Heart")]), FrameLaterality="U")])
+    shared.PixelValueTransformationSequence = Sequence([_item(RescaleIntercept="0", RescaleSlope="1", RescaleType="US")])
+    wc, ww = _window(s)
+    shared.FrameVOILUTSequence = Sequence([_item(WindowCenter=_ds(wc, 1), WindowWidth=_ds(ww, 1))])
+    descr = dict(PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
+                 ComplexImageComponent="PHASE" if s.kind == "flow" else "MAGNITUDE",
+                 AcquisitionContrast={"lge": "T1", "t1map": "T1", "flow": "FLOW_ENCODED", "tiscout": "T1"}.get(
+                     s.kind, "UNKNOWN"))
+    for k, v in descr.items():
+        setattr(ds, k, v)
+    shared.MRImageFrameTypeSequence = Sequence([_item(FrameType=image_type, **descr)])
+    shared.MRTimingAndRelatedParametersSequence = Sequence([_item(
+        RepetitionTime=_ds(st.repetition_ms, 2), FlipAngle=_ds(st.flip_deg, 1), EchoTrainLength=1,
+        RFEchoTrainLength=1, GradientEchoTrainLength=1, SpecificAbsorptionRateSequence=Sequence([
+            _item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY", SpecificAbsorptionRateValue=1.2)]),
+        GradientOutputType="DB_DT", GradientOutput=10.0, OperatingModeSequence=Sequence([
+            _item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL"),
+            _item(OperatingModeType="RF", OperatingMode="IEC_NORMAL"),
+            _item(OperatingModeType="GRADIENT", OperatingMode="IEC_NORMAL")]))])
+    shared.MRFOVGeometrySequence = Sequence([_item(
+        InPlanePhaseEncodingDirection="ROW", MRAcquisitionFrequencyEncodingSteps=w,
+        MRAcquisitionPhaseEncodingStepsInPlane=h, PercentSampling=100.0, PercentPhaseFieldOfView=100.0 * h / w)])
+    shared.MREchoSequence = Sequence([_item(EffectiveEchoTime=float(st.echo_ms))])
+    shared.MRImagingModifierSequence = Sequence([_item(
+        MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
+        TransmitterFrequency=round(42.577478 * vendor.field_t, 6), PixelBandwidth=930.0)])
+    shared.MRReceiveCoilSequence = Sequence([_item(
+        ReceiveCoilName="Cardiac", ReceiveCoilManufacturerName=vendor.manufacturer, ReceiveCoilType="MULTICOIL",
+        QuadratureReceiveCoil="NO", MultiCoilDefinitionSequence=Sequence([
+            _item(MultiCoilElementName="H1", MultiCoilElementUsed="YES")]))])
+    shared.MRTransmitCoilSequence = Sequence([_item(
+        TransmitCoilName="Body", TransmitCoilManufacturerName=vendor.manufacturer, TransmitCoilType="BODY")])
+    shared.MRAveragesSequence = Sequence([_item(NumberOfAverages=1.0)])
+    per_frame_ir = ir and s.inversion_times is not None and len(s.inversion_times) > 1
+
+    def modifier(ti: float | None) -> Dataset:
+        m = _item(InversionRecovery="YES" if ir else "NO", FlowCompensation="NONE", T2Preparation="NO",
+                  SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE", PartialFourier="NO",
+                  ParallelAcquisition="NO")
+        if ir:
+            m.InversionTimes = [float(ti if ti is not None else 300.0)]
+        if s.kind == "flow":
+            m.FlowCompensation = "NONE"
+        return m
+
+    if not per_frame_ir:
+        shared.MRModifierSequence = Sequence([modifier(float(s.inversion_times[0]) if ir and s.inversion_times is not None
+                                                       else None)])
+    if s.kind == "flow":
+        shared.MRVelocityEncodingSequence = Sequence([_item(VelocityEncodingDirection=[0.0, 0.0, 1.0],
+                                                            VelocityEncodingMinimumValue=-150.0,
+                                                            VelocityEncodingMaximumValue=150.0)])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+
+    frames = []
+    items = []
+    for si in range(n_sl):
+        pl = s.planes[si]
+        for pi in range(n_ph):
+            f = Dataset()
+            f.FrameContentSequence = Sequence([_item(
+                FrameAcquisitionDateTime=dt, FrameReferenceDateTime=dt, FrameAcquisitionDuration=float(st.repetition_ms),
+                StackID="1", InStackPositionNumber=si + 1, TemporalPositionIndex=pi + 1,
+                DimensionIndexValues=[1, si + 1, pi + 1])])
+            f.PlanePositionSequence = Sequence([_item(ImagePositionPatient=[_ds(x) for x in pl.origin])])
+            if not same_orientation:
+                f.PlaneOrientationSequence = Sequence([_item(ImageOrientationPatient=[
+                    _ds(x, 6) for x in np.r_[pl.row, pl.col]])])
+            f.CardiacSynchronizationSequence = Sequence([_item(
+                NominalCardiacTriggerDelayTime=float(s.trigger_times[pi]), RRIntervalTimeNominal=float(info.rr_ms),
+                ActualCardiacTriggerDelayTime=float(s.trigger_times[pi]))])
+            if per_frame_ir:
+                f.MRModifierSequence = Sequence([modifier(float(s.inversion_times[pi]))])
+            items.append(f)
+            frames.append(s.pixels[si, pi])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(items)
+    _set_pixels(ds, np.asarray(frames), compress)
+    p = out / "EnhancedMR.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    return [p]
