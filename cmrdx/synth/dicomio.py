@@ -238,11 +238,13 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
     ds.PercentSampling = "100"
     ds.PercentPhaseFieldOfView = _ds(100.0 * ds.Rows / ds.Columns, 2)
     ds.PixelBandwidth = "930"
-    ds.TriggerTime = "0"
-    ds.NominalInterval = str(int(round(info.rr_ms)))
-    ds.HeartRate = str(int(round(info.hr_bpm)))
-    ds.CardiacNumberOfImages = n_ph
-    ds.TriggerWindow = "0"
+    gated = bool({"CG", "PPG"} & set(st.scan_options))  # timing tags are only defined for gated scans
+    if gated:
+        ds.TriggerTime = "0"
+        ds.NominalInterval = str(int(round(info.rr_ms)))
+        ds.HeartRate = str(int(round(info.hr_bpm)))
+        ds.CardiacNumberOfImages = n_ph
+        ds.TriggerWindow = "0"
     ds.ReceiveCoilName = "Body18" if vendor.name == "siemens" else "Cardiac"
     ds.AcquisitionMatrix = [0, ds.Columns, ds.Rows, 0]
     ds.InPlanePhaseEncodingDirection = "ROW"
@@ -266,7 +268,8 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
             ds.file_meta.MediaStorageSOPInstanceUID = sop
             ds.SOPInstanceUID = sop
             ds.InstanceNumber = inst
-            ds.TriggerTime = _ds(float(s.trigger_times[pi]), 2)
+            if gated:
+                ds.TriggerTime = _ds(float(s.trigger_times[pi]), 2)
             if ir:
                 ti = s.inversion_times[pi if len(s.inversion_times) > 1 else 0] if s.inversion_times is not None else 300.0
                 ds.InversionTime = _ds(float(ti), 1)
