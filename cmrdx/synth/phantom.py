@@ -164,6 +164,9 @@ class Phantom:
             "diffuse_subendocardial": {"mild": 0.25, "moderate": 0.35, "severe": 0.5},
         }.get(p.lge_pattern, {}).get(sev, 0.0)
         self.A_ed = np.pi * (2 * self.Re * self.T + self.T**2)  # ED myocardial ring area, mm^2
+        # float32 lookup copies keep the per-point arithmetic in float32 (half the memory traffic)
+        self._W32, self._A32, self._S32 = (np.ascontiguousarray(x, np.float32).ravel()
+                                           for x in (self.W, self.A_ed, self.scar))
         self.h_weight = 1.0 - ((np.arange(NH) + 0.5) / NH - 1.0) ** 2  # (1 - z^2/L^2) at bin centres
 
     def _lv_volume(self, f: float, a_r: float, a_l: float) -> float:
@@ -261,9 +264,9 @@ class Phantom:
         ip = ((psi + np.pi) * (NPSI / (2 * np.pi))).astype(np.int32) % NPSI
         ih = np.clip((za * (NH / L)).astype(np.int32), 0, NH - 1)
         idx = ih * NPSI + ip
-        Wp = self.W.ravel()[idx]
-        R = (self.Re * (1 - self.a_r * f * Wp)).astype(np.float32)
-        T = np.sqrt(R * R + self.A_ed.ravel()[idx] * (self.Le / (np.pi * L))) - R  # conserves ring area x L
+        Wp = self._W32[idx]
+        R = np.float32(self.Re) * (np.float32(1) - np.float32(self.a_r * f) * Wp)
+        T = np.sqrt(R * R + self._A32[idx] * np.float32(self.Le / (np.pi * L))) - R  # conserves ring area x L
         z2 = z * z
         re2 = r2 / (R * R) + z2 / (L * L)
         E = R + T
@@ -275,7 +278,7 @@ class Phantom:
             d_endo = np.maximum((re2 - 1) * R * 0.5, 0)
             d_epi = np.maximum((1 - ep2) * E * 0.5, 0)
             tau = d_endo / (d_endo + d_epi + 1e-3)
-            sw = self.scar.ravel()[idx]
+            sw = self._S32[idx]
             if self.p.lge_pattern == "midwall":
                 band = _soft(tau - 0.35, 0.08) * _soft(0.65 - tau, 0.08)
                 out["scar"] = (sw * band).astype(np.float32)
@@ -284,7 +287,7 @@ class Phantom:
 
         # RV: ellipsoid centred on the base plane, offset towards the septal direction, shrinking with f.
         k = self.rv_k * (1 - self.rv_b * f)
-        ax, ay, al = self.rv_axes * k
+        ax, ay, al = (self.rv_axes * k).tolist()  # python floats keep float32 arrays float32
         xr = xs - self.rv_D
         rv2 = (xr / ax) ** 2 + (xa / ay) ** 2 + z2 / (al * al)
         out["rv_in"] = _soft((1 - rv2) * (0.5 * ay), w) * below
@@ -308,10 +311,10 @@ class Phantom:
 
         # Atria sit on the base plane and fill during systole.
         g = 1.0 + 0.12 * f
-        d3 = np.array([np.cos(np.radians(35)), np.sin(np.radians(35))])
+        d3 = [float(np.cos(np.radians(35))), float(np.sin(np.radians(35)))]
         for name, c, rad in (
             ("la", (-0.35 * self.Re * d3[0], -0.35 * self.Re * d3[1]), self.p.anatomy.la_radius_mm),
-            ("ra", (self.rv_D + 0.35 * self.rv_axes[0], -6.0), self.p.anatomy.ra_radius_mm),
+            ("ra", (self.rv_D + 0.35 * float(self.rv_axes[0]), -6.0), self.p.anatomy.ra_radius_mm),
         ):
             rr = rad * g
             zc = L + 0.85 * rr
@@ -322,6 +325,7 @@ class Phantom:
 
         # Aortic root (sinus sphere) and ascending aorta (a capsule, 0.85 x root diameter).
         root, v, dia = self.aortic_geometry(f)
+        root, v = root.tolist(), v.tolist()
         dx, dy, dz = xs - root[0], xa - root[1], za - root[2]
         tt = np.clip(dx * v[0] + dy * v[1] + dz * v[2], 0.0, 70.0)
         px, py, pz = dx - tt * v[0], dy - tt * v[1], dz - tt * v[2]

@@ -235,15 +235,20 @@ class Renderer:
 
     # ------------------------------------------------------------------ rendering
     def render_planes(self, role: str, planes: list[Plane], times_ms: np.ndarray, *, noise: bool = True,
-                      seed_key: int = 0) -> np.ndarray:
-        """Render (len(planes), len(times_ms), rows, cols) float32 stored values (0..4095, integral)."""
+                      seed_key: int = 0, contrast: dict[str, float] | None = None, gain: float | None = None,
+                      snr: float | None = None, shading: bool = True) -> np.ndarray:
+        """Render (len(planes), len(times_ms), rows, cols) float32 stored values (0..4095, integral).
+
+        ``role`` ("cine" or "lge") picks the default contrast, SNR and gain; ``contrast`` (relative signal per
+        tissue of TISSUES) overrides it, e.g. for T1 maps or TI scouts.
+        """
         ph = self.ph
-        c = self.contrast[role]
+        c = contrast or self.contrast[role]
         fs = volume_curve(np.asarray(times_ms, float), self.p.acq.rr_ms)
         h, w = planes[0].shape
         out = np.empty((len(planes), len(fs), h, w), np.float32)
-        snr = self.p.acq.snr_cine if role == "cine" else self.p.acq.snr_lge
-        gain = self.p.acq.gain * (1.0 if role == "cine" else 1.6)
+        snr = snr or (self.p.acq.snr_cine if role == "cine" else self.p.acq.snr_lge)
+        gain = gain or self.p.acq.gain * (1.0 if role == "cine" else 1.6)
         rng = np.random.default_rng([self.p.seed, 0x401CE, seed_key, role == "lge"])
         for si, pl in enumerate(planes):
             wv = pl.spacing
@@ -251,7 +256,7 @@ class Renderer:
             pts = [pl.points(o) for o in offs]
             bgs = [self.background(pp, c, wv) for pp in pts]
             bg_mean = 0.5 * (bgs[0] + bgs[1])
-            shade = self.shading(pts[0] * 0.5 + pts[1] * 0.5).reshape(h, w)
+            shade = self.shading(pts[0] * 0.5 + pts[1] * 0.5).reshape(h, w) if shading else 1.0
             # Only pixels near the heart change over the cycle: find their bounding box on a coarse grid.
             q_mid = ph.to_heart(0.5 * (pts[0] + pts[1]))
             r0, r1, c0, c1 = self._roi(q_mid, (h, w))
@@ -261,19 +266,23 @@ class Renderer:
                 sub = pp.reshape(h, w, 3)[r0:r1, c0:c1].reshape(-1, 3)
                 qs.append(ph.to_heart(sub))
                 bgr.append(bg.reshape(h, w)[r0:r1, c0:c1].ravel())
-            base = bg_mean.reshape(h, w)
-            for ti, f in enumerate(fs):
-                img = base.copy()
-                if r1 > r0 and c1 > c0:
-                    sig = 0.5 * (ph.heart_signal(qs[0], float(f), wv, bgr[0], c) + ph.heart_signal(qs[1], float(f), wv, bgr[1], c))
-                    img[r0:r1, c0:c1] = sig.reshape(r1 - r0, c1 - c0)
-                img *= shade
-                if noise:
-                    sd = 1.0 / snr
-                    n1 = rng.standard_normal((h, w), dtype=np.float32) * sd
-                    n2 = rng.standard_normal((h, w), dtype=np.float32) * sd
-                    img = np.sqrt((img + n1) ** 2 + n2 * n2)
-                out[si, ti] = img
+            blk = out[si]
+            blk[:] = bg_mean.reshape(h, w)
+            if r1 > r0 and c1 > c0:
+                for ti, f in enumerate(fs):
+                    sig = ph.heart_signal(qs[0], float(f), wv, bgr[0], c)
+                    sig += ph.heart_signal(qs[1], float(f), wv, bgr[1], c)
+                    sig *= 0.5
+                    blk[ti, r0:r1, c0:c1] = sig.reshape(r1 - r0, c1 - c0)
+            blk *= shade
+            if noise:  # Rician: magnitude of (signal + complex Gaussian noise), computed in place
+                n = rng.standard_normal((2,) + blk.shape, dtype=np.float32)
+                n *= np.float32(1.0 / snr)
+                blk += n[0]
+                np.square(blk, out=blk)
+                np.square(n[1], out=n[1])
+                blk += n[1]
+                np.sqrt(blk, out=blk)
         np.multiply(out, gain, out=out)
         np.clip(out, 0, MAX_VALUE, out=out)
         np.rint(out, out=out)
