@@ -27,8 +27,8 @@ TISSUES = ("air", "fat", "muscle", "lung", "liver", "bone", "blood", "myo", "sca
 CONTRAST = {
     "cine": dict(air=0.0, fat=0.85, muscle=0.2, lung=0.04, liver=0.3, bone=0.32, blood=1.0, myo=0.22,
                  scar=0.22, fluid=0.95, peri=0.08, medfat=0.5),
-    "lge": dict(air=0.0, fat=0.5, muscle=0.1, lung=0.02, liver=0.28, bone=0.22, blood=0.5, myo=0.03,
-                scar=1.0, fluid=0.1, peri=0.3, medfat=0.3),
+    "lge": dict(air=0.0, fat=0.5, muscle=0.1, lung=0.02, liver=0.28, bone=0.22, blood=0.35, myo=0.03,
+                scar=1.0, fluid=0.1, peri=0.3, medfat=0.18),
 }
 
 
