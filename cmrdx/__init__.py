@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect_study", "scan", "assemble_study"]
+__all__ = ["__version__", "assemble_study", "classify", "inspect_study", "load_bank", "scan"]
 
 
 def __getattr__(name: str):
@@ -20,4 +20,12 @@ def __getattr__(name: str):
         from cmrdx import assemble
 
         return getattr(assemble, name)
+    if name == "classify":
+        from cmrdx.classify import classify
+
+        return classify
+    if name == "load_bank":
+        from cmrdx.prompts import load_bank
+
+        return load_bank
     raise AttributeError(f"module 'cmrdx' has no attribute {name!r}")

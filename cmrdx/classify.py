@@ -86,12 +86,15 @@ class ClassifyResult:
     timings_ms: dict[str, float]
     files_scanned: int = 0
     files_skipped: dict[str, int] = field(default_factory=dict)
+    # few-shot: finding -> {"score": cos(present) - cos(absent), "call": "present"/"absent", "shots": [n0, n1]}
+    fewshot: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
             "schema": RESULT_SCHEMA,
             "study_uid": self.study_uid,
             "findings": [f.to_dict() for f in self.findings],
+            "fewshot": self.fewshot,
             "warnings": list(self.warnings),
             "views_used": self.views_used,
             "skipped_series": self.skipped_series,
@@ -132,6 +135,7 @@ def classify(
     device: str = "auto",
     study_uid: str | None = None,
     text_cache_dir: Path | None = None,
+    prototypes: str | os.PathLike[str] | None = None,
 ) -> ClassifyResult:
     """Classify one study zero-shot against ``banks`` with ``model``; returns a typed result.
 
@@ -160,6 +164,14 @@ def classify(
     for bank in loaded_banks:
         temb = bank_text_embeddings(bank, enc.encode_texts, cache)
         scores += score_bank(emb, bank, temb, enc.manifest.name, msha)
+    fewshot: dict[str, dict[str, Any]] = {}
+    if prototypes is not None:
+        from cmrdx.fewshot import Prototypes
+
+        protos = Prototypes.load(Path(prototypes))
+        protos.check_model(enc.manifest.name, msha)
+        for (fid, sc), shots in zip(protos.score(emb).items(), protos.shots):
+            fewshot[fid] = {"score": sc, "call": "present" if sc > 0 else "absent", "shots": [int(x) for x in shots]}
     t["score_ms"] = (time.perf_counter() - t4) * 1000
     used_series = list(dict.fromkeys(u for rec in rr.used.values() for u in rec.get("series_uids", [])))
     skipped = [d.to_dict() for d in study.manifest.decisions if d.used_as is None]
@@ -179,4 +191,5 @@ def classify(
         timings_ms=t,
         files_scanned=study.manifest.files_scanned,
         files_skipped=dict(study.manifest.files_skipped),
+        fewshot=fewshot,
     )

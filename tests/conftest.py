@@ -102,3 +102,13 @@ def tiny_model(tmp_path_factory) -> Path:
         options=ExportOptions(float16=False, int8=False),
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def phantom_archive(tmp_path_factory) -> Path:
+    """A small labelled phantom archive written by `cmrdx synth archive` (12 studies, 64x64, 8 phases)."""
+    from cmrdx.synth.archive import write_archive
+
+    out = tmp_path_factory.mktemp("phantoms") / "archive"
+    write_archive(out, n=12, seed=3, prevalence=0.5, n_phases=8, matrix=64)
+    return out

@@ -42,16 +42,27 @@ from cmrdx.cli import inspect as _inspect  # noqa: E402
 app.command("inspect")(_inspect.inspect_cmd)
 from cmrdx.cli import classify as _classify  # noqa: E402
 app.command("classify")(_classify.classify_cmd)
+from cmrdx.cli import prompts as _prompts  # noqa: E402
+app.add_typer(_prompts.app, name="prompts")
+from cmrdx.cli import fewshot as _fewshot  # noqa: E402
+app.add_typer(_fewshot.app, name="fewshot")
 from cmrdx.cli import models as _models  # noqa: E402
 app.add_typer(_models.app, name="models")
 from cmrdx.cli import synth as _synth  # noqa: E402
 app.add_typer(_synth.app, name="synth")
+from cmrdx.cli import train as _train  # noqa: E402
+app.command("train")(_train.train_cmd)
+from cmrdx.cli import eval as _eval  # noqa: E402
+app.add_typer(_eval.app, name="eval")
 
 
 def main() -> None:
     """Console entry point: CmrdxError becomes a clear message and its documented exit code."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # click returns (rather than raises) typer.Exit's code when standalone_mode is off
+        if isinstance(rc, int) and not isinstance(rc, bool):
+            sys.exit(rc)
     except CmrdxError as exc:
         from rich.console import Console
 

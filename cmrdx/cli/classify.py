@@ -37,13 +37,15 @@ def classify_cmd(
     study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
+    prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="Few-shot prototypes (.npz from `cmrdx fewshot fit`)."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.classify import DEFAULT_BANKS, DEFAULT_MODEL, classify
 
     if device not in ("auto", "cuda", "cpu"):
         raise typer.BadParameter("--device must be auto, cuda or cpu")
-    res = classify(study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study)
+    res = classify(study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
+                   prototypes=prototypes)
     payload = json.dumps(res.to_dict(), indent=2)
     if output is not None:
         write_atomic(output, payload + "\n")
@@ -68,6 +70,13 @@ def classify_cmd(
             f"{f.margin:+.3f}" if f.margin is not None else "-",
         )
     console.print(table)
+    if res.fewshot:
+        ft = Table(title="Few-shot (prototypes)", header_style="bold")
+        for col in ("finding", "score", "call", "shots absent/present"):
+            ft.add_column(col)
+        for fid, r in sorted(res.fewshot.items(), key=lambda kv: -kv[1]["score"]):
+            ft.add_row(fid, f"{r['score']:+.3f}", f"[{CALL_STYLE.get(r['call'], '')}]{r['call']}[/]", f"{r['shots'][0]}/{r['shots'][1]}")
+        console.print(ft)
     used = ", ".join(f"{seg}: {rec['view']}" for seg, rec in res.views_used.items())
     console.print(f"[bold]views used:[/] {used}")
     console.print(f"[bold]series used:[/] {len(res.series_used)}; skipped: {len(res.skipped_series)} (see --json)")

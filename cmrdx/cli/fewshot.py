@@ -1,0 +1,45 @@
+"""`cmrdx fewshot fit`: SimpleShot prototypes per finding from labelled studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Few-shot prototypes from a handful of labelled studies.", no_args_is_help=True)
+
+
+@app.command("fit")
+def fit_cmd(
+    labels: Path = typer.Option(..., "--labels", help="labels.csv (`study` folder column, one 0/1 column per finding)."),
+    out: Path = typer.Option(..., "--out", help="Prototype file to write (.npz)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Archive folder the `study` column is relative to."),
+    finding: Optional[List[str]] = typer.Option(None, "--finding", help="Only these finding columns (repeatable)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="Use at most k examples per class (the first k rows)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
+    from cmrdx.classify import get_encoder, model_sha256
+    from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
+    from cmrdx.fewshot import fit_prototypes
+
+    enc = get_encoder(model, device)
+    sha = model_sha256(enc.manifest)
+    rows = load_labels(labels, data, finding)
+    es = embed_labelled(rows, enc, StudyEmbeddingCache(sha))
+    y = {}
+    for fid in finding or (list(rows[0].labels) if rows else []):
+        lab = np.array([r.labels.get(fid) if r.labels.get(fid) is not None else -1 for r in es.rows])
+        if shots:
+            for c in (0, 1):
+                extra = np.flatnonzero(lab == c)[shots:]
+                lab[extra] = -1
+        y[fid] = lab
+    protos = fit_prototypes(es.embeddings, y, enc.manifest.name, sha)
+    protos.save(out)
+    Console().print(f"wrote {out}: {len(protos.findings)} finding(s), shots (absent/present): "
+                    + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots)))

@@ -1,0 +1,84 @@
+"""Few-shot prototypes (SimpleShot: centre on the support mean, L2-normalise, class mean) per finding.
+
+A prototype file (.npz) holds embeddings and labels only, no patient data, and names the model (name and
+sha256) it belongs to; prototypes of another model are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cmrdx.errors import CmrdxError, ModelError
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Prototypes:
+    """Per finding: the support mean (D,) and the negative / positive class prototypes (2, D)."""
+
+    model_name: str
+    model_sha256: str
+    findings: list[str]
+    centre: np.ndarray  # (F, D)
+    protos: np.ndarray  # (F, 2, D): [absent, present]
+    shots: np.ndarray  # (F, 2) examples per class
+
+    def score(self, emb: np.ndarray) -> dict[str, float]:
+        """Few-shot score per finding: cos(present prototype) - cos(absent prototype), in [-2, 2]; > 0 leans
+        present."""
+        q = _l2(emb[None, :] - self.centre)  # (F, D)
+        sims = np.einsum("fd,fcd->fc", q, self.protos)
+        return {f: float(s[1] - s[0]) for f, s in zip(self.findings, sims)}
+
+    def check_model(self, name: str, sha256: str) -> None:
+        if sha256 != self.model_sha256:
+            raise ModelError(
+                f"prototypes were made with model {self.model_name!r} ({self.model_sha256[:12]}), not {name!r} ({sha256[:12]})",
+                hint="re-run `cmrdx fewshot fit` with this model",
+            )
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"model_name": self.model_name, "model_sha256": self.model_sha256, "findings": self.findings,
+                           "format": "cmrdx-prototypes/1"})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(meta), centre=self.centre, protos=self.protos, shots=self.shots)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Prototypes":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(meta["model_name"], meta["model_sha256"], list(meta["findings"]), z["centre"], z["protos"], z["shots"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise CmrdxError(f"{path}: not a cmrdx prototype file ({exc})", hint="make one with `cmrdx fewshot fit`") from exc
+
+
+def fit_prototypes(emb: np.ndarray, labels: dict[str, np.ndarray], model_name: str, model_sha256: str) -> Prototypes:
+    """``emb`` (N, D) L2-normalised; ``labels`` finding -> (N,) of 0/1/-1 (-1 = unknown, not used)."""
+    findings, centres, protos, shots = [], [], [], []
+    for fid, y in labels.items():
+        y = np.asarray(y)
+        pos, neg = emb[y == 1], emb[y == 0]
+        if len(pos) == 0 or len(neg) == 0:
+            raise CmrdxError(f"{fid}: needs at least one present and one absent example ({len(pos)} / {len(neg)})",
+                             hint="add labelled studies for this finding, or leave it out")
+        c = np.concatenate([pos, neg]).mean(axis=0)
+        findings.append(fid)
+        centres.append(c)
+        protos.append(np.stack([_l2(_l2(neg - c).mean(axis=0)), _l2(_l2(pos - c).mean(axis=0))]))
+        shots.append([len(neg), len(pos)])
+    return Prototypes(model_name, model_sha256, findings, np.stack(centres).astype(np.float32),
+                      np.stack(protos).astype(np.float32), np.array(shots))
