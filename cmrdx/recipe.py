@@ -296,29 +296,44 @@ def frames_to_input(frames01: np.ndarray, p: RecipeParams) -> np.ndarray:
 
 
 def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> RecipeResult:
-    """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32."""
+    """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32.
+
+    The window is computed on all of a view's frames, but only the frames the sampling picks are scaled,
+    resized and rounded (about 64 of 100-120 montage frames)."""
     p = get_recipe(recipe) if isinstance(recipe, str) else recipe
     segments, used, subs = collect_segments(study, p)
-    stored: list[np.ndarray] = []
-    for seg, frames, n_rep in segments:
-        x, win = window_to_unit(frames, p.window, p.window_scope)
-        used[seg]["window"] = win
+    if not segments:
+        raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
+    # The montage as (segment, frame) pairs; a repeated LGE image is one frame listed L times.
+    entries: list[tuple[int, int]] = []
+    windows: list[tuple[np.ndarray, np.ndarray]] = []
+    for si, (seg, frames, n_rep) in enumerate(segments):
+        entries += [(si, fi) for fi in range(len(frames)) for _ in range(n_rep)]
+        if p.window_scope == "view":
+            lo, hi = np.percentile(frames, p.window)
+            lo_a, hi_a = np.full(len(frames), lo), np.full(len(frames), hi)
+        else:
+            lo_a, hi_a = np.percentile(frames.reshape(len(frames), -1), p.window, axis=1)
+        windows.append((lo_a.astype(np.float32), hi_a.astype(np.float32)))
+        used[seg]["window"] = [float(lo_a[0]), float(hi_a[0])]
+    idx = sample_indices(len(entries), p.frames)
+    if len(entries) < p.frames:
+        subs.append(f"montage has {len(entries)} frames < {p.frames}: zero-padded")
+    picked = [entries[i] for i in idx]
+    done: dict[tuple[int, int], np.ndarray] = {}
+    for si in sorted({e[0] for e in picked}):
+        fis = sorted({fi for s_, fi in picked if s_ == si})
+        frames = segments[si][1][fis]
+        lo_a, hi_a = (w[fis][:, None, None] for w in windows[si])
+        # a constant image maps to black rather than dividing by zero
+        x = np.clip((frames - lo_a) / np.maximum(hi_a - lo_a, 1e-6), 0.0, 1.0) * 255.0
         if p.store_size is not None:
             x = np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)  # the stored uint8 frame
         else:
             x = resize_crop(x, p.resize, p.crop)  # sizes differ per view: bring each to the crop size now
-        x = x / 255.0
-        stored.append(np.repeat(x, n_rep, axis=0) if n_rep > 1 else x)
-    if not stored:
-        raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
-    montage = np.concatenate(stored, axis=0).astype(np.float32)
-    idx = sample_indices(len(montage), p.frames)
-    if len(montage) < p.frames:
-        subs.append(f"montage has {len(montage)} frames < {p.frames}: zero-padded")
-    picked = montage[idx]
-    if p.store_size is None:
-        # already at crop size; the remaining step is Resize(image_size)
-        arr = frames_to_input(picked, replace(p, resize=p.crop))
-    else:
-        arr = frames_to_input(picked, p)
-    return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(montage), sampled=idx.tolist())
+        for j, fi in enumerate(fis):
+            done[(si, fi)] = x[j] / 255.0
+    montage = np.stack([done[e] for e in picked]).astype(np.float32) if picked else np.zeros((0, 1, 1), np.float32)
+    # with store_size=None the frames are already at crop size; Resize(crop) on them is the identity
+    arr = frames_to_input(montage, p if p.store_size is not None else replace(p, resize=p.crop))
+    return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(entries), sampled=idx.tolist())

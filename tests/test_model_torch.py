@@ -197,3 +197,15 @@ def test_last_block_cls_only_is_exact():
         m.video_model.prune_last = False
         full = m.video_model(video)
     torch.testing.assert_close(pruned, full, rtol=1e-5, atol=1e-6)
+
+
+def test_split_qkv_export_tower_is_exact():
+    from cmrdx.train.model import VideoTower
+
+    m = tiny_model(6)
+    video = torch.randn(2, 3, 3, 16, 16)
+    with torch.no_grad():
+        ref = m.encode_video(video)
+        tower = VideoTower(m, split=True)
+        torch.testing.assert_close(tower(video), ref, rtol=1e-5, atol=1e-6)
+    assert "video_model.blocks.0.attn.qkv.weight" in m.state_dict()  # the original is untouched

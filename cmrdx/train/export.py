@@ -62,7 +62,7 @@ def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset
     (projected, not normalised). Batch is dynamic; frames and size are fixed."""
     cfg = model.cfg.video
     f = frames or cfg.num_frames
-    tower = VideoTower(model).eval()
+    tower = VideoTower(model, split=dynamo).eval()
     dummy = torch.randn(2, f, cfg.in_chans, cfg.img_size, cfg.img_size)
     path = Path(path)
     with torch.no_grad():

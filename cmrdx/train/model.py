@@ -117,6 +117,27 @@ class DividedAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.impl = "sdpa"
 
+    def split_qkv(self) -> None:
+        """Replace the fused ``qkv`` by three Linear layers with the same weights (export only: ONNX then
+        needs no Split of the fused output, and each weight stays an initializer that int8 quantisation
+        can quantise). The state dict of a split module no longer matches the checkpoint layout."""
+        d = self.qkv.in_features
+        for i, name in enumerate(("q_lin", "k_lin", "v_lin")):
+            lin = nn.Linear(d, d)
+            with torch.no_grad():
+                lin.weight.copy_(self.qkv.weight[i * d:(i + 1) * d])
+                lin.bias.copy_(self.qkv.bias[i * d:(i + 1) * d])
+            setattr(self, name, lin)
+        del self.qkv
+
+    def _qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q, k, v each (B, H, T, hd)."""
+        b, t, _ = x.shape
+        h, hd = self.heads, self.head_dim
+        if hasattr(self, "q_lin"):
+            return tuple(lin(x).reshape(b, t, h, hd).transpose(1, 2) for lin in (self.q_lin, self.k_lin, self.v_lin))
+        return self.qkv(x).reshape(b, t, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: torch.Tensor, mode: str, frames: int) -> torch.Tensor:
         """x: (B, 1 + frames*N, D) float -> (B, 1 + frames*N, D)."""
         if self.impl == "einsum":
@@ -124,32 +145,28 @@ class DividedAttention(nn.Module):
         b, t, d = x.shape
         h, hd = self.heads, self.head_dim
         n = (t - 1) // frames
-        qkv = self.qkv(x)
-        # Full (B, H, T, hd) q/k/v; the CLS row attends to all of them.
-        q_all, k_all, v_all = qkv.reshape(b, t, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        cls_out = F.scaled_dot_product_attention(q_all[:, :, :1], k_all, v_all)  # (B, H, 1, hd)
-        cls_k, cls_v = k_all[:, :, :1], v_all[:, :, :1]
-
-        # Patch tokens regrouped so each attention group is one leading "batch" row of a 4-D tensor:
-        # space: groups = (B, F), sequence = N patches; time: groups = (B, N), sequence = F frames.
-        pq = qkv[:, 1:].reshape(b, frames, n, 3, h, hd)
-        if mode == "space":
+        # One head-major layout (3, B, H, T, hd) serves every group: the CLS query uses it as is, and the
+        # space groups are a free reshape of it (frames are contiguous), which keeps copies to a minimum.
+        q, k, v = self._qkv_heads(x)
+        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # (B, H, 1, hd)
+        cls_k, cls_v = k[:, :, :1], v[:, :, :1]
+        q, k, v = q[:, :, 1:], k[:, :, 1:], v[:, :, 1:]  # (B, H, F*N, hd)
+        if mode == "space":  # groups (H, F) per study, sequence N patches
             g, s = frames, n
-            q, k, v = pq.permute(3, 0, 1, 4, 2, 5).reshape(3, b * g, h, s, hd).unbind(0)
-        elif mode == "time":
+            q, k, v = (z.reshape(b, h * g, s, hd) for z in (q, k, v))
+        elif mode == "time":  # groups (H, N) per study, sequence F frames
             g, s = n, frames
-            q, k, v = pq.permute(3, 0, 2, 4, 1, 5).reshape(3, b * g, h, s, hd).unbind(0)
+            q, k, v = (z.reshape(b, h, frames, n, hd).transpose(2, 3).reshape(b, h * g, s, hd) for z in (q, k, v))
         else:
             raise ValueError(f"mode must be 'space' or 'time', not {mode!r}")
-        ck = cls_k.unsqueeze(1).expand(b, g, h, 1, hd).reshape(b * g, h, 1, hd)
-        cv = cls_v.unsqueeze(1).expand(b, g, h, 1, hd).reshape(b * g, h, 1, hd)
+        ck = cls_k.unsqueeze(2).expand(b, h, g, 1, hd).reshape(b, h * g, 1, hd)
+        cv = cls_v.unsqueeze(2).expand(b, h, g, 1, hd).reshape(b, h * g, 1, hd)
         out = F.scaled_dot_product_attention(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2))
-        out = out.reshape(b, g, h, s, hd)
-        if mode == "space":  # (B, F, H, N, hd) -> (B, F, N, H, hd)
-            out = out.permute(0, 1, 3, 2, 4)
-        else:  # (B, N, H, F, hd) -> (B, F, N, H, hd)
-            out = out.permute(0, 3, 1, 2, 4)
-        out = torch.cat([cls_out.transpose(1, 2).reshape(b, 1, d), out.reshape(b, frames * n, d)], dim=1)
+        if mode == "space":
+            out = out.reshape(b, h, frames * n, hd)
+        else:
+            out = out.reshape(b, h, n, frames, hd).transpose(2, 3).reshape(b, h, frames * n, hd)
+        out = torch.cat([cls_out, out], dim=2).transpose(1, 2).reshape(b, t, d)
         return self.proj(out)
 
     def _forward_einsum(self, x: torch.Tensor, mode: str, frames: int) -> torch.Tensor:
@@ -217,11 +234,13 @@ class SpaceTimeBlock(nn.Module):
         t = x + self.timeattn(self.norm3(x), "time", frames)
         y = self.norm1(t)
         a = self.attn
-        b, n_tok, d = y.shape
-        h, hd = a.heads, a.head_dim
-        w, bias = a.qkv.weight, a.qkv.bias
-        q = F.linear(y[:, :1], w[:d], bias[:d]).reshape(b, 1, h, hd).transpose(1, 2)
-        k, v = F.linear(y, w[d:], bias[d:]).reshape(b, n_tok, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        b, _, d = y.shape
+        if hasattr(a, "q_lin"):
+            q = a.q_lin(y[:, :1]).reshape(b, 1, a.heads, a.head_dim).transpose(1, 2)
+            _, k, v = (None, *(lin(y).reshape(b, -1, a.heads, a.head_dim).transpose(1, 2) for lin in (a.k_lin, a.v_lin)))
+        else:
+            q, k, v = a._qkv_heads(y)
+            q = q[:, :, :1]
         if a.impl == "einsum":
             att = (torch.einsum("bhid,bhjd->bhij", q * a.scale, k)).softmax(-1)
             o = torch.einsum("bhij,bhjd->bhid", att, v)
@@ -340,14 +359,24 @@ def similarity(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Ten
 
 
 class VideoTower(nn.Module):
-    """Export wrapper: video -> projected embedding."""
+    """Export wrapper: video -> projected embedding. With ``split=True`` it works on a copy of the video
+    encoder whose attention projections are split into q/k/v (see ``DividedAttention.split_qkv``)."""
 
-    def __init__(self, model: CMRClip):
+    def __init__(self, model: CMRClip, split: bool = False):
         super().__init__()
-        self.model = model
+        vm = model.video_model
+        if split:
+            import copy
+
+            vm = copy.deepcopy(vm)
+            for m in vm.modules():
+                if isinstance(m, DividedAttention) and hasattr(m, "qkv"):
+                    m.split_qkv()
+        self.video_model = vm
+        self.vid_proj = model.vid_proj
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_video(video)
+        return self.vid_proj(self.video_model(video))
 
 
 class TextTower(nn.Module):
