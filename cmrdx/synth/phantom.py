@@ -241,11 +241,21 @@ class Phantom:
         v = np.array([0, 0, 1.0]) + 0.35 * d3 + 0.5 * sup
         return root, v / np.linalg.norm(v), dia
 
-    def fields(self, q: np.ndarray, f: float, w: float, *, scar: bool = False, core: bool = False) -> dict[str, np.ndarray]:
+    @staticmethod
+    def prepare(q: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-point quantities that do not change over the cycle (radius^2 from the long axis, angle bin), so a
+        plane rendered at many phases computes them once. ``q``: (3, N) float32 heart-frame points."""
+        xs, xa = q[0], q[1]
+        psi = np.arctan2(xa, xs)
+        ip = ((psi + np.pi) * (NPSI / (2 * np.pi))).astype(np.int32) % NPSI
+        return {"xs": xs, "xa": xa, "za": q[2], "r2": xs * xs + xa * xa, "ip": ip}
+
+    def fields(self, q: np.ndarray | dict, f: float, w: float, *, scar: bool = False,
+               core: bool = False) -> dict[str, np.ndarray]:
         """Soft memberships of the heart's parts at heart-frame points.
 
         Args:
-            q: (3, N) float32 heart-frame coordinates, mm.
+            q: (3, N) float32 heart-frame coordinates, mm (or ``prepare(q)`` of them).
             f: contraction state in [0, 1].
             w: ramp width in mm (the sampling width: pixel spacing or grid step).
             scar: also compute the scar fraction (LGE rendering).
@@ -255,13 +265,12 @@ class Phantom:
             rv_in (RV ellipsoid), rv_out (RV incl. free wall), la, la_wall, ra, ra_wall, ao, ao_wall,
             env_peri, env_eff (pericardial envelopes), and scar (fraction of lv_epi) when asked.
         """
-        xs, xa, za = q[0], q[1], q[2]
+        if not isinstance(q, dict):
+            q = self.prepare(q)
+        xs, xa, za, r2, ip = q["xs"], q["xa"], q["za"], q["r2"], q["ip"]
         L = self.length(f)
         z = za - L
         below = _soft(-z, w)
-        r2 = xs * xs + xa * xa
-        psi = np.arctan2(xa, xs)
-        ip = ((psi + np.pi) * (NPSI / (2 * np.pi))).astype(np.int32) % NPSI
         ih = np.clip((za * (NH / L)).astype(np.int32), 0, NH - 1)
         idx = ih * NPSI + ip
         Wp = self._W32[idx]

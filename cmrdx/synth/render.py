@@ -250,6 +250,10 @@ class Renderer:
         snr = snr or (self.p.acq.snr_cine if role == "cine" else self.p.acq.snr_lge)
         gain = gain or self.p.acq.gain * (1.0 if role == "cine" else 1.6)
         rng = np.random.default_rng([self.p.seed, 0x401CE, seed_key, role == "lge"])
+        # Gaussian draws cost more than the rendering itself: draw a small bank per view and give every frame
+        # a different randomly shifted, sign-flipped pair from it.
+        n_bank = min(2 * len(planes) * len(fs), 8)
+        bank = rng.standard_normal((n_bank, h, w), dtype=np.float32) * np.float32(1.0 / snr) if noise else None
         for si, pl in enumerate(planes):
             wv = pl.spacing
             offs = (-pl.thickness / 4, pl.thickness / 4)
@@ -264,7 +268,7 @@ class Renderer:
             bgr = []
             for pp, bg in zip(pts, bgs):
                 sub = pp.reshape(h, w, 3)[r0:r1, c0:c1].reshape(-1, 3)
-                qs.append(ph.to_heart(sub))
+                qs.append(ph.prepare(ph.to_heart(sub)))
                 bgr.append(bg.reshape(h, w)[r0:r1, c0:c1].ravel())
             blk = out[si]
             blk[:] = bg_mean.reshape(h, w)
@@ -276,17 +280,29 @@ class Renderer:
                     blk[ti, r0:r1, c0:c1] = sig.reshape(r1 - r0, c1 - c0)
             blk *= shade
             if noise:  # Rician: magnitude of (signal + complex Gaussian noise), computed in place
-                n = rng.standard_normal((2,) + blk.shape, dtype=np.float32)
-                n *= np.float32(1.0 / snr)
-                blk += n[0]
-                np.square(blk, out=blk)
-                np.square(n[1], out=n[1])
-                blk += n[1]
-                np.sqrt(blk, out=blk)
+                for fr in blk:
+                    n1, n2 = self._noise(rng, bank)
+                    fr += n1
+                    np.square(fr, out=fr)
+                    fr += n2
+                    np.sqrt(fr, out=fr)
         np.multiply(out, gain, out=out)
         np.clip(out, 0, MAX_VALUE, out=out)
         np.rint(out, out=out)
         return out
+
+    @staticmethod
+    def _noise(rng: np.random.Generator, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Real part and squared imaginary part of one frame's complex noise, drawn from ``bank``."""
+        n, h, w = bank.shape
+        i, j = rng.choice(n, 2, replace=False) if n > 1 else (0, 0)
+        dy, dx, dy2, dx2 = (int(v) for v in rng.integers(0, [h, w, h, w]))
+        s1, s2 = (np.float32(v) for v in rng.choice([-1.0, 1.0], 2))
+        n1 = np.roll(bank[i], (dy, dx), axis=(0, 1))
+        n1 *= s1
+        n2 = np.roll(bank[j], (dy2, dx2), axis=(0, 1))
+        np.square(n2, out=n2)
+        return n1, n2
 
     def _roi(self, q: np.ndarray, shape: tuple[int, int], stride: int = 4) -> tuple[int, int, int, int]:
         """Bounding box (r0, r1, c0, c1) of pixels the heart can reach at any phase (from a coarse grid)."""
