@@ -56,6 +56,23 @@ def _has_nvidia_driver() -> bool:
         return False
 
 
+def _cuda_loads(ort) -> bool:
+    """Whether the CUDA provider itself loads: a one-node float model must run on CUDA with CPU fallback
+    disabled."""
+    import base64
+
+    try:
+        so = _session_options(1, no_fallback=True)
+        s = ort.InferenceSession(base64.b64decode(_RELU_PROBE), so, providers=["CUDAExecutionProvider"])
+        return s.get_providers()[:1] == ["CUDAExecutionProvider"]
+    except Exception:  # noqa: BLE001 - any failure means "cannot prove CUDA"
+        return False
+
+
+# A one-node ONNX model (y = Relu(x), x: float[1], opset 13), serialised, so the probe needs no onnx package.
+_RELU_PROBE = "CAgSBWNtcmR4OjcKDAoBeBIBeSIEUmVsdRIFcHJvYmVaDwoBeBIKCggIARIECgIIAWIPCgF5EgoKCAgBEgQKAggBQgQKABAN"
+
+
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
@@ -144,6 +161,12 @@ class Encoder:
             s = ort.InferenceSession(str(vfile), so, providers=providers)
         except Exception as exc:  # noqa: BLE001
             s, why = None, f"CUDA session failed: {str(exc).splitlines()[0][:200]}"
+            if strict and "assigned to the default CPU EP" in str(exc) and _cuda_loads(ort):
+                # CUDA works, but the provider itself prefers the CPU for a few shape computations: allow
+                # those (CUDA stays the first provider, checked below) and say so.
+                log.warning("%s: some nodes (shape computations) run on the CPU under the CUDA provider", vfile.name)
+                so = _session_options(self.threads, no_fallback=False)
+                s = ort.InferenceSession(str(vfile), so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         else:
             why = "CUDA provider did not load (CUDA/cuDNN libraries missing?)"
         if device == "auto":
