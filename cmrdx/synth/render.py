@@ -102,8 +102,10 @@ class Rendered:
     def to_study(self, study_uid: str | None = None):
         """The views as a ``cmrdx.study.Study`` (what the DICOM reader would assemble from the same study)."""
         from cmrdx.study import Study, StudyView
+        from cmrdx.synth.dicomio import uid  # local: dicomio imports this module
 
-        st = Study(study_uid=study_uid or f"phantom-{self.params.seed}", source="cmrdx.synth")
+        # The same StudyInstanceUID the DICOM writer gives this seed, so arrays and files can be matched.
+        st = Study(study_uid=study_uid or uid(self.params.seed, "study"), source="cmrdx.synth")
         for key, rv in self.views.items():
             pos = np.array([pl.position for pl in rv.planes])
             st.views[key] = StudyView.from_array(
