@@ -1,0 +1,139 @@
+"""Outputs people can read and systems can file: a self-contained HTML report (``html``), a DICOM SR with a
+TID 1500 measurement report (``sr``, highdicom), a FHIR Bundle (``fhir``, fhir.resources), and C-STORE of DICOM
+objects to a PACS (``send``, pynetdicom).
+
+Each output is built from a ``ClassifyResult`` (the findings) and, where it needs the images, a ``StudySource``
+(the study's headers for SR references, its pixels for the report's previews). Every file is written atomically:
+a reader sees the old file or the whole new one, never half of it. Patient identifiers are never logged; the SR
+copies the source study's patient module because DICOM requires it, and nothing else does.
+
+Heavy imports (highdicom, fhir.resources, Pillow, pynetdicom) happen inside the submodules, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cmrdx.errors import CmrdxError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.assemble import StudyInspection
+    from cmrdx.classify import ClassifyResult
+    from cmrdx.study import Study
+
+# Model whose findings must carry a plain "not for clinical use" notice (trained on synthetic phantoms).
+DEMO_MODEL = "cmrdx-phantom-small"
+DEMO_NOTICE = "Demonstration model trained on synthetic phantoms: not for clinical use."
+RESEARCH_NOTICE = "cmrdx is research software: its findings are not a diagnosis and are not for clinical use."
+
+# A prompt bank's code "system" -> (DICOM coding scheme designator, FHIR system URI).
+CODE_SYSTEMS: dict[str, tuple[str, str]] = {}
+for _names, _dcm, _uri in [
+    (("SNOMED-CT", "SNOMED CT", "SNOMED", "SCT"), "SCT", "http://snomed.info/sct"),
+    (("LOINC", "LN"), "LN", "http://loinc.org"),
+    (("RadLex", "RADLEX"), "RADLEX", "http://radlex.org"),
+    (("DCM", "DICOM"), "DCM", "http://dicom.nema.org/resources/ontology/DCM"),
+]:
+    for _n in (*_names, _uri):
+        CODE_SYSTEMS[_n.upper()] = (_dcm, _uri)
+
+
+class OutputError(CmrdxError):
+    """An output cannot be built or written (the message names the file and the fix)."""
+
+    exit_code = 1
+
+
+def code_system(system: str) -> tuple[str, str] | None:
+    """(DICOM designator, FHIR URI) of a bank code's system, or None for a system cmrdx does not know."""
+    return CODE_SYSTEMS.get(str(system).strip().upper())
+
+
+def is_demo_model(result: "ClassifyResult") -> bool:
+    return result.model.get("name") == DEMO_MODEL
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder", hint="give a file name, e.g. out/report.html")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror})", hint="choose a writable folder") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class StudySource:
+    """One study read once and shared by classification and the outputs: its headers (``inspection``: series
+    with frames and file references) and its assembled views (``study``: lazy pixels)."""
+
+    inspection: "StudyInspection"
+    study: "Study"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str], study_uid: str | None = None) -> "StudySource":
+        from cmrdx.assemble import assemble_study, inspect_study
+
+        insp = inspect_study(path, study_uid)
+        return cls(inspection=insp, study=assemble_study(insp))
+
+
+def as_source(source: "StudySource | str | os.PathLike[str]", result: "ClassifyResult") -> StudySource:
+    """A StudySource for ``result``'s study, read from a path when one is given."""
+    src = source if isinstance(source, StudySource) else StudySource.read(source, result.study_uid)
+    if src.study.study_uid != result.study_uid:
+        raise OutputError(
+            f"{src.inspection.scan.root}: holds study {src.study.study_uid}, not the classified study {result.study_uid}",
+            hint="pass the folder the study was classified from",
+        )
+    return src
+
+
+def write_outputs(
+    result: "ClassifyResult",
+    source: "StudySource | str | os.PathLike[str] | None" = None,
+    *,
+    report: str | os.PathLike[str] | None = None,
+    sr: str | os.PathLike[str] | None = None,
+    fhir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Write the outputs asked for; returns {kind: {"path": Path, "ms": milliseconds, "bytes": size}}."""
+    import time
+
+    out: dict[str, Any] = {}
+    src = as_source(source, result) if (report or sr) and source is not None else None
+    if (report or sr) and src is None:
+        raise OutputError("the HTML report and the SR need the study's images", hint="pass the study folder as source")
+    for kind, path in (("fhir", fhir), ("sr", sr), ("report", report)):
+        if path is None:
+            continue
+        t0 = time.perf_counter()
+        if kind == "fhir":
+            from cmrdx.outputs.fhir import write_fhir
+
+            p = write_fhir(result, path)
+        elif kind == "sr":
+            from cmrdx.outputs.sr import write_sr
+
+            p = write_sr(result, src, path)
+        else:
+            from cmrdx.outputs.html import write_report
+
+            p = write_report(result, src, path)
+        out[kind] = {"path": p, "ms": (time.perf_counter() - t0) * 1000, "bytes": p.stat().st_size}
+    return out
