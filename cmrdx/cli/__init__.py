@@ -46,6 +46,12 @@ from cmrdx.cli import prompts as _prompts  # noqa: E402
 app.add_typer(_prompts.app, name="prompts")
 from cmrdx.cli import fewshot as _fewshot  # noqa: E402
 app.add_typer(_fewshot.app, name="fewshot")
+from cmrdx.cli import batch as _batch  # noqa: E402
+app.command("batch")(_batch.batch_cmd)
+from cmrdx.cli import search as _search  # noqa: E402
+app.command("index")(_search.index_cmd)
+app.command("search")(_search.search_cmd)
+app.command("similar")(_search.similar_cmd)
 from cmrdx.cli import models as _models  # noqa: E402
 app.add_typer(_models.app, name="models")
 from cmrdx.cli import synth as _synth  # noqa: E402

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from cmrdx.dicom.series import (
     MEDIA_STORAGE_DIRECTORY,
@@ -50,10 +51,15 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
     Series within a study are ordered by SeriesNumber then UID. Frames keep their file order; geometry-based
     ordering is the assembly's job.
     """
+    return scan_refs(iter_refs(path), str(path))
+
+
+def scan_refs(refs: Iterable[FileRef], root: str) -> ScanResult:
+    """``scan`` over an explicit list of objects (a batch run's files of one study, spread over folders)."""
     t0 = time.perf_counter()
-    res = ScanResult(root=str(path))
+    res = ScanResult(root=root)
     by_series: dict[str, Series] = {}
-    for ref in iter_refs(path):
+    for ref in refs:
         res.files_scanned += 1
         ds, why = read_series_header(ref)
         if ds is None:

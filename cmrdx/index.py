@@ -1,0 +1,164 @@
+"""Embedding store and retrieval: rank an archive's studies by a text query or by a study.
+
+The store is a folder, no server: ``embeddings.npy`` (N, D) float32 read memory-mapped, ``studies.jsonl``
+(UID and source folder per row; never patient identifiers), ``index.json`` (model name + sha256, so an index
+is never queried with another model). Search is exact (a matrix-vector product over the memory map, in chunks)
+up to a few hundred thousand studies; beyond that, or when asked, a FAISS IVF index (``ann.faiss``, the
+``ann`` extra) answers approximately, with its recall measured against exact search in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cmrdx.errors import CmrdxError, ModelError
+
+FORMAT = "cmrdx-index/1"
+CHUNK = 262_144  # rows per matrix-vector product: bounded memory whatever the store size
+ANN_AUTO_ROWS = 200_000
+
+
+@dataclass
+class Hit:
+    rank: int
+    study_uid: str
+    source: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def build_store(db: Path, uids: Sequence[str], sources: Sequence[str], emb: np.ndarray, model: str, model_sha256: str,
+                *, ann: str = "auto", nlist: int | None = None, archive: str | None = None) -> dict[str, Any]:
+    """Write a store (atomically, file by file; ``index.json`` last, so a half-built store is never opened)."""
+    db = Path(db)
+    db.mkdir(parents=True, exist_ok=True)
+    (db / "index.json").unlink(missing_ok=True)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    _atomic(db / "embeddings.npy", buf.getvalue())
+    _atomic(db / "studies.jsonl", "".join(json.dumps({"study_uid": u, "source": s}) + "\n" for u, s in zip(uids, sources)).encode())
+    use_ann = ann == "ivf" or (ann == "auto" and len(emb) >= ANN_AUTO_ROWS)
+    info: dict[str, Any] = {"format": FORMAT, "model": model, "model_sha256": model_sha256, "dim": int(emb.shape[1]),
+                            "count": int(len(emb)), "ann": None, "archive": archive}
+    if use_ann:
+        info["ann"] = build_ivf(db, emb, nlist)
+    _atomic(db / "index.json", json.dumps(info, indent=2).encode())
+    return info
+
+
+def build_ivf(db: Path, emb: np.ndarray, nlist: int | None = None) -> dict[str, Any]:
+    """A FAISS inverted-file index (inner product on unit vectors = cosine), trained on a sample."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise CmrdxError("approximate search needs FAISS", hint="pip install 'cmrdx[ann]' (faiss-cpu), or use --ann exact") from exc
+    n, d = emb.shape
+    nlist = nlist or int(max(16, min(4096, 4 * np.sqrt(n))))
+    quant = faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = emb[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    ivf.train(sample)
+    ivf.add(emb)
+    faiss.write_index(ivf, str(db / "ann.faiss.tmp"))
+    os.replace(db / "ann.faiss.tmp", db / "ann.faiss")
+    return {"kind": "faiss-ivf-flat", "nlist": nlist, "nprobe": max(1, nlist // 64)}
+
+
+class Store:
+    """An opened store. ``check_model`` refuses queries from another model."""
+
+    def __init__(self, db: Path):
+        self.db = Path(db)
+        f = self.db / "index.json"
+        if not f.is_file():
+            raise CmrdxError(f"{self.db}: not a cmrdx index (no index.json)", hint="build one with `cmrdx index ARCHIVE --db DIR`")
+        self.info = json.loads(f.read_text())
+        if self.info.get("format") != FORMAT:
+            raise CmrdxError(f"{f}: unsupported index format {self.info.get('format')!r}", hint="rebuild the index")
+        self.emb = np.load(self.db / "embeddings.npy", mmap_mode="r")
+        self.rows = [json.loads(line) for line in (self.db / "studies.jsonl").read_text().splitlines() if line]
+        self._ivf = None
+
+    def check_model(self, name: str, sha256: str) -> None:
+        if sha256 != self.info["model_sha256"]:
+            raise ModelError(
+                f"{self.db} was built with model {self.info['model']!r} ({self.info['model_sha256'][:12]}), "
+                f"not {name!r} ({sha256[:12]})",
+                hint=f"query with --model {self.info['model']}, or rebuild the index with this model",
+            )
+
+    def search_vector(self, q: np.ndarray, k: int = 10, *, exact: bool | None = None) -> list[Hit]:
+        q = np.asarray(q, dtype=np.float32).reshape(-1)
+        k = min(k, len(self.rows))
+        use_ann = self.info.get("ann") is not None and exact is not True
+        if use_ann:
+            import faiss
+
+            if self._ivf is None:
+                self._ivf = faiss.read_index(str(self.db / "ann.faiss"))
+                self._ivf.nprobe = int(self.info["ann"]["nprobe"])
+            scores, idx = self._ivf.search(q[None], k)
+            pairs = [(int(i), float(s)) for i, s in zip(idx[0], scores[0]) if i >= 0]
+        else:
+            best_i = np.empty(0, dtype=np.int64)
+            best_s = np.empty(0, dtype=np.float32)
+            for start in range(0, len(self.emb), CHUNK):
+                s = np.asarray(self.emb[start:start + CHUNK]) @ q
+                top = np.argpartition(-s, k - 1)[:k] if len(s) > k else np.arange(len(s))
+                best_i = np.r_[best_i, top + start]
+                best_s = np.r_[best_s, s[top]]
+            order = np.argsort(-best_s, kind="stable")[:k]
+            pairs = [(int(best_i[o]), float(best_s[o])) for o in order]
+        return [Hit(r + 1, self.rows[i]["study_uid"], self.rows[i]["source"], s) for r, (i, s) in enumerate(pairs)]
+
+
+def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: str | None = None) -> dict[str, Any]:
+    """Build a store from a batch run's ``OUT.embeddings.npz`` (no re-encoding)."""
+    from cmrdx.batch import embeddings_path, state_dir
+
+    p = embeddings_path(Path(batch_out))
+    disc = state_dir(Path(batch_out)) / "studies.json"
+    if archive is None and disc.is_file():
+        archive = json.loads(disc.read_text()).get("archive")
+    if not p.is_file():
+        raise CmrdxError(f"{p}: no embeddings next to the batch results", hint="run `cmrdx batch` first")
+    with np.load(p) as z:
+        return build_store(db, list(z["study_uid"]), list(z["source"]), z["embedding"], str(z["model"]),
+                           str(z["model_sha256"]), ann=ann, archive=archive)
+
+
+def patient_of(source: Path) -> str:
+    """PatientName / PatientID from the first DICOM file under ``source`` (only for --show-phi)."""
+    import pydicom
+
+    from cmrdx.dicom.source import iter_refs
+
+    if not Path(source).exists():
+        return "? (study folder not found)"
+    for ref in iter_refs(source):
+        try:
+            with ref.open() as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+            return f"{ds.get('PatientName', '')} / {ds.get('PatientID', '')}"
+        except Exception:  # noqa: BLE001 - a non-DICOM file: try the next
+            continue
+    return "?"
