@@ -14,11 +14,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["dicom", "synth", "encoder", "recipe_window", "zeroshot", "batch", "retrieval"]
+ORDER = ["dicom", "synth", "encoder", "recipe_window", "classify", "zeroshot", "batch"]
 SCRIPTS = {  # result name -> the script that regenerates it under `make bench`
     "dicom": "bench_dicom.py",
     "synth": "bench_synth.py",
     "encoder": "bench_encoder.py",
+    "classify": "bench_classify.py",
+    "batch": "bench_batch.py",
 }
 
 
