@@ -60,6 +60,8 @@ from cmrdx.cli import train as _train  # noqa: E402
 app.command("train")(_train.train_cmd)
 from cmrdx.cli import eval as _eval  # noqa: E402
 app.add_typer(_eval.app, name="eval")
+from cmrdx.cli import send as _send  # noqa: E402
+app.command("send")(_send.send_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,156 @@
+"""C-STORE of DICOM files (e.g. the SR ``cmrdx classify --sr`` wrote) to a PACS or any storage SCP, with pynetdicom.
+
+One association for all files; each file is offered in its own transfer syntax (plus the uncompressed ones, so a
+peer that declines the original can still take it). Failures are named: an unreachable peer, a rejected
+association (wrong AE titles), a storage SOP class the peer does not accept, a failure status per file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmrdx.errors import CmrdxError, InputNotFoundError
+
+
+class SendError(CmrdxError):
+    """The peer could not be reached (nothing listening, a firewall, a timeout)."""
+
+    exit_code = 10
+
+
+class AssociationRejectedError(CmrdxError):
+    """The peer answered but rejected the association (usually the AE titles)."""
+
+    exit_code = 11
+
+
+class StoreFailedError(CmrdxError):
+    """The association was accepted, but at least one file was not stored."""
+
+    exit_code = 12
+
+
+class NotDicomError(CmrdxError):
+    """A file given to send is not a DICOM Part 10 object."""
+
+    exit_code = 3
+
+
+@dataclass
+class StoreOutcome:
+    """What the peer said about one file. ``status`` is the DIMSE status (0x0000 success, 0xB... warning)."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    status: int | None  # None: no answer (the association dropped or timed out)
+    comment: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and (self.status == 0x0000 or (self.status >> 12) == 0xB)
+
+
+def read_for_send(files: list[str | os.PathLike[str]]):
+    """Read every file fully (they are sent as they are); errors name the file before any connection is made."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for p in files:
+        path = Path(p)
+        if not path.is_file():
+            raise InputNotFoundError(f"{path}: no such file", hint="check the path (it is case-sensitive)")
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise NotDicomError(f"{path}: not a DICOM file ({exc})",
+                                hint="pass DICOM Part 10 files, e.g. the SR written by `cmrdx classify --sr FILE`") from exc
+        missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
+        if missing or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            raise NotDicomError(f"{path}: lacks {', '.join(missing) or 'a file meta transfer syntax'}",
+                                hint="only complete DICOM objects (with SOP Class/Instance UIDs) can be stored")
+        out.append((path, ds))
+    return out
+
+
+def send(
+    files: list[str | os.PathLike[str]],
+    host: str,
+    port: int,
+    aet: str,
+    *,
+    calling_aet: str = "CMRDX",
+    timeout: float = 10.0,
+) -> list[StoreOutcome]:
+    """Store ``files`` on the storage SCP ``aet`` at ``host:port``; returns one outcome per file, in order.
+
+    Raises SendError (unreachable), AssociationRejectedError, StoreFailedError (some file not stored: the message
+    lists them; ``.outcomes`` holds all), NotDicomError / InputNotFoundError (bad input, before connecting).
+    """
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+
+    for opt, title in (("--aet", aet), ("--calling-aet", calling_aet)):
+        if not 1 <= len(title.strip()) <= 16 or "\\" in title:
+            raise CmrdxError(f"{opt} {title!r}: an AE title has 1 to 16 characters and no backslash",
+                             hint="use the AE title configured on the PACS")
+    items = read_for_send(files)
+    where = f"{aet}@{host}:{port}"
+    ae = AE(ae_title=calling_aet)
+    ae.connection_timeout = ae.acse_timeout = ae.network_timeout = timeout
+    ae.dimse_timeout = max(timeout, 30.0)
+    contexts: dict[str, list[str]] = {}
+    for _, ds in items:
+        ts = contexts.setdefault(ds.SOPClassUID, [])
+        for t in (ds.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if t not in ts:
+                ts.append(t)
+    if len(contexts) > 128:
+        raise CmrdxError(f"{len(contexts)} SOP classes in one send: one association offers at most 128",
+                         hint="send the files in smaller groups")
+    for sop_class, ts in contexts.items():
+        ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate(host, int(port), ae_title=aet)
+    if assoc.is_rejected:
+        prim = assoc.acceptor.primitive
+        why = f"{prim.result_str}, {prim.source_str}: {prim.reason_str}" if prim is not None else "rejected"
+        raise AssociationRejectedError(
+            f"{where} rejected the association from {calling_aet} ({why})",
+            hint=f"check the called AE title (--aet {aet}) and that the peer accepts the calling AE title "
+                 f"(--calling-aet {calling_aet}) from this machine",
+        )
+    if not assoc.is_established:
+        raise SendError(
+            f"{where}: no DICOM association (nothing answered within {timeout:g} s, or the connection was refused)",
+            hint="check --host and --port, that the storage service is running, and that no firewall is in between",
+        )
+    outcomes: list[StoreOutcome] = []
+    try:
+        for path, ds in items:
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError as exc:  # pynetdicom: no accepted presentation context for this SOP class
+                outcomes.append(StoreOutcome(path, ds.SOPClassUID, ds.SOPInstanceUID, None, f"not accepted by the peer: {exc}"))
+                continue
+            code = int(status.Status) if "Status" in status else None
+            comment = str(status.get("ErrorComment", "")) if code else ""
+            outcomes.append(StoreOutcome(path, ds.SOPClassUID, ds.SOPInstanceUID, code,
+                                         comment or ("no answer: the association dropped" if code is None else "")))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        listing = "; ".join(f"{o.path}: " + (f"status 0x{o.status:04X}" if o.status is not None else "no status")
+                            + (f" ({o.comment})" if o.comment else "") for o in failed)
+        err = StoreFailedError(
+            f"{where}: {len(failed)} of {len(outcomes)} file(s) not stored: {listing}",
+            hint="check that the peer accepts these SOP classes (an SR needs Comprehensive 3D SR storage) "
+                 "and has disk space; the peer's log names the cause",
+        )
+        err.outcomes = outcomes  # type: ignore[attr-defined]
+        raise err
+    return outcomes
