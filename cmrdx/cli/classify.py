@@ -38,17 +38,30 @@ def classify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
     prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="Few-shot prototypes (.npz from `cmrdx fewshot fit`)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report to this file."),
+    sr: Optional[Path] = typer.Option(None, "--sr", help="Write a DICOM SR (TID 1500 measurement report) to this file."),
+    fhir: Optional[Path] = typer.Option(None, "--fhir", help="Write a FHIR Bundle (DiagnosticReport + Observations) JSON."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.classify import DEFAULT_BANKS, DEFAULT_MODEL, classify
 
     if device not in ("auto", "cuda", "cpu"):
         raise typer.BadParameter("--device must be auto, cuda or cpu")
-    res = classify(study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
+    src = None
+    if report or sr:  # these outputs need the study's headers and pixels: read it once, shared with classify
+        from cmrdx.outputs import StudySource
+
+        src = StudySource.read(study_dir, study)
+    res = classify(src.study if src else study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
                    prototypes=prototypes)
     payload = json.dumps(res.to_dict(), indent=2)
     if output is not None:
         write_atomic(output, payload + "\n")
+    if report or sr or fhir:
+        from cmrdx.outputs import write_outputs
+
+        for kind, w in write_outputs(res, src, report=report, sr=sr, fhir=fhir).items():
+            typer.echo(f"wrote {kind}: {w['path']} ({w['bytes']} bytes, {w['ms']:.0f} ms)", err=True)
     if as_json:
         typer.echo(payload)
         return
