@@ -65,8 +65,11 @@ def read_for_send(files: list[str | os.PathLike[str]]):
             raise InputNotFoundError(f"{path}: no such file", hint="check the path (it is case-sensitive)")
         try:
             ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            raise NotDicomError(f"{path}: not a DICOM file ({exc})",
+        except InvalidDicomError as exc:  # pydicom's own text suggests force=True, which would not help here
+            raise NotDicomError(f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)",
+                                hint="pass DICOM files, e.g. the SR written by `cmrdx classify --sr FILE`") from exc
+        except (OSError, ValueError) as exc:
+            raise NotDicomError(f"{path}: not a readable DICOM file ({exc})",
                                 hint="pass DICOM Part 10 files, e.g. the SR written by `cmrdx classify --sr FILE`") from exc
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
         if missing or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):

@@ -9,8 +9,8 @@ Layout (one TID 1501 measurement group per finding, in ranked order):
 - measurements: the score, and the threshold and calibrated probability when there are any (UCUM "1").
 
 Observer context: a device observer (cmrdx and its model; the device UID derives from the model's sha256). The
-Image Library holds one entry per series the model input came from; the evidence sequence lists every instance of
-those series. The
+Image Library holds one entry per (classic, single-frame) series the model input came from; the evidence sequence
+lists every instance of those series, Enhanced MR included. The
 patient and study modules are copied from those instances by highdicom (required by the IOD); cmrdx never logs
 them.
 """
@@ -100,6 +100,17 @@ def source_headers(src: StudySource, series_uids: list[str]) -> list["pydicom.Da
     return out
 
 
+def _library_images(evidence: list) -> list:
+    """One Image Library entry per series (highdicom's tree handling grows steeply with entries: 215 took 30 s), of
+    classic images only: highdicom 0.28's cross-sectional descriptors read PixelSpacing and the plane geometry at
+    the top level, which Enhanced MR keeps in functional groups. The evidence sequence lists every instance."""
+    firsts = {}
+    for ds in evidence:
+        if all(k in ds for k in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")):
+            firsts.setdefault(ds.SeriesInstanceUID, ds)
+    return list(firsts.values()) or None
+
+
 def _group(f, result: "ClassifyResult", c: dict[str, Any]):
     import highdicom.sr as hsr
     from pydicom.uid import generate_uid
@@ -154,9 +165,7 @@ def build_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[s
         observation_context=context,
         procedure_reported=c["procedure"],
         imaging_measurements=[_group(f, result, c) for f in result.findings],
-        # One library entry per series: highdicom's tree handling is quadratic-ish in entries (215 entries took 30 s);
-        # the evidence sequence below still lists every instance.
-        referenced_images=list({ds.SeriesInstanceUID: ds for ds in reversed(evidence)}.values())[::-1],
+        referenced_images=_library_images(evidence),
     )
     description = "cmrdx zero-shot findings" + (" - not for clinical use" if is_demo_model(result) else "")
     sr = hsr.Comprehensive3DSR(
