@@ -150,6 +150,10 @@ def main() -> None:
     lines += [
         "",
         f"For scale: cosine between the two different phantom studies under the default recipe: {between:.5f}.",
+        "With random weights the embedding barely separates different studies, so the embedding column is a weak "
+        "ruler: read the input change first, and compare 1 - cosine with the between-study 1 - cosine above. "
+        "Rerun with `--model DIR` on the imported CMR-CLIP weights for the number that matters. Recipe times were "
+        "taken on a shared, heavily loaded machine.",
         "",
         "Command: `PYTHONPATH=. .venv/bin/python bench/recipe_window.py " + " ".join(sys.argv[1:]) + "`",
         "",
