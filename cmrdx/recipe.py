@@ -18,6 +18,10 @@ spec travels with the weights. ``cmrclip-v1`` reproduces the CMR-CLIP reference 
    (torch's ``interpolate(antialias=True)`` semantics, as precomputed separable weight matrices), ImageNet
    mean/std, grey repeated into 3 channels.
 
+Not reproduced: the reference wrote its uint8 frames to MP4 (lossy ``mp4v``) and decoded them back; we use
+the uint8 frames as they are. Our resize weights are exact; torch's float32 CPU kernel rounds its weights
+(differences up to about 2e-5 on [0, 1] intensities, far below one 8-bit step).
+
 Which long-axis plane the reference's ``cine_lax`` was is not recorded; we prefer 4CH (its most likely
 meaning: the four-chamber view is the standard long-axis cine), then an unspecified LAX, 3CH, 2CH, LVOT.
 Every departure (a missing view, another plane, a phase count other than 30) is recorded in
