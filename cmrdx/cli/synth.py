@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(help="Synthetic cardiac MR studies with known ground truth.", no_args_is_help=True)
-log = logging.getLogger(__name__)
 
 
 def _findings(items: list[str]) -> dict[str, str]:

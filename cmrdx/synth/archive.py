@@ -80,6 +80,7 @@ def write_archive(
         for i in range(n)
     ]
     rows: list[dict[str, object]] = []
+    log.info("writing %d studies to %s with %d worker(s)", n, out, workers)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             for row in ex.map(_run, jobs):

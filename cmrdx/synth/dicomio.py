@@ -7,12 +7,10 @@ same seed writes byte-identical files. Patient identity is synthetic ("PHANTOM^<
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -27,7 +25,6 @@ from pydicom.uid import (
 from cmrdx.synth.render import Plane
 from cmrdx.synth.vendors import SeriesStyle, VendorStyle
 
-log = logging.getLogger(__name__)
 
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 COMPRESSION = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}

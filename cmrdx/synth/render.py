@@ -351,6 +351,7 @@ def render(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: 
         times = cine_times(params) if role == "cine" else np.array([params.acq.lge_trigger_ms])
         px = r.render_planes(role, planes, times, noise=noise, seed_key=i)
         out.views[key] = RenderedView(role, view, px, planes, times)
+        log.debug("seed %d %s: %s", params.seed, key, px.shape)
     return out
 
 

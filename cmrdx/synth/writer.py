@@ -170,6 +170,8 @@ def write_study(out: str | Path, params: StudyParams, *, enhanced: bool = False,
             files += dicomio.write_enhanced(d, s, info, vendor, compress=compress)
         else:
             files += dicomio.write_classic(d, s, info, vendor, compress=compress)
+    log.info("%s: %d series, %d files (seed %d, %s%s%s)", out, len(series), len(files), p.seed, p.acq.vendor,
+             ", enhanced" if enhanced else "", f", {compress}" if compress else "")
     truth = truth_dict(r, info.study_uid)
     (out / "truth.json").write_text(json.dumps(truth, indent=2, default=float) + "\n")
     (out / "report.txt").write_text(make_report(p, r.truth) + "\n")
