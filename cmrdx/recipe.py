@@ -214,22 +214,28 @@ def sample_indices(length: int, frames: int) -> np.ndarray:
 # ---------------------------------------------------------------- intensity
 
 
-def window_to_unit(x: np.ndarray, window: tuple[float, float], scope: str = "view") -> tuple[np.ndarray, list[float]]:
-    """(N, H, W) modality units -> (N, H, W) float32 in [0, 255] via a percentile window.
-
-    Returns the scaled frames and the window in modality units ([lo, hi], or the first frame's with
-    scope "frame")."""
+def window_bounds(x: np.ndarray, window: tuple[float, float], scope: str = "view") -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) modality units -> per-frame (N,) float32 low and high window bounds: the ``window``
+    percentiles of all N frames together (scope "view") or of each frame (scope "frame")."""
     x = np.asarray(x, dtype=np.float32)
     if scope == "view":
         lo, hi = np.percentile(x, window)
-        lo_a = np.full((x.shape[0], 1, 1), lo, np.float32)
-        hi_a = np.full((x.shape[0], 1, 1), hi, np.float32)
-    else:
-        p = np.percentile(x.reshape(x.shape[0], -1), window, axis=1)  # (2, N)
-        lo_a, hi_a = p[0][:, None, None].astype(np.float32), p[1][:, None, None].astype(np.float32)
-    span = np.maximum(hi_a - lo_a, 1e-6)  # a constant image maps to black rather than dividing by zero
-    out = np.clip((x - lo_a) / span, 0.0, 1.0) * 255.0
-    return out, [float(lo_a.ravel()[0]), float(hi_a.ravel()[0])]
+        return np.full(len(x), lo, np.float32), np.full(len(x), hi, np.float32)
+    lo_a, hi_a = np.percentile(x.reshape(len(x), -1), window, axis=1)
+    return lo_a.astype(np.float32), hi_a.astype(np.float32)
+
+
+def apply_window(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(N, H, W) modality units and (N,) bounds -> float32 in [0, 255]."""
+    lo_a, hi_a = np.asarray(lo, np.float32)[:, None, None], np.asarray(hi, np.float32)[:, None, None]
+    # a constant image maps to black rather than dividing by zero
+    return np.clip((np.asarray(x, np.float32) - lo_a) / np.maximum(hi_a - lo_a, 1e-6), 0.0, 1.0) * 255.0
+
+
+def window_to_unit(x: np.ndarray, window: tuple[float, float], scope: str = "view") -> tuple[np.ndarray, list[float]]:
+    """(N, H, W) modality units -> ((N, H, W) float32 in [0, 255], [lo, hi] of the first frame)."""
+    lo, hi = window_bounds(x, window, scope)
+    return apply_window(x, lo, hi), [float(lo[0]), float(hi[0])]
 
 
 # ---------------------------------------------------------------- montage
@@ -313,12 +319,8 @@ def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> R
     windows: list[tuple[np.ndarray, np.ndarray]] = []
     for si, (seg, frames, n_rep) in enumerate(segments):
         entries += [(si, fi) for fi in range(len(frames)) for _ in range(n_rep)]
-        if p.window_scope == "view":
-            lo, hi = np.percentile(frames, p.window)
-            lo_a, hi_a = np.full(len(frames), lo), np.full(len(frames), hi)
-        else:
-            lo_a, hi_a = np.percentile(frames.reshape(len(frames), -1), p.window, axis=1)
-        windows.append((lo_a.astype(np.float32), hi_a.astype(np.float32)))
+        lo_a, hi_a = window_bounds(frames, p.window, p.window_scope)
+        windows.append((lo_a, hi_a))
         used[seg]["window"] = [float(lo_a[0]), float(hi_a[0])]
     idx = sample_indices(len(entries), p.frames)
     if len(entries) < p.frames:
@@ -327,10 +329,7 @@ def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> R
     done: dict[tuple[int, int], np.ndarray] = {}
     for si in sorted({e[0] for e in picked}):
         fis = sorted({fi for s_, fi in picked if s_ == si})
-        frames = segments[si][1][fis]
-        lo_a, hi_a = (w[fis][:, None, None] for w in windows[si])
-        # a constant image maps to black rather than dividing by zero
-        x = np.clip((frames - lo_a) / np.maximum(hi_a - lo_a, 1e-6), 0.0, 1.0) * 255.0
+        x = apply_window(segments[si][1][fis], windows[si][0][fis], windows[si][1][fis])
         if p.store_size is not None:
             x = np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)  # the stored uint8 frame
         else:
