@@ -1,0 +1,105 @@
+"""``cmrdx eval``: zero-shot, retrieval and few-shot benchmarks of a model on a labelled archive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Benchmarks on a labelled archive (cmrdx synth archive): zero-shot, retrieval, few-shot.",
+                  no_args_is_help=True)
+
+_MODEL = typer.Option("cmrdx-phantom-small", "--model", help="Model name or folder.")
+_DATA = typer.Option(..., "--data", help="Archive folder: study folders with DICOM + report.txt, labels.csv.")
+_BANK = typer.Option("cmr-findings", "--bank", help="Prompt bank name or YAML file.")
+_JSON = typer.Option(None, "--json", help="Also write the results as JSON to this file.")
+_MD = typer.Option(None, "--markdown", help="Also write the tables as Markdown to this file.")
+
+
+def _load(model: str, data: Path, device: str):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cmrdx.evaluate import load_eval_set
+    from cmrdx.model.encoder import Encoder
+
+    enc = Encoder(model, device=device)
+    con = Console(stderr=True)
+    with Progress(console=con, transient=True) as prog:
+        task = prog.add_task("reading + encoding studies", total=None)
+        es = load_eval_set(data, enc, progress=lambda i, n: prog.update(task, completed=i, total=n))
+    skipped = ", ".join(f"{k}: {v}" for k, v in es.skipped.items()) or "none"
+    con.print(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}); skipped: {skipped}")
+    return enc, es
+
+
+def _emit(results: dict, md: str, json_out: Path | None, md_out: Path | None) -> None:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(md))
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    if md_out:
+        md_out.write_text(md + "\n")
+
+
+@app.command("zeroshot")
+def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
+                 boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI."),
+                 json_out: Path = _JSON, md_out: Path = _MD) -> None:
+    """AUC per finding with a bootstrap 95% CI, and by severity level."""
+    from cmrdx.evaluate import markdown_tables, zeroshot
+    from cmrdx.prompts import load_bank
+
+    b = load_bank(bank)
+    enc, es = _load(model, data, device)
+    r = zeroshot(es, b, enc, n_boot=boot)
+    _emit(r, markdown_tables(r, None, None), json_out, md_out)
+
+
+@app.command("retrieval")
+def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", json_out: Path = _JSON,
+                  md_out: Path = _MD) -> None:
+    """Report <-> study recall@1/5/10 and median rank."""
+    from cmrdx.evaluate import markdown_tables, retrieval
+
+    enc, es = _load(model, data, device)
+    r = retrieval(es, enc)
+    _emit(r, markdown_tables(None, r, None), json_out, md_out)
+
+
+@app.command("fewshot")
+def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", bank: str = _BANK,
+                episodes: int = typer.Option(100, "--episodes"), json_out: Path = _JSON, md_out: Path = _MD) -> None:
+    """SimpleShot prototype AUC at 1/2/4/8/16 shots (mean over episodes), for the bank's findings."""
+    from cmrdx.evaluate import fewshot, markdown_tables
+    from cmrdx.prompts import load_bank
+
+    b = load_bank(bank)
+    enc, es = _load(model, data, device)
+    r = fewshot(es, [f.id for f in b.findings], episodes=episodes)
+    _emit(r, markdown_tables(None, None, r), json_out, md_out)
+
+
+@app.command("all")
+def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
+            episodes: int = typer.Option(100, "--episodes"), boot: int = typer.Option(1000, "--bootstrap"),
+            json_out: Path = _JSON, md_out: Path = _MD,
+            record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest provenance.")) -> None:
+    """The three benchmarks in one run (studies read and encoded once)."""
+    from cmrdx.evaluate import fewshot, markdown_tables, record_metrics, retrieval, zeroshot
+    from cmrdx.prompts import load_bank
+
+    b = load_bank(bank)
+    enc, es = _load(model, data, device)
+    zs = zeroshot(es, b, enc, n_boot=boot)
+    rt = retrieval(es, enc)
+    fs = fewshot(es, [f.id for f in b.findings], episodes=episodes)
+    r = {"model": enc.manifest.name, "data": str(data), "n": len(es.ids), "skipped": es.skipped,
+         "study_read_ms_median": es.read_ms, "study_encode_ms_median": es.encode_ms,
+         "zeroshot": zs, "retrieval": rt, "fewshot": fs}
+    _emit(r, markdown_tables(zs, rt, fs), json_out, md_out)
+    if record:
+        record_metrics(enc.manifest.root, r)

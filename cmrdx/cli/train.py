@@ -1,0 +1,62 @@
+"""``cmrdx train``: contrastive training of a small CMR-CLIP-style model, then ONNX export (the ``train`` extra).
+
+torch is imported inside the command only: ``import cmrdx.cli`` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from cmrdx.errors import CmrdxError
+
+
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Model folder to export to (e.g. models/cmrdx-phantom-small)."),
+    data: Path = typer.Option(None, "--data", help="Archive of study folders (DICOM + report.txt). Omit to render "
+                                                   "phantom studies straight to arrays (--phantoms, --seed)."),
+    phantoms: int = typer.Option(None, "--phantoms", help="Phantom studies to render (default from the config)."),
+    seed: int = typer.Option(None, "--seed", help="Source and training seed."),
+    config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
+    work: Path = typer.Option(None, "--work", help="Cache + checkpoint folder (default $CMRDX_HOME/train/NAME). "
+                                                   "Rerunning with the same folder resumes."),
+    epochs: int = typer.Option(None, "--epochs"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many more steps (no export unless done)."),
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Log lines instead of progress bars (for logs)."),
+) -> None:
+    """Train on (study, report) pairs and export the model with its manifest."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CmrdxError("cmrdx train needs torch", hint='pip install "cmrdx[train]"') from None
+    from rich.console import Console
+
+    from cmrdx import config as cfgmod
+    from cmrdx.train.trainer import TrainConfig, train
+
+    over = {"phantoms": phantoms, "seed": seed, "epochs": epochs, "batch_size": batch_size, "threads": threads,
+            "archive": str(data) if data else None}
+    try:
+        cfg = TrainConfig.from_file(config, **over) if config else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if no_progress:
+        logging.getLogger("cmrdx").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(message)s")
+        logging.getLogger("cmrdx.train.trainer").setLevel(logging.INFO)
+    work = work or cfgmod.home() / "train" / cfg.name
+    con = Console()
+    res = train(cfg, out=out, work=work, progress=not no_progress, max_steps=max_steps)
+    con.print(f"trained {res.steps} steps ({res.epochs_done} epochs) on {res.n_train} pairs "
+              f"(+{res.n_val} validation) in {res.seconds / 60:.1f} min; skipped: {res.skipped or 'none'}")
+    if res.losses:
+        con.print(f"loss {sum(res.losses[:10]) / min(10, len(res.losses)):.3f} -> {sum(res.losses[-10:]) / min(10, len(res.losses)):.3f}")
+    if res.export:
+        con.print(f"exported to {out}: {', '.join(res.export['files'])}")
+    else:
+        con.print(f"not finished: rerun with --work {work} to resume")

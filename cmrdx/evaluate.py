@@ -1,0 +1,386 @@
+"""Benchmarks of a model on a labelled archive: zero-shot AUC, retrieval, few-shot prototypes. numpy only.
+
+Data flow: archive folder (``study_*/DICOM`` + ``report.txt`` + ``truth.json``, ``labels.csv``) -> each study
+read like a user's (``assemble_study`` + the model's recipe) -> study embeddings (onnxruntime Encoder),
+cached on disk per (model sha256, archive) so the three benchmarks encode each study once.
+
+Metrics (all on L2-normalised embeddings, cosine similarity):
+
+* zero-shot: a finding's score per study from the prompt bank (``cmrdx.scoring``: mean cosine with its
+  prompts, or the positive-vs-negative softmax where the bank has negative prompts); one-vs-rest AUC with a
+  percentile bootstrap 95% CI over studies; AUC of each severity level against the studies without the
+  finding, and the mean score per level (scores should rise with severity).
+* retrieval: report text <-> study; recall@1/5/10 and median rank (1 = best) both ways.
+* few-shot: SimpleShot prototypes (centre on the support mean, L2-normalise, class means) with k positive
+  and k negative support studies per finding, AUC on the remaining studies, mean +- sd over episodes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SEVERITY_LEVELS = ("mild", "moderate", "severe")
+
+# Published CMR-CLIP zero-shot AUCs (internal test n~201 / external test n=129) and 32-shot few-shot AUCs,
+# from shared/design/CMRCLIP.md. Patients, not phantoms: shown side by side, never as a like-for-like score.
+CMRCLIP_PUBLISHED = {
+    "lv_dysfunction": (0.735, 0.768, 0.92),
+    "rv_dysfunction": (0.783, 0.792, 0.72),
+    "lv_dilation": (0.831, 0.835, 0.88),
+    "rv_dilation": (0.838, 0.728, 0.74),
+    "lv_hypertrophy": (0.881, 0.879, 0.91),
+    "lge": (0.705, 0.621, 0.68),
+    "aortic_dilation": (0.625, 0.486, 0.64),
+}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """ROC AUC (Mann-Whitney U / (n_pos * n_neg), ties counted half). NaN when a class is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def bootstrap_auc(scores: Sequence[float], labels: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUC: studies resampled with replacement (resamples lacking a class are
+    redrawn). Returns (low, high)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    if y.sum() == 0 or y.sum() == len(y):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = []
+    while len(vals) < n_boot:
+        idx = rng.integers(0, len(s), len(s))
+        yy = y[idx]
+        if 0 < yy.sum() < len(yy):
+            vals.append(auc(s[idx], yy))
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """``sim`` (N queries, N items) with the match of query i at item i -> recall@k (fraction) and the
+    median rank (1 = the match ranked first); ties count against the query."""
+    sim = np.asarray(sim, dtype=np.float64)
+    diag = np.diag(sim)
+    rank = (sim > diag[:, None]).sum(1) + (sim == diag[:, None]).sum(1)  # 1-based, pessimistic on ties
+    out: dict[str, Any] = {f"R@{k}": float((rank <= k).mean()) for k in ks}
+    out["median_rank"] = float(np.median(rank))
+    out["n"] = int(len(rank))
+    return out
+
+
+def simpleshot_scores(support: np.ndarray, support_y: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """SimpleShot binary score per query: centre every embedding on the support mean, L2-normalise, and
+    return cos(query, positive prototype) - cos(query, negative prototype). (Q,) float64."""
+    mu = support.mean(0, keepdims=True)
+
+    def cl2(x):
+        x = x - mu
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    s, q = cl2(support), cl2(query)
+    pos = s[support_y == 1].mean(0)
+    neg = s[support_y == 0].mean(0)
+    pos /= max(np.linalg.norm(pos), 1e-12)
+    neg /= max(np.linalg.norm(neg), 1e-12)
+    return q @ pos - q @ neg
+
+
+def fewshot_auc(emb: np.ndarray, y: np.ndarray, shots: int, *, episodes: int = 100, seed: int = 0) -> tuple[float, float, int]:
+    """Mean and sd of the query AUC over ``episodes`` draws of ``shots`` positive + ``shots`` negative
+    support studies; the rest are queries. Returns (mean, sd, episodes run) (NaN when too few studies)."""
+    y = np.asarray(y).astype(int)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) <= shots or len(neg) <= shots:
+        return float("nan"), float("nan"), 0
+    rng = np.random.default_rng([seed, shots])
+    vals = []
+    for _ in range(episodes):
+        sp = rng.choice(pos, shots, replace=False)
+        sn = rng.choice(neg, shots, replace=False)
+        sup = np.concatenate([sp, sn])
+        qmask = np.ones(len(y), bool)
+        qmask[sup] = False
+        sc = simpleshot_scores(emb[sup], y[sup], emb[qmask])
+        vals.append(auc(sc, y[qmask]))
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+# ---------------------------------------------------------------- the evaluation set
+
+
+@dataclass
+class EvalSet:
+    """Embeddings and labels of an archive under one model.
+
+    Attributes:
+        ids: study folder names (N,).
+        study_emb: (N, D) float32 L2-normalised study embeddings.
+        reports: (N,) report texts ("" when a study had none).
+        severity: finding -> (N,) array of "none"/"mild"/"moderate"/"severe".
+        skipped: reason -> count of study folders left out.
+        seconds: wall time of reading + encoding (0 when loaded from the embedding cache).
+        encode_ms: median per-study encoder time in ms.
+    """
+
+    ids: list[str]
+    study_emb: np.ndarray
+    reports: list[str]
+    severity: dict[str, np.ndarray]
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    encode_ms: float = 0.0
+    read_ms: float = 0.0
+
+    def labels(self, finding: str) -> np.ndarray:
+        return (self.severity[finding] != "none").astype(int)
+
+
+def _read_labels(root: Path) -> dict[str, dict[str, str]]:
+    """study folder -> {finding: severity} from labels.csv, else from each truth.json."""
+    out: dict[str, dict[str, str]] = {}
+    lab = root / "labels.csv"
+    if lab.is_file():
+        with open(lab, newline="") as fh:
+            for row in csv.DictReader(fh):
+                out[row["study"]] = {k[: -len("_severity")]: v for k, v in row.items() if k.endswith("_severity")}
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        t = d / "truth.json"
+        if t.is_file():
+            try:
+                out[d.name] = dict(json.loads(t.read_text()).get("findings", {}))
+            except ValueError:
+                pass
+    return out
+
+
+def _archive_key(root: Path, folders: list[Path]) -> str:
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for d in folders:
+        r = d / "report.txt"
+        h.update(d.name.encode())
+        h.update(str(r.stat().st_mtime_ns if r.is_file() else 0).encode())
+    return h.hexdigest()[:16]
+
+
+def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> EvalSet:
+    """Read, preprocess and encode every labelled study folder of ``archive`` with ``encoder``
+    (``cmrdx.model.encoder.Encoder``). Folders without a report or labels, or that do not assemble, are
+    skipped and counted. Embeddings are cached in ``cache_dir`` (default ``$CMRDX_HOME/cache/eval``)."""
+    from cmrdx import config
+    from cmrdx.assemble import assemble_study
+    from cmrdx.recipe import apply_recipe
+
+    root = Path(archive)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    labels = _read_labels(root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    sha = encoder.manifest.files[encoder.manifest.video[encoder.precision]]["sha256"]
+    cache_dir = Path(cache_dir) if cache_dir else config.home() / "cache" / "eval"
+    cpath = cache_dir / f"{sha[:16]}-{_archive_key(root, folders)}.npz"
+    if cpath.is_file():
+        with np.load(cpath, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return EvalSet(ids=meta["ids"], study_emb=z["emb"], reports=meta["reports"],
+                           severity={k: np.array(v) for k, v in meta["severity"].items()}, skipped=meta["skipped"],
+                           encode_ms=meta.get("encode_ms", 0.0), read_ms=meta.get("read_ms", 0.0))
+    recipe = encoder.manifest.recipe_params()
+    ids, embs, reports, sev_rows = [], [], [], []
+    skipped: dict[str, int] = {}
+    enc_ms, read_ms = [], []
+    t0 = time.perf_counter()
+    for i, d in enumerate(folders):
+        if progress:
+            progress(i, len(folders))
+        rep = d / "report.txt"
+        if not rep.is_file():
+            skipped["no report.txt"] = skipped.get("no report.txt", 0) + 1
+            continue
+        if d.name not in labels:
+            skipped["no labels"] = skipped.get("no labels", 0) + 1
+            continue
+        try:
+            t1 = time.perf_counter()
+            x = apply_recipe(assemble_study(str(d)), recipe).array
+            t2 = time.perf_counter()
+        except Exception as exc:  # noqa: BLE001 - counted, the benchmark goes on
+            log.warning("%s: %s", d.name, exc)
+            key = f"unreadable ({type(exc).__name__})"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        e = encoder.encode_studies(x[None])[0]
+        enc_ms.append((time.perf_counter() - t2) * 1000)
+        read_ms.append((t2 - t1) * 1000)
+        ids.append(d.name)
+        embs.append(e)
+        reports.append(rep.read_text(encoding="utf-8").strip())
+        sev_rows.append(labels[d.name])
+    if not ids:
+        raise ValueError(f"{root}: no usable study (skipped: {skipped})")
+    findings = sorted({k for r in sev_rows for k in r})
+    severity = {f: np.array([r.get(f, "none") for r in sev_rows]) for f in findings}
+    es = EvalSet(ids=ids, study_emb=np.stack(embs).astype(np.float32), reports=reports, severity=severity,
+                 skipped=skipped, seconds=time.perf_counter() - t0, encode_ms=float(np.median(enc_ms)),
+                 read_ms=float(np.median(read_ms)))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"ids": ids, "reports": reports, "severity": {k: v.tolist() for k, v in severity.items()},
+            "skipped": skipped, "encode_ms": es.encode_ms, "read_ms": es.read_ms}
+    tmp = cpath.with_suffix(".tmp.npz")
+    np.savez(tmp, emb=es.study_emb, meta=np.array(json.dumps(meta)))
+    tmp.replace(cpath)
+    return es
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def zeroshot(es: EvalSet, bank, encoder, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per finding of ``bank`` present in the labels: AUC, bootstrap 95% CI, positives, and per severity
+    level its AUC against the negatives, its count and mean score (plus the negatives' mean score)."""
+    from cmrdx.scoring import bank_text_embeddings, score_bank
+
+    text_emb = bank_text_embeddings(bank, encoder.encode_texts, None)
+    name = encoder.manifest.name
+    per_study = [score_bank(e, bank, text_emb, name, None) for e in es.study_emb]
+    out: dict[str, Any] = {"n": len(es.ids), "bank": bank.name, "findings": {}}
+    for j, f in enumerate(bank.findings):
+        if f.id not in es.severity:
+            continue
+        s = np.array([fs[j].score for fs in per_study])
+        y = es.labels(f.id)
+        lo, hi = bootstrap_auc(s, y, n_boot=n_boot, seed=seed)
+        sev = es.severity[f.id]
+        neg = sev == "none"
+        by = {"none": {"n": int(neg.sum()), "mean_score": float(s[neg].mean()) if neg.any() else None}}
+        for lvl in SEVERITY_LEVELS:
+            m = sev == lvl
+            by[lvl] = {"n": int(m.sum()), "mean_score": float(s[m].mean()) if m.any() else None,
+                       "auc_vs_none": auc(np.concatenate([s[m], s[neg]]), np.r_[np.ones(m.sum()), np.zeros(neg.sum())])
+                       if m.any() and neg.any() else None}
+        out["findings"][f.id] = {"label": f.label, "kind": per_study[0][j].kind, "auc": auc(s, y), "ci95": [lo, hi],
+                                 "positives": int(y.sum()), "by_severity": by}
+    return out
+
+
+def retrieval(es: EvalSet, encoder) -> dict[str, Any]:
+    """Report text <-> study retrieval over the whole archive."""
+    t = encoder.encode_texts(es.reports)
+    sim = t @ es.study_emb.T  # (texts, studies)
+    return {"text_to_study": retrieval_metrics(sim), "study_to_text": retrieval_metrics(sim.T),
+            "chance_R@1": 1.0 / len(es.ids)}
+
+
+def fewshot(es: EvalSet, findings: Sequence[str], *, shots: Sequence[int] = (1, 2, 4, 8, 16), episodes: int = 100,
+            seed: int = 0) -> dict[str, Any]:
+    """finding -> shots -> {mean, sd, episodes} of SimpleShot AUC."""
+    out: dict[str, Any] = {"episodes": episodes, "findings": {}}
+    for f in findings:
+        if f not in es.severity:
+            continue
+        y = es.labels(f)
+        out["findings"][f] = {}
+        for k in shots:
+            m, sd, n = fewshot_auc(es.study_emb, y, k, episodes=episodes, seed=seed)
+            out["findings"][f][str(k)] = {"mean": m, "sd": sd, "episodes": n}
+    return out
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
+
+
+def markdown_tables(zs: dict[str, Any] | None, rt: dict[str, Any] | None, fs: dict[str, Any] | None) -> str:
+    """The benchmark tables as Markdown, zero-shot next to the published CMR-CLIP figures."""
+    lines: list[str] = []
+    if zs:
+        lines += [f"### Zero-shot AUC (n = {zs['n']} held-out studies, bank `{zs['bank']}`)", "",
+                  "| finding | positives | AUC | 95% CI (bootstrap) | CMR-CLIP internal* | CMR-CLIP external* |",
+                  "|---|---:|---:|---|---:|---:|"]
+        for fid, r in zs["findings"].items():
+            pub = CMRCLIP_PUBLISHED.get(fid)
+            lines.append(f"| {r['label']} | {r['positives']} | {_f(r['auc'])} | {_f(r['ci95'][0])}-{_f(r['ci95'][1])} | "
+                         f"{_f(pub[0]) if pub else 'n/a'} | {_f(pub[1]) if pub else 'n/a'} |")
+        lines += ["", "### Zero-shot AUC by severity (each level against the studies without the finding) and mean score", "",
+                  "| finding | score | none: mean (n) | mild: AUC / mean (n) | moderate: AUC / mean (n) | severe: AUC / mean (n) |",
+                  "|---|---|---|---|---|---|"]
+        for fid, r in zs["findings"].items():
+            b = r["by_severity"]
+            cells = [f"{_f(b['none']['mean_score'])} ({b['none']['n']})"]
+            for lvl in SEVERITY_LEVELS:
+                c = b[lvl]
+                cells.append(f"{_f(c['auc_vs_none'])} / {_f(c['mean_score'])} ({c['n']})")
+            lines.append(f"| {r['label']} | {r['kind']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if rt:
+        lines += [f"### Retrieval (n = {rt['text_to_study']['n']}; chance R@1 = {rt['chance_R@1']:.3f})", "",
+                  "| direction | R@1 | R@5 | R@10 | median rank |", "|---|---:|---:|---:|---:|"]
+        for k, lab in (("text_to_study", "report -> study"), ("study_to_text", "study -> report")):
+            r = rt[k]
+            lines.append(f"| {lab} | {_f(r['R@1'])} | {_f(r['R@5'])} | {_f(r['R@10'])} | {r['median_rank']:g} |")
+        lines.append("")
+    if fs:
+        shots = list(next(iter(fs["findings"].values())).keys()) if fs["findings"] else []
+        lines += [f"### Few-shot SimpleShot AUC (mean +- sd over {fs['episodes']} episodes; k positive + k negative support)", "",
+                  "| finding | " + " | ".join(f"k={k}" for k in shots) + " | CMR-CLIP 32-shot* |",
+                  "|---|" + "---:|" * (len(shots) + 1)]
+        for fid, r in fs["findings"].items():
+            pub = CMRCLIP_PUBLISHED.get(fid)
+            lines.append(f"| {fid} | " + " | ".join(f"{_f(r[k]['mean'])} +- {_f(r[k]['sd'], 2)}" for k in shots)
+                         + f" | {_f(pub[2]) if pub else 'n/a'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def record_metrics(model_root: str | Path, results: dict[str, Any]) -> None:
+    """Add the headline benchmark figures to ``provenance.metrics`` of a model's manifest.
+
+    The manifest hashes the model's files, not itself, so the model still verifies afterwards."""
+    mpath = Path(model_root) / "manifest.json"
+    d = json.loads(mpath.read_text())
+    zs, rt, fs = results["zeroshot"], results["retrieval"], results["fewshot"]
+    d.setdefault("provenance", {})["metrics"] = {
+        "benchmark": {"data": results["data"], "n": results["n"], "bank": zs["bank"]},
+        "zeroshot_auc": {k: {"auc": round(v["auc"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
+                         for k, v in zs["findings"].items()},
+        "retrieval": {k: {m: round(x, 4) for m, x in rt[k].items()} for k in ("text_to_study", "study_to_text")},
+        "fewshot_auc_mean": {k: {s: round(v["mean"], 4) for s, v in r.items()} for k, r in fs["findings"].items()},
+        "study_encode_ms_median_cpu": round(results["study_encode_ms_median"], 1),
+    }
+    mpath.write_text(json.dumps(d, indent=2) + "\n")

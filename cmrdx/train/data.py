@@ -1,0 +1,456 @@
+"""Training data: (study, report) pairs -> a cache of recipe-ready uint8 videos + report texts.
+
+Two sources, one cache format:
+
+* ``PhantomSource``: phantom studies rendered straight to arrays (no DICOM). Each view is a lazy
+  ``StudyView`` whose loader renders only the planes and phases the recipe asks for, so a recipe that uses the
+  middle short-axis slice renders one slice, not the stack.
+* ``ArchiveSource``: a folder of study folders (``DICOM/`` + ``report.txt``), read through the user's path
+  (``assemble_study``). A folder without ``report.txt`` or whose DICOM cannot be assembled is skipped and
+  counted, as is a ``report.txt`` with no images next to it.
+
+The cache (``StudyCache``) holds ``videos.u8`` (N, F, S, S) uint8 memmap of the grey frames *before*
+normalisation, ``meta.json`` (ids, reports, labels, counts) and ``done.npy`` (which rows are filled), so a
+killed build resumes where it stopped and epochs after the first never re-render or re-decode. It is exact
+only for recipes whose final resize is the identity (``store_size == resize`` and ``crop == image_size``):
+then the recipe's output is ``(k / 255 - mean) / std`` for integer ``k``, and ``check_exact_recipe`` refuses
+other recipes rather than silently training on an approximation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from cmrdx.recipe import SEGMENTS, RecipeParams, apply_recipe
+
+log = logging.getLogger(__name__)
+
+# Training defaults: the vendor and report style that the held-out benchmark uses are left out here.
+TRAIN_VENDORS = ("siemens", "ge")
+HELDOUT_VENDOR = "philips"
+
+
+def check_exact_recipe(p: RecipeParams) -> None:
+    """Raise ValueError unless the recipe output is exactly representable as uint8 grey frames."""
+    if p.store_size is None or p.store_size != p.resize or p.crop != p.image_size:
+        raise ValueError(
+            "the training cache stores uint8 frames and needs store_size == resize and crop == image_size "
+            f"(got store_size={p.store_size}, resize={p.resize}, crop={p.crop}, image_size={p.image_size})"
+        )
+
+
+def views_for_recipe(p: RecipeParams) -> tuple[str, ...]:
+    """Every view key any segment of the recipe may use (its preference lists)."""
+    keys: list[str] = []
+    for seg in p.segments:
+        role, prefs, _ = SEGMENTS[seg]
+        keys += [f"{role}:{v}" for v in prefs]
+    return tuple(dict.fromkeys(keys))
+
+
+def recipe_to_u8(study, p: RecipeParams) -> tuple[np.ndarray, int, list[str]]:
+    """Study -> ((F, S, S) uint8 grey frames, number of real frames, substitutions).
+
+    Inverts the recipe's normalisation of channel 0; padded frames (after ``n_real``) are stored as 0 and
+    restored as zeros by ``u8_to_input``."""
+    rr = apply_recipe(study, p)
+    x = rr.array[:, 0] * p.std[0] + p.mean[0]  # back to [0, 1]
+    n_real = len(rr.sampled)
+    u8 = np.zeros(x.shape, np.uint8)
+    u8[:n_real] = np.clip(np.rint(x[:n_real] * 255.0), 0, 255).astype(np.uint8)
+    return u8, n_real, rr.substitutions
+
+
+def u8_to_input(u8: np.ndarray, n_real: np.ndarray | int, p: RecipeParams) -> np.ndarray:
+    """(B, F, S, S) uint8 + real-frame counts -> (B, F, 3, S, S) float32, equal to ``apply_recipe``'s array."""
+    u8 = np.asarray(u8)
+    if u8.ndim == 3:
+        u8 = u8[None]
+    n = np.broadcast_to(np.asarray(n_real), (u8.shape[0],))
+    g = u8.astype(np.float32) / 255.0
+    out = np.empty(u8.shape[:2] + (3,) + u8.shape[2:], np.float32)
+    for c in range(3):
+        out[:, :, c] = (g - p.mean[c]) / p.std[c]
+    for i, k in enumerate(n):
+        out[i, int(k):] = 0.0  # the recipe pads after normalisation
+    return out
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class Item:
+    """One training pair before caching. ``make_study()`` builds the Study (lazily rendered or read)."""
+
+    id: str
+    report: str | None
+    make_study: Callable[[], Any] | None
+    labels: dict[str, str] = field(default_factory=dict)  # finding -> severity, when known
+    # optional shortcut (recipe -> (uint8 frames, n_real)) equal to recipe_to_u8(make_study(), recipe)
+    fast_u8: Callable[[RecipeParams], tuple[np.ndarray, int]] | None = None
+
+
+class PhantomSource:
+    """``n`` phantom studies rendered to arrays; study ``i`` has seed ``seed * 100_000 + i`` (the archive
+    writer's scheme, so a training seed never collides with a benchmark archive of another seed).
+
+    Args:
+        n: number of studies.
+        seed: source seed (>= 0).
+        prevalence: chance that each finding is present (severity uniform over mild/moderate/severe).
+        vendors, report_styles: drawn per study; defaults leave out the held-out vendor and phrasing style.
+        matrix: force a square acquisition matrix (faster rendering), None draws 160-256 as the archive does.
+        views: view keys to render (default: those the recipe can use).
+    """
+
+    def __init__(self, n: int, seed: int, *, prevalence: float = 0.3, vendors: Sequence[str] = TRAIN_VENDORS,
+                 report_styles: Sequence[str] | None = None, matrix: int | None = None,
+                 views: Sequence[str] | None = None):
+        from cmrdx.synth.report import TRAIN_STYLES
+
+        if seed < 0 or n < 0:
+            raise ValueError("n and seed must be non-negative")
+        if n > 100_000:
+            raise ValueError("at most 100000 studies per source seed")
+        self.n, self.seed, self.prevalence = n, seed, prevalence
+        self.vendors = tuple(vendors)
+        self.report_styles = tuple(report_styles or TRAIN_STYLES)
+        self.matrix = matrix
+        self.views = tuple(views) if views else None
+
+    def describe(self) -> dict[str, Any]:
+        import cmrdx
+
+        return {"kind": "phantom", "n": self.n, "seed": self.seed, "study_seeds": [self.seed * 100_000, self.seed * 100_000 + self.n - 1],
+                "prevalence": self.prevalence, "vendors": list(self.vendors), "report_styles": list(self.report_styles),
+                "matrix": self.matrix, "generator": f"cmrdx.synth {cmrdx.__version__}"}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Item]:
+        rng = np.random.default_rng([self.seed, 0x7A1])
+        for i in range(self.n):
+            vendor = str(rng.choice(self.vendors))
+            style = str(rng.choice(self.report_styles))
+            yield self.item(i, vendor, style)
+
+    def item(self, i: int, vendor: str, style: str) -> Item:
+        from cmrdx.synth.params import sample_params
+
+        s = self.seed * 100_000 + i
+        p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix)
+        return Item(id=f"phantom-{s}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
+                    labels=dict(p.findings), fast_u8=lambda r: phantom_u8(p, r))
+
+
+def phantom_study(params, views: Sequence[str] | None = None):
+    """(Study with lazily rendered views, report text) for StudyParams ``params``.
+
+    A view's loader renders only the requested (slice, phase) frames; each frame's noise stream is keyed by
+    (view, slice, phase), so a frame's pixels do not depend on which other frames were asked for."""
+    from cmrdx.study import Study, StudyView
+    from cmrdx.synth.phantom import Phantom
+    from cmrdx.synth.render import CINE_VIEWS, LGE_VIEWS, Renderer, cine_times
+    ph = Phantom(params)
+    ren = Renderer(params, ph)
+    keys = views or ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
+    st = Study(study_uid=f"phantom-{params.seed}", source="cmrdx.synth (arrays)")
+    for key in keys:
+        role, view = key.split(":")
+        if view not in (CINE_VIEWS if role == "cine" else LGE_VIEWS):
+            continue  # a plane the phantom does not acquire (e.g. "LAX", LGE LVOT), as in a real study
+        vi = VIEW_KEYS.index(key)
+        planes = ren.view_planes(role, view)
+        times = cine_times(params) if role == "cine" else np.array([params.acq.lge_trigger_ms])
+        h, w = planes[0].shape
+
+        def loader(sl, phs, _planes=planes, _times=times, _role=role, _vi=vi):
+            out = np.empty((len(sl), len(phs), *_planes[0].shape), np.float32)
+            for a, s in enumerate(sl):
+                for b, t in enumerate(phs):
+                    out[a, b] = render_frame(ren, _role, _planes[s], _times[t], _vi, s, t)
+            return out
+
+        sv = StudyView(
+            role=role, view=view, n_slices=len(planes), n_phases=len(times), shape=(h, w),
+            pixel_spacing=(planes[0].spacing, planes[0].spacing),
+            slice_positions=np.array([pl.position for pl in planes]), trigger_times=np.asarray(times, float),
+            rr_interval=params.acq.rr_ms, series_uids=[], notes=["synthetic phantom (arrays)"], _loader=loader,
+        )
+        st.views[key] = sv
+    return st, phantom_report(params)
+
+
+# Stable per-view index for noise keys (independent of which views a caller asks for).
+VIEW_KEYS = ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
+
+
+def render_frame(ren, role: str, plane, time_ms: float, vi: int, s: int, t: int) -> np.ndarray:
+    """One (rows, cols) float32 frame of view ``vi`` slice ``s`` phase ``t``, noise keyed by all three."""
+    return ren.render_planes(role, [plane], np.array([time_ms]), seed_key=(vi * 1000 + s) * 1000 + t)[0, 0]
+
+
+def phantom_report(params) -> str:
+    """The synth report of ``params``, quoting the sampled targets (EDV, EF, wall, root, effusion) rather
+    than the phantom's measured values: the severities and wording are the same, and skipping the volume
+    measurement saves about a third of a training study's cost."""
+    from cmrdx.synth.report import make_report
+
+    m = {"lv_edv_ml": params.lv_edv_ml, "lv_ef_pct": params.lv_ef_pct, "rv_edv_ml": params.rv_edv_ml,
+         "rv_ef_pct": params.rv_ef_pct, "lv_max_wall_mm": params.lv_wall_mm, "aortic_root_mm": params.aortic_root_mm,
+         "effusion_mm": params.effusion_mm}
+    return make_report(params, m)
+
+
+def phantom_u8(params, p: RecipeParams) -> tuple[np.ndarray, int]:
+    """Fast exact path for recipes with ``window_scope == "frame"``: render only the montage frames the
+    recipe samples. Returns ((F, S, S) uint8, n_real) equal to ``recipe_to_u8(phantom_study(params), p)``
+    (a test checks it), at a fraction of the cost (about 13 rendered frames instead of about 75).
+
+    Mirrors ``cmrdx.recipe.collect_segments`` for a phantom, which always has every view the recipe prefers
+    first (cine 4CH and SAX, LGE SAX, 4CH, 2CH, 3CH)."""
+    from cmrdx.recipe import _resample_phases, resize_crop, sample_indices, window_to_unit
+    from cmrdx.synth.phantom import Phantom
+    from cmrdx.synth.render import Renderer, cine_times
+
+    if p.window_scope != "frame":
+        raise ValueError("phantom_u8 is exact only for window_scope='frame'; use recipe_to_u8")
+    check_exact_recipe(p)
+    ren = Renderer(params, Phantom(params))
+    planes: dict[str, list] = {}
+    montage: list[tuple[str, int, int]] = []  # (view key, slice, phase) per montage frame
+    lge_n = params.acq.lge_n_slices
+    for seg in p.segments:
+        role, prefs, kind = SEGMENTS[seg]
+        key = f"{role}:{prefs[0]}"
+        pls = planes.setdefault(key, ren.view_planes(role, prefs[0]))
+        mid = len(pls) // 2
+        if kind == "mid_slice_all_phases":
+            montage += [(key, mid, t) for t in _resample_phases(params.acq.n_phases, p.cine_phases)]
+        elif kind == "all_slices":
+            montage += [(key, s, 0) for s in range(len(pls))]
+        else:
+            montage += [(key, mid, 0)] * (lge_n if "lge_sa" in p.segments else p.lge_repeats_default)
+    idx = sample_indices(len(montage), p.frames)
+    times = {"cine": cine_times(params), "lge": np.array([params.acq.lge_trigger_ms])}
+    frames = []
+    for i in idx:
+        key, s, t = montage[i]
+        role = key.split(":")[0]
+        img = render_frame(ren, role, planes[key][s], times[role][t], VIEW_KEYS.index(key), s, t)
+        x, _ = window_to_unit(img[None], p.window, "frame")
+        frames.append(np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)[0])
+    grey = resize_crop(np.stack(frames) / 255.0, p.resize, p.crop, p.image_size)  # identity resize, centre crop
+    u8 = np.zeros((p.frames, p.image_size, p.image_size), np.uint8)
+    u8[: len(idx)] = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+    return u8, len(idx)
+
+
+class ArchiveSource:
+    """Study folders under ``root`` (each with ``DICOM/`` or DICOM files, and ``report.txt``).
+
+    ``skipped`` counts, by reason, the folders that cannot make a training pair."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a folder")
+        self.folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        self.skipped: dict[str, int] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "archive", "root": str(self.root), "folders": len(self.folders)}
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def __iter__(self) -> Iterator[Item]:
+        from cmrdx.assemble import assemble_study
+
+        for d in self.folders:
+            rep = d / "report.txt"
+            has_images = any(f.is_file() and f.name != "report.txt" and f.suffix not in (".json", ".txt", ".csv")
+                             for f in d.rglob("*"))
+            if not has_images:
+                self.skipped["report without a study" if rep.is_file() else "empty folder"] = \
+                    self.skipped.get("report without a study" if rep.is_file() else "empty folder", 0) + 1
+                continue
+            if not rep.is_file():
+                self.skipped["study without a report"] = self.skipped.get("study without a report", 0) + 1
+                continue
+            labels = _labels_from_truth(d)
+            yield Item(id=d.name, report=rep.read_text(encoding="utf-8").strip(),
+                       make_study=lambda d=d: assemble_study(str(d)), labels=labels)
+
+
+def _labels_from_truth(d: Path) -> dict[str, str]:
+    t = d / "truth.json"
+    if not t.is_file():
+        return {}
+    try:
+        return dict(json.loads(t.read_text()).get("findings", {}))
+    except (ValueError, AttributeError):
+        return {}
+
+
+# ---------------------------------------------------------------- cache
+
+
+class StudyCache:
+    """uint8 video cache of one source under one recipe.
+
+    Files in ``folder``: ``videos.u8`` (N, F, S, S) uint8 memmap, ``n_real.npy`` (N,) int16,
+    ``done.npy`` (N,) bool, ``meta.json`` (recipe, source, ids, reports, labels, skipped counts).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.recipe = RecipeParams.from_dict(self.meta["recipe"])
+        n, f, s = self.meta["shape"]
+        self.videos = np.memmap(self.folder / "videos.u8", dtype=np.uint8, mode="r", shape=(n, f, s, s))
+        self.n_real = np.load(self.folder / "n_real.npy")
+        self.done = np.load(self.folder / "done.npy")
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Indices of rows holding a study and a report."""
+        return np.flatnonzero(self.done & np.array([r is not None for r in self.meta["reports"]]))
+
+    def inputs(self, idx: Sequence[int]) -> np.ndarray:
+        """(B, F, 3, S, S) float32 model input for rows ``idx``."""
+        idx = np.asarray(idx)
+        return u8_to_input(self.videos[idx], self.n_real[idx], self.recipe)
+
+    def reports(self, idx: Sequence[int]) -> list[str]:
+        return [self.meta["reports"][int(i)] for i in idx]
+
+
+def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: bool = True,
+                max_items: int | None = None) -> StudyCache:
+    """Fill (or resume filling) the cache of ``source`` under ``recipe``. Returns the opened cache.
+
+    A source whose description or recipe differs from an existing cache's is an error (never mixed rows).
+    """
+    check_exact_recipe(recipe)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(source) if max_items is None else min(len(source), max_items)
+    shape = [n, recipe.frames, recipe.image_size]
+    desc = source.describe()
+    mpath = folder / "meta.json"
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        if old["source"] != desc or old["recipe"] != recipe.to_dict() or old["shape"] != shape:
+            raise ValueError(f"{folder} holds a cache of another source or recipe; use another folder")
+        meta = old
+        done = np.load(folder / "done.npy")
+        n_real = np.load(folder / "n_real.npy")
+    else:
+        meta = {"source": desc, "recipe": recipe.to_dict(), "shape": shape, "ids": [None] * n,
+                "reports": [None] * n, "labels": [None] * n, "skipped": {}, "substitutions": {}, "seconds": 0.0}
+        done = np.zeros(n, bool)
+        n_real = np.zeros(n, np.int16)
+    mode = "r+" if (folder / "videos.u8").is_file() else "w+"
+    vids = np.memmap(folder / "videos.u8", dtype=np.uint8, mode=mode, shape=(n, recipe.frames, recipe.image_size, recipe.image_size))
+
+    def save() -> None:
+        vids.flush()
+        np.save(folder / "done.npy", done)
+        np.save(folder / "n_real.npy", n_real)
+        tmp = folder / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, mpath)
+
+    todo = int((~done).sum())
+    prog = None
+    if progress and todo:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn("caching studies"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        prog.start()
+        task = prog.add_task("cache", total=n, completed=int(done.sum()))
+    t0, last_save = time.perf_counter(), time.perf_counter()
+    try:
+        for i, item in enumerate(source):
+            if i >= n:
+                break
+            if done[i]:
+                continue
+            reason = None
+            if item.make_study is None:
+                reason = "report without a study"
+            else:
+                try:
+                    if item.fast_u8 is not None and recipe.window_scope == "frame":
+                        (u8, k), subs = item.fast_u8(recipe), []
+                    else:
+                        u8, k, subs = recipe_to_u8(item.make_study(), recipe)
+                except Exception as exc:  # noqa: BLE001 - an unreadable study is skipped and counted
+                    reason = f"study unreadable ({type(exc).__name__})"
+                    log.warning("%s: %s", item.id, exc)
+            report = item.report
+            if reason is None and not report:
+                reason = "study without a report"
+            meta["ids"][i] = item.id
+            meta["labels"][i] = item.labels
+            if reason is None:
+                vids[i] = u8
+                n_real[i] = k
+                meta["reports"][i] = report
+                if subs:
+                    meta["substitutions"][item.id] = subs
+            else:
+                meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
+            done[i] = True
+            if prog is not None:
+                prog.advance(task)
+            if time.perf_counter() - last_save > 30:
+                meta["seconds"] += time.perf_counter() - t0
+                t0 = last_save = time.perf_counter()
+                save()
+        for reason, c in getattr(source, "skipped", {}).items():
+            meta["skipped"][reason] = meta["skipped"].get(reason, 0) + c
+    finally:
+        meta["seconds"] += time.perf_counter() - t0
+        save()
+        if prog is not None:
+            prog.stop()
+    return StudyCache(folder)
+
+
+# ---------------------------------------------------------------- text
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Report text -> sentences (on . ! ? followed by space, and on line breaks); headings kept as text."""
+    return [s.strip() for s in _SENT.split(text) if s and s.strip()]
+
+
+def sample_text(report: str, rng: np.random.Generator, p_subset: float = 0.5, max_sentences: int = 3) -> str:
+    """The whole report, or with probability ``p_subset`` 1..max_sentences of its sentences in order.
+
+    Short sentence subsets teach the text tower what one finding's sentence means on its own, which is what
+    a zero-shot prompt is."""
+    if rng.random() >= p_subset:
+        return report
+    sents = [s for s in split_sentences(report) if len(s.split()) > 1]
+    if not sents:
+        return report
+    k = int(rng.integers(1, min(max_sentences, len(sents)) + 1))
+    pick = np.sort(rng.choice(len(sents), size=k, replace=False))
+    return " ".join(sents[j] for j in pick)

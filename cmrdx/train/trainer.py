@@ -1,0 +1,378 @@
+"""Contrastive training of a small CMR-CLIP-style model on (study, report) pairs, then export.
+
+``train(cfg, out=..., work=...)``:
+
+1. fills (or resumes) the uint8 study cache of the data source under the model's recipe (``data.build_cache``);
+2. trains a WordPiece vocabulary on the training reports (``tokenizer.train_vocab``);
+3. optimises symmetric InfoNCE on cosine similarities / temperature (0.05 fixed, as the reference) with AdamW,
+   linear warm-up then cosine decay, gradient clipping; a fixed validation split reports its loss per epoch;
+4. checkpoints (model, optimiser, step, loss history) to ``work/checkpoint.pt`` every ``checkpoint_every``
+   steps and at each epoch's end; a rerun with the same work folder resumes from it;
+5. exports the ONNX model folder with provenance (``cmrdx.train.export.export_model_folder``).
+
+Determinism: the epoch order is a permutation drawn from (seed, epoch) and the report sampling from
+(seed, step), so a resumed run draws the same batches as an uninterrupted one. The WordPiece vocabulary is
+trained once per work folder (``tokenizers`` breaks merge ties in hash order, so two fresh runs may differ).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint and the model's provenance).
+
+    Data: ``phantoms`` studies rendered from source seed ``seed`` (or ``archive``, a folder of study
+    folders); ``prevalence`` per finding; ``matrix`` square acquisition matrix of the renders (None: drawn as
+    in DICOM archives). Recipe: cmrclip-v1 with ``frames``, ``image_size``; ``resize`` / ``crop`` zoom in on
+    the heart (crop of the central crop/resize of the field of view). Model: ViT ``patch``/``width``/
+    ``depth``/``heads``; BERT ``text_*``; ``projection_dim``. Optimisation: ``epochs`` of ``batch_size``,
+    ``lr`` peak, ``warmup_steps``, ``temperature``; ``text_subset_p`` chance of training on 1-3 sentences of a
+    report instead of all of it.
+    """
+
+    name: str = "cmrdx-phantom-small"
+    version: str = "0.1.0"
+    phantoms: int = 800
+    seed: int = 7
+    prevalence: float = 0.3
+    matrix: int | None = 128
+    archive: str | None = None
+    val_fraction: float = 0.05
+    frames: int = 16
+    image_size: int = 96
+    resize: int = 144
+    crop: int = 96
+    patch: int = 24
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 512
+    max_length: int = 256
+    vocab_size: int = 2000
+    projection_dim: int = 128
+    epochs: int = 16
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    temperature: float = 0.05
+    text_subset_p: float = 0.5
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    threads: int | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """JSON or YAML file of fields (unknown keys are an error)."""
+        import yaml
+
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        extra = set(d) - set(cls.__dataclass_fields__)
+        if extra:
+            raise ValueError(f"unknown training options {sorted(extra)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    def recipe(self):
+        from cmrdx.recipe import get_recipe
+
+        return get_recipe("cmrclip-v1", frames=self.frames, image_size=self.image_size, resize=self.resize,
+                          crop=self.crop, store_size=self.resize, window_scope="frame")
+
+    def source(self):
+        from cmrdx.train.data import ArchiveSource, PhantomSource, views_for_recipe
+
+        if self.archive:
+            return ArchiveSource(self.archive)
+        return PhantomSource(self.phantoms, self.seed, prevalence=self.prevalence, matrix=self.matrix,
+                             views=views_for_recipe(self.recipe()))
+
+    def model_config(self, vocab_size: int):
+        from cmrdx.train.model import CMRClipConfig, TextConfig, VideoConfig
+
+        video = VideoConfig(img_size=self.image_size, patch_size=self.patch, width=self.width, depth=self.depth,
+                            heads=self.heads, num_frames=self.frames)
+        text = TextConfig(vocab_size=vocab_size, hidden_size=self.text_hidden, num_hidden_layers=self.text_layers,
+                          num_attention_heads=self.text_heads, intermediate_size=self.text_intermediate,
+                          max_position_embeddings=self.max_length)
+        return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_done: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # per step (training batches)
+    val_losses: list[float] = field(default_factory=list)  # per epoch
+    n_train: int = 0
+    n_val: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+
+
+def info_nce(text_emb, video_emb, temperature: float):
+    """Symmetric InfoNCE on cosine similarities: (B, D) text and video embeddings (pair i = row i) -> scalar.
+
+    Mean of the text->video and video->text cross-entropies of ``cos / temperature``."""
+    import torch
+    import torch.nn.functional as F
+
+    t = F.normalize(text_emb, dim=1)
+    v = F.normalize(video_emb, dim=1)
+    logits = t @ v.T / temperature
+    target = torch.arange(len(t), device=t.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 1% of it at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def split_indices(valid: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices: a fixed seeded fraction of the valid rows held out for validation loss."""
+    rng = np.random.default_rng([seed, 0x5A1])
+    perm = rng.permutation(valid)
+    n_val = int(round(len(valid) * fraction)) if len(valid) > 20 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class Trainer:
+    """Holds the cache, tokenizer, model and optimiser of one run (``work`` folder = cache + checkpoint)."""
+
+    def __init__(self, cfg: TrainConfig, work: str | Path, *, progress: bool = True,
+                 on_step: Callable[[int, float], None] | None = None):
+        import torch
+
+        from cmrdx.train.data import build_cache
+        from cmrdx.train.model import CMRClip
+        from cmrdx.train.tokenizer import load_tokenizer, train_vocab
+
+        self.cfg = cfg
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.on_step = on_step
+        torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.recipe = cfg.recipe()
+        self.source = cfg.source()
+        t0 = time.perf_counter()
+        self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=progress)
+        self.cache_seconds = time.perf_counter() - t0
+        self.train_idx, self.val_idx = split_indices(self.cache.valid, cfg.val_fraction, cfg.seed)
+        if len(self.train_idx) < 2:
+            raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.meta['skipped']}")
+        self.vocab = self.work / "vocab.txt"
+        if not self.vocab.is_file():
+            train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
+        self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
+        n_vocab = sum(1 for _ in open(self.vocab, encoding="utf-8"))
+        self.model = CMRClip(cfg.model_config(n_vocab))
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        self.steps_per_epoch = max(1, len(self.train_idx) // cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.step = 0
+        self.losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.train_seconds = 0.0
+        self.ckpt = self.work / "checkpoint.pt"
+        if self.ckpt.is_file():
+            self._load()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {"config": asdict(self.cfg), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step, "losses": self.losses, "val_losses": self.val_losses,
+                "train_seconds": self.train_seconds}
+
+    def save(self) -> None:
+        import torch
+
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        tmp.replace(self.ckpt)
+
+    def _load(self) -> None:
+        import torch
+
+        st = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        if st["config"] != asdict(self.cfg):
+            diff = sorted(k for k in st["config"] if st["config"][k] != asdict(self.cfg).get(k))
+            raise ValueError(f"{self.ckpt} was written with other options ({diff}); use another work folder")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.losses, self.val_losses = st["step"], st["losses"], st["val_losses"]
+        self.train_seconds = st.get("train_seconds", 0.0)
+        log.info("resumed from %s at step %d", self.ckpt, self.step)
+
+    # ------------------------------------------------------------------ batches
+    def tokenize(self, texts: list[str]):
+        import torch
+
+        enc = self.tokenizer.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+        return ids, mask
+
+    def batch(self, step: int):
+        """(video (B, F, 3, S, S) float32, input_ids, attention_mask) of global ``step``."""
+        import torch
+
+        from cmrdx.train.data import sample_text
+
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.cfg.seed, 0xE90C, epoch]).permutation(self.train_idx)
+        rows = np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
+        rng = np.random.default_rng([self.cfg.seed, 0x7E27, step])
+        texts = [sample_text(r, rng, self.cfg.text_subset_p) for r in self.cache.reports(rows)]
+        video = torch.from_numpy(self.cache.inputs(rows))
+        return (video, *self.tokenize(texts))
+
+    def loss(self, video, ids, mask):
+        return info_nce(self.model.encode_text(ids, mask), self.model.encode_video(video), self.cfg.temperature)
+
+    def val_loss(self) -> float | None:
+        """Mean InfoNCE over validation batches of whole reports (no sentence sampling)."""
+        import torch
+
+        if len(self.val_idx) < 2:
+            return None
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(self.val_idx), self.cfg.batch_size):
+                rows = self.val_idx[i:i + self.cfg.batch_size]
+                if len(rows) < 2:
+                    continue
+                ids, mask = self.tokenize(self.cache.reports(rows))
+                out.append(float(self.loss(torch.from_numpy(self.cache.inputs(rows)), ids, mask)))
+        self.model.train()
+        return float(np.mean(out))
+
+    # ------------------------------------------------------------------ loop
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``total_steps`` (or ``max_steps`` more steps). Resumable at any step."""
+        import torch
+
+        end = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        self.model.train()
+        prog = None
+        if self.progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            prog = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeRemainingColumn())
+            prog.start()
+            task = prog.add_task("train", total=self.total_steps, completed=self.step, info="")
+        try:
+            while self.step < end:
+                t0 = time.perf_counter()
+                for g in self.opt.param_groups:
+                    g["lr"] = lr_at(self.step, self.total_steps, self.cfg.lr, self.cfg.warmup_steps)
+                loss = self.loss(*self.batch(self.step))
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                self.opt.step()
+                self.step += 1
+                self.losses.append(float(loss.detach()))
+                self.train_seconds += time.perf_counter() - t0
+                if self.on_step:
+                    self.on_step(self.step, float(loss))
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if epoch_end:
+                    v = self.val_loss()
+                    if v is not None:
+                        self.val_losses.append(v)
+                if prog is not None:
+                    recent = float(np.mean(self.losses[-20:]))
+                    info = f"loss {recent:.3f}" + (f" val {self.val_losses[-1]:.3f}" if self.val_losses else "")
+                    prog.update(task, completed=self.step, info=info)
+                else:
+                    if self.step % 10 == 0 or epoch_end:
+                        log.info("step %d/%d loss %.4f%s", self.step, self.total_steps, np.mean(self.losses[-10:]),
+                                 f" val {self.val_losses[-1]:.4f}" if epoch_end and self.val_losses else "")
+                if epoch_end or self.step % self.cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            if prog is not None:
+                prog.stop()
+        self.save()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        return TrainResult(steps=self.step, epochs_done=self.step // self.steps_per_epoch, seconds=self.train_seconds,
+                           losses=list(self.losses), val_losses=list(self.val_losses), n_train=len(self.train_idx),
+                           n_val=len(self.val_idx), skipped=dict(self.cache.meta.get("skipped", {})))
+
+    # ------------------------------------------------------------------ export
+    def provenance(self) -> dict[str, Any]:
+        import cmrdx
+
+        res = self.result()
+        tail = res.losses[-self.steps_per_epoch:] if res.losses else []
+        return {
+            "trained_by": f"cmrdx train ({cmrdx.__version__})",
+            "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {**self.cache.meta["source"], "pairs_train": res.n_train, "pairs_val": res.n_val,
+                     "skipped": res.skipped, "cache_seconds": round(float(self.cache.meta.get("seconds", 0.0)), 1)},
+            "training": {"config": asdict(self.cfg), "steps": res.steps, "epochs": res.epochs_done,
+                         "seconds": round(res.seconds, 1), "final_train_loss": round(float(np.mean(tail)), 4) if tail else None,
+                         "first_train_loss": round(float(np.mean(res.losses[:20])), 4) if res.losses else None,
+                         "val_loss_per_epoch": [round(v, 4) for v in res.val_losses],
+                         "loss": "symmetric InfoNCE on cosine similarities", "temperature": self.cfg.temperature,
+                         "threads": self.cfg.threads or "torch default"},
+        }
+
+    def export(self, out: str | Path, *, int8: bool = True, float16: bool = True) -> dict[str, Any]:
+        """Export the current weights to the model folder ``out`` (ONNX + tokenizer + manifest, proven)."""
+        from cmrdx.train.export import ExportOptions, export_model_folder
+
+        rep = export_model_folder(
+            self.model.eval(), Path(out), vocab_path=self.vocab, name=self.cfg.name, version=self.cfg.version,
+            recipe={"name": "cmrclip-v1", "params": self.recipe.to_dict()}, lowercase=True,
+            max_length=self.cfg.max_length, provenance=self.provenance(),
+            licence="MIT (weights trained by cmrdx on synthetic phantom studies; demonstration only, not for clinical use)",
+            options=ExportOptions(float16=float16, int8=int8),
+        )
+        return {"files": rep.files, "checks": rep.checks, "notes": rep.notes}
+
+
+def train(cfg: TrainConfig, *, out: str | Path | None, work: str | Path, progress: bool = True,
+          max_steps: int | None = None, int8: bool = True, float16: bool = True) -> TrainResult:
+    """Cache, train (resuming from ``work``), and export to ``out`` when training is complete."""
+    tr = Trainer(cfg, work, progress=progress)
+    res = tr.run(max_steps=max_steps)
+    if out is not None and tr.step >= tr.total_steps:
+        res.export = tr.export(out, int8=int8, float16=float16)
+        (Path(work) / "result.json").write_text(json.dumps(asdict(res), indent=1, default=float))
+    return res
