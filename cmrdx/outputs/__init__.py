@@ -57,11 +57,24 @@ def is_demo_model(result: "ClassifyResult") -> bool:
     return result.model.get("name") == DEMO_MODEL
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """Fail before any work when ``path`` cannot be an output file (a folder, or under a file)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder", hint="give a file name, e.g. out/report.html")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: {parent} is a file, not a folder", hint="choose another output path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: {parent} is not writable", hint="choose a writable folder")
+            break
+    return path
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = check_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -116,6 +129,9 @@ def write_outputs(
     import time
 
     out: dict[str, Any] = {}
+    for p in (report, sr, fhir):  # all targets checked first: a bad path must not leave the others half-done
+        if p is not None:
+            check_target(p)
     src = as_source(source, result) if (report or sr) and source is not None else None
     if (report or sr) and src is None:
         raise OutputError("the HTML report and the SR need the study's images", hint="pass the study folder as source")

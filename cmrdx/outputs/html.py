@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmrdx import __version__
-from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, is_demo_model, write_atomic
+from cmrdx.outputs import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, check_target, is_demo_model,
+                           write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.classify import ClassifyResult
@@ -282,4 +283,5 @@ def render_report(result: "ClassifyResult", source: StudySource | str | os.PathL
 def write_report(result: "ClassifyResult", source: StudySource | str | os.PathLike[str],
                  path: str | os.PathLike[str]) -> Path:
     """Render the report and write it atomically to ``path``."""
+    check_target(path)
     return write_atomic(path, render_report(result, source))

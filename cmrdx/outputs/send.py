@@ -1,7 +1,7 @@
 """C-STORE of DICOM files (e.g. the SR ``cmrdx classify --sr`` wrote) to a PACS or any storage SCP, with pynetdicom.
 
 One association for all files; each file is offered in its own transfer syntax (plus the uncompressed ones, so a
-peer that declines the original can still take it). Failures are named: an unreachable peer, a rejected
+peer that declines the original can still take an uncompressed file). Failures are named: an unreachable peer, a rejected
 association (wrong AE titles), a storage SOP class the peer does not accept, a failure status per file.
 """
 
@@ -105,17 +105,19 @@ def send(
     ae = AE(ae_title=calling_aet)
     ae.connection_timeout = ae.acse_timeout = ae.network_timeout = timeout
     ae.dimse_timeout = max(timeout, 30.0)
-    contexts: dict[str, list[str]] = {}
+    # One presentation context per (SOP class, transfer syntax): a peer that lists Implicit VR first would otherwise
+    # pick it for a context offering several, and the file would not be stored as it was written. The uncompressed
+    # syntaxes are offered as fallbacks (pynetdicom converts between them; it cannot decompress).
+    contexts: list[tuple[str, str]] = []
     for _, ds in items:
-        ts = contexts.setdefault(ds.SOPClassUID, [])
         for t in (ds.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if t not in ts:
-                ts.append(t)
+            if (ds.SOPClassUID, t) not in contexts:
+                contexts.append((ds.SOPClassUID, t))
     if len(contexts) > 128:
-        raise CmrdxError(f"{len(contexts)} SOP classes in one send: one association offers at most 128",
+        raise CmrdxError(f"{len(items)} files need {len(contexts)} presentation contexts; one association has at most 128",
                          hint="send the files in smaller groups")
-    for sop_class, ts in contexts.items():
-        ae.add_requested_context(sop_class, ts)
+    for sop_class, t in contexts:
+        ae.add_requested_context(sop_class, t)
     assoc = ae.associate(host, int(port), ae_title=aet)
     if assoc.is_rejected:
         prim = assoc.acceptor.primitive

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx import __version__
-from cmrdx.outputs import DEMO_NOTICE, OutputError, StudySource, as_source, code_system, is_demo_model, write_atomic
+from cmrdx.outputs import (DEMO_NOTICE, OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
+                           write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pydicom
@@ -194,6 +195,7 @@ def write_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[s
     """Build the SR and write it (DICOM Part 10 file) atomically to ``path``."""
     from pydicom import dcmwrite
 
+    check_target(path)
     sr = build_sr(result, source)
     buf = BytesIO()
     dcmwrite(buf, sr, enforce_file_format=True)
