@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx import __version__
-from cmrdx.outputs import (DEMO_NOTICE, OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
+from cmrdx.outputs import (OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
                            write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,8 +186,6 @@ def build_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[s
         coding_schemes=[CodingSchemeIdentificationItem(designator=PRIVATE_SCHEME, name="cmrdx findings and scores",
                                                         responsible_organization="cmrdx developers")],
     )
-    if is_demo_model(result):
-        log.info("SR written with %s's notice in its series description: %s", result.model.get("name"), DEMO_NOTICE)
     return sr
 
 
