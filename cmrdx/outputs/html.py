@@ -146,7 +146,7 @@ def findings_chart(findings: list, kind: str) -> str:
         pad = max(0.02, 0.08 * (hi - lo))
         lo, hi = np.floor((lo - pad) * 20) / 20, np.ceil((hi + pad) * 20) / 20
     label_w, bar_w, call_w, row_h, top = 230, 520, 170, 26, 26
-    width, height = label_w + bar_w + call_w, top + row_h * len(rows) + 34
+    width, height = label_w + bar_w + call_w, top + row_h * len(rows) + 40
 
     def x(v: float) -> float:
         return label_w + (v - lo) / (hi - lo) * bar_w
@@ -154,11 +154,13 @@ def findings_chart(findings: list, kind: str) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="system-ui,sans-serif" font-size="13">',
            f'<title>{_e(KIND_AXIS.get(kind, kind))}: score per finding, threshold as a black tick</title>']
-    ticks = np.linspace(lo, hi, 6)
+    step = next(st for st in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0) if (hi - lo) / st <= 8)
+    ticks = np.arange(np.ceil(lo / step - 1e-9) * step, hi + 1e-9, step)  # round numbers, not linspace's 0.17
+    ticks = np.round(ticks, 6) + 0.0  # + 0.0: no "-0.00" label
     for t in ticks:
-        out.append(f'<line x1="{x(t):.1f}" y1="{top - 4}" x2="{x(t):.1f}" y2="{height - 30}" stroke="#e3e3e3"/>'
-                   f'<text x="{x(t):.1f}" y="{height - 16}" text-anchor="middle" fill="#555">{t:.2f}</text>')
-    out.append(f'<text x="{label_w + bar_w / 2:.0f}" y="{height - 2}" text-anchor="middle" fill="#333">'
+        out.append(f'<line x1="{x(t):.1f}" y1="{top - 4}" x2="{x(t):.1f}" y2="{height - 36}" stroke="#e3e3e3"/>'
+                   f'<text x="{x(t):.1f}" y="{height - 22}" text-anchor="middle" fill="#555">{t:.2f}</text>')
+    out.append(f'<text x="{label_w + bar_w / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#333">'
                f'{_e(KIND_AXIS.get(kind, kind))}</text>')
     x0 = x(0.0)
     for i, f in enumerate(rows):
@@ -175,7 +177,7 @@ def findings_chart(findings: list, kind: str) -> str:
             out.append(f'<line x1="{xt:.1f}" y1="{y + 1}" x2="{xt:.1f}" y2="{y + row_h - 1}" stroke="#000" stroke-width="2">'
                        f'<title>threshold {f.threshold:.3f}</title></line>')
         out.append(f'<text x="{label_w + bar_w + 10}" y="{y + 17}" fill="{colour}" font-weight="700">{_e(call)}</text></g>')
-    out.append(f'<line x1="{x0:.1f}" y1="{top - 4}" x2="{x0:.1f}" y2="{height - 30}" stroke="#999"/></svg>')
+    out.append(f'<line x1="{x0:.1f}" y1="{top - 4}" x2="{x0:.1f}" y2="{height - 36}" stroke="#999"/></svg>')
     return "".join(out)
 
 
