@@ -110,6 +110,14 @@ def test_sr_reads_back_to_the_same_findings(example):
             assert (b["code"]["scheme"], b["code"]["code"], b["label"]) == ("99CMRDX", f.id, f.label)
 
 
+def test_sr_keeps_labels_in_any_script(example, tmp_path):
+    from cmrdx.outputs.sr import read_sr_findings, write_sr
+
+    f = dataclasses.replace(example.res.findings[0], label="Réhaussement tardif – cicatrice", code=None)
+    write_sr(dataclasses.replace(example.res, findings=[f]), example.src, tmp_path / "utf8.dcm")
+    assert read_sr_findings(tmp_path / "utf8.dcm")[0]["label"] == f.label  # the source study is Latin-1
+
+
 def test_sr_references_observer_and_identity(example):
     import highdicom.sr as hsr
     from pydicom.sr.codedict import codes

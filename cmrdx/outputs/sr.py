@@ -180,6 +180,7 @@ def build_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[s
         manufacturer_model_name=str(result.model.get("name"))[:64],
         software_versions=f"cmrdx {__version__}",
         series_description=description[:64],
+        specific_character_set="ISO_IR 192",  # UTF-8: bank labels may hold any character (the source may be Latin-1)
         is_complete=True,
         is_final=False,  # preliminary: no person has verified it
         is_verified=False,
