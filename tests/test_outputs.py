@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from cine_factory import build_cine_study
 from cmrdx.classify import classify, get_encoder, model_sha256
+from cmrdx.errors import PixelDecodeError
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
 from cmrdx.prompts import load_bank
 from conftest import require_tool
@@ -258,15 +259,23 @@ def test_html_report_is_self_contained_and_complete(example):
     assert RESEARCH_NOTICE in html and DEMO_NOTICE not in html  # the tiny test model is not the bundled one
 
 
-def test_html_report_warns_for_the_bundled_demo_model(example):
+def test_html_report_warns_for_the_demo_model_and_survives_an_undecodable_view(example):
     from cmrdx.outputs.html import render_report
 
     demo = dataclasses.replace(example.res, model={**example.res.model, "name": "cmrdx-phantom-small"},
                                warnings=["cine:SAX: only 10 phases (fewer than 15): motion is under-sampled"])
-    html = render_report(demo, example.src)
+    # one view whose pixels cannot be decoded: the report still comes, saying which preview is missing and why
+    def undecodable(slices, phases):
+        raise PixelDecodeError("IM00042.dcm: JPEG 2000 pixel data cannot be decoded", hint="install pylibjpeg-openjpeg")
+
+    study = dataclasses.replace(example.src.study, views=dict(example.src.study.views))
+    study.views["lge:2CH"] = dataclasses.replace(study.views["lge:2CH"], _loader=undecodable)
+    html = render_report(demo, StudySource(inspection=example.src.inspection, study=study))
     notice = re.search(r'<p class="notice" id="notice">([^<]*)</p>', html).group(1)
     assert DEMO_NOTICE in notice and "not for clinical use" in notice
     assert "only 10 phases" in html
+    assert "preview unavailable: IM00042.dcm: JPEG 2000" in html
+    assert set(_data_images(html)) == set(study.views) - {"lge:2CH"}
 
 
 def _chromium(tool: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:

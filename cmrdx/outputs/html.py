@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmrdx import __version__
+from cmrdx.errors import CmrdxError
 from cmrdx.outputs import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, check_target, is_demo_model,
                            write_atomic)
 
@@ -210,14 +211,19 @@ def _previews(result: "ClassifyResult", src: StudySource) -> str:
     for key in sorted(src.study.views, key=order):
         v = src.study.views[key]
         seg, rec = used_views.get(key, (None, {}))
-        if v.role == "cine":
-            sl = rec.get("slices") or [v.n_slices // 2]
-            uri, what = cine_preview(v, sl[len(sl) // 2]), f"slice {sl[len(sl) // 2] + 1}/{v.n_slices}, {v.n_phases} phases"
-            cls = "view"
-        else:
-            uri, what = strip_preview(v), f"{v.n_slices} slice{'s' if v.n_slices != 1 else ''}"
-            cls = "view strip" if v.n_slices > 1 else "view"
         mark = f' <span class="used">model input ({_e(seg)})</span>' if seg else ""
+        try:
+            if v.role == "cine":
+                sl = rec.get("slices") or [v.n_slices // 2]
+                uri, what = cine_preview(v, sl[len(sl) // 2]), f"slice {sl[len(sl) // 2] + 1}/{v.n_slices}, {v.n_phases} phases"
+                cls = "view"
+            else:
+                uri, what = strip_preview(v), f"{v.n_slices} slice{'s' if v.n_slices != 1 else ''}"
+                cls = "view strip" if v.n_slices > 1 else "view"
+        except CmrdxError as exc:  # e.g. a view the model did not use, in a codec this install cannot decode
+            figs.append(f'<figure class="view" data-view="{_e(key)}"><figcaption><b>{_e(key)}</b> preview unavailable: '
+                        f'{_e(exc.message)}{mark}</figcaption></figure>')
+            continue
         alt = f"{key} preview"
         figs.append(f'<figure class="{cls}" data-view="{_e(key)}"><img class="preview" alt="{_e(alt)}" src="{uri}">'
                     f'<figcaption><b>{_e(key)}</b> {_e(what)}{mark}</figcaption></figure>')

@@ -61,6 +61,8 @@ def read_for_send(files: list[str | os.PathLike[str]]):
     out = []
     for p in files:
         path = Path(p)
+        if path.is_dir():
+            raise InputNotFoundError(f"{path}: is a folder", hint=f"pass the files, e.g. {path}/*.dcm")
         if not path.is_file():
             raise InputNotFoundError(f"{path}: no such file", hint="check the path (it is case-sensitive)")
         try:
