@@ -16,6 +16,7 @@ Usage: PYTHONPATH=. .venv/bin/python bench/bench_encoder.py [--frames 16] [--rep
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -101,6 +102,7 @@ def main() -> None:
     if s_leg is not None:
         variants["onnxruntime float32, legacy export opset 17"] = lambda: s_leg.run(None, {"video": xn})[0]
 
+    load_before = os.getloadavg()[0]
     outs = {k: f() for k, f in variants.items()}  # also the first warm-up
     for _ in range(args.warmup - 1):
         for f in variants.values():
@@ -134,7 +136,8 @@ def main() -> None:
         f"Machine: {cpu_model()}, {cores} cores available; torch {torch.__version__}, onnxruntime {ort.__version__}.",
         f"Model: CMR-CLIP video encoder, full size (ViT-B/16 divided space-time, 224x224), random weights, "
         f"{args.frames} frames, batch 1; dynamo export has {n_attn} fused Attention ops (export took {t_export:.0f} s).",
-        f"Median of {args.repeats} repeats after {args.warmup} warm-up, variants interleaved in one process.",
+        f"Median of {args.repeats} repeats after {args.warmup} warm-up, variants interleaved in one process; "
+        f"1-min load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after the timed runs.",
         "",
         "| variant | s / study | speed-up vs reference-style torch | accuracy |",
         "|---|---:|---:|---|",
