@@ -362,7 +362,8 @@ def markdown_tables(zs: dict[str, Any] | None, rt: dict[str, Any] | None, fs: di
                   "|---|" + "---:|" * (len(shots) + 1)]
         for fid, r in fs["findings"].items():
             pub = CMRCLIP_PUBLISHED.get(fid)
-            lines.append(f"| {fid} | " + " | ".join(f"{_f(r[k]['mean'])} +- {_f(r[k]['sd'], 2)}" for k in shots)
+            cell = lambda c: "-" if np.isnan(c["mean"]) else f"{_f(c['mean'])} +- {_f(c['sd'], 2)}"  # noqa: E731
+            lines.append(f"| {fid} | " + " | ".join(cell(r[k]) for k in shots)
                          + f" | {_f(pub[2]) if pub else 'n/a'} |")
         lines.append("")
     return "\n".join(lines)
