@@ -66,6 +66,24 @@ class PromptBankError(CmrdxError):
     exit_code = 9
 
 
+class SendError(CmrdxError):
+    """A DICOM peer could not be reached (nothing listening, a firewall, a timeout)."""
+
+    exit_code = 10
+
+
+class AssociationRejectedError(CmrdxError):
+    """The peer answered but rejected the association (usually the AE titles)."""
+
+    exit_code = 11
+
+
+class StoreFailedError(CmrdxError):
+    """The association was accepted, but at least one file was not stored."""
+
+    exit_code = 12
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -78,5 +96,8 @@ EXIT_CODES = {
         PixelDecodeError,
         ModelError,
         PromptBankError,
+        SendError,
+        AssociationRejectedError,
+        StoreFailedError,
     )
 }

@@ -11,31 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmrdx.errors import CmrdxError, InputNotFoundError
-
-
-class SendError(CmrdxError):
-    """The peer could not be reached (nothing listening, a firewall, a timeout)."""
-
-    exit_code = 10
-
-
-class AssociationRejectedError(CmrdxError):
-    """The peer answered but rejected the association (usually the AE titles)."""
-
-    exit_code = 11
-
-
-class StoreFailedError(CmrdxError):
-    """The association was accepted, but at least one file was not stored."""
-
-    exit_code = 12
-
-
-class NotDicomError(CmrdxError):
-    """A file given to send is not a DICOM Part 10 object."""
-
-    exit_code = 3
+from cmrdx.errors import (  # noqa: F401 - re-exported for callers of this module
+    AssociationRejectedError,
+    CmrdxError,
+    InputNotFoundError,
+    NoDicomError,
+    SendError,
+    StoreFailedError,
+)
 
 
 @dataclass
@@ -68,14 +51,14 @@ def read_for_send(files: list[str | os.PathLike[str]]):
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError as exc:  # pydicom's own text suggests force=True, which would not help here
-            raise NotDicomError(f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)",
+            raise NoDicomError(f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)",
                                 hint="pass DICOM files, e.g. the SR written by `cmrdx classify --sr FILE`") from exc
         except (OSError, ValueError) as exc:
-            raise NotDicomError(f"{path}: not a readable DICOM file ({exc})",
+            raise NoDicomError(f"{path}: not a readable DICOM file ({exc})",
                                 hint="pass DICOM Part 10 files, e.g. the SR written by `cmrdx classify --sr FILE`") from exc
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
         if missing or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-            raise NotDicomError(f"{path}: lacks {', '.join(missing) or 'a file meta transfer syntax'}",
+            raise NoDicomError(f"{path}: lacks {', '.join(missing) or 'a file meta transfer syntax'}",
                                 hint="only complete DICOM objects (with SOP Class/Instance UIDs) can be stored")
         out.append((path, ds))
     return out
@@ -93,7 +76,7 @@ def send(
     """Store ``files`` on the storage SCP ``aet`` at ``host:port``; returns one outcome per file, in order.
 
     Raises SendError (unreachable), AssociationRejectedError, StoreFailedError (some file not stored: the message
-    lists them; ``.outcomes`` holds all), NotDicomError / InputNotFoundError (bad input, before connecting).
+    lists them; ``.outcomes`` holds all), NoDicomError / InputNotFoundError (bad input, before connecting).
     """
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
