@@ -479,3 +479,33 @@ def read_results(out: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     return pq.read_table(out).to_pylist()
+
+
+def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, int]:
+    """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
+    each study, about one classify per study). Existing reports are kept, so this resumes too.
+    Returns (written, kept)."""
+    from cmrdx.assemble import assemble_study, inspect_study
+    from cmrdx.classify import classify
+    from cmrdx.dicom.scan import scan_refs
+    from cmrdx.outputs import StudySource
+    from cmrdx.outputs.html import write_report
+
+    sd = state_dir(out)
+    disc = json.loads((sd / "studies.json").read_text())
+    records = Journal(sd / "journal.jsonl")
+    records.close()
+    written = kept = 0
+    for uid, rec in sorted(records.records.items()):
+        if rec["status"] != "ok":
+            continue
+        target = Path(reports) / f"{rec['source'].replace(os.sep, '_').strip('._') or 'study'}.html"
+        if target.is_file():
+            kept += 1
+            continue
+        insp = inspect_study(scan_refs((_ref(f) for f in disc["studies"][uid]), root=rec["source"]), uid)
+        src = StudySource(inspection=insp, study=assemble_study(insp))
+        res = classify(src.study, model=opts.model, banks=opts.banks, device=opts.device)
+        write_report(res, src, target)
+        written += 1
+    return written, kept

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmrdx.batch import BatchOptions, Journal, read_results, run_batch, state_dir
+from cmrdx.batch import BatchOptions, Journal, read_results, run_batch, state_dir, write_reports
 from cmrdx.errors import ModelError
 from cmrdx.index import Store, build_store
 
@@ -107,7 +107,13 @@ def test_resume_refuses_another_model(phantom_archive, tiny_model, tmp_path):
     arch = tmp_path / "a"
     shutil.copytree(phantom_archive / "study_0001", arch / "s1")
     out = tmp_path / "r.jsonl"
-    run_batch(arch, out, BatchOptions(model=str(tiny_model), device="cpu", workers=1))
+    opts = BatchOptions(model=str(tiny_model), device="cpu", workers=1)
+    run_batch(arch, out, opts)
+    # one HTML report per study on request; a second call keeps what is there
+    assert write_reports(out, tmp_path / "reports", opts) == (1, 0)
+    html = (tmp_path / "reports" / "s1_DICOM.html").read_text()
+    assert "<html" in html.lower() and "LV dilation" in html
+    assert write_reports(out, tmp_path / "reports", opts) == (0, 1)
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)
     m = other / "manifest.json"

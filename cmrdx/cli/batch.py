@@ -22,9 +22,10 @@ def batch_cmd(
     engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start Ray locally)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many new studies."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="Also write one HTML report per study under this folder."),
 ) -> None:
     """Read, assemble and score every study; one record per study. Killed, it resumes where it stopped."""
-    from cmrdx.batch import BatchOptions, run_batch
+    from cmrdx.batch import BatchOptions, run_batch, write_reports
 
     opts = BatchOptions(model=model, banks=tuple(bank) if bank else ("cmr-findings",), device=device, workers=workers,
                         batch_size=batch_size, engine=engine, ray_address=address, limit=limit)
@@ -54,3 +55,6 @@ def batch_cmd(
     t.add_row("throughput", f"{s.studies_per_s:.2f} studies/s in {s.seconds:.1f} s "
                             f"(reading {s.prepare_seconds:.1f} s summed over workers, encoding {s.encode_seconds:.1f} s)")
     console.print(t)
+    if reports is not None:
+        written, kept = write_reports(out, reports, opts)
+        console.print(f"HTML reports in {reports}: {written} written, {kept} already there")
