@@ -194,7 +194,11 @@ def make_report(p: Any, measurements: dict[str, float], style: str | None = None
                   "Comprehensive cardiac MR study."])
     body = " ".join(sent[k] for k in pick_order)
     if present:
-        imp = "; ".join(sent[k].rstrip(".").replace("The ", "the ", 1) for k in order if k in present)
+        def clause(s: str) -> str:  # "Moderate RV ..." -> "moderate RV ..." inside a sentence; keep "LV ..."
+            s = s.rstrip(".")
+            return s[0].lower() + s[1:] if len(s) > 1 and s[1].islower() else s
+
+        imp = "; ".join(clause(sent[k]) for k in order if k in present)
         conclusion = pick(["In summary: ", "Conclusion: ", "Impression: "]) + imp[0].upper() + imp[1:] + "."
     else:
         conclusion = pick(["Impression: normal cardiac MRI.", "Conclusion: structurally normal heart with normal "
