@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmrdx.config import cpu_count
 from cmrdx.model.manifest import sha256_file, write_manifest
 from cmrdx.train.model import CMRClip, TextTower, VideoTower
 
@@ -156,7 +156,7 @@ def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    so.intra_op_num_threads = threads or cpu_count()
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
