@@ -133,6 +133,12 @@ class Series:
 
     @property
     def n_positions(self) -> int:
+        """Distinct slice positions; for non-parallel planes (a 3-plane localizer), distinct planes."""
+        from cmrdx.dicom.geometry import all_parallel
+
+        if not all_parallel(self.frames):
+            return len({(tuple(np.round(f.orientation, 3)), tuple(np.round(f.position, 1)))
+                        for f in self.frames if f.orientation is not None and f.position is not None})
         return len(self.slice_groups())
 
     @property
