@@ -153,3 +153,15 @@ def test_exported_model_loads_and_encodes(trained, tmp_path):
     np.testing.assert_allclose(t, tref / np.linalg.norm(tref, axis=1, keepdims=True), atol=1e-4)
     # the trained model prefers each study's own report over another's (it learned the pairs)
     assert (np.diag(t @ e.T) > (t @ e.T)[[1, 0], [0, 1]]).all()
+
+
+def test_warm_start_reuses_weights_and_vocab(trained, tmp_path):
+    tr, _, _, work, cfg = trained
+    tr.save()
+    cfg2 = dataclasses.replace(cfg, init_from=str(work / "checkpoint.pt"), epochs=2, lr=1e-3)
+    b = Trainer(cfg2, tmp_path / "b", progress=False)
+    assert (tmp_path / "b" / "vocab.txt").read_bytes() == (work / "vocab.txt").read_bytes()
+    assert b.step == 0 and b.init_info["steps"] == tr.step
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert b.provenance()["initialised_from"]["steps"] == tr.step

@@ -103,3 +103,40 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
     _emit(r, markdown_tables(zs, rt, fs), json_out, md_out)
     if record:
         record_metrics(enc.manifest.root, r)
+
+
+@app.command("speed")
+def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/phantom-study"), "--study", help="A study folder."),
+              device: str = "cpu", repeats: int = typer.Option(20, "--repeats"),
+              threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: cores available)."),
+              json_out: Path = _JSON) -> None:
+    """Time one study's embedding: read + recipe once, then the encoder (median of repeats after a warm-up)."""
+    import os
+    import platform
+    import time
+
+    import numpy as np
+
+    from cmrdx.assemble import assemble_study
+    from cmrdx.model.encoder import Encoder
+    from cmrdx.recipe import apply_recipe
+
+    enc = Encoder(model, device=device, threads=threads)
+    t0 = time.perf_counter()
+    x = apply_recipe(assemble_study(str(study)), enc.manifest.recipe_params()).array[None]
+    read_ms = (time.perf_counter() - t0) * 1000
+    enc.encode_studies(x)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        enc.encode_studies(x)
+        ts.append((time.perf_counter() - t) * 1000)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor()) \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    r = {"model": enc.manifest.name, "device": enc.device, "precision": enc.precision, "threads": enc.threads,
+         "cpu": cpu, "load_average_1min": os.getloadavg()[0], "read_and_recipe_ms": round(read_ms, 1),
+         "encode_ms_median": round(float(np.median(ts)), 2), "encode_ms_min": round(float(np.min(ts)), 2),
+         "repeats": repeats, "input_shape": list(x.shape)}
+    typer.echo(json.dumps(r, indent=1))
+    if json_out:
+        json_out.write_text(json.dumps(r, indent=1) + "\n")

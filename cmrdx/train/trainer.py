@@ -77,6 +77,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     threads: int | None = None
+    init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -189,6 +190,9 @@ class Trainer:
         if len(self.train_idx) < 2:
             raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.meta['skipped']}")
         self.vocab = self.work / "vocab.txt"
+        if cfg.init_from and not self.vocab.is_file():
+            # a warm start keeps the token ids its weights were trained with
+            self.vocab.write_bytes((Path(cfg.init_from).parent / "vocab.txt").read_bytes())
         if not self.vocab.is_file():
             train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
         self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
@@ -204,15 +208,25 @@ class Trainer:
         self.losses: list[float] = []
         self.val_losses: list[float] = []
         self.train_seconds = 0.0
+        self.init_steps = 0
+        self.init_info: dict[str, Any] | None = None
         self.ckpt = self.work / "checkpoint.pt"
         if self.ckpt.is_file():
             self._load()
+        elif cfg.init_from:
+            st = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(st["model"])
+            self.init_steps = int(st["step"])
+            self.init_info = {"checkpoint": str(cfg.init_from), "steps": int(st["step"]),
+                              "seconds": round(float(st.get("train_seconds", 0.0)), 1), "config": st["config"],
+                              "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])]}
+            log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, st["step"])
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "step": self.step, "losses": self.losses, "val_losses": self.val_losses,
-                "train_seconds": self.train_seconds}
+                "train_seconds": self.train_seconds, "init_info": self.init_info}
 
     def save(self) -> None:
         import torch
@@ -232,6 +246,7 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         self.step, self.losses, self.val_losses = st["step"], st["losses"], st["val_losses"]
         self.train_seconds = st.get("train_seconds", 0.0)
+        self.init_info = st.get("init_info")
         log.info("resumed from %s at step %d", self.ckpt, self.step)
 
     # ------------------------------------------------------------------ batches
@@ -351,6 +366,7 @@ class Trainer:
                          "val_loss_per_epoch": [round(v, 4) for v in res.val_losses],
                          "loss": "symmetric InfoNCE on cosine similarities", "temperature": self.cfg.temperature,
                          "threads": self.cfg.threads or "torch default"},
+            **({"initialised_from": self.init_info} if self.init_info else {}),
         }
 
     def export(self, out: str | Path, *, int8: bool = True, float16: bool = True) -> dict[str, Any]:
