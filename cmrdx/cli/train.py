@@ -26,6 +26,7 @@ def train_cmd(
     batch_size: int = typer.Option(None, "--batch-size"),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many more steps (no export unless done)."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
+    init_from: Path = typer.Option(None, "--init-from", help="Start from this checkpoint.pt's weights (and its vocab.txt)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Log lines instead of progress bars (for logs)."),
 ) -> None:
     """Train on (study, report) pairs and export the model with its manifest."""
@@ -39,7 +40,8 @@ def train_cmd(
     from cmrdx.train.trainer import TrainConfig, train
 
     over = {"phantoms": phantoms, "seed": seed, "epochs": epochs, "batch_size": batch_size, "threads": threads,
-            "archive": str(data) if data else None}
+            "archive": str(data) if data else None,
+            "init_from": str(init_from) if init_from else None}
     try:
         cfg = TrainConfig.from_file(config, **over) if config else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     except (ValueError, TypeError) as exc:
