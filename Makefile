@@ -28,6 +28,7 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(CMRDX) inspect $(EXAMPLE)
+	$(CMRDX) classify $(EXAMPLE) --report demo-report.html
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
