@@ -30,7 +30,10 @@ def main() -> None:
     ap.add_argument("--study", default=str(ROOT / "examples" / "phantom-study"))
     ap.add_argument("--out", default=str(HERE / "results" / "classify.md"))
     args = ap.parse_args()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    sys.path.insert(0, str(HERE))
+    from machine import cpu_name
+
+    cpu = cpu_name()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "CMRDX_HOME": home}
         cmd = [sys.executable, "-m", "cmrdx", "classify", args.study, "--json", "--device", "cpu"]

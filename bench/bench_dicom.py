@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from cine_factory import build_cine_study  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from cmrdx.assemble import assemble_study  # noqa: E402
 from cmrdx.dicom import scan  # noqa: E402
@@ -35,14 +36,6 @@ SYNTAXES = [
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def naive(root: Path) -> int:

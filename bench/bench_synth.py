@@ -21,19 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmrdx.synth import render_study, sample_params, write_archive, write_study  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -84,7 +79,7 @@ def main() -> None:
     lines = [
         "# cmrdx synth: time and disk per phantom study",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu()}), Python {platform.python_version()}, no GPU. "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_name()}), Python {platform.python_version()}, no GPU. "
         f"Load average before/after: {load0[0]:.1f} / {load1[0]:.1f} (other jobs shared the CPUs).",
         "Studies drawn with `sample_params(seed, prevalence=0.3)`: vendor, matrix 160-256, 20/25/30 cine phases, "
         "6-18 SAX slices, 10-15 LGE SAX slices, all 9 views; DICOM studies include the 4 distractor series.",
