@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cmrdx.dicom.geometry import all_parallel, angle_between_deg, reference_normal
+from cmrdx.dicom.geometry import angle_between_deg, reference_normal
 from cmrdx.dicom.series import MR_SOP_CLASSES, PRESENTATION_STATE_PREFIX, SECONDARY_CAPTURE_PREFIX, SR_PREFIX, Series
 
 # Plausible TriggerTime ceiling: Philips sometimes fills TriggerTime on non-cardiac scans (DICOM.md).
@@ -125,7 +125,7 @@ def classify_role(s: Series) -> tuple[str, str]:
         return "other", "flow / phase contrast"
     if _has(RE_LOCALIZER, text) or "tfi2d1_192" in seqname:
         return "other", "localizer"
-    if not all_parallel(s.frames):
+    if not s.parallel:
         return "other", "localizer (non-parallel planes in one series)"
     if "PROJECTION IMAGE" in itype or "PROJECTION" in itype or "MIP" in itype or "MPR" in itype:
         return "other", "projection / reformatted image"
@@ -171,7 +171,7 @@ def classify_view(s: Series, sax_normal: np.ndarray | None = None) -> tuple[str 
             # Several parallel long-axis positions happen (radial LAX stacks are rare); trust the name.
             why += f"; {n_pos} positions"
         return view, why
-    if n_pos >= 3 and all_parallel(s.frames):
+    if n_pos >= 3 and s.parallel:
         return "SAX", f"no view in the name; {n_pos} parallel positions (a short-axis stack)"
     n = reference_normal(s.frames)
     if n is not None and sax_normal is not None:

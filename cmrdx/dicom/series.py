@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -57,12 +58,14 @@ class Frame:
     acquisition_time: float | None  # seconds since midnight
     rescale: tuple[float, float]  # (slope, intercept)
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray | None:
+        """Unit slice normal (row x column direction cosines); cached: geometry checks ask for it often."""
         if self.orientation is None:
             return None
-        n = np.cross(self.orientation[:3], self.orientation[3:])
-        norm = np.linalg.norm(n)
+        r0, r1, r2, c0, c1, c2 = (float(v) for v in self.orientation)
+        n = np.array([r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0])
+        norm = float(np.sqrt(n @ n))
         return n / norm if norm > 0 else None
 
 
@@ -101,6 +104,7 @@ class Series:
     view: str | None = None
     reason: str = ""
     view_reason: str = ""
+    _geom: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_enhanced(self) -> bool:
@@ -124,19 +128,28 @@ class Series:
                 return f.pixel_spacing
         return None
 
-    def slice_groups(self, tol_mm: float = 0.5) -> list[list[Frame]]:
-        """Frames grouped by position along the slice normal (within ``tol_mm``), sorted ascending.
-        Frames without geometry form one group. Never sorted by SliceLocation or InstanceNumber."""
-        from cmrdx.dicom.geometry import group_by_position
+    def _geometry(self) -> tuple[list[list[Frame]], bool]:
+        """(slice groups, all planes parallel), computed once per frame count (frames only grow during a scan)."""
+        from cmrdx.dicom.geometry import all_parallel, group_by_position
 
-        return group_by_position(self.frames, tol_mm)
+        key = len(self.frames)
+        if self._geom is None or self._geom[0] != key:
+            self._geom = (key, group_by_position(self.frames), all_parallel(self.frames))
+        return self._geom[1], self._geom[2]
+
+    def slice_groups(self) -> list[list[Frame]]:
+        """Frames grouped by position along the slice normal (within 0.5 mm), sorted ascending.
+        Frames without geometry form one group. Never sorted by SliceLocation or InstanceNumber."""
+        return self._geometry()[0]
+
+    @property
+    def parallel(self) -> bool:
+        return self._geometry()[1]
 
     @property
     def n_positions(self) -> int:
         """Distinct slice positions; for non-parallel planes (a 3-plane localizer), distinct planes."""
-        from cmrdx.dicom.geometry import all_parallel
-
-        if not all_parallel(self.frames):
+        if not self.parallel:
             return len({(tuple(np.round(f.orientation, 3)), tuple(np.round(f.position, 1)))
                         for f in self.frames if f.orientation is not None and f.position is not None})
         return len(self.slice_groups())
