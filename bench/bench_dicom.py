@@ -112,6 +112,12 @@ def main() -> None:
         f"Targets: header scan >= 1,000 files/s per core (measured {min(scan_rates):,.0f}-{max(scan_rates):,.0f}); "
         "assembly >= 3x the naive read: " + ", ".join(f"{k} {'met' if v >= 3 else 'NOT met'} ({v:.1f}x)" for k, v in ratios.items()) + ".",
         "",
+        "Reading: the header pass (pydicom parsing every element before the pixel data) costs about as much as a full",
+        "read when pixel data is uncompressed or RLE, because decoding those is nearly free; reading headers first then",
+        "pays only where decoding is dear (JPEG 2000, JPEG-LS, JPEG lossless: the usual PACS exports), where decoding",
+        "65 of 415 frames wins several times over. Beating the naive read 3x on uncompressed files would need a header",
+        "parser 3x faster than pydicom's, which cmrdx does not hand-roll.",
+        "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(text))

@@ -8,6 +8,7 @@ bench/results/ when they are re-run and are included here as they stand.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +16,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ORDER = ["dicom", "synth", "encoder", "recipe_window", "classify", "zeroshot", "batch"]
-SCRIPTS = {  # result name -> the script that regenerates it under `make bench`
-    "dicom": "bench_dicom.py",
-    "synth": "bench_synth.py",
-    "encoder": "bench_encoder.py",
-    "classify": "bench_classify.py",
-    "batch": "bench_batch.py",
+SCRIPTS = {  # result name -> the script (and arguments) that regenerate it under `make bench`
+    "dicom": ["bench_dicom.py"],
+    "synth": ["bench_synth.py"],
+    "encoder": ["bench_encoder.py", "--out", "bench/results/encoder.md"],
+    "recipe_window": ["recipe_window.py", "--out", "bench/results/recipe_window.md"],
+    "classify": ["bench_classify.py"],
+    "batch": ["bench_batch.py"],
 }
 
 
 def main() -> int:
+    """`run_all.py` runs everything; `run_all.py dicom batch` only those; `run_all.py --assemble` runs nothing."""
     only = set(sys.argv[1:])
+    if "--assemble" in only:
+        only = {"--assemble"}
     failed = []
-    for name, script in SCRIPTS.items():
+    for name, (script, *args) in SCRIPTS.items():
         if only and name not in only:
             continue
-        path = HERE / script
-        if not path.is_file():
-            continue
-        print(f"== {script}", flush=True)
-        r = subprocess.run([sys.executable, str(path)], cwd=ROOT)
+        print(f"== {script} {' '.join(args)}", flush=True)
+        r = subprocess.run([sys.executable, str(HERE / script), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if r.returncode != 0:
             failed.append(script)
     results = HERE / "results"
@@ -48,7 +50,10 @@ def main() -> int:
         "",
     ]
     for n in names:
-        parts += [(results / f"{n}.md").read_text().rstrip(), ""]
+        text = (results / f"{n}.md").read_text().rstrip()
+        # every table is a section of this page: demote its top-level headings
+        text = "\n".join("#" + line if line.startswith("# ") else line for line in text.splitlines())
+        parts += [text, ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
     print(f"wrote BENCHMARKS.md from {len(names)} tables" + (f"; FAILED: {failed}" if failed else ""))
     return 1 if failed else 0
