@@ -219,7 +219,8 @@ class Trainer:
             self.init_steps = int(st["step"])
             self.init_info = {"checkpoint": str(cfg.init_from), "steps": int(st["step"]),
                               "seconds": round(float(st.get("train_seconds", 0.0)), 1), "config": st["config"],
-                              "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])]}
+                              "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])],
+                              "initialised_from": st.get("init_info")}  # earlier stages, nested
             log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, st["step"])
 
     # ------------------------------------------------------------------ checkpoints
