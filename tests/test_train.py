@@ -76,7 +76,10 @@ def test_archive_source_skips_and_counts(tmp_path):
     r = tiny_recipe()
     cache = build_cache(ArchiveSource(tmp_path / "arch"), r, tmp_path / "cache", progress=False)
     assert list(cache.valid) == [0]
-    assert cache.meta["skipped"] == {"study without a report": 1, "report without a study": 1}
+    assert cache.skipped == {"study without a report": 1, "report without a study": 1}
+    # a second build over the same folder resumes and counts nothing twice
+    again = build_cache(ArchiveSource(tmp_path / "arch"), r, tmp_path / "cache", progress=False)
+    assert again.skipped == cache.skipped and list(again.valid) == [0]
     assert cache.reports([0])[0] == (ok / "report.txt").read_text().strip()
     assert cache.meta["labels"][0]["lv_dysfunction"] in ("none", "mild", "moderate", "severe")
     assert cache.videos[0].std() > 10
@@ -105,7 +108,7 @@ def trained(tmp_path_factory):
 
 def test_training_steps_lower_the_loss(trained):
     tr, before, after, _, _ = trained
-    assert len(tr.cache.valid) == 8 and tr.cache.meta["skipped"] == {}
+    assert len(tr.cache.valid) == 8 and tr.cache.skipped == {}
     assert tr.step == 25
     assert after < 0.7 * before, (before, after)
 

@@ -282,12 +282,10 @@ class ArchiveSource:
             rep = d / "report.txt"
             has_images = any(f.is_file() and f.name != "report.txt" and f.suffix not in (".json", ".txt", ".csv")
                              for f in d.rglob("*"))
-            if not has_images:
-                self.skipped["report without a study" if rep.is_file() else "empty folder"] = \
-                    self.skipped.get("report without a study" if rep.is_file() else "empty folder", 0) + 1
-                continue
-            if not rep.is_file():
-                self.skipped["study without a report"] = self.skipped.get("study without a report", 0) + 1
+            reason = None if has_images and rep.is_file() else (
+                "study without a report" if has_images else "report without a study" if rep.is_file() else "empty folder")
+            if reason:
+                self.skipped[reason] = self.skipped.get(reason, 0) + 1
                 continue
             labels = _labels_from_truth(d)
             yield Item(id=d.name, report=rep.read_text(encoding="utf-8").strip(),
@@ -322,6 +320,14 @@ class StudyCache:
         self.videos = np.memmap(self.folder / "videos.u8", dtype=np.uint8, mode="r", shape=(n, f, s, s))
         self.n_real = np.load(self.folder / "n_real.npy")
         self.done = np.load(self.folder / "done.npy")
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> count of source items that made no training pair (rows and folders passed over)."""
+        out = dict(self.meta.get("skipped", {}))
+        for k, v in self.meta.get("source_skipped", {}).items():
+            out[k] = out.get(k, 0) + v
+        return out
 
     @property
     def valid(self) -> np.ndarray:
@@ -420,8 +426,10 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
                 meta["seconds"] += time.perf_counter() - t0
                 t0 = last_save = time.perf_counter()
                 save()
-        for reason, c in getattr(source, "skipped", {}).items():
-            meta["skipped"][reason] = meta["skipped"].get(reason, 0) + c
+        else:
+            # folders the source itself passed over (no row of their own): set, not added, so that a resumed
+            # build that walks the folders again does not count them twice
+            meta["source_skipped"] = dict(getattr(source, "skipped", {}))
     finally:
         meta["seconds"] += time.perf_counter() - t0
         save()

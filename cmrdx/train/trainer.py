@@ -188,7 +188,7 @@ class Trainer:
         self.cache_seconds = time.perf_counter() - t0
         self.train_idx, self.val_idx = split_indices(self.cache.valid, cfg.val_fraction, cfg.seed)
         if len(self.train_idx) < 2:
-            raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.meta['skipped']}")
+            raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.skipped}")
         self.vocab = self.work / "vocab.txt"
         if cfg.init_from and not self.vocab.is_file():
             # a warm start keeps the token ids its weights were trained with
@@ -348,7 +348,7 @@ class Trainer:
     def result(self) -> TrainResult:
         return TrainResult(steps=self.step, epochs_done=self.step // self.steps_per_epoch, seconds=self.train_seconds,
                            losses=list(self.losses), val_losses=list(self.val_losses), n_train=len(self.train_idx),
-                           n_val=len(self.val_idx), skipped=dict(self.cache.meta.get("skipped", {})))
+                           n_val=len(self.val_idx), skipped=self.cache.skipped)
 
     # ------------------------------------------------------------------ export
     def provenance(self) -> dict[str, Any]:
