@@ -79,9 +79,13 @@ def lint_bank(path: Path, encoder=None, model_sha: str | None = None) -> tuple[P
     emb = encoder.encode_texts(texts)
     owner = {t: f.id for f in bank.findings for t in f.all_texts}
     sim = emb @ emb.T
+    # "Near" is relative to the model: a small text tower puts every prompt at cosine 0.95+, so a pair is flagged
+    # only when it also stands 3 standard deviations above the bank's typical pair.
+    off = sim[np.triu_indices(len(texts), 1)]
+    cut = max(NEAR_DUPLICATE_COS, float(off.mean() + 3 * off.std())) if off.size > 2 else NEAR_DUPLICATE_COS
     for i in range(len(texts)):
         for j in range(i + 1, len(texts)):
-            if sim[i, j] >= NEAR_DUPLICATE_COS and normalise_text(texts[i]).lower() != normalise_text(texts[j]).lower():
+            if sim[i, j] >= cut and normalise_text(texts[i]).lower() != normalise_text(texts[j]).lower():
                 issues.append(LintIssue("warning", loc[owner[texts[j]]],
                                         f"{texts[j]!r} is a near-duplicate of {texts[i]!r} (cosine {sim[i, j]:.3f})"))
     return bank, issues
