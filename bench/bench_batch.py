@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--model", default="cmrdx-phantom-small")
     ap.add_argument("--naive-n", type=int, default=40, help="studies the naive loop classifies (it is slow)")
     ap.add_argument("--out", default=str(HERE / "results" / "batch.md"))
+    ap.add_argument("--archive", default=None, help="an existing phantom archive to use instead of writing one")
+    ap.add_argument("--cli-n", type=int, default=8, help="studies the per-study `cmrdx classify` command loop runs")
     args = ap.parse_args()
 
     from cmrdx.batch import BatchOptions, read_results, run_batch
@@ -55,7 +57,7 @@ def main() -> None:
     from cmrdx.index import Store, build_store
     from cmrdx.synth.archive import write_archive
 
-    arch = ROOT / "bench" / "out" / f"archive{args.n}"
+    arch = Path(args.archive) if args.archive else ROOT / "bench" / "out" / f"archive{args.n}"
     if not (arch / "labels.csv").is_file():
         shutil.rmtree(arch, ignore_errors=True)
         t = time.perf_counter()
@@ -70,6 +72,14 @@ def main() -> None:
         for s in studies[: args.naive_n]:
             classify(s, model=args.model, device="cpu")
         naive_rate = args.naive_n / (time.perf_counter() - t0)
+        # the most naive: the `cmrdx classify` command per study (a process, model load and imports each time)
+        import subprocess
+
+        t0 = time.perf_counter()
+        for s in studies[: args.cli_n]:
+            subprocess.run([sys.executable, "-m", "cmrdx", "classify", str(s), "--model", args.model, "--device", "cpu",
+                            "--json"], capture_output=True, check=True)
+        cli_rate = args.cli_n / (time.perf_counter() - t0)
         out = Path(tmp) / "results.parquet"
         s = run_batch(arch, out, BatchOptions(model=args.model, device="cpu"))
         batch_rate = s.ok / s.seconds
@@ -116,12 +126,13 @@ def main() -> None:
         f"Command: `.venv/bin/python bench/bench_batch.py --n {args.n} --model {args.model}` · {cpu_name()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
-        f"Archive: {args.n} phantom studies (`cmrdx synth archive --n {args.n} --seed 2026`), model {args.model}, CPU.",
+        f"Archive: {len(studies)} phantom studies ({arch.name}), model {args.model}, CPU.",
         "",
         "| run | studies/s | notes |",
         "|---|---|---|",
-        f"| naive loop: `cmrdx.classify` per study ({args.naive_n} studies, model cached) | {naive_rate:.2f} | 1.00x |",
-        f"| `cmrdx batch` (local engine, {max(1, (os.cpu_count() or 2) - 1)} reader process(es) + encoder) | {batch_rate:.2f} | "
+        f"| `cmrdx classify` command per study ({args.cli_n} studies: a process each) | {cli_rate:.2f} | {cli_rate / naive_rate:.2f}x |",
+        f"| naive loop: `cmrdx.classify` per study in one process ({args.naive_n} studies, model cached) | {naive_rate:.2f} | 1.00x |",
+        f"| `cmrdx batch` (local engine, {os.cpu_count()} reader processes + the encoder) | {batch_rate:.2f} | "
         f"**{batch_rate / naive_rate:.2f}x**; {ok}/{len(rows)} ok; reading {s.prepare_seconds:.0f} s (summed over workers), "
         f"encoding {s.encode_seconds:.0f} s, wall {s.seconds:.0f} s incl. discovery |",
         "",

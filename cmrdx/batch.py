@@ -198,7 +198,7 @@ class BatchOptions:
     model: str | None = None
     banks: Sequence[str] = ("cmr-findings",)
     device: str = "auto"
-    workers: int | None = None  # reader processes; default: cores - 1 (at least 1)
+    workers: int | None = None  # reader processes; default: one per core (the encoder thread mostly waits)
     batch_size: int = 4
     max_in_flight: int | None = None  # prepared studies held at once; default 2 x workers + batch
     engine: str = "local"  # "local" or "ray"
@@ -351,7 +351,7 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
 
 
 def _run_local(todo, disc, archive, opts, scorer, journal, progress, total) -> float:
-    workers = opts.workers or max(1, config.cpu_count() - 1)
+    workers = opts.workers or config.cpu_count()
     max_in_flight = opts.max_in_flight or (2 * workers + opts.batch_size)
     prep_seconds = 0.0
     done = total - len(todo)

@@ -3,6 +3,7 @@ Ray gives the local engine's results; the embedding store refuses another model 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -166,3 +167,29 @@ def test_ivf_store_recall(tmp_path):
         approx = {h.study_uid for h in store.search_vector(q, 10)}
         recall.append(len(exact & approx) / 10)
     assert np.mean(recall) >= 0.8
+
+
+@pytest.mark.parametrize("finding,query", [("pericardial_effusion", "There is a pericardial effusion"),
+                                           ("aortic_dilation", "Aortic root is ectatic")])
+def test_text_search_ranks_positives_first_with_the_default_model(phantom_archive, tmp_path, finding, query):
+    """On a labelled phantom archive, `cmrdx search` for a finding puts the studies that have it on top
+    (R-precision: precision at k = number of positives)."""
+    from typer.testing import CliRunner
+
+    from cmrdx.cli import app
+    from cmrdx.embeddings import load_labels
+
+    out = tmp_path / "r.parquet"
+    run_batch(phantom_archive, out, BatchOptions(device="cpu", workers=1))
+    r = CliRunner().invoke(app, ["index", "--from-batch", str(out), "--db", str(tmp_path / "db")])
+    assert r.exit_code == 0, r.output
+    rows = load_labels(phantom_archive / "labels.csv")
+    positive = {row.study_uid for row in rows if row.labels[finding] == 1}
+    r = CliRunner().invoke(app, ["search", query, "--db", str(tmp_path / "db"), "-k", str(len(rows)), "--json",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert len(hits) == len(rows) and "patient" not in hits[0]
+    top = [h["study_uid"] for h in hits[: len(positive)]]
+    r_precision = len(positive & set(top)) / len(positive)
+    assert r_precision >= 0.8, (finding, r_precision)

@@ -17,7 +17,7 @@ def batch_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     bank: Optional[List[str]] = typer.Option(None, "--bank", "-b"),
     device: str = typer.Option("auto", "--device"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: one per core)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Studies per encoder call."),
     engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start Ray locally)."),
