@@ -49,43 +49,21 @@ CMRCLIP_PUBLISHED = {
 
 
 def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC AUC (Mann-Whitney U / (n_pos * n_neg), ties counted half). NaN when a class is empty."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC AUC (ties counted half; scikit-learn's, via cmrdx.calibration). NaN when a class is empty."""
+    from cmrdx.calibration import auc_ci
+
+    return auc_ci(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), n_boot=0).auc
 
 
 def bootstrap_auc(scores: Sequence[float], labels: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the AUC: studies resampled with replacement (resamples lacking a class are
-    redrawn). Returns (low, high)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(int)
-    if y.sum() == 0 or y.sum() == len(y):
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    while len(vals) < n_boot:
-        idx = rng.integers(0, len(s), len(s))
-        yy = y[idx]
-        if 0 < yy.sum() < len(yy):
-            vals.append(auc(s[idx], yy))
-    a = (1 - level) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+    """Percentile bootstrap 95% CI of the AUC (studies resampled; one-class resamples skipped). (low, high)."""
+    from cmrdx.calibration import auc_ci
+
+    if level != 0.95:
+        raise ValueError("only the 95% interval is computed")
+    a = auc_ci(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), n_boot=n_boot, seed=seed)
+    return a.low, a.high
 
 
 def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
@@ -101,20 +79,12 @@ def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[s
 
 
 def simpleshot_scores(support: np.ndarray, support_y: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """SimpleShot binary score per query: centre every embedding on the support mean, L2-normalise, and
-    return cos(query, positive prototype) - cos(query, negative prototype). (Q,) float64."""
-    mu = support.mean(0, keepdims=True)
+    """SimpleShot binary score per query (``cmrdx.fewshot``): cos(query, positive prototype) - cos(query, negative
+    prototype) after centring on the support mean and L2-normalising. (Q,) float64."""
+    from cmrdx.fewshot import fit_prototypes
 
-    def cl2(x):
-        x = x - mu
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    s, q = cl2(support), cl2(query)
-    pos = s[support_y == 1].mean(0)
-    neg = s[support_y == 0].mean(0)
-    pos /= max(np.linalg.norm(pos), 1e-12)
-    neg /= max(np.linalg.norm(neg), 1e-12)
-    return q @ pos - q @ neg
+    protos = fit_prototypes(np.asarray(support, np.float64), {"f": np.asarray(support_y)}, "", "")
+    return protos.score_many(np.asarray(query, np.float64))[0].astype(np.float64)
 
 
 def fewshot_auc(emb: np.ndarray, y: np.ndarray, shots: int, *, episodes: int = 100, seed: int = 0) -> tuple[float, float, int]:

@@ -35,9 +35,13 @@ class Prototypes:
     def score(self, emb: np.ndarray) -> dict[str, float]:
         """Few-shot score per finding: cos(present prototype) - cos(absent prototype), in [-2, 2]; > 0 leans
         present."""
-        q = _l2(emb[None, :] - self.centre)  # (F, D)
-        sims = np.einsum("fd,fcd->fc", q, self.protos)
-        return {f: float(s[1] - s[0]) for f, s in zip(self.findings, sims)}
+        return {f: float(s[0]) for f, s in zip(self.findings, self.score_many(emb[None, :]))}
+
+    def score_many(self, emb: np.ndarray) -> np.ndarray:
+        """(N, D) embeddings -> (F, N) few-shot scores (as ``score``)."""
+        q = _l2(emb[None, :, :] - self.centre[:, None, :])  # (F, N, D): centred on each finding's support mean
+        sims = np.einsum("fnd,fcd->fnc", q, self.protos)
+        return sims[..., 1] - sims[..., 0]
 
     def check_model(self, name: str, sha256: str) -> None:
         if sha256 != self.model_sha256:
