@@ -51,39 +51,64 @@ class Discovery:
     files: int = 0
 
 
-def _discover_chunk(refs: list[str]) -> list[tuple[str, str, str]]:
-    """Worker: (file, StudyInstanceUID or "" , SOPInstanceUID or a skip reason) for each file of a chunk."""
-    import pydicom
-    import pydicom.datadict
+def _headers_path(headers: Path, uid: str, chunk_id: int) -> Path:
+    import hashlib
 
-    tags = [pydicom.datadict.tag_for_keyword(k) for k in _DISCOVER_TAGS]
-    out = []
-    for r in refs:
-        try:
-            with _ref(r).open() as fp, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=tags, force=True)
-            uid = str(ds.get("StudyInstanceUID", "") or "")
-            out.append((r, uid, str(ds.get("SOPInstanceUID", "") or "") if uid else "not DICOM or no StudyInstanceUID"))
-        except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted, never fatal
-            out.append((r, "", "unreadable"))
+    return Path(headers) / hashlib.sha256(uid.encode()).hexdigest()[:24] / f"{chunk_id:07d}.pkl"
+
+
+def _discover_chunk(job: tuple[int, list[str], str | None]) -> list[tuple[str, str, str]]:
+    """Worker: read a chunk's headers once. Returns (file, StudyInstanceUID or "", SOPInstanceUID or a skip
+    reason) per file and, when a headers folder is given, leaves the parsed series of each study there, so the
+    worker that later prepares the study does not read these headers a second time."""
+    import pickle
+
+    from cmrdx.dicom.scan import scan_refs
+
+    chunk_id, refs, headers = job
+    out: list[tuple[str, str, str]] = []
+
+    def seen(ref, ds) -> None:
+        uid = str(ds.get("StudyInstanceUID", "") or "") if ds is not None else ""
+        if ds is None:
+            out.append((str(ref), "", "unreadable or not DICOM"))
+        elif not uid:
+            out.append((str(ref), "", "no StudyInstanceUID"))
+        else:
+            out.append((str(ref), uid, str(ds.get("SOPInstanceUID", "") or "")))
+
+    try:
+        res = scan_refs((_ref(r) for r in refs), root="discovery", on_file=seen)
+    except Exception:  # noqa: BLE001 - a crash in one chunk must not stop the run: fall back per file
+        return [(r, "", "unreadable") for r in refs]
+    if headers is not None:
+        for uid, series in res.studies.items():
+            for x in series:
+                x.phi = {}  # patient identifiers never reach the state folder
+            p = _headers_path(Path(headers), uid, chunk_id)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(series, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(tmp, p)  # a kill never leaves a torn header file
     return out
 
 
-def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk: int = 512) -> Discovery:
-    """Group an archive's files by StudyInstanceUID, reading three tags per file (in ``workers`` processes: on a
-    big archive this header pass is a large part of the run). A study whose files are spread over folders is one
-    study; a second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
+def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk: int = 512,
+             headers: Path | None = None) -> Discovery:
+    """Group an archive's files by StudyInstanceUID, reading every header once, in ``workers`` processes (on a big
+    archive this pass is a large part of the run). With ``headers``, the parsed series are kept there on disk
+    (memory stays bounded) for the study workers. A study whose files are spread over folders is one study; a
+    second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
     from cmrdx.dicom.source import iter_refs
 
     refs = [str(r) for r in iter_refs(archive)]
-    chunks = [refs[i:i + chunk] for i in range(0, len(refs), chunk)]
+    jobs = [(k, refs[i:i + chunk], str(headers) if headers else None) for k, i in enumerate(range(0, len(refs), chunk))]
     workers = workers or config.cpu_count()
-    if workers > 1 and len(chunks) > 1:
+    if workers > 1 and len(jobs) > 1:
         with cf.ProcessPoolExecutor(max_workers=workers) as ex:
-            results = list(ex.map(_discover_chunk, chunks))
+            results = list(ex.map(_discover_chunk, jobs))
     else:
-        results = [_discover_chunk(c) for c in chunks]
+        results = [_discover_chunk(j) for j in jobs]
     studies: dict[str, list[str]] = {}
     seen: dict[str, set[str]] = {}
     dup: Counter = Counter()
@@ -125,15 +150,49 @@ def _source_folder(files: Sequence[str], archive: Path) -> str:
 # Worker side: read, assemble, recipe (no onnxruntime, no torch)
 
 
-def prepare_study(uid: str, files: Sequence[str], recipe: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a worker: -> {"uid", "array" (frames, 3, S, S) float32 or None, "meta", "error", "seconds"}."""
+def _study_headers(uid: str, files: Sequence[str], headers: Path):
+    """The study's series from discovery's header files (merged across chunks, duplicates dropped), or None."""
+    import pickle
+
+    from cmrdx.dicom.scan import ScanResult
+
+    folder = _headers_path(headers, uid, 0).parent
+    parts = sorted(folder.glob("*.pkl")) if folder.is_dir() else []
+    if not parts:
+        return None
+    keep = set(files)
+    merged: dict[str, Any] = {}
+    for p in parts:
+        try:
+            chunk = pickle.loads(p.read_bytes())
+        except Exception:  # noqa: BLE001 - unreadable: the caller reads the study's headers itself
+            return None
+        for s in chunk:
+            s.frames = [f for f in s.frames if str(f.ref) in keep]
+            s._geom = None
+            if s.uid in merged:
+                merged[s.uid].frames.extend(s.frames)
+                merged[s.uid]._geom = None
+            else:
+                merged[s.uid] = s
+    series = sorted((s for s in merged.values() if s.frames),
+                    key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
+    res = ScanResult(root=f"study {uid}", studies={uid: series}, files_scanned=len(files))
+    return res
+
+
+def prepare_study(uid: str, files: Sequence[str], recipe: dict[str, Any], headers: str | None = None) -> dict[str, Any]:
+    """Runs in a worker: -> {"uid", "array" (frames, 3, S, S) float32 or None, "meta", "error", "seconds"}.
+    With ``headers`` (discovery's header files) no header is read again."""
     from cmrdx.assemble import assemble_study, inspect_study
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.recipe import RecipeParams, apply_recipe
 
     t0 = time.perf_counter()
     try:
-        res = scan_refs((_ref(f) for f in files), root=f"study {uid}")
+        res = _study_headers(uid, files, Path(headers)) if headers else None
+        if res is None:
+            res = scan_refs((_ref(f) for f in files), root=f"study {uid}")
         study = assemble_study(inspect_study(res, uid))
         rr = apply_recipe(study, RecipeParams.from_dict(recipe))
         warnings_ = list(dict.fromkeys(list(study.manifest.warnings) + [f"recipe: {s}" for s in rr.substitutions]))
@@ -250,7 +309,10 @@ def _load_or_discover(archive: Path, sd: Path, workers: int | None = None) -> Di
         d = json.loads(f.read_text())
         if d.get("archive") == str(archive.resolve()):
             return Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
-    disc = discover(archive, workers)
+    import shutil
+
+    shutil.rmtree(sd / "headers", ignore_errors=True)  # left by a discovery that was interrupted
+    disc = discover(archive, workers, headers=sd / "headers")
     _atomic_write(f, json.dumps({"archive": str(archive.resolve()), "studies": disc.studies, "duplicates": disc.duplicates,
                                  "skipped": disc.skipped, "files": disc.files}))
     return disc
@@ -331,6 +393,7 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     t_start = time.perf_counter()
     sd = state_dir(out)
     disc = _load_or_discover(archive, sd, opts.workers)
+    headers = str(sd / "headers") if (sd / "headers").is_dir() else None
     journal = Journal(sd / "journal.jsonl")
     scorer = _Scorer(opts)
     mismatched = {r["model_sha256"] for r in journal.records.values()} - {scorer.sha}
@@ -348,14 +411,18 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
         if opts.engine == "ray":
             from cmrdx.batch_ray import run_ray
 
-            prep_seconds = run_ray(todo, disc, archive, opts, scorer, journal, progress, total)
+            prep_seconds = run_ray(todo, disc, archive, opts, scorer, journal, progress, total, headers)
         elif opts.engine == "local":
-            prep_seconds = _run_local(todo, disc, archive, opts, scorer, journal, progress, total)
+            prep_seconds = _run_local(todo, disc, archive, opts, scorer, journal, progress, total, headers)
         else:
             raise CmrdxError(f"unknown engine {opts.engine!r}", hint="use --engine local or --engine ray")
     finally:
         journal.close()
     write_results(journal.records, out)
+    if headers and all(u in journal.records for u in disc.studies):
+        import shutil
+
+        shutil.rmtree(headers, ignore_errors=True)  # the run is complete: the parsed headers are no longer needed
     failed = Counter(r["error"]["type"] for r in journal.records.values() if r["status"] == "failed")
     return BatchSummary(
         total=total, done_before=done_before, ok=sum(r["status"] == "ok" for r in journal.records.values()),
@@ -364,7 +431,7 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     )
 
 
-def _run_local(todo, disc, archive, opts, scorer, journal, progress, total) -> float:
+def _run_local(todo, disc, archive, opts, scorer, journal, progress, total, headers: str | None = None) -> float:
     workers = opts.workers or config.cpu_count()
     max_in_flight = opts.max_in_flight or (2 * workers + opts.batch_size)
     prep_seconds = 0.0
@@ -390,7 +457,7 @@ def _run_local(todo, disc, archive, opts, scorer, journal, progress, total) -> f
                 uid = next(it, None)
                 if uid is None:
                     break
-                inflight[ex.submit(prepare_study, uid, disc.studies[uid], scorer.recipe)] = uid
+                inflight[ex.submit(prepare_study, uid, disc.studies[uid], scorer.recipe, headers)] = uid
             if not inflight:
                 break
             finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)

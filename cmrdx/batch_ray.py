@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, ...], headers: str | None) -> dict[str, Any]:
     from cmrdx.batch import prepare_study
 
-    p = prepare_study(row["uid"], list(row["files"]), recipe)
+    # discovery's header files are on this machine's disk; on a cluster, workers elsewhere read the headers
+    p = prepare_study(row["uid"], list(row["files"]), recipe, headers if headers and os.path.isdir(headers) else None)
     ok = p["error"] is None
     return {
         "uid": p["uid"],
@@ -50,7 +52,7 @@ class _EncodeActor:
         return {"uid": batch["uid"], "ok": batch["ok"], "embedding": emb, "meta": batch["meta"], "seconds": batch["seconds"]}
 
 
-def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total) -> float:
+def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total, headers: str | None = None) -> float:
     try:
         import ray
     except ImportError as exc:
@@ -71,7 +73,7 @@ def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total) -
         shape = scorer.enc.video_shape
         gpus = int(ray.cluster_resources().get("GPU", 0))
         ds = ray.data.from_items([{"uid": u, "files": disc.studies[u]} for u in todo])
-        ds = ds.map(_prepare_row, fn_kwargs={"recipe": scorer.recipe, "shape": shape}, num_cpus=1)
+        ds = ds.map(_prepare_row, fn_kwargs={"recipe": scorer.recipe, "shape": shape, "headers": headers}, num_cpus=1)
         ds = ds.map_batches(
             _EncodeActor, fn_constructor_kwargs={"model_root": str(scorer.enc.manifest.root),
                                                  "device": "cuda" if gpus else "cpu"},

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from cmrdx.dicom.series import (
     MEDIA_STORAGE_DIRECTORY,
@@ -21,6 +21,9 @@ from cmrdx.dicom.series import (
     series_from_dataset,
 )
 from cmrdx.dicom.source import FileRef, iter_refs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,18 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
     return scan_refs(iter_refs(path), str(path))
 
 
-def scan_refs(refs: Iterable[FileRef], root: str) -> ScanResult:
-    """``scan`` over an explicit list of objects (a batch run's files of one study, spread over folders)."""
+def scan_refs(refs: Iterable[FileRef], root: str,
+              on_file: Callable[[FileRef, "Dataset | None"], None] | None = None) -> ScanResult:
+    """``scan`` over an explicit list of objects (a batch run's files of one study, spread over folders).
+    ``on_file(ref, header or None)`` sees every file's header as it is read (a batch's discovery uses it)."""
     t0 = time.perf_counter()
     res = ScanResult(root=root)
     by_series: dict[str, Series] = {}
     for ref in refs:
         res.files_scanned += 1
         ds, why = read_series_header(ref)
+        if on_file is not None:
+            on_file(ref, ds)
         if ds is None:
             _skip(res, why or "unreadable", ref)
             continue

@@ -279,7 +279,7 @@ def _fg(per_frame: Dataset | None, shared: Dataset | None, seq_kw: str) -> Datas
 # The only top-level elements the reader uses: pydicom then converts nothing else (a 2-3x faster scan).
 # Sequences listed here are read whole (Enhanced MR functional groups, dimension index).
 HEADER_KEYWORDS = (
-    "SOPClassUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
+    "SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
     "SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName", "ScanningSequence", "SequenceVariant",
     "ScanOptions", "ImageType", "InversionTime", "InversionRecovery", "PhaseContrast", "Manufacturer",
     "NominalInterval", "HeartRate", "CardiacNumberOfImages", "TriggerTime", "SeriesTime", "AcquisitionTime",
