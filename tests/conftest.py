@@ -112,3 +112,22 @@ def phantom_archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms") / "archive"
     write_archive(out, n=12, seed=3, prevalence=0.5, n_phases=8, matrix=64)
     return out
+
+
+def findings_bank_without_thresholds() -> str:
+    """The shipped cmr-findings bank's text with its per-model thresholds removed (comments kept), for tests that
+    write their own thresholds for a test model."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from cmrdx.prompts import load_bank
+
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    doc = yaml.load(Path(load_bank("cmr-findings").path).read_text())
+    for f in doc["findings"]:
+        f.pop("thresholds", None)
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    return buf.getvalue()

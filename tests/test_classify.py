@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cine_factory import build_cine_study
+from conftest import findings_bank_without_thresholds
 from cmrdx.assemble import assemble_study
 from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.errors import EXIT_CODES
@@ -50,7 +51,7 @@ def test_calls_follow_thresholds_and_margin(study, tiny_model, tmp_path):
     res0 = classify(study, model=tiny_model, device="cpu", text_cache_dir=tmp_path)
     s = {f.id: f.score for f in res0.findings}
     sha = model_sha256(get_encoder(tiny_model, "cpu").manifest)
-    text = Path(load_bank("cmr-findings").path).read_text()
+    text = findings_bank_without_thresholds()
     thresholds = {"lv_dilation": s["lv_dilation"] - 0.05, "lge": s["lge"] + 0.05, "rv_dilation": s["rv_dilation"] + 0.001}
     for fid, thr in thresholds.items():
         anchor = f"  - id: {fid}\n"

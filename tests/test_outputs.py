@@ -32,7 +32,7 @@ from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.errors import PixelDecodeError
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
 from cmrdx.prompts import load_bank
-from conftest import require_tool
+from conftest import findings_bank_without_thresholds, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"
 SCT_CALL = {"present": "52101004", "absent": "272519000", "uncertain": "82334004"}
@@ -43,7 +43,7 @@ def calibrated_bank(path: Path, model: Path, scores: dict[str, float], calls: di
     """The shipped findings bank with thresholds for the tiny model placed so that finding ``id`` gets ``calls[id]``
     (present: 0.05 under its score; absent: 0.05 over; uncertain: within the bank's 0.01 margin)."""
     sha = model_sha256(get_encoder(model, "cpu").manifest)
-    text = Path(load_bank("cmr-findings").path).read_text()
+    text = findings_bank_without_thresholds()
     offset = {"present": -0.05, "absent": 0.05, "uncertain": 0.001}
     for fid, call in calls.items():
         anchor = f"  - id: {fid}\n"
