@@ -106,7 +106,7 @@ def main() -> None:
                 times = []
                 for _ in range(7):
                     t = time.perf_counter()
-                    hits = store.search_vector(q, 10)
+                    store.search_vector(q, 10)
                     times.append(time.perf_counter() - t)
                 recall = ""
                 if kind == "ivf":

@@ -20,7 +20,6 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,10 +3,8 @@ the asked criterion and keeps the YAML's comments, few-shot prototypes."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

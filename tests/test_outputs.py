@@ -31,7 +31,6 @@ from cine_factory import build_cine_study
 from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.errors import PixelDecodeError
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
-from cmrdx.prompts import load_bank
 from conftest import findings_bank_without_thresholds, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"

@@ -101,7 +101,6 @@ def _series_time(info: StudyInfo, number: int) -> str:
 
 def _common(ds: Dataset, info: StudyInfo, vendor: VendorStyle, s: SeriesData) -> None:
     """Patient, study, series, equipment, frame of reference: the same in classic and enhanced objects."""
-    st = s.style
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.StudyDate = info.date
     ds.SeriesDate = info.date
