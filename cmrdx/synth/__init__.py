@@ -6,12 +6,23 @@
     write_archive("out/archive", n=200, seed=1)
 """
 
-from cmrdx.synth.archive import write_archive
 from cmrdx.synth.params import FINDINGS, SEVERITIES, VENDORS, StudyParams, parse_findings, sample_params
 from cmrdx.synth.render import Rendered, render, render_study
 from cmrdx.synth.report import HELDOUT_STYLES, STYLES, TRAIN_STYLES, make_report
 from cmrdx.synth.vendors import expected_series
-from cmrdx.synth.writer import WrittenStudy, write_study
+
+# The DICOM writers import pydicom: loaded on first use, so that rendering to arrays (training on a machine
+# without pydicom) needs numpy alone.
+_LAZY = {"write_archive": "cmrdx.synth.archive", "write_study": "cmrdx.synth.writer", "WrittenStudy": "cmrdx.synth.writer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cmrdx.synth' has no attribute {name!r}")
+
 
 __all__ = [
     "FINDINGS", "SEVERITIES", "VENDORS", "STYLES", "TRAIN_STYLES", "HELDOUT_STYLES", "StudyParams", "Rendered",
