@@ -139,11 +139,21 @@ class PhantomSource:
         return self.n
 
     def __iter__(self) -> Iterator[Item]:
-        rng = np.random.default_rng([self.seed, 0x7A1])
         for i in range(self.n):
-            vendor = str(rng.choice(self.vendors))
-            style = str(rng.choice(self.report_styles))
-            yield self.item(i, vendor, style)
+            yield self.item_at(i)
+
+    def _draws(self) -> list[tuple[str, str]]:
+        """(vendor, report style) of every study, drawn in order from one stream (so item ``i`` does not
+        depend on how many studies are asked for, nor on which process renders it)."""
+        if getattr(self, "_drawn", None) is None:
+            rng = np.random.default_rng([self.seed, 0x7A1])
+            self._drawn = [(str(rng.choice(self.vendors)), str(rng.choice(self.report_styles))) for _ in range(self.n)]
+        return self._drawn
+
+    def item_at(self, i: int) -> Item:
+        """Item ``i`` on its own (index-addressable sources can be cached by several processes)."""
+        vendor, style = self._draws()[i]
+        return self.item(i, vendor, style)
 
     def item(self, i: int, vendor: str, style: str) -> Item:
         from cmrdx.synth.params import sample_params
@@ -343,11 +353,77 @@ class StudyCache:
         return [self.meta["reports"][int(i)] for i in idx]
 
 
+def _make_row(item: Item, recipe: RecipeParams) -> tuple[np.ndarray | None, int, list[str], str | None]:
+    """One item -> (uint8 frames, real frames, substitutions, reason it was skipped or None)."""
+    if item.make_study is None:
+        return None, 0, [], "report without a study"
+    try:
+        if item.fast_u8 is not None and recipe.window_scope == "frame":
+            (u8, k), subs = item.fast_u8(recipe), []
+        else:
+            u8, k, subs = recipe_to_u8(item.make_study(), recipe)
+    except Exception as exc:  # noqa: BLE001 - an unreadable study is skipped and counted
+        log.warning("%s: %s", item.id, exc)
+        return None, 0, [], f"study unreadable ({type(exc).__name__})"
+    if not item.report:
+        return None, 0, [], "study without a report"
+    return u8, k, subs, None
+
+
+# The source and recipe of a parallel build, inherited by forked worker processes (never pickled).
+_WORKER_JOB: tuple[Any, RecipeParams] | None = None
+
+
+def _worker_init() -> None:
+    # one BLAS thread per worker: numpy's small matrix products in the renderer otherwise oversubscribe the
+    # cores (measured: two workers on two cores ran 3x slower than one process)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def _worker_row(i: int):
+    source, recipe = _WORKER_JOB
+    item = source.item_at(i)
+    return (i, item.id, item.labels, item.report, *_make_row(item, recipe))
+
+
+def _rows_parallel(source, recipe: RecipeParams, todo: list[int], workers: int) -> Iterator[tuple]:
+    """Rows of ``todo`` in order, rendered by ``workers`` forked processes (closed when the consumer stops)."""
+    import multiprocessing as mp
+
+    global _WORKER_JOB
+    _WORKER_JOB = (source, recipe)
+    pool = mp.get_context("fork").Pool(workers, initializer=_worker_init)
+    try:
+        yield from pool.imap(_worker_row, todo, chunksize=2)
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORKER_JOB = None
+
+
+def _rows_serial(source, recipe: RecipeParams, n: int, done: np.ndarray) -> Iterator[tuple]:
+    for i, item in enumerate(source):
+        if i >= n:
+            break
+        if not done[i]:
+            yield (i, item.id, item.labels, item.report, *_make_row(item, recipe))
+
+
 def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: bool = True,
-                max_items: int | None = None) -> StudyCache:
+                max_items: int | None = None, workers: int | None = None,
+                max_seconds: float | None = None) -> StudyCache:
     """Fill (or resume filling) the cache of ``source`` under ``recipe``. Returns the opened cache.
 
-    A source whose description or recipe differs from an existing cache's is an error (never mixed rows).
+    ``workers`` > 1 renders index-addressable sources (``item_at``, e.g. phantoms) in that many forked
+    processes; rows are still filled in index order, so a build stopped early holds a prefix of the source.
+    ``max_seconds`` stops filling after that long (the rest stays to do: a rerun resumes; training uses the
+    rows done). A source whose description or recipe differs from an existing cache's is an error (never
+    mixed rows).
     """
     check_exact_recipe(recipe)
     folder = Path(folder)
@@ -379,7 +455,7 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, mpath)
 
-    todo = int((~done).sum())
+    todo = [i for i in range(n) if not done[i]]
     prog = None
     if progress and todo:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -387,50 +463,39 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
         prog = Progress(TextColumn("caching studies"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         prog.start()
         task = prog.add_task("cache", total=n, completed=int(done.sum()))
-    t0, last_save = time.perf_counter(), time.perf_counter()
+    parallel = bool(workers and workers > 1 and hasattr(source, "item_at") and len(todo) > 1)
+    rows = _rows_parallel(source, recipe, todo, workers) if parallel else _rows_serial(source, recipe, n, done)
+    t0 = last_save = start = time.perf_counter()
     try:
-        for i, item in enumerate(source):
-            if i >= n:
-                break
-            if done[i]:
-                continue
-            reason = None
-            if item.make_study is None:
-                reason = "report without a study"
-            else:
-                try:
-                    if item.fast_u8 is not None and recipe.window_scope == "frame":
-                        (u8, k), subs = item.fast_u8(recipe), []
-                    else:
-                        u8, k, subs = recipe_to_u8(item.make_study(), recipe)
-                except Exception as exc:  # noqa: BLE001 - an unreadable study is skipped and counted
-                    reason = f"study unreadable ({type(exc).__name__})"
-                    log.warning("%s: %s", item.id, exc)
-            report = item.report
-            if reason is None and not report:
-                reason = "study without a report"
-            meta["ids"][i] = item.id
-            meta["labels"][i] = item.labels
+        for i, item_id, labels, report, u8, k, subs, reason in rows:
+            meta["ids"][i] = item_id
+            meta["labels"][i] = labels
             if reason is None:
                 vids[i] = u8
                 n_real[i] = k
                 meta["reports"][i] = report
                 if subs:
-                    meta["substitutions"][item.id] = subs
+                    meta["substitutions"][item_id] = subs
             else:
                 meta["skipped"][reason] = meta["skipped"].get(reason, 0) + 1
             done[i] = True
             if prog is not None:
                 prog.advance(task)
-            if time.perf_counter() - last_save > 30:
-                meta["seconds"] += time.perf_counter() - t0
-                t0 = last_save = time.perf_counter()
+            now = time.perf_counter()
+            if now - last_save > 30:
+                meta["seconds"] += now - t0
+                t0 = last_save = now
                 save()
+            if max_seconds is not None and now - start > max_seconds:
+                log.info("cache: time budget of %.0f s spent with %d of %d studies done", max_seconds, done.sum(), n)
+                break
         else:
             # folders the source itself passed over (no row of their own): set, not added, so that a resumed
             # build that walks the folders again does not count them twice
             meta["source_skipped"] = dict(getattr(source, "skipped", {}))
     finally:
+        if hasattr(rows, "close"):
+            rows.close()  # stops the worker processes of a parallel build
         meta["seconds"] += time.perf_counter() - t0
         save()
         if prog is not None:
