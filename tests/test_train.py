@@ -85,6 +85,24 @@ def test_archive_source_skips_and_counts(tmp_path):
     assert cache.videos[0].std() > 10
 
 
+def test_parallel_cache_equals_serial_and_a_time_budget_leaves_a_resumable_prefix(tmp_path):
+    from cmrdx.train.data import PhantomSource
+
+    r = tiny_recipe()
+    src = lambda: PhantomSource(6, 4, matrix=64)  # noqa: E731
+    serial = build_cache(src(), r, tmp_path / "serial", progress=False)
+    par = build_cache(src(), r, tmp_path / "par", progress=False, workers=2)
+    np.testing.assert_array_equal(np.asarray(par.videos), np.asarray(serial.videos))
+    assert par.meta["reports"] == serial.meta["reports"] and par.meta["labels"] == serial.meta["labels"]
+    # a budget spent after the first study leaves a prefix done; a rerun completes the same rows
+    cut = build_cache(src(), r, tmp_path / "cut", progress=False, workers=2, max_seconds=0)
+    k = int(cut.done.sum())
+    assert 1 <= k < 6 and cut.done[:k].all()
+    done = build_cache(src(), r, tmp_path / "cut", progress=False, workers=2)
+    assert done.done.all()
+    np.testing.assert_array_equal(np.asarray(done.videos), np.asarray(serial.videos))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
@@ -168,3 +186,60 @@ def test_warm_start_reuses_weights_and_vocab(trained, tmp_path):
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
     assert b.provenance()["initialised_from"]["steps"] == tr.step
+
+
+def test_locked_video_stage_tunes_only_the_text_tower(trained, tmp_path):
+    """A warm start from a ``trained.pt`` (what the GPU run sends back) with the video tower frozen: the video
+    weights stay bit-identical, the text tower moves, the loss on the same pairs falls, and the export
+    records both stages."""
+    from cmrdx.model.manifest import load_manifest
+    from cmrdx.train.trainer import export_trained
+
+    tr, _, _, work, cfg = trained
+    saved = tr.save_trained(tmp_path / "trained.pt")
+    cfg2 = dataclasses.replace(cfg, init_from=str(saved), freeze_video=True, epochs=15, lr=3e-3, text_subset_p=0.8)
+    lit = Trainer(cfg2, tmp_path / "lit", progress=False)
+    assert (tmp_path / "lit" / "vocab.txt").read_text() == (work / "vocab.txt").read_text()
+    before = {k: v.clone() for k, v in lit.model.state_dict().items()}
+    val_before = lit.val_loss() if len(lit.val_idx) > 1 else None
+    lit.run()
+    after = lit.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("video_model.", "vid_proj.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text_model."))
+    assert np.mean(lit.losses[-5:]) < np.mean(lit.losses[:5])
+    if val_before is not None:
+        assert lit.val_loss() < val_before
+    assert lit.provenance()["initialised_from"]["steps"] == tr.step
+    out = tmp_path / "model"
+    export_trained(lit.save_trained(tmp_path / "lit.pt"), out, int8=False, float16=False)
+    m = load_manifest(out, verify=True)
+    assert m.provenance["training"]["config"]["freeze_video"] is True
+    assert m.provenance["initialised_from"]["steps"] == tr.step
+
+
+def test_torch_batch_normalisation_equals_the_numpy_recipe_and_shifts_move_whole_videos(trained):
+    from cmrdx.train.trainer import video_input
+
+    tr = trained[0]
+    rows = np.array([0, 1])
+    ref = tr.cache.inputs(rows)
+    got = video_input(torch.from_numpy(np.asarray(tr.cache.videos[rows])), torch.from_numpy(tr.cache.n_real[rows].astype(np.int64)),
+                      tr.recipe)
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(tr.videos(rows).numpy(), ref, atol=1e-6)
+    tr.cfg.augment_shift = 3
+    try:
+        shifted = tr.videos(rows, shift_rng=np.random.default_rng(0)).numpy()
+    finally:
+        tr.cfg.augment_shift = 0
+    assert shifted.shape == ref.shape and not np.allclose(shifted, ref)
+    # each video moved by one (dy, dx) for all its frames: some whole-pixel shift of the original matches it
+    s = ref.shape[-1]
+    for b in range(2):
+        hits = 0
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                inner = shifted[b, :, :, max(0, dy):s + min(0, dy), max(0, dx):s + min(0, dx)]
+                src = ref[b, :, :, max(0, -dy):s + min(0, -dy), max(0, -dx):s + min(0, -dx)]
+                hits += np.allclose(inner, src, atol=1e-6)
+        assert hits == 1

@@ -27,6 +27,12 @@ def train_cmd(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many more steps (no export unless done)."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
     init_from: Path = typer.Option(None, "--init-from", help="Start from this checkpoint.pt's weights (and its vocab.txt)."),
+    device: str = typer.Option(None, "--device", help="auto (a CUDA GPU when torch sees one), cpu or cuda."),
+    workers: int = typer.Option(None, "--workers", help="Processes that render phantom studies into the cache."),
+    max_train_seconds: float = typer.Option(None, "--max-train-seconds",
+                                            help="Fit the schedule (cosine decay included) to this wall-clock budget."),
+    export_trained: Path = typer.Option(None, "--export-trained", help="Export a trained.pt written by "
+                                        "Trainer.save_trained (e.g. by bench/train_gpu.py) to --out; no training."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Log lines instead of progress bars (for logs)."),
 ) -> None:
     """Train on (study, report) pairs and export the model with its manifest."""
@@ -37,10 +43,20 @@ def train_cmd(
     from rich.console import Console
 
     from cmrdx import config as cfgmod
-    from cmrdx.train.trainer import TrainConfig, train
+    from cmrdx.train.trainer import TrainConfig, export_trained as export_trained_file, train
 
+    if export_trained is not None:
+        if not export_trained.is_file():
+            raise CmrdxError(f"{export_trained}: no such file", hint="give the trained.pt that training wrote")
+        try:
+            rep = export_trained_file(export_trained, out)
+        except ValueError as exc:
+            raise CmrdxError(str(exc), hint="--export-trained takes a file written by Trainer.save_trained") from None
+        Console().print(f"exported {export_trained} to {out}: {', '.join(rep['files'])}")
+        return
     over = {"phantoms": phantoms, "seed": seed, "epochs": epochs, "batch_size": batch_size, "threads": threads,
-            "archive": str(data) if data else None,
+            "archive": str(data) if data else None, "device": device, "workers": workers,
+            "max_train_seconds": max_train_seconds,
             "init_from": str(init_from) if init_from else None}
     try:
         cfg = TrainConfig.from_file(config, **over) if config else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})

@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,8 +77,17 @@ class TrainConfig:
     text_subset_p: float = 0.5
     grad_clip: float = 1.0
     checkpoint_every: int = 50
+    augment_shift: int = 0  # random translation of each training video by up to this many pixels (0: none)
+    # train the text tower (and its projection) against a frozen video tower ("locked-image tuning", LiT):
+    # each study's video embedding is computed once, so a step costs only the text tower (cheap on a CPU)
+    freeze_video: bool = False
     threads: int | None = None
     init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
+    # run-time options: where and how fast, not what is trained (a resumed run may change them)
+    device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"
+    workers: int | None = None  # processes that render phantom studies into the cache
+    max_cache_seconds: float | None = None  # stop caching after this long and train on the studies done
+    max_train_seconds: float | None = None  # shorten the schedule (cosine decay included) to fit this budget
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -93,6 +103,21 @@ class TrainConfig:
         if extra:
             raise ValueError(f"unknown training options {sorted(extra)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
+
+    RUNTIME_FIELDS = ("threads", "device", "workers", "max_cache_seconds", "max_train_seconds")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is trained (a checkpoint resumes only under the same identity)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS}
+
+    def torch_device(self) -> str:
+        import torch
+
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU")
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
 
     def recipe(self):
         from cmrdx.recipe import get_recipe
@@ -154,6 +179,19 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def video_input(u8, n_real, recipe):
+    """torch twin of ``data.u8_to_input``: (B, F, S, S) uint8 + real-frame counts -> (B, F, 3, S, S) float32
+    on the same device (grey / 255 normalised by each channel's mean and std; padded frames zero)."""
+    import torch
+
+    g = u8.float() / 255.0
+    mean = torch.tensor(recipe.mean, dtype=g.dtype, device=g.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(recipe.std, dtype=g.dtype, device=g.device).view(1, 1, 3, 1, 1)
+    x = (g.unsqueeze(2) - mean) / std
+    real = torch.arange(u8.shape[1], device=g.device).view(1, -1) < n_real.view(-1, 1)
+    return x * real.view(*real.shape, 1, 1, 1)
+
+
 def split_indices(valid: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) row indices: a fixed seeded fraction of the valid rows held out for validation loss."""
     rng = np.random.default_rng([seed, 0x5A1])
@@ -184,26 +222,42 @@ class Trainer:
         self.recipe = cfg.recipe()
         self.source = cfg.source()
         t0 = time.perf_counter()
-        self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=progress)
+        self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=progress,
+                                 workers=cfg.workers, max_seconds=cfg.max_cache_seconds)
         self.cache_seconds = time.perf_counter() - t0
+        self.device = cfg.torch_device()  # after the cache: its worker processes fork before CUDA starts
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.train_idx, self.val_idx = split_indices(self.cache.valid, cfg.val_fraction, cfg.seed)
         if len(self.train_idx) < 2:
             raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.skipped}")
         self.vocab = self.work / "vocab.txt"
-        if cfg.init_from and not self.vocab.is_file():
+        init = _load_init(cfg.init_from) if cfg.init_from else None
+        if init is not None and not self.vocab.is_file():
             # a warm start keeps the token ids its weights were trained with
-            self.vocab.write_bytes((Path(cfg.init_from).parent / "vocab.txt").read_bytes())
+            self.vocab.write_text(init["vocab"], encoding="utf-8")
         if not self.vocab.is_file():
             train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
         self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
         n_vocab = sum(1 for _ in open(self.vocab, encoding="utf-8"))
-        self.model = CMRClip(cfg.model_config(n_vocab))
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        self.model = CMRClip(cfg.model_config(n_vocab)).to(self.device)
+        self._gpu_videos = None
+        if self.device == "cuda":
+            # the whole uint8 cache on the GPU (a few GB at most): batches are cut, shifted and normalised there
+            self._gpu_videos = torch.from_numpy(np.ascontiguousarray(self.cache.videos)).to(self.device)
+            self._gpu_n_real = torch.from_numpy(self.cache.n_real.astype(np.int64)).to(self.device)
+        if cfg.freeze_video:
+            for p in (*self.model.video_model.parameters(), *self.model.vid_proj.parameters()):
+                p.requires_grad_(False)
+        self._video_emb = None  # (N, D) video embeddings of every cache row, when the video tower is frozen
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
         self.steps_per_epoch = max(1, len(self.train_idx) // cfg.batch_size)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.planned_steps = self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
         self.losses: list[float] = []
         self.val_losses: list[float] = []
@@ -213,21 +267,22 @@ class Trainer:
         self.ckpt = self.work / "checkpoint.pt"
         if self.ckpt.is_file():
             self._load()
-        elif cfg.init_from:
-            st = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
-            self.model.load_state_dict(st["model"])
-            self.init_steps = int(st["step"])
-            self.init_info = {"checkpoint": str(cfg.init_from), "steps": int(st["step"]),
-                              "seconds": round(float(st.get("train_seconds", 0.0)), 1), "config": st["config"],
-                              "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])],
-                              "initialised_from": st.get("init_info")}  # earlier stages, nested
-            log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, st["step"])
+        elif init is not None:
+            self.model.load_state_dict(init["model"])
+            self.init_steps = init["info"]["steps"]
+            self.init_info = init["info"]
+            log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, self.init_steps)
+
+    def device_name(self) -> str:
+        import torch
+
+        return torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "step": self.step, "losses": self.losses, "val_losses": self.val_losses,
-                "train_seconds": self.train_seconds, "init_info": self.init_info}
+                "step": self.step, "total_steps": self.total_steps, "losses": self.losses,
+                "val_losses": self.val_losses, "train_seconds": self.train_seconds, "init_info": self.init_info}
 
     def save(self) -> None:
         import torch
@@ -240,12 +295,15 @@ class Trainer:
         import torch
 
         st = torch.load(self.ckpt, map_location="cpu", weights_only=False)
-        if st["config"] != asdict(self.cfg):
-            diff = sorted(k for k in st["config"] if st["config"][k] != asdict(self.cfg).get(k))
+        mine = self.cfg.identity()
+        theirs = {k: v for k, v in st["config"].items() if k not in TrainConfig.RUNTIME_FIELDS}
+        if theirs != mine:
+            diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"{self.ckpt} was written with other options ({diff}); use another work folder")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.step, self.losses, self.val_losses = st["step"], st["losses"], st["val_losses"]
+        self.total_steps = int(st.get("total_steps", self.total_steps))
         self.train_seconds = st.get("train_seconds", 0.0)
         self.init_info = st.get("init_info")
         log.info("resumed from %s at step %d", self.ckpt, self.step)
@@ -270,11 +328,62 @@ class Trainer:
         rows = np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
         rng = np.random.default_rng([self.cfg.seed, 0x7E27, step])
         texts = [sample_text(r, rng, self.cfg.text_subset_p) for r in self.cache.reports(rows)]
-        video = torch.from_numpy(self.cache.inputs(rows))
+        if self.cfg.freeze_video:
+            video = self.video_embeddings()[torch.from_numpy(rows)]
+        else:
+            video = self.videos(rows, shift_rng=rng if self.cfg.augment_shift else None)
         return (video, *self.tokenize(texts))
 
+    def video_embeddings(self):
+        """(N, D) frozen-video-tower embeddings of every cache row (computed once, unaugmented)."""
+        import torch
+
+        if self._video_emb is None:
+            rows = np.arange(len(self.cache.done))
+            was = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                self._video_emb = torch.cat([self.model.encode_video(self.videos(rows[i:i + 16])).float()
+                                             for i in range(0, len(rows), 16)])
+            self.model.train(was)
+        return self._video_emb
+
+    def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
+        """(B, F, 3, S, S) float32 model input of cache ``rows`` on the training device, each video translated
+        by a random whole-pixel shift (the same for all its frames; edges zero-filled) when ``shift_rng`` is given."""
+        import torch
+
+        if self._gpu_videos is None:
+            u8 = torch.from_numpy(np.ascontiguousarray(self.cache.videos[rows]))
+            n_real = torch.from_numpy(self.cache.n_real[rows].astype(np.int64))
+        else:
+            idx = torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
+            u8, n_real = self._gpu_videos[idx], self._gpu_n_real[idx]
+        if shift_rng is not None:
+            m = self.cfg.augment_shift
+            s = u8.shape[-1]
+            pad = torch.nn.functional.pad(u8, (m, m, m, m))
+            dy, dx = shift_rng.integers(0, 2 * m + 1, size=(2, len(rows)))
+            u8 = torch.stack([pad[i, :, y:y + s, x:x + s] for i, (y, x) in enumerate(zip(dy, dx))])
+        return video_input(u8, n_real, self.recipe)
+
+    def videos_of(self, cache, rows: np.ndarray):
+        """(B, F, 3, S, S) model input of rows of another cache of the same recipe, on the training device."""
+        import torch
+
+        u8 = torch.from_numpy(np.ascontiguousarray(cache.videos[rows])).to(self.device)
+        n_real = torch.from_numpy(cache.n_real[rows].astype(np.int64)).to(self.device)
+        return video_input(u8, n_real, cache.recipe)
+
     def loss(self, video, ids, mask):
-        return info_nce(self.model.encode_text(ids, mask), self.model.encode_video(video), self.cfg.temperature)
+        """InfoNCE of a batch; ``video`` is the model input, or (B, D) embeddings when the video tower is frozen."""
+        import torch
+
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            t = self.model.encode_text(ids, mask)
+            v = video if video.ndim == 2 else self.model.encode_video(video)
+        return info_nce(t.float(), v.float(), self.cfg.temperature)
 
     def val_loss(self) -> float | None:
         """Mean InfoNCE over validation batches of whole reports (no sentence sampling)."""
@@ -290,7 +399,8 @@ class Trainer:
                 if len(rows) < 2:
                     continue
                 ids, mask = self.tokenize(self.cache.reports(rows))
-                out.append(float(self.loss(torch.from_numpy(self.cache.inputs(rows)), ids, mask)))
+                video = self.video_embeddings()[torch.from_numpy(rows)] if self.cfg.freeze_video else self.videos(rows)
+                out.append(float(self.loss(video, ids, mask)))
         self.model.train()
         return float(np.mean(out))
 
@@ -300,6 +410,9 @@ class Trainer:
         import torch
 
         end = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        budget = self.cfg.max_train_seconds
+        probe_from, probe = self.step + 30, None  # steps timed to fit the schedule to the budget (after warm-up)
+        run_t0 = time.perf_counter()
         self.model.train()
         prog = None
         if self.progress:
@@ -322,6 +435,19 @@ class Trainer:
                 self.step += 1
                 self.losses.append(float(loss.detach()))
                 self.train_seconds += time.perf_counter() - t0
+                if budget is not None and self.step == probe_from:
+                    probe = time.perf_counter()
+                if budget is not None and probe is not None and self.step == probe_from + 30:
+                    now = time.perf_counter()
+                    per_step = (now - probe) / 30  # wall clock; 10% spare for validation passes
+                    fit = self.step + int((budget - (now - run_t0)) / (per_step * 1.1))
+                    if fit < self.total_steps:
+                        log.info("time budget %.0f s at %.3f s/step: schedule shortened from %d to %d steps",
+                                 budget, per_step, self.total_steps, fit)
+                        self.total_steps = max(self.step + 1, fit)
+                        end = min(end, self.total_steps)
+                        if prog is not None:
+                            prog.update(task, total=self.total_steps)
                 if self.on_step:
                     self.on_step(self.step, float(loss))
                 epoch_end = self.step % self.steps_per_epoch == 0
@@ -359,12 +485,14 @@ class Trainer:
         return {
             "trained_by": f"cmrdx train ({cmrdx.__version__})",
             "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "data": {**self.cache.meta["source"], "pairs_train": res.n_train, "pairs_val": res.n_val,
+            "data": {**self.cache.meta["source"], "studies_cached": int(self.cache.done.sum()),
+                     "pairs_train": res.n_train, "pairs_val": res.n_val,
                      "skipped": res.skipped, "cache_seconds": round(float(self.cache.meta.get("seconds", 0.0)), 1)},
             "training": {"config": asdict(self.cfg), "steps": res.steps, "epochs": res.epochs_done,
                          "seconds": round(res.seconds, 1), "final_train_loss": round(float(np.mean(tail)), 4) if tail else None,
                          "first_train_loss": round(float(np.mean(res.losses[:20])), 4) if res.losses else None,
                          "val_loss_per_epoch": [round(v, 4) for v in res.val_losses],
+                         "planned_steps": self.planned_steps, "device": self.device_name(),
                          "loss": "symmetric InfoNCE on cosine similarities", "temperature": self.cfg.temperature,
                          "threads": self.cfg.threads or "torch default"},
             **({"initialised_from": self.init_info} if self.init_info else {}),
@@ -372,16 +500,77 @@ class Trainer:
 
     def export(self, out: str | Path, *, int8: bool = True, float16: bool = True) -> dict[str, Any]:
         """Export the current weights to the model folder ``out`` (ONNX + tokenizer + manifest, proven)."""
-        from cmrdx.train.export import ExportOptions, export_model_folder
+        return _export(self.cfg, self._cpu_state(), self.vocab.read_text(encoding="utf-8"), self.provenance(),
+                       Path(out), int8=int8, float16=float16)
 
+    def _cpu_state(self) -> dict[str, Any]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def save_trained(self, path: str | Path) -> Path:
+        """Everything an export needs, in one file (weights, vocabulary, config, provenance; no optimiser
+        state): how a model trained on a machine without the ONNX exporter travels to one that has it
+        (``export_trained``)."""
+        import torch
+
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"format": "cmrdx-trained/1", "config": asdict(self.cfg), "model": self._cpu_state(),
+                    "vocab": self.vocab.read_text(encoding="utf-8"), "provenance": self.provenance()}, tmp)
+        tmp.replace(path)
+        return path
+
+
+def _load_init(path: str | Path) -> dict[str, Any]:
+    """Weights, vocabulary and provenance of a warm start: a training ``checkpoint.pt`` (its ``vocab.txt``
+    beside it) or a ``trained.pt`` written by ``Trainer.save_trained``."""
+    import torch
+
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if st.get("format") == "cmrdx-trained/1":
+        tr = st["provenance"].get("training", {})
+        info = {"file": Path(path).name, "steps": int(tr.get("steps", 0)), "seconds": tr.get("seconds"),
+                "config": st["config"], "device": tr.get("device"), "data": st["provenance"].get("data"),
+                "val_loss_per_epoch": tr.get("val_loss_per_epoch", []),
+                "initialised_from": st["provenance"].get("initialised_from")}
+        return {"model": st["model"], "vocab": st["vocab"], "info": info}
+    info = {"checkpoint": str(path), "steps": int(st["step"]), "seconds": round(float(st.get("train_seconds", 0.0)), 1),
+            "config": st["config"], "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])],
+            "initialised_from": st.get("init_info")}  # earlier stages, nested
+    return {"model": st["model"], "vocab": (Path(path).parent / "vocab.txt").read_text(encoding="utf-8"), "info": info}
+
+
+def _export(cfg: TrainConfig, state: dict[str, Any], vocab: str, provenance: dict[str, Any], out: Path, *,
+            int8: bool, float16: bool) -> dict[str, Any]:
+    from cmrdx.train.export import ExportOptions, export_model_folder
+    from cmrdx.train.model import CMRClip
+
+    n_vocab = vocab.count("\n") + (0 if vocab.endswith("\n") else 1)  # lines, as Trainer counts them
+    model = CMRClip(cfg.model_config(n_vocab))
+    model.load_state_dict(state)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path = Path(tmp) / "vocab.txt"
+        vocab_path.write_text(vocab, encoding="utf-8")
         rep = export_model_folder(
-            self.model.eval(), Path(out), vocab_path=self.vocab, name=self.cfg.name, version=self.cfg.version,
-            recipe={"name": "cmrclip-v1", "params": self.recipe.to_dict()}, lowercase=True,
-            max_length=self.cfg.max_length, provenance=self.provenance(),
+            model.eval(), Path(out), vocab_path=vocab_path, name=cfg.name, version=cfg.version,
+            recipe={"name": "cmrclip-v1", "params": cfg.recipe().to_dict()}, lowercase=True,
+            max_length=cfg.max_length, provenance=provenance,
             licence="MIT (weights trained by cmrdx on synthetic phantom studies; demonstration only, not for clinical use)",
             options=ExportOptions(float16=float16, int8=int8),
         )
-        return {"files": rep.files, "checks": rep.checks, "notes": rep.notes}
+    return {"files": rep.files, "checks": rep.checks, "notes": rep.notes}
+
+
+def export_trained(path: str | Path, out: str | Path, *, int8: bool = True, float16: bool = True) -> dict[str, Any]:
+    """Export a file written by ``Trainer.save_trained`` to the model folder ``out``."""
+    import torch
+
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or st.get("format") != "cmrdx-trained/1":
+        raise ValueError(f"{path} is not a file written by Trainer.save_trained (format cmrdx-trained/1)")
+    prov = dict(st["provenance"])
+    prov["exported_from"] = Path(path).name
+    return _export(TrainConfig.from_dict(st["config"]), st["model"], st["vocab"], prov, Path(out),
+                   int8=int8, float16=float16)
 
 
 def train(cfg: TrainConfig, *, out: str | Path | None, work: str | Path, progress: bool = True,
