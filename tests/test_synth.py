@@ -200,6 +200,9 @@ def test_reports_vary_negate_and_quote_numbers():
     assert any(re.search(r"(LVEF|ejection fraction|EF) (of )?\d+ ?%", t) for t in texts)
     sev = [t for p, t in reports if any(p.findings[f] == "severe" for f in FINDINGS)]
     assert any(re.search(r"severe|marked|significant", t, re.I) for t in sev)
+    # and some state a finding plainly, with neither a grade nor a number (as real reports often do)
+    many = [make_report(q, _fake_truth(q), "terse") for q in (sample_params(s, {"lv_dilation": "severe"}) for s in range(40))]
+    assert any(re.search(r"(The left ventricle is dilated|Dilated left ventricle|LV cavity is enlarged)\.", t) for t in many)
 
 
 def test_heldout_style_uses_unseen_wording():

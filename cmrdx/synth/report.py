@@ -42,7 +42,9 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
     s = f["lv_dilation"]
     out["lv_dilation"] = (
         pick([f"The left ventricle is {adv(s)} dilated (LVEDV {edv} mL).", f"{adj(s).capitalize()} LV dilatation, EDV {edv} ml.",
-              f"The left ventricle is {adv(s)} enlarged with an end-diastolic volume of {edv} mL."])
+              f"The left ventricle is {adv(s)} enlarged with an end-diastolic volume of {edv} mL.",
+              # unqualified statements, as many reports make them (no grade, no number)
+              "The left ventricle is dilated.", "Dilated left ventricle.", "LV cavity is enlarged."])
         if s != "none" else
         pick([f"Normal left ventricular size (LVEDV {edv} mL).", "The left ventricle is not dilated.",
               "LV cavity size is within normal limits."])
@@ -56,7 +58,8 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
     out["lv_dysfunction"] = (
         pick([f"{adj(s).capitalize()} LV systolic dysfunction{wma}, LVEF {ef}%.",
               f"Left ventricular systolic function is {adv(s)} impaired{wma} (ejection fraction {ef}%).",
-              f"{adv(s).capitalize()} reduced LV ejection fraction of {ef}%{wma}."])
+              f"{adv(s).capitalize()} reduced LV ejection fraction of {ef}%{wma}.",
+              f"Reduced left ventricular systolic function{wma}.", f"Impaired LV systolic function{wma}."])
         if s != "none" else
         pick([f"Normal LV systolic function (LVEF {ef}%){wma}.", f"Preserved left ventricular ejection fraction, {ef}%{wma}.",
               f"Good biventricular systolic function{wma}, LVEF {ef}%." if f["rv_dysfunction"] == "none"
@@ -67,24 +70,28 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
     if s != "none":
         if p.hypertrophy_pattern == "septal":
             out["lv_hypertrophy"] = pick([f"{adj(s).capitalize()} asymmetric septal hypertrophy, maximal septal thickness {mw} mm.",
-                                          f"There is {adj(s)} septal hypertrophy ({mw} mm)."])
+                                          f"There is {adj(s)} septal hypertrophy ({mw} mm).",
+                                          "Asymmetric hypertrophy of the septum.", "The septum is thickened."])
         else:
             out["lv_hypertrophy"] = pick([f"{adj(s).capitalize()} concentric left ventricular hypertrophy, maximal wall thickness {mw} mm.",
-                                          f"The LV walls are {adv(s)} thickened (up to {mw} mm), in keeping with LV hypertrophy."])
+                                          f"The LV walls are {adv(s)} thickened (up to {mw} mm), in keeping with LV hypertrophy.",
+                                          "Concentric left ventricular hypertrophy.", "The LV myocardium is thickened."])
     else:
         out["lv_hypertrophy"] = pick(["No left ventricular hypertrophy.", f"Normal LV wall thickness (maximum {mw} mm).",
                                       "No LVH."])
     s = f["rv_dilation"]
     out["rv_dilation"] = (
         pick([f"The right ventricle is {adv(s)} dilated (RVEDV {redv} mL).", f"{adj(s).capitalize()} RV dilatation, RVEDV {redv} ml.",
-              f"{adv(s).capitalize()} enlarged right ventricle."])
+              f"{adv(s).capitalize()} enlarged right ventricle.",
+              "The right ventricle is dilated.", "Dilated right ventricle.", "RV cavity is enlarged."])
         if s != "none" else
         pick(["Normal right ventricular size.", f"The right ventricle is not dilated (RVEDV {redv} mL).", "RV size normal."])
     )
     s = f["rv_dysfunction"]
     out["rv_dysfunction"] = (
         pick([f"{adj(s).capitalize()} RV systolic dysfunction, RVEF {ref}%.",
-              f"Right ventricular systolic function is {adv(s)} impaired (RVEF {ref}%)."])
+              f"Right ventricular systolic function is {adv(s)} impaired (RVEF {ref}%).",
+              "Reduced right ventricular systolic function.", "Impaired RV systolic function."])
         if s != "none" else
         pick([f"Normal RV systolic function (RVEF {ref}%).", "Preserved right ventricular function.",
               "No RV systolic impairment."])
@@ -115,7 +122,8 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
     ao = round(m["aortic_root_mm"])
     out["aortic_dilation"] = (
         pick([f"The aortic root is {adv(s)} dilated, measuring {ao} mm.", f"{adj(s).capitalize()} aortic root dilatation ({ao} mm).",
-              f"Ectatic aortic root ({ao} mm) and ascending aorta."])
+              f"Ectatic aortic root ({ao} mm) and ascending aorta.",
+              "The aortic root is dilated.", "Dilated aortic root.", "Aortic root dilatation."])
         if s != "none" else
         pick([f"Normal aortic root dimensions ({ao} mm).", "The aortic root is not dilated.", "Aortic root of normal calibre."])
     )
