@@ -243,3 +243,21 @@ def test_torch_batch_normalisation_equals_the_numpy_recipe_and_shifts_move_whole
                 src = ref[b, :, :, max(0, -dy):s + min(0, -dy), max(0, -dx):s + min(0, -dx)]
                 hits += np.allclose(inner, src, atol=1e-6)
         assert hits == 1
+
+
+def test_time_budget_shortens_the_schedule_and_keeps_the_cosine_decay(trained, tmp_path):
+    import shutil
+    import time as _time
+
+    _, _, _, work, cfg = trained
+    shutil.copytree(work / "cache", tmp_path / "b" / "cache")  # same source and recipe: no re-rendering
+    cfg2 = dataclasses.replace(cfg, epochs=100_000, max_train_seconds=30.0)
+    tr = Trainer(cfg2, tmp_path / "b", progress=False)
+    t0 = _time.perf_counter()
+    tr.run()
+    took = _time.perf_counter() - t0
+    assert 60 < tr.step == tr.total_steps < tr.planned_steps
+    assert took < 30.0 * 1.25, took
+    from cmrdx.train.trainer import lr_at
+
+    assert lr_at(tr.step - 1, tr.total_steps, cfg2.lr, cfg2.warmup_steps) < 0.05 * cfg2.lr  # decayed to the end
