@@ -175,7 +175,8 @@ def test_ivf_store_recall(tmp_path):
 
 
 @pytest.mark.parametrize("finding,query", [("pericardial_effusion", "There is a pericardial effusion"),
-                                           ("aortic_dilation", "Aortic root is ectatic")])
+                                           ("lv_hypertrophy", "There is left ventricular hypertrophy"),
+                                           ("lge", "There is a large area of LAD scar")])
 def test_text_search_ranks_positives_first_with_the_default_model(phantom_archive, tmp_path, finding, query):
     """On a labelled phantom archive, `cmrdx search` for a finding puts the studies that have it on top
     (R-precision: precision at k = number of positives)."""
