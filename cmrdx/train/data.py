@@ -127,6 +127,7 @@ class PhantomSource:
         self.report_styles = tuple(report_styles or TRAIN_STYLES)
         self.matrix = matrix
         self.views = tuple(views) if views else None
+        self._drawn: list[tuple[str, str]] | None = None
 
     def describe(self) -> dict[str, Any]:
         import cmrdx
@@ -145,7 +146,7 @@ class PhantomSource:
     def _draws(self) -> list[tuple[str, str]]:
         """(vendor, report style) of every study, drawn in order from one stream (so item ``i`` does not
         depend on how many studies are asked for, nor on which process renders it)."""
-        if getattr(self, "_drawn", None) is None:
+        if self._drawn is None:
             rng = np.random.default_rng([self.seed, 0x7A1])
             self._drawn = [(str(rng.choice(self.vendors)), str(rng.choice(self.report_styles))) for _ in range(self.n)]
         return self._drawn
@@ -463,7 +464,11 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
         prog = Progress(TextColumn("caching studies"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         prog.start()
         task = prog.add_task("cache", total=n, completed=int(done.sum()))
-    parallel = bool(workers and workers > 1 and hasattr(source, "item_at") and len(todo) > 1)
+    import multiprocessing as mp
+
+    # workers inherit the source by fork (its items hold closures that do not pickle); without fork: one process
+    parallel = bool(workers and workers > 1 and hasattr(source, "item_at") and len(todo) > 1
+                    and "fork" in mp.get_all_start_methods())
     rows = _rows_parallel(source, recipe, todo, workers) if parallel else _rows_serial(source, recipe, n, done)
     t0 = last_save = start = time.perf_counter()
     try:
