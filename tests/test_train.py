@@ -261,3 +261,41 @@ def test_time_budget_shortens_the_schedule_and_keeps_the_cosine_decay(trained, t
     from cmrdx.train.trainer import lr_at
 
     assert lr_at(tr.step - 1, tr.total_steps, cfg2.lr, cfg2.warmup_steps) < 0.05 * cfg2.lr  # decayed to the end
+
+
+def test_bad_training_inputs_name_the_file_and_render_nothing(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from cmrdx.cli import app
+    from cmrdx.train.trainer import export_trained
+
+    _, _, _, _, cfg = trained
+    junk = tmp_path / "trained.pt"
+    junk.write_text("not a model")
+    with pytest.raises(ValueError, match="trained.pt: not a torch file"):
+        export_trained(junk, tmp_path / "m")
+    r = CliRunner().invoke(app, ["train", "--export-trained", str(junk), "--out", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "trained.pt: not a torch file" in r.exception.message and r.exception.hint
+    assert not (tmp_path / "m").exists()  # nothing half-written
+    r = CliRunner().invoke(app, ["train", "--export-trained", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "nope.pt: no such file" in r.exception.message
+    # a frozen video tower needs trained weights, and a missing warm start is named: both before any rendering
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(dataclasses.replace(cfg, freeze_video=True), tmp_path / "w1", progress=False)
+    with pytest.raises(ValueError, match="missing.pt: no such file"):
+        Trainer(dataclasses.replace(cfg, init_from=str(tmp_path / "missing.pt")), tmp_path / "w2", progress=False)
+    assert not (tmp_path / "w1" / "cache").exists() and not (tmp_path / "w2" / "cache").exists()
+
+
+def test_a_checkpoint_from_before_new_options_resumes_under_their_defaults(trained, tmp_path):
+    import shutil
+
+    tr, _, _, work, cfg = trained
+    tr.save()
+    shutil.copytree(work, tmp_path / "w")
+    st = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)
+    for k in ("augment_shift", "freeze_video", "device", "workers", "max_cache_seconds", "max_train_seconds"):
+        st["config"].pop(k)  # as an older cmrdx wrote it
+    torch.save(st, tmp_path / "w" / "checkpoint.pt")
+    again = Trainer(cfg, tmp_path / "w", progress=False)
+    assert again.step == tr.step

@@ -69,7 +69,10 @@ def train_cmd(
         logging.getLogger("cmrdx.train.trainer").setLevel(logging.INFO)
     work = work or cfgmod.home() / "train" / cfg.name
     con = Console()
-    res = train(cfg, out=out, work=work, progress=not no_progress, max_steps=max_steps)
+    try:
+        res = train(cfg, out=out, work=work, progress=not no_progress, max_steps=max_steps)
+    except ValueError as exc:  # options that do not fit the data, the work folder or the machine
+        raise CmrdxError(str(exc), hint="check --config/--init-from/--device, or use another --work folder") from None
     con.print(f"trained {res.steps} steps ({res.epochs_done} epochs) on {res.n_train} pairs "
               f"(+{res.n_val} validation) in {res.seconds / 60:.1f} min; skipped: {res.skipped or 'none'}")
     if res.losses:

@@ -219,6 +219,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.ckpt = self.work / "checkpoint.pt"
+        if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
+            raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
+                             "(a checkpoint.pt or trained.pt)")
+        if cfg.init_from and not Path(cfg.init_from).is_file():
+            raise ValueError(f"init_from {cfg.init_from}: no such file")  # before hours of rendering, not after
         self.recipe = cfg.recipe()
         self.source = cfg.source()
         t0 = time.perf_counter()
@@ -233,7 +239,8 @@ class Trainer:
         if len(self.train_idx) < 2:
             raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.skipped}")
         self.vocab = self.work / "vocab.txt"
-        init = _load_init(cfg.init_from) if cfg.init_from else None
+        need_init = cfg.init_from and (not self.vocab.is_file() or not self.ckpt.is_file())
+        init = _load_init(cfg.init_from) if need_init else None
         if init is not None and not self.vocab.is_file():
             # a warm start keeps the token ids its weights were trained with
             self.vocab.write_text(init["vocab"], encoding="utf-8")
@@ -264,7 +271,6 @@ class Trainer:
         self.train_seconds = 0.0
         self.init_steps = 0
         self.init_info: dict[str, Any] | None = None
-        self.ckpt = self.work / "checkpoint.pt"
         if self.ckpt.is_file():
             self._load()
         elif init is not None:
@@ -296,7 +302,7 @@ class Trainer:
 
         st = torch.load(self.ckpt, map_location="cpu", weights_only=False)
         mine = self.cfg.identity()
-        theirs = {k: v for k, v in st["config"].items() if k not in TrainConfig.RUNTIME_FIELDS}
+        theirs = TrainConfig.from_dict(st["config"]).identity()  # fields added since take their defaults
         if theirs != mine:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"{self.ckpt} was written with other options ({diff}); use another work folder")
@@ -348,14 +354,16 @@ class Trainer:
             self.model.train(was)
         return self._video_emb
 
-    def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
-        """(B, F, 3, S, S) float32 model input of cache ``rows`` on the training device, each video translated
-        by a random whole-pixel shift (the same for all its frames; edges zero-filled) when ``shift_rng`` is given."""
+    def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None, cache=None):
+        """(B, F, 3, S, S) float32 model input of ``rows`` of the training cache (or of ``cache``, another cache
+        of the same recipe) on the training device, each video translated by a random whole-pixel shift (the same
+        for all its frames; edges zero-filled) when ``shift_rng`` is given."""
         import torch
 
-        if self._gpu_videos is None:
-            u8 = torch.from_numpy(np.ascontiguousarray(self.cache.videos[rows]))
-            n_real = torch.from_numpy(self.cache.n_real[rows].astype(np.int64))
+        if self._gpu_videos is None or cache is not None:
+            c = cache if cache is not None else self.cache
+            u8 = torch.from_numpy(np.ascontiguousarray(c.videos[rows])).to(self.device)
+            n_real = torch.from_numpy(c.n_real[rows].astype(np.int64)).to(self.device)
         else:
             idx = torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
             u8, n_real = self._gpu_videos[idx], self._gpu_n_real[idx]
@@ -366,14 +374,6 @@ class Trainer:
             dy, dx = shift_rng.integers(0, 2 * m + 1, size=(2, len(rows)))
             u8 = torch.stack([pad[i, :, y:y + s, x:x + s] for i, (y, x) in enumerate(zip(dy, dx))])
         return video_input(u8, n_real, self.recipe)
-
-    def videos_of(self, cache, rows: np.ndarray):
-        """(B, F, 3, S, S) model input of rows of another cache of the same recipe, on the training device."""
-        import torch
-
-        u8 = torch.from_numpy(np.ascontiguousarray(cache.videos[rows])).to(self.device)
-        n_real = torch.from_numpy(cache.n_real[rows].astype(np.int64)).to(self.device)
-        return video_input(u8, n_real, cache.recipe)
 
     def loss(self, video, ids, mask):
         """InfoNCE of a batch; ``video`` is the model input, or (B, D) embeddings when the video tower is frozen."""
@@ -436,8 +436,8 @@ class Trainer:
                 self.losses.append(float(loss.detach()))
                 self.train_seconds += time.perf_counter() - t0
                 if budget is not None and time.perf_counter() - run_t0 > budget and self.step < self.total_steps:
-                    log.warning("time budget %.0f s spent before the schedule could be fitted: stopped at step %d",
-                                budget, self.step)
+                    log.warning("time budget %.0f s spent: stopped at step %d of %d", budget, self.step,
+                                self.total_steps)
                     self.total_steps = end = self.step
                 if budget is not None and self.step == probe_from:
                     probe = time.perf_counter()
@@ -527,12 +527,26 @@ class Trainer:
         return path
 
 
+def _torch_load(path: str | Path) -> dict[str, Any]:
+    """A torch-saved dict, or ValueError naming the file (missing, not written by torch, not a dict)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; all mean "not our file"
+        raise ValueError(f"{path}: not a torch file written by cmrdx train ({type(exc).__name__})") from None
+    if not isinstance(st, dict) or "model" not in st:
+        raise ValueError(f"{path}: not a cmrdx checkpoint.pt or trained.pt (no model weights)")
+    return st
+
+
 def _load_init(path: str | Path) -> dict[str, Any]:
     """Weights, vocabulary and provenance of a warm start: a training ``checkpoint.pt`` (its ``vocab.txt``
     beside it) or a ``trained.pt`` written by ``Trainer.save_trained``."""
-    import torch
-
-    st = torch.load(path, map_location="cpu", weights_only=False)
+    st = _torch_load(path)
     if st.get("format") == "cmrdx-trained/1":
         tr = st["provenance"].get("training", {})
         info = {"file": Path(path).name, "steps": int(tr.get("steps", 0)), "seconds": tr.get("seconds"),
@@ -569,10 +583,8 @@ def _export(cfg: TrainConfig, state: dict[str, Any], vocab: str, provenance: dic
 
 def export_trained(path: str | Path, out: str | Path, *, int8: bool = True, float16: bool = True) -> dict[str, Any]:
     """Export a file written by ``Trainer.save_trained`` to the model folder ``out``."""
-    import torch
-
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(st, dict) or st.get("format") != "cmrdx-trained/1":
+    st = _torch_load(path)
+    if st.get("format") != "cmrdx-trained/1":
         raise ValueError(f"{path} is not a file written by Trainer.save_trained (format cmrdx-trained/1)")
     prov = dict(st["provenance"])
     prov["exported_from"] = Path(path).name
