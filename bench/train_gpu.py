@@ -10,7 +10,7 @@ export and the benchmark through real DICOM files run afterwards on any machine:
     cmrdx train --export-trained OUT/trained.pt --out models/cmrdx-phantom-small
     cmrdx eval all --model cmrdx-phantom-small --bank cmr-findings --data HELDOUT_ARCHIVE
 
-Only numpy, torch, tokenizers, pyyaml and rich are needed (what the GPU image has).
+Only numpy, torch, tokenizers, pyyaml, rich and scikit-learn are needed (what the GPU image has).
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ log = logging.getLogger("train_gpu")
 
 
 def auc(scores, labels) -> float:
-    """Mann-Whitney AUC (ties count half): no scikit-learn needed here."""
-    s, y = np.asarray(scores, float), np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(gt / (len(pos) * len(neg)))
+    """ROC AUC (scikit-learn), NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, bool)
+    return float(roc_auc_score(y, scores)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def zero_shot(tr, cache, bank_path: Path) -> dict:
@@ -48,7 +46,7 @@ def zero_shot(tr, cache, bank_path: Path) -> dict:
     rows = cache.valid
     tr.model.eval()
     with torch.no_grad():
-        v = torch.cat([tr.model.encode_video(tr.videos_of(cache, rows[i:i + 64])).float()
+        v = torch.cat([tr.model.encode_video(tr.videos(rows[i:i + 64], cache=cache)).float()
                        for i in range(0, len(rows), 64)])
         v = torch.nn.functional.normalize(v, dim=1).cpu().numpy()
         bank = yaml.safe_load(bank_path.read_text())
