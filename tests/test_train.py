@@ -217,6 +217,44 @@ def test_locked_video_stage_tunes_only_the_text_tower(trained, tmp_path):
     assert m.provenance["initialised_from"]["steps"] == tr.step
 
 
+def test_last_video_blocks_stage_trains_them_on_cached_tokens(trained, tmp_path):
+    """``train_video_blocks``: the frozen prefix (patch embedding, first blocks) stays bit-identical, the last
+    block, the video projection and the text tower move, the loss through the cached float16 tokens equals the
+    loss through the whole video tower, the loss falls, and the exported model encodes as the trained one."""
+    import shutil
+
+    from cmrdx.model.manifest import load_manifest
+    from cmrdx.train.trainer import export_trained
+
+    _, _, _, work, cfg = trained
+    deep = dataclasses.replace(cfg, depth=2, epochs=3)
+    shutil.copytree(work / "cache", tmp_path / "a" / "cache")  # same source and recipe: no re-rendering
+    a = Trainer(deep, tmp_path / "a", progress=False)
+    a.run()
+    saved = a.save_trained(tmp_path / "a.pt")
+    shutil.copytree(work / "cache", tmp_path / "b" / "cache")
+    b = Trainer(dataclasses.replace(deep, init_from=str(saved), train_video_blocks=1, epochs=15), tmp_path / "b",
+                progress=False)
+    assert b.frozen_blocks == 1
+    rows = np.arange(4)
+    ids, mask = b.tokenize(b.cache.reports(rows))
+    with torch.no_grad():
+        via_tokens, via_video = float(b.loss(b.frozen_tokens(rows), ids, mask)), float(b.loss(b.videos(rows), ids, mask))
+    assert abs(via_tokens - via_video) < 2e-3 * max(1.0, abs(via_video))
+    before = {k: v.clone() for k, v in b.model.state_dict().items()}
+    b.run()
+    after = b.model.state_dict()
+    frozen = ("video_model.patch_embed.", "video_model.cls_token", "video_model.pos_embed", "video_model.temporal_embed",
+              "video_model.blocks.0.")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(frozen))
+    for part in ("video_model.blocks.1.", "vid_proj.", "text_model."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part)), part
+    assert np.mean(b.losses[-5:]) < np.mean(b.losses[:5])
+    out = tmp_path / "model"
+    export_trained(b.save_trained(tmp_path / "b.pt"), out, int8=False, float16=False)  # proven against torch
+    assert load_manifest(out, verify=True).provenance["training"]["config"]["train_video_blocks"] == 1
+
+
 def test_torch_batch_normalisation_equals_the_numpy_recipe_and_shifts_move_whole_videos(trained):
     from cmrdx.train.trainer import video_input
 
@@ -282,6 +320,11 @@ def test_bad_training_inputs_name_the_file_and_render_nothing(trained, tmp_path)
     # a frozen video tower needs trained weights, and a missing warm start is named: both before any rendering
     with pytest.raises(ValueError, match="init_from"):
         Trainer(dataclasses.replace(cfg, freeze_video=True), tmp_path / "w1", progress=False)
+    for bad, msg in (({"train_video_blocks": 0}, "1..depth"), ({"train_video_blocks": 1, "freeze_video": True}, "choose one"),
+                     ({"train_video_blocks": 1, "depth": 2, "augment_shift": 2}, "augment_shift"),
+                     ({"train_video_blocks": 1, "depth": 2}, "init_from")):
+        with pytest.raises(ValueError, match=msg):
+            Trainer(dataclasses.replace(cfg, **bad), tmp_path / "w1", progress=False)
     with pytest.raises(ValueError, match="missing.pt: no such file"):
         Trainer(dataclasses.replace(cfg, init_from=str(tmp_path / "missing.pt")), tmp_path / "w2", progress=False)
     assert not (tmp_path / "w1" / "cache").exists() and not (tmp_path / "w2" / "cache").exists()

@@ -273,6 +273,11 @@ class SpaceTimeTransformer(nn.Module):
         nn.init.trunc_normal_(self.temporal_embed, std=0.02)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(video))
+
+    def tokens(self, video: torch.Tensor, blocks: int = 0) -> torch.Tensor:
+        """(B, 1 + F * patches, width) tokens after patch embedding and the first ``blocks`` blocks (a frozen
+        prefix whose output can be computed once per study; ``head`` runs the rest)."""
         b, f = video.shape[0], video.shape[1]
         if f > self.cfg.num_frames:
             raise ValueError(f"{f} frames given, the model takes at most {self.cfg.num_frames}")
@@ -281,12 +286,21 @@ class SpaceTimeTransformer(nn.Module):
         # pos_embed[1:] tiled over frames, temporal_embed repeated within each frame; CLS gets pos_embed[0].
         pos = self.pos_embed[:, 1:].repeat(1, f, 1) + self.temporal_embed[:, :f].repeat_interleave(n, dim=1)
         x = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], x + pos], dim=1)
-        for blk in self.blocks[:-1]:
+        for blk in self.blocks[:blocks]:
             x = blk(x, f)
-        if self.prune_last and self.blocks[-1].attn.impl == "sdpa":
-            x = self.blocks[-1].forward_cls(x, f)
-        else:  # the reference computes every row of the last block
-            x = self.blocks[-1](x, f)
+        return x
+
+    def head(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Blocks ``start``.. and the final norm on tokens from ``tokens(video, start)`` -> (B, width) CLS."""
+        f = (x.shape[1] - 1) // self.cfg.patches_per_frame
+        last = len(self.blocks) - 1
+        for blk in self.blocks[start:last]:
+            x = blk(x, f)
+        if start <= last:
+            if self.prune_last and self.blocks[-1].attn.impl == "sdpa":
+                x = self.blocks[-1].forward_cls(x, f)
+            else:  # the reference computes every row of the last block
+                x = self.blocks[-1](x, f)
         return self.norm(x)[:, 0]
 
 

@@ -81,6 +81,9 @@ class TrainConfig:
     # train the text tower (and its projection) against a frozen video tower ("locked-image tuning", LiT):
     # each study's video embedding is computed once, so a step costs only the text tower (cheap on a CPU)
     freeze_video: bool = False
+    # train only the last N blocks of the video tower (with its final norm and projection) and the text tower:
+    # the frozen blocks' output tokens are computed once per study, so a step skips them (None: all blocks)
+    train_video_blocks: int | None = None
     threads: int | None = None
     init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
     # run-time options: where and how fast, not what is trained (a resumed run may change them)
@@ -220,6 +223,18 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ckpt = self.work / "checkpoint.pt"
+        if cfg.train_video_blocks is not None:
+            if not 1 <= cfg.train_video_blocks <= cfg.depth:
+                raise ValueError(f"train_video_blocks must be 1..depth ({cfg.depth}), not {cfg.train_video_blocks}; "
+                                 "freeze_video freezes the whole video tower")
+            if cfg.freeze_video:
+                raise ValueError("freeze_video and train_video_blocks both set: choose one")
+            if cfg.train_video_blocks < cfg.depth and cfg.augment_shift:
+                raise ValueError("train_video_blocks computes the frozen blocks once per unshifted video: set "
+                                 "augment_shift to 0")
+            if cfg.train_video_blocks < cfg.depth and not cfg.init_from and not self.ckpt.is_file():
+                raise ValueError("train_video_blocks tunes the last blocks of a trained video tower: give init_from "
+                                 "(a checkpoint.pt or trained.pt)")
         if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
             raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
                              "(a checkpoint.pt or trained.pt)")
@@ -254,10 +269,18 @@ class Trainer:
             # the whole uint8 cache on the GPU (a few GB at most): batches are cut, shifted and normalised there
             self._gpu_videos = torch.from_numpy(np.ascontiguousarray(self.cache.videos)).to(self.device)
             self._gpu_n_real = torch.from_numpy(self.cache.n_real.astype(np.int64)).to(self.device)
+        self.frozen_blocks = 0  # video blocks whose output tokens are cached (the patch embedding frozen with them)
         if cfg.freeze_video:
             for p in (*self.model.video_model.parameters(), *self.model.vid_proj.parameters()):
                 p.requires_grad_(False)
+        elif cfg.train_video_blocks is not None and cfg.train_video_blocks < cfg.depth:
+            self.frozen_blocks = cfg.depth - cfg.train_video_blocks
+            vm = self.model.video_model
+            for p in (*vm.patch_embed.parameters(), vm.cls_token, vm.pos_embed, vm.temporal_embed,
+                      *(q for blk in vm.blocks[:self.frozen_blocks] for q in blk.parameters())):
+                p.requires_grad_(False)
         self._video_emb = None  # (N, D) video embeddings of every cache row, when the video tower is frozen
+        self._video_tokens = None  # (N, T, D) float16 outputs of the frozen blocks, when only the last ones train
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
         no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n)]
@@ -336,6 +359,8 @@ class Trainer:
         texts = [sample_text(r, rng, self.cfg.text_subset_p) for r in self.cache.reports(rows)]
         if self.cfg.freeze_video:
             video = self.video_embeddings()[torch.from_numpy(rows)]
+        elif self.frozen_blocks:
+            video = self.frozen_tokens(rows)
         else:
             video = self.videos(rows, shift_rng=rng if self.cfg.augment_shift else None)
         return (video, *self.tokenize(texts))
@@ -353,6 +378,27 @@ class Trainer:
                                              for i in range(0, len(rows), 16)])
             self.model.train(was)
         return self._video_emb
+
+    def frozen_tokens(self, rows: np.ndarray):
+        """(B, T, D) float32 tokens after the frozen video blocks for ``rows`` (all rows computed once, kept as
+        float16: 0.8 MB a study at 32 frames x 64 patches x 192)."""
+        import torch
+
+        if self._video_tokens is None:
+            n = len(self.cache.done)
+            vm = self.model.video_model
+            was = self.model.training
+            self.model.eval()
+            out = None
+            with torch.no_grad():
+                for i in range(0, n, 16):
+                    x = vm.tokens(self.videos(np.arange(i, min(n, i + 16))), self.frozen_blocks)
+                    if out is None:
+                        out = torch.empty((n, *x.shape[1:]), dtype=torch.float16, device=self.device)
+                    out[i:i + len(x)] = x.to(torch.float16)
+            self.model.train(was)
+            self._video_tokens = out
+        return self._video_tokens[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
 
     def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None, cache=None):
         """(B, F, 3, S, S) float32 model input of ``rows`` of the training cache (or of ``cache``, another cache
@@ -376,13 +422,19 @@ class Trainer:
         return video_input(u8, n_real, self.recipe)
 
     def loss(self, video, ids, mask):
-        """InfoNCE of a batch; ``video`` is the model input, or (B, D) embeddings when the video tower is frozen."""
+        """InfoNCE of a batch; ``video`` is the model input, (B, T, D) tokens of the frozen video blocks, or
+        (B, D) embeddings when the whole video tower is frozen."""
         import torch
 
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
             t = self.model.encode_text(ids, mask)
-            v = video if video.ndim == 2 else self.model.encode_video(video)
+            if video.ndim == 2:
+                v = video
+            elif video.ndim == 3:
+                v = self.model.vid_proj(self.model.video_model.head(video, self.frozen_blocks))
+            else:
+                v = self.model.encode_video(video)
         return info_nce(t.float(), v.float(), self.cfg.temperature)
 
     def val_loss(self) -> float | None:
@@ -399,7 +451,10 @@ class Trainer:
                 if len(rows) < 2:
                     continue
                 ids, mask = self.tokenize(self.cache.reports(rows))
-                video = self.video_embeddings()[torch.from_numpy(rows)] if self.cfg.freeze_video else self.videos(rows)
+                if self.cfg.freeze_video:
+                    video = self.video_embeddings()[torch.from_numpy(rows)]
+                else:
+                    video = self.frozen_tokens(rows) if self.frozen_blocks else self.videos(rows)
                 out.append(float(self.loss(video, ids, mask)))
         self.model.train()
         return float(np.mean(out))
