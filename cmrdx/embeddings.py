@@ -127,13 +127,27 @@ class EmbeddedSet:
         return np.array(idx, dtype=int), np.array([self.rows[i].labels[fid] for i in idx], dtype=int)
 
 
+def embed_study_folder(path: str | Path, encoder, params=None) -> tuple[np.ndarray, str, float, float]:
+    """One study folder read as a user's study is (``assemble_study`` + the model's recipe) and encoded:
+    (embedding, StudyInstanceUID, seconds reading + preprocessing, seconds encoding). Errors propagate."""
+    import time
+
+    from cmrdx.assemble import assemble_study
+    from cmrdx.recipe import apply_recipe
+
+    t0 = time.perf_counter()
+    study = assemble_study(str(path))
+    x = apply_recipe(study, params if params is not None else encoder.manifest.recipe_params()).array
+    t1 = time.perf_counter()
+    emb = encoder.encode_studies(x[None])[0]
+    return emb, study.study_uid, t1 - t0, time.perf_counter() - t1
+
+
 def embed_labelled(
     rows: list[LabelledStudy], encoder, cache: StudyEmbeddingCache | None, progress: Callable[[int, int], None] | None = None
 ) -> EmbeddedSet:
     """Embed every labelled study (cache first); a study that cannot be read is recorded, not fatal."""
-    from cmrdx.assemble import assemble_study
     from cmrdx.errors import CmrdxError as _Err
-    from cmrdx.recipe import apply_recipe
 
     params = encoder.manifest.recipe_params()
     kept, embs, failed, cached = [], [], [], 0
@@ -146,12 +160,11 @@ def embed_labelled(
                 failed.append((r.key, "no study folder and no cached embedding for this UID"))
                 continue
             try:
-                study = assemble_study(r.path)
-                emb = encoder.encode_studies(apply_recipe(study, params).array[None])[0]
+                emb, uid, _, _ = embed_study_folder(r.path, encoder, params)
             except (_Err, ValueError) as exc:
                 failed.append((r.key, str(exc).splitlines()[0]))
                 continue
-            r.study_uid = r.study_uid or study.study_uid
+            r.study_uid = r.study_uid or uid
             if cache is not None:
                 cache.put(r.study_uid, emb)
         kept.append(r)

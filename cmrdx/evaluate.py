@@ -171,8 +171,7 @@ def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None
     (``cmrdx.model.encoder.Encoder``). Folders without a report or labels, or that do not assemble, are
     skipped and counted. Embeddings are cached in ``cache_dir`` (default ``$CMRDX_HOME/cache/eval``)."""
     from cmrdx import config
-    from cmrdx.assemble import assemble_study
-    from cmrdx.recipe import apply_recipe
+    from cmrdx.embeddings import embed_study_folder
 
     root = Path(archive)
     if not root.is_dir():
@@ -204,17 +203,14 @@ def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None
             skipped["no labels"] = skipped.get("no labels", 0) + 1
             continue
         try:
-            t1 = time.perf_counter()
-            x = apply_recipe(assemble_study(str(d)), recipe).array
-            t2 = time.perf_counter()
+            e, _, read_s, enc_s = embed_study_folder(d, encoder, recipe)
         except Exception as exc:  # noqa: BLE001 - counted, the benchmark goes on
             log.warning("%s: %s", d.name, exc)
             key = f"unreadable ({type(exc).__name__})"
             skipped[key] = skipped.get(key, 0) + 1
             continue
-        e = encoder.encode_studies(x[None])[0]
-        enc_ms.append((time.perf_counter() - t2) * 1000)
-        read_ms.append((t2 - t1) * 1000)
+        enc_ms.append(enc_s * 1000)
+        read_ms.append(read_s * 1000)
         ids.append(d.name)
         embs.append(e)
         reports.append(rep.read_text(encoding="utf-8").strip())
