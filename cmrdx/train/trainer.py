@@ -365,18 +365,33 @@ class Trainer:
             video = self.videos(rows, shift_rng=rng if self.cfg.augment_shift else None)
         return (video, *self.tokenize(texts))
 
+    def _over_cache(self, fn, dtype):
+        """``fn(model input of 16 rows)`` for every cache row in order, in eval mode without gradients, stacked
+        into one (N, ...) tensor of ``dtype`` on the training device (what a frozen part of the model computes
+        once per study)."""
+        import torch
+
+        n = len(self.cache.done)
+        was = self.model.training
+        self.model.eval()
+        out = None
+        try:
+            with torch.no_grad():
+                for i in range(0, n, 16):
+                    y = fn(self.videos(np.arange(i, min(n, i + 16))))
+                    if out is None:
+                        out = torch.empty((n, *y.shape[1:]), dtype=dtype, device=self.device)
+                    out[i:i + len(y)] = y.to(dtype)
+        finally:
+            self.model.train(was)
+        return out
+
     def video_embeddings(self):
         """(N, D) frozen-video-tower embeddings of every cache row (computed once, unaugmented)."""
         import torch
 
         if self._video_emb is None:
-            rows = np.arange(len(self.cache.done))
-            was = self.model.training
-            self.model.eval()
-            with torch.no_grad():
-                self._video_emb = torch.cat([self.model.encode_video(self.videos(rows[i:i + 16])).float()
-                                             for i in range(0, len(rows), 16)])
-            self.model.train(was)
+            self._video_emb = self._over_cache(self.model.encode_video, torch.float32)
         return self._video_emb
 
     def frozen_tokens(self, rows: np.ndarray):
@@ -385,19 +400,8 @@ class Trainer:
         import torch
 
         if self._video_tokens is None:
-            n = len(self.cache.done)
             vm = self.model.video_model
-            was = self.model.training
-            self.model.eval()
-            out = None
-            with torch.no_grad():
-                for i in range(0, n, 16):
-                    x = vm.tokens(self.videos(np.arange(i, min(n, i + 16))), self.frozen_blocks)
-                    if out is None:
-                        out = torch.empty((n, *x.shape[1:]), dtype=torch.float16, device=self.device)
-                    out[i:i + len(x)] = x.to(torch.float16)
-            self.model.train(was)
-            self._video_tokens = out
+            self._video_tokens = self._over_cache(lambda v: vm.tokens(v, self.frozen_blocks), torch.float16)
         return self._video_tokens[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
 
     def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None, cache=None):
