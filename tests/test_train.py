@@ -255,6 +255,53 @@ def test_last_video_blocks_stage_trains_them_on_cached_tokens(trained, tmp_path)
     assert load_manifest(out, verify=True).provenance["training"]["config"]["train_video_blocks"] == 1
 
 
+def test_motion_stream_starts_at_its_warm_start_and_trains_on_cached_statistics(trained, tmp_path):
+    """A motion stream added to a trained model (freeze_video): the model starts from the warm start's
+    embeddings exactly, the cached float16 statistics (shifted or not) equal the statistics of the (equally
+    shifted) video, the transformer stays bit-identical while the stream and the text tower learn, and the
+    export (proven against torch) carries the stream."""
+    import shutil
+
+    from cmrdx.model.manifest import load_manifest
+    from cmrdx.train.model import CMRClipConfig
+    from cmrdx.train.trainer import export_trained
+
+    tr, _, _, work, cfg = trained
+    saved = tr.save_trained(tmp_path / "a.pt")
+    shutil.copytree(work / "cache", tmp_path / "b" / "cache")
+    motion = {"groups": 2, "channels": [8, 8], "hidden": 16}
+    b = Trainer(dataclasses.replace(cfg, init_from=str(saved), freeze_video=True, motion=motion, augment_shift=2,
+                                    epochs=12, lr=3e-3), tmp_path / "b", progress=False)
+    assert CMRClipConfig.from_dict(b.model.cfg.to_dict()) == b.model.cfg
+    rows = np.arange(4)
+    ids, mask = b.tokenize(b.cache.reports(rows))
+    with torch.no_grad():
+        start = float(b.loss(b.videos(rows), ids, mask))
+        assert abs(start - float(tr.loss(tr.videos(rows), ids, mask))) < 1e-5  # the stream starts at zero
+        assert abs(start - float(b.loss(b.model_input(rows), ids, mask))) < 1e-4  # cached path = whole path
+        stats = b.model.motion.stats(b.videos(rows))
+        np.testing.assert_allclose(b.motion_stats(rows).numpy(), stats.numpy(), atol=2e-2)
+        shifted = b.motion_stats(rows, np.random.default_rng(5))
+        want = b.model.motion.stats(b.videos(rows, shift_rng=np.random.default_rng(5)))
+        assert not np.allclose(shifted.numpy(), stats.numpy(), atol=0.1)
+        np.testing.assert_allclose(shifted.numpy(), want.numpy(), atol=2e-2)
+    before = {k: v.clone() for k, v in b.model.state_dict().items()}
+    b.run()
+    after = b.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("video_model.", "vid_proj.")))
+    for part in ("motion.cnn.", "motion.fc2.", "text_model."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part)), part
+    assert np.mean(b.losses[-5:]) < np.mean(b.losses[:5])
+    out = tmp_path / "model"
+    export_trained(b.save_trained(tmp_path / "b.pt"), out, int8=False, float16=False)  # proven against torch
+    assert load_manifest(out, verify=True).provenance["training"]["config"]["motion"] == motion
+    with pytest.raises(ValueError, match="motion groups 3"):
+        Trainer(dataclasses.replace(cfg, motion={"groups": 3}), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="motion: .*unexpected keyword"):
+        Trainer(dataclasses.replace(cfg, motion={"group": 2}), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "cache").exists()
+
+
 def test_torch_batch_normalisation_equals_the_numpy_recipe_and_shifts_move_whole_videos(trained):
     from cmrdx.train.trainer import video_input
 

@@ -58,10 +58,24 @@ class TextConfig:
 
 
 @dataclass
+class MotionConfig:
+    """Motion stream hyper-parameters (not in CMR-CLIP: cmrdx's small models only, see ``MotionStream``)."""
+
+    groups: int = 8  # the frames split into this many equal runs; mean and std per pixel over each run
+    channels: tuple[int, ...] = ()  # stride-2 3x3 convolutions on the statistics (none: pooled statistics)
+    pool: int = 8  # then an average pool to pool x pool cells
+    hidden: int = 256
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+
+
+@dataclass
 class CMRClipConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 512
+    motion: MotionConfig | None = None  # None: the CMR-CLIP architecture exactly
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +86,7 @@ class CMRClipConfig:
             video=VideoConfig(**d.get("video", {})),
             text=TextConfig(**d.get("text", {})),
             projection_dim=int(d.get("projection_dim", 512)),
+            motion=MotionConfig(**d["motion"]) if d.get("motion") else None,
         )
 
 
@@ -304,6 +319,62 @@ class SpaceTimeTransformer(nn.Module):
         return self.norm(x)[:, 0]
 
 
+class MotionStream(nn.Module):
+    """A second, small video path added to the projected CLS embedding: per-pixel mean and standard deviation
+    over ``groups`` equal runs of frames (of the first input channel: the three are one grey image), optionally
+    stride-2 convolutions, an average pool to ``pool`` x ``pool`` cells, a batch norm and a two-layer head to
+    ``projection_dim``.
+
+    Why: the small space-time transformer trained here keeps what a study looks like but loses how its walls
+    move (RV function) and small structures (the aortic root), although both are in its input (BENCHMARKS.md,
+    "where findings are lost"); a per-pixel temporal standard deviation is the motion statistic a linear probe
+    reads them from. The last layer starts at zero, so a stream added to a trained model starts from that
+    model's embeddings exactly. Split like the transformer: ``stats`` (no parameters, computed once per study
+    when training on a cache) and ``head``.
+    """
+
+    def __init__(self, cfg: MotionConfig, video: VideoConfig, out_dim: int):
+        super().__init__()
+        self.groups = cfg.groups
+        layers: list[nn.Module] = []
+        c_in = 2 * cfg.groups
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            c_in = c
+        self.cnn = nn.Sequential(*layers)
+        side = video.img_size
+        for _ in cfg.channels:
+            side = (side + 1) // 2
+        if cfg.pool < 1 or side % cfg.pool:
+            raise ValueError(f"motion pool {cfg.pool} does not divide the {side} px maps into equal cells")
+        self.pool = nn.AvgPool2d(side // cfg.pool)
+        # standardised per feature over the studies (batch statistics in training, running ones after): the
+        # cells share a large common pattern (every heart looks alike) that, left in, drove a layer norm + GELU
+        # head's units dead within 150 steps
+        self.norm = nn.BatchNorm1d(c_in * cfg.pool * cfg.pool)
+        self.fc1 = nn.Linear(c_in * cfg.pool * cfg.pool, cfg.hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cfg.hidden, out_dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def stats(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, S, S) -> (B, 2 * groups, S, S): per run of F / groups frames, the mean then the std."""
+        b, f, _, h, w = video.shape
+        if f % self.groups:
+            raise ValueError(f"{f} frames do not split into {self.groups} equal runs")
+        x = video[:, :, 0].reshape(b, self.groups, f // self.groups, h, w)
+        mean = x.mean(2)
+        std = (x - mean.unsqueeze(2)).square().mean(2).add(1e-6).sqrt()  # eps: a finite gradient at std 0
+        return torch.cat([mean, std], dim=1)
+
+    def head(self, stats: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(self.pool(self.cnn(stats)).flatten(1)))))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stats(video))
+
+
 def build_bert(cfg: TextConfig) -> nn.Module:
     """A randomly initialised ``transformers.BertModel`` (no download), pooler included (its keys are in the
     checkpoint, although the CMR-CLIP forward does not use it)."""
@@ -336,6 +407,10 @@ class CMRClip(nn.Module):
         self.text_model = build_bert(self.cfg.text)
         self.txt_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.text.hidden_size, self.cfg.projection_dim))
         self.vid_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.video.width, self.cfg.projection_dim))
+        if self.cfg.motion is not None:  # registered last: a CMR-CLIP state dict has no such keys
+            self.motion = MotionStream(self.cfg.motion, self.cfg.video, self.cfg.projection_dim)
+        else:
+            self.motion = None
 
     def set_attention_impl(self, impl: str) -> "CMRClip":
         """Switch every video attention between "sdpa" and the reference-style "einsum" (same weights)."""
@@ -348,7 +423,8 @@ class CMRClip(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, F, 3, H, W) float32 -> (B, projection_dim), not normalised."""
-        return self.vid_proj(self.video_model(video))
+        e = self.vid_proj(self.video_model(video))
+        return e if self.motion is None else e + self.motion(video)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N, L) int64 ids and 0/1 mask -> (N, projection_dim): attention-masked mean of the last hidden
@@ -388,9 +464,11 @@ class VideoTower(nn.Module):
                     m.split_qkv()
         self.video_model = vm
         self.vid_proj = model.vid_proj
+        self.motion = model.motion
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.vid_proj(self.video_model(video))
+        e = self.vid_proj(self.video_model(video))
+        return e if self.motion is None else e + self.motion(video)
 
 
 class TextTower(nn.Module):

@@ -18,6 +18,7 @@ trained once per work folder (``tokenizers`` breaks merge ties in hash order, so
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -84,6 +85,11 @@ class TrainConfig:
     # train only the last N blocks of the video tower (with its final norm and projection) and the text tower:
     # the frozen blocks' output tokens are computed once per study, so a step skips them (None: all blocks)
     train_video_blocks: int | None = None
+    # a motion stream beside the transformer (``MotionConfig`` fields, e.g. {groups: 8}; None: CMR-CLIP's
+    # architecture exactly). Warm-started from a model without one, it starts at zero and trains with the text
+    # tower; with freeze_video or train_video_blocks its input statistics are computed once per study
+    motion: dict[str, Any] | None = None
+    motion_lr: float | None = None  # peak learning rate of the motion stream (None: lr); it starts from scratch
     threads: int | None = None
     init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
     # run-time options: where and how fast, not what is trained (a resumed run may change them)
@@ -137,14 +143,15 @@ class TrainConfig:
                              views=views_for_recipe(self.recipe()))
 
     def model_config(self, vocab_size: int):
-        from cmrdx.train.model import CMRClipConfig, TextConfig, VideoConfig
+        from cmrdx.train.model import CMRClipConfig, MotionConfig, TextConfig, VideoConfig
 
         video = VideoConfig(img_size=self.image_size, patch_size=self.patch, width=self.width, depth=self.depth,
                             heads=self.heads, num_frames=self.frames)
         text = TextConfig(vocab_size=vocab_size, hidden_size=self.text_hidden, num_hidden_layers=self.text_layers,
                           num_attention_heads=self.text_heads, intermediate_size=self.text_intermediate,
                           max_position_embeddings=self.max_length)
-        return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim)
+        motion = MotionConfig(**self.motion) if self.motion else None
+        return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim, motion=motion)
 
 
 @dataclass
@@ -195,6 +202,17 @@ def video_input(u8, n_real, recipe):
     return x * real.view(*real.shape, 1, 1, 1)
 
 
+def shift_batch(x, m: int, rng: np.random.Generator):
+    """Translate each item of (B, ..., S, S) by its own random whole-pixel shift of up to ``m`` (one draw per
+    item, the same for all its frames or channels), zero-filling the edges."""
+    import torch
+
+    s = x.shape[-1]
+    pad = torch.nn.functional.pad(x, (m, m, m, m))
+    dy, dx = rng.integers(0, 2 * m + 1, size=(2, len(x)))
+    return torch.stack([pad[i, ..., y:y + s, xx:xx + s] for i, (y, xx) in enumerate(zip(dy, dx))])
+
+
 def split_indices(valid: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) row indices: a fixed seeded fraction of the valid rows held out for validation loss."""
     rng = np.random.default_rng([seed, 0x5A1])
@@ -229,12 +247,24 @@ class Trainer:
                                  "freeze_video freezes the whole video tower")
             if cfg.freeze_video:
                 raise ValueError("freeze_video and train_video_blocks both set: choose one")
-            if cfg.train_video_blocks < cfg.depth and cfg.augment_shift:
+            if cfg.train_video_blocks < cfg.depth and cfg.augment_shift and not cfg.motion:
                 raise ValueError("train_video_blocks computes the frozen blocks once per unshifted video: set "
-                                 "augment_shift to 0")
+                                 "augment_shift to 0 (with a motion stream it shifts the motion stream's input only)")
             if cfg.train_video_blocks < cfg.depth and not cfg.init_from and not self.ckpt.is_file():
                 raise ValueError("train_video_blocks tunes the last blocks of a trained video tower: give init_from "
                                  "(a checkpoint.pt or trained.pt)")
+        if cfg.freeze_video and cfg.augment_shift and not cfg.motion:
+            raise ValueError("freeze_video computes each video embedding once, unshifted: set augment_shift to 0 "
+                             "(with a motion stream it shifts the motion stream's input only)")
+        if cfg.motion:
+            from cmrdx.train.model import MotionConfig
+
+            try:
+                mc = MotionConfig(**cfg.motion)
+            except TypeError as exc:
+                raise ValueError(f"motion: {exc}; known: {sorted(MotionConfig.__dataclass_fields__)}") from None
+            if mc.groups < 1 or cfg.frames % mc.groups:
+                raise ValueError(f"motion groups {mc.groups} must divide the {cfg.frames} frames into equal runs")
         if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
             raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
                              "(a checkpoint.pt or trained.pt)")
@@ -281,11 +311,17 @@ class Trainer:
                 p.requires_grad_(False)
         self._video_emb = None  # (N, D) video embeddings of every cache row, when the video tower is frozen
         self._video_tokens = None  # (N, T, D) float16 outputs of the frozen blocks, when only the last ones train
+        self._motion_stats = None  # (N, 2G, S, S) float16 motion-stream inputs, when the transformer is cached
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        groups = []
+        for peak, mine in ((cfg.lr, lambda n: not n.startswith("motion.")),
+                           (cfg.motion_lr or cfg.lr, lambda n: n.startswith("motion."))):
+            ps = [(n, p) for n, p in trainable if mine(n)]
+            decay = [p for n, p in ps if p.ndim >= 2 and "embed" not in n]
+            no_decay = [p for n, p in ps if not (p.ndim >= 2 and "embed" not in n)]
+            groups += [{"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": peak},
+                       {"params": no_decay, "weight_decay": 0.0, "peak_lr": peak}]
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
         self.steps_per_epoch = max(1, len(self.train_idx) // cfg.batch_size)
         self.planned_steps = self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
@@ -297,7 +333,7 @@ class Trainer:
         if self.ckpt.is_file():
             self._load()
         elif init is not None:
-            self.model.load_state_dict(init["model"])
+            _load_warm_start(self.model, init["model"], cfg.init_from)
             self.init_steps = init["info"]["steps"]
             self.init_info = init["info"]
             log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, self.init_steps)
@@ -347,9 +383,7 @@ class Trainer:
         return ids, mask
 
     def batch(self, step: int):
-        """(video (B, F, 3, S, S) float32, input_ids, attention_mask) of global ``step``."""
-        import torch
-
+        """(model input (see ``model_input``), input_ids, attention_mask) of global ``step``."""
         from cmrdx.train.data import sample_text
 
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -357,13 +391,19 @@ class Trainer:
         rows = np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
         rng = np.random.default_rng([self.cfg.seed, 0x7E27, step])
         texts = [sample_text(r, rng, self.cfg.text_subset_p) for r in self.cache.reports(rows)]
-        if self.cfg.freeze_video:
-            video = self.video_embeddings()[torch.from_numpy(rows)]
-        elif self.frozen_blocks:
-            video = self.frozen_tokens(rows)
-        else:
-            video = self.videos(rows, shift_rng=rng if self.cfg.augment_shift else None)
-        return (video, *self.tokenize(texts))
+        return (self.model_input(rows, rng if self.cfg.augment_shift else None), *self.tokenize(texts))
+
+    def model_input(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
+        """What ``loss`` takes for ``rows``: the video; or, where the transformer is frozen, its cached
+        embeddings (B, D) or frozen-block tokens (B, T, D), paired with the motion stream's input when the model
+        has one (``(cached, stats)``; the shift then moves the motion stream's input only)."""
+        import torch
+
+        if not (self.cfg.freeze_video or self.frozen_blocks):
+            return self.videos(rows, shift_rng=shift_rng)
+        cached = (self.video_embeddings()[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)]
+                  if self.cfg.freeze_video else self.frozen_tokens(rows))
+        return cached if self.model.motion is None else (cached, self.motion_stats(rows, shift_rng))
 
     def _over_cache(self, fn, dtype):
         """``fn(model input of 16 rows)`` for every cache row in order, in eval mode without gradients, stacked
@@ -387,12 +427,43 @@ class Trainer:
         return out
 
     def video_embeddings(self):
-        """(N, D) frozen-video-tower embeddings of every cache row (computed once, unaugmented)."""
+        """(N, D) frozen-video-tower embeddings of every cache row (computed once, unaugmented; the transformer
+        and its projection only, without a motion stream)."""
         import torch
 
         if self._video_emb is None:
-            self._video_emb = self._over_cache(self.model.encode_video, torch.float32)
+            m = self.model
+            # kept in the work folder under a digest of the frozen weights: a resumed run skips the pass (minutes
+            # for thousands of studies on a CPU)
+            h = hashlib.sha256()
+            for k, v in sorted({**m.video_model.state_dict(), **m.vid_proj.state_dict()}.items()):
+                h.update(k.encode()); h.update(v.detach().cpu().float().numpy().tobytes())
+            path = self.work / f"video_embeddings-{h.hexdigest()[:16]}.npy"
+            if path.is_file():
+                self._video_emb = torch.from_numpy(np.load(path)).to(self.device)
+            else:
+                self._video_emb = self._over_cache(lambda v: m.vid_proj(m.video_model(v)), torch.float32)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, self._video_emb.cpu().numpy())
+                tmp.replace(path)
         return self._video_emb
+
+    def motion_stats(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
+        """(B, 2G, S, S) float32 motion-stream input of ``rows`` (all rows computed once, kept as float16: 0.3 MB
+        a study at 8 groups of 96 x 96). A shift moves the statistics as it would move the video: the per-pixel
+        statistics of a shifted video are the shifted statistics, with the mean of a zero-filled pixel and a
+        standard deviation of zero at the edges."""
+        import torch
+
+        if self._motion_stats is None:
+            self._motion_stats = self._over_cache(self.model.motion.stats, torch.float16)
+        x = self._motion_stats[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
+        if shift_rng is None:
+            return x
+        g = self.model.motion.groups
+        fill = torch.zeros((1, 2 * g, 1, 1), device=x.device)
+        fill[:, :g] = -self.recipe.mean[0] / self.recipe.std[0]  # a zero-filled pixel of a real frame
+        return shift_batch(x - fill, self.cfg.augment_shift, shift_rng) + fill
 
     def frozen_tokens(self, rows: np.ndarray):
         """(B, T, D) float32 tokens after the frozen video blocks for ``rows`` (all rows computed once, kept as
@@ -418,11 +489,7 @@ class Trainer:
             idx = torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
             u8, n_real = self._gpu_videos[idx], self._gpu_n_real[idx]
         if shift_rng is not None:
-            m = self.cfg.augment_shift
-            s = u8.shape[-1]
-            pad = torch.nn.functional.pad(u8, (m, m, m, m))
-            dy, dx = shift_rng.integers(0, 2 * m + 1, size=(2, len(rows)))
-            u8 = torch.stack([pad[i, :, y:y + s, x:x + s] for i, (y, x) in enumerate(zip(dy, dx))])
+            u8 = shift_batch(u8, self.cfg.augment_shift, shift_rng)
         return video_input(u8, n_real, self.recipe)
 
     def loss(self, video, ids, mask):
@@ -433,12 +500,17 @@ class Trainer:
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
             t = self.model.encode_text(ids, mask)
+            stats = None
+            if isinstance(video, tuple):
+                video, stats = video
             if video.ndim == 2:
                 v = video
             elif video.ndim == 3:
                 v = self.model.vid_proj(self.model.video_model.head(video, self.frozen_blocks))
             else:
                 v = self.model.encode_video(video)
+            if stats is not None:
+                v = v + self.model.motion.head(stats)
         return info_nce(t.float(), v.float(), self.cfg.temperature)
 
     def val_loss(self) -> float | None:
@@ -455,11 +527,7 @@ class Trainer:
                 if len(rows) < 2:
                     continue
                 ids, mask = self.tokenize(self.cache.reports(rows))
-                if self.cfg.freeze_video:
-                    video = self.video_embeddings()[torch.from_numpy(rows)]
-                else:
-                    video = self.frozen_tokens(rows) if self.frozen_blocks else self.videos(rows)
-                out.append(float(self.loss(video, ids, mask)))
+                out.append(float(self.loss(self.model_input(rows), ids, mask)))
         self.model.train()
         return float(np.mean(out))
 
@@ -485,7 +553,7 @@ class Trainer:
             while self.step < end:
                 t0 = time.perf_counter()
                 for g in self.opt.param_groups:
-                    g["lr"] = lr_at(self.step, self.total_steps, self.cfg.lr, self.cfg.warmup_steps)
+                    g["lr"] = lr_at(self.step, self.total_steps, g.get("peak_lr", self.cfg.lr), self.cfg.warmup_steps)
                 loss = self.loss(*self.batch(self.step))
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -600,6 +668,19 @@ def _torch_load(path: str | Path) -> dict[str, Any]:
     if not isinstance(st, dict) or "model" not in st:
         raise ValueError(f"{path}: not a cmrdx checkpoint.pt or trained.pt (no model weights)")
     return st
+
+
+def _load_warm_start(model, state: dict[str, Any], path: str | Path) -> None:
+    """Load a warm start's weights; a motion stream the warm start lacks keeps its initialisation (its last
+    layer is zero, so the model starts from the warm start's embeddings). Any other difference is an error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if unexpected or any(not k.startswith("motion.") for k in missing):
+        raise ValueError(f"init_from {path}: weights do not match this configuration (missing "
+                         f"{[k for k in missing if not k.startswith('motion.')][:5]}, unexpected {unexpected[:5]}); "
+                         "give a checkpoint trained with the same model shape")
+    model.load_state_dict(state, strict=not missing)
 
 
 def _load_init(path: str | Path) -> dict[str, Any]:
