@@ -299,6 +299,8 @@ def test_motion_stream_starts_at_its_warm_start_and_trains_on_cached_statistics(
         Trainer(dataclasses.replace(cfg, motion={"groups": 3}), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="motion: .*unexpected keyword"):
         Trainer(dataclasses.replace(cfg, motion={"group": 2}), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="motion pool 3"):
+        Trainer(dataclasses.replace(cfg, motion={"groups": 2, "pool": 3}), tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "cache").exists()
 
 

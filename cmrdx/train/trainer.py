@@ -257,7 +257,7 @@ class Trainer:
             raise ValueError("freeze_video computes each video embedding once, unshifted: set augment_shift to 0 "
                              "(with a motion stream it shifts the motion stream's input only)")
         if cfg.motion:
-            from cmrdx.train.model import MotionConfig
+            from cmrdx.train.model import MotionConfig, MotionStream
 
             try:
                 mc = MotionConfig(**cfg.motion)
@@ -265,6 +265,7 @@ class Trainer:
                 raise ValueError(f"motion: {exc}; known: {sorted(MotionConfig.__dataclass_fields__)}") from None
             if mc.groups < 1 or cfg.frames % mc.groups:
                 raise ValueError(f"motion groups {mc.groups} must divide the {cfg.frames} frames into equal runs")
+            MotionStream(mc, cfg.model_config(2).video, 1)  # a pool that does not fit the maps, before rendering
         if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
             raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
                              "(a checkpoint.pt or trained.pt)")
