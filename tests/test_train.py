@@ -301,6 +301,10 @@ def test_motion_stream_starts_at_its_warm_start_and_trains_on_cached_statistics(
         Trainer(dataclasses.replace(cfg, motion={"group": 2}), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="motion pool 3"):
         Trainer(dataclasses.replace(cfg, motion={"groups": 2, "pool": 3}), tmp_path / "c", progress=False)
+    # a warm start of another shape is named, with what differs (only the stream's own weights may be absent)
+    shutil.copytree(work / "cache", tmp_path / "d" / "cache")
+    with pytest.raises(ValueError, match=r"init_from .*a\.pt: .*missing \[\].*vid_proj\.1\.weight: checkpoint \(16, 32\) vs model \(16, 48\)"):
+        Trainer(dataclasses.replace(cfg, init_from=str(saved), width=48, motion=motion), tmp_path / "d", progress=False)
     assert not (tmp_path / "c" / "cache").exists()
 
 

@@ -486,8 +486,9 @@ class TextTower(nn.Module):
 OPTIONAL_KEYS = ("text_model.embeddings.position_ids",)
 
 
-def load_state_dict_strict(model: CMRClip, state: dict[str, torch.Tensor]) -> None:
-    """Load a CMR-CLIP state dict with strict key checking (only ``OPTIONAL_KEYS`` may be extra or missing).
+def load_state_dict_strict(model: CMRClip, state: dict[str, torch.Tensor], may_lack: tuple[str, ...] = ()) -> None:
+    """Load a CMR-CLIP state dict with strict key checking (only ``OPTIONAL_KEYS`` may be extra or missing, and
+    keys starting with a ``may_lack`` prefix may be missing: they keep their initialisation).
 
     Accepts a ``{"state_dict": ...}`` wrapper and the ``module.`` prefix of DataParallel checkpoints.
     Raises ValueError listing missing/unexpected keys or mismatched shapes.
@@ -498,7 +499,7 @@ def load_state_dict_strict(model: CMRClip, state: dict[str, torch.Tensor]) -> No
         state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not (k in OPTIONAL_KEYS and k not in own)}
-    missing = sorted(set(own) - set(state) - set(OPTIONAL_KEYS))
+    missing = sorted(k for k in set(own) - set(state) - set(OPTIONAL_KEYS) if not k.startswith(may_lack))
     unexpected = sorted(set(state) - set(own))
     bad_shape = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

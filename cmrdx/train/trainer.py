@@ -673,15 +673,14 @@ def _torch_load(path: str | Path) -> dict[str, Any]:
 
 def _load_warm_start(model, state: dict[str, Any], path: str | Path) -> None:
     """Load a warm start's weights; a motion stream the warm start lacks keeps its initialisation (its last
-    layer is zero, so the model starts from the warm start's embeddings). Any other difference is an error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if unexpected or any(not k.startswith("motion.") for k in missing):
-        raise ValueError(f"init_from {path}: weights do not match this configuration (missing "
-                         f"{[k for k in missing if not k.startswith('motion.')][:5]}, unexpected {unexpected[:5]}); "
-                         "give a checkpoint trained with the same model shape")
-    model.load_state_dict(state, strict=not missing)
+    layer is zero, so the model starts from the warm start's embeddings). Any other difference (keys or shapes)
+    is an error naming the file."""
+    from cmrdx.train.model import load_state_dict_strict
+
+    try:
+        load_state_dict_strict(model, state, may_lack=("motion.",))
+    except ValueError as exc:
+        raise ValueError(f"init_from {path}: {exc}; give a checkpoint trained with the same model shape") from None
 
 
 def _load_init(path: str | Path) -> dict[str, Any]:
