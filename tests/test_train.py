@@ -53,6 +53,31 @@ def test_sentences_and_text_sampling_keep_report_words():
     assert sample_text(rep, rng, p_subset=0.0) == rep
 
 
+def test_paraphrase_rewords_with_clinical_synonyms_but_never_drops_a_negation():
+    from cmrdx.train.textaug import PROTECTED, SYNONYMS, paraphrase
+
+    rng = np.random.default_rng(0)
+    neg = "The right ventricle is not dilated and there is no late gadolinium enhancement."
+    outs = [paraphrase(neg, rng, p_synonym=0.5, p_drop=0.5, p_swap=1.0) for _ in range(300)]
+    for o in outs:  # heavy dropping and swapping, yet every negation stays, in its place relative to the others
+        assert [w for w in o.lower().split() if w.strip(".") in PROTECTED] == ["not", "no"], o
+    assert len(set(outs)) > 100
+    # synonyms come from their group: the ventricle's wording varies, and nothing else is invented
+    assert {"RV", "right ventricular", "right ventricle"} <= {g for o in outs for g in SYNONYMS[1] if g in o}
+    assert any("delayed enhancement" in o for o in outs) and any("LGE" in o for o in outs)
+    allowed = {w.lower().strip(".") for w in neg.split()} | {w.lower() for g in SYNONYMS for p in g for w in p.split()}
+    assert all(w.lower().strip(".") in allowed for o in outs for w in o.split())
+    # whole words only: "LVEF" is not the abbreviation "LV"; with nothing to drop or swap, only synonyms change
+    assert paraphrase("LVEF 55%.", rng, p_synonym=1.0, p_drop=0.0, p_swap=0.0) == "LVEF 55%."
+    assert paraphrase("Impaired LV function.", rng, p_synonym=0.0, p_drop=0.0, p_swap=0.0) == "Impaired LV function."
+    # sample_text rewords only when asked, and the same generator state gives the same text
+    rep = "FINDINGS: Dilated left ventricle. No LGE."
+    assert sample_text(rep, np.random.default_rng(1), p_subset=0.0) == rep
+    a = [sample_text(rep, np.random.default_rng(k), p_subset=0.5, augment=1.0) for k in range(40)]
+    assert a == [sample_text(rep, np.random.default_rng(k), p_subset=0.5, augment=1.0) for k in range(40)]
+    assert sum(x != rep for x in a) > 20
+
+
 def test_info_nce_prefers_aligned_pairs():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(6, 8, generator=g)
@@ -295,6 +320,21 @@ def test_motion_stream_starts_at_its_warm_start_and_trains_on_cached_statistics(
     out = tmp_path / "model"
     export_trained(b.save_trained(tmp_path / "b.pt"), out, int8=False, float16=False)  # proven against torch
     assert load_manifest(out, verify=True).provenance["training"]["config"]["motion"] == motion
+    # then the whole video side locked (freeze_motion), reworded sentences: only the text tower moves, and the
+    # stream's batch norm keeps its statistics although training runs in train mode
+    shutil.copytree(work / "cache", tmp_path / "e" / "cache")
+    e = Trainer(dataclasses.replace(cfg, init_from=str(tmp_path / "b.pt"), freeze_video=True, freeze_motion=True,
+                                    motion=motion, augment_shift=2, epochs=4, lr=3e-3, text_subset_p=0.9,
+                                    text_max_sentences=1, text_augment=0.5), tmp_path / "e", progress=False)
+    before = {k: v.clone() for k, v in e.model.state_dict().items()}
+    e.run()
+    after = e.model.state_dict()
+    text = ("text_model.", "txt_proj.")
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(text))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(text))
+    with pytest.raises(ValueError, match="freeze_motion keeps"):
+        Trainer(dataclasses.replace(cfg, init_from=str(saved), motion=motion, freeze_motion=True), tmp_path / "c",
+                progress=False)
     with pytest.raises(ValueError, match="motion groups 3"):
         Trainer(dataclasses.replace(cfg, motion={"groups": 3}), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="motion: .*unexpected keyword"):

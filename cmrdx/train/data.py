@@ -519,16 +519,23 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENT.split(text) if s and s.strip()]
 
 
-def sample_text(report: str, rng: np.random.Generator, p_subset: float = 0.5, max_sentences: int = 3) -> str:
-    """The whole report, or with probability ``p_subset`` 1..max_sentences of its sentences in order.
+def sample_text(report: str, rng: np.random.Generator, p_subset: float = 0.5, max_sentences: int = 3,
+                augment: float = 0.0) -> str:
+    """The whole report, or with probability ``p_subset`` 1..max_sentences of its sentences in order; each sentence
+    reworded (``textaug.paraphrase``) with probability ``augment``.
 
     Short sentence subsets teach the text tower what one finding's sentence means on its own, which is what
-    a zero-shot prompt is."""
+    a zero-shot prompt is; rewording teaches it that a cardiologist's wording differs from the templates'."""
     if rng.random() >= p_subset:
-        return report
-    sents = [s for s in split_sentences(report) if len(s.split()) > 1]
-    if not sents:
-        return report
-    k = int(rng.integers(1, min(max_sentences, len(sents)) + 1))
-    pick = np.sort(rng.choice(len(sents), size=k, replace=False))
-    return " ".join(sents[j] for j in pick)
+        sents = None
+    else:
+        sents = [s for s in split_sentences(report) if len(s.split()) > 1]
+        if sents:
+            k = int(rng.integers(1, min(max_sentences, len(sents)) + 1))
+            pick = np.sort(rng.choice(len(sents), size=k, replace=False))
+            sents = [sents[j] for j in pick]
+    if augment <= 0:
+        return " ".join(sents) if sents else report
+    from cmrdx.train.textaug import paraphrase
+
+    return " ".join(paraphrase(s, rng) if rng.random() < augment else s for s in (sents or split_sentences(report)))

@@ -76,6 +76,8 @@ class TrainConfig:
     warmup_steps: int = 30
     temperature: float = 0.05
     text_subset_p: float = 0.5
+    text_max_sentences: int = 3  # a sampled subset holds 1..this many of the report's sentences
+    text_augment: float = 0.0  # chance that a training sentence is reworded (clinical synonyms, word drop, swap)
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     augment_shift: int = 0  # random translation of each training video by up to this many pixels (0: none)
@@ -90,6 +92,9 @@ class TrainConfig:
     # tower; with freeze_video or train_video_blocks its input statistics are computed once per study
     motion: dict[str, Any] | None = None
     motion_lr: float | None = None  # peak learning rate of the motion stream (None: lr); it starts from scratch
+    # with freeze_video, keep the motion stream at its warm start too (batch-norm statistics included): locked-image
+    # tuning of the text tower alone against the whole video side
+    freeze_motion: bool = False
     threads: int | None = None
     init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
     # run-time options: where and how fast, not what is trained (a resumed run may change them)
@@ -266,6 +271,11 @@ class Trainer:
             if mc.groups < 1 or cfg.frames % mc.groups:
                 raise ValueError(f"motion groups {mc.groups} must divide the {cfg.frames} frames into equal runs")
             MotionStream(mc, cfg.model_config(2).video, 1)  # a pool that does not fit the maps, before rendering
+        if cfg.freeze_motion and not (cfg.freeze_video and cfg.motion):
+            raise ValueError("freeze_motion keeps a warm-started motion stream fixed under freeze_video: set "
+                             "freeze_video and motion, or drop freeze_motion")
+        if cfg.text_max_sentences < 1:
+            raise ValueError(f"text_max_sentences must be at least 1, not {cfg.text_max_sentences}")
         if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
             raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
                              "(a checkpoint.pt or trained.pt)")
@@ -304,6 +314,9 @@ class Trainer:
         if cfg.freeze_video:
             for p in (*self.model.video_model.parameters(), *self.model.vid_proj.parameters()):
                 p.requires_grad_(False)
+            if cfg.freeze_motion:
+                for p in self.model.motion.parameters():
+                    p.requires_grad_(False)
         elif cfg.train_video_blocks is not None and cfg.train_video_blocks < cfg.depth:
             self.frozen_blocks = cfg.depth - cfg.train_video_blocks
             vm = self.model.video_model
@@ -391,8 +404,16 @@ class Trainer:
         perm = np.random.default_rng([self.cfg.seed, 0xE90C, epoch]).permutation(self.train_idx)
         rows = np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
         rng = np.random.default_rng([self.cfg.seed, 0x7E27, step])
-        texts = [sample_text(r, rng, self.cfg.text_subset_p) for r in self.cache.reports(rows)]
+        texts = [sample_text(r, rng, self.cfg.text_subset_p, self.cfg.text_max_sentences,
+                             self.cfg.text_augment)
+                 for r in self.cache.reports(rows)]
         return (self.model_input(rows, rng if self.cfg.augment_shift else None), *self.tokenize(texts))
+
+    def _train_mode(self) -> None:
+        """Training mode, except a frozen motion stream: its batch norm keeps the warm start's statistics."""
+        self.model.train()
+        if self.cfg.freeze_motion:
+            self.model.motion.eval()
 
     def model_input(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
         """What ``loss`` takes for ``rows``: the video; or, where the transformer is frozen, its cached
@@ -424,7 +445,8 @@ class Trainer:
                         out = torch.empty((n, *y.shape[1:]), dtype=dtype, device=self.device)
                     out[i:i + len(y)] = y.to(dtype)
         finally:
-            self.model.train(was)
+            if was:
+                self._train_mode()
         return out
 
     def video_embeddings(self):
@@ -529,7 +551,7 @@ class Trainer:
                     continue
                 ids, mask = self.tokenize(self.cache.reports(rows))
                 out.append(float(self.loss(self.model_input(rows), ids, mask)))
-        self.model.train()
+        self._train_mode()
         return float(np.mean(out))
 
     # ------------------------------------------------------------------ loop
@@ -541,7 +563,7 @@ class Trainer:
         budget = self.cfg.max_train_seconds
         probe_from, probe = self.step + 30, None  # steps timed to fit the schedule to the budget (after warm-up)
         run_t0 = time.perf_counter()
-        self.model.train()
+        self._train_mode()
         prog = None
         if self.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
