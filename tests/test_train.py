@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import json
+
 import numpy as np
 import pytest
 
@@ -126,6 +128,19 @@ def test_parallel_cache_equals_serial_and_a_time_budget_leaves_a_resumable_prefi
     done = build_cache(src(), r, tmp_path / "cut", progress=False, workers=2)
     assert done.done.all()
     np.testing.assert_array_equal(np.asarray(done.videos), np.asarray(serial.videos))
+    # a cache written under an older report wording gets today's reports, its videos untouched; any other
+    # difference of source is still refused
+    meta_path = tmp_path / "serial" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"]["wording"] = 1
+    meta["reports"] = ["an old wording"] * 6
+    meta_path.write_text(json.dumps(meta))
+    videos_before = (tmp_path / "serial" / "videos.u8").read_bytes()
+    reworded = build_cache(src(), r, tmp_path / "serial", progress=False)
+    assert reworded.meta["reports"] == serial.meta["reports"] and reworded.meta["source"] == src().describe()
+    assert (tmp_path / "serial" / "videos.u8").read_bytes() == videos_before
+    with pytest.raises(ValueError, match="another source or recipe"):
+        build_cache(PhantomSource(6, 5, matrix=64), r, tmp_path / "serial", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,11 @@ from typing import Any
 
 import numpy as np
 
+# the training styles' wording; bumped whenever their sentences change, so that a training cache of reports written
+# before is re-worded (its videos do not depend on the wording). 2: every carrier word ("size", "fluid", "imaging",
+# "dimensions", "EF") in both a finding's positive and its negated sentences; in wording 1 some stood only in negated
+# ones, and a text tower learned them as signs of normality ("Pericardial fluid is present" scored effusion 0.31 AUC)
+WORDING = 2
 TRAIN_STYLES = ("narrative", "structured", "terse")
 HELDOUT_STYLES = ("telegraphic",)
 STYLES = TRAIN_STYLES + HELDOUT_STYLES
@@ -44,10 +49,11 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
         pick([f"The left ventricle is {adv(s)} dilated (LVEDV {edv} mL).", f"{adj(s).capitalize()} LV dilatation, EDV {edv} ml.",
               f"The left ventricle is {adv(s)} enlarged with an end-diastolic volume of {edv} mL.",
               # unqualified statements, as many reports make them (no grade, no number)
-              "The left ventricle is dilated.", "Dilated left ventricle.", "LV cavity is enlarged."])
+              "The left ventricle is dilated.", "Dilated left ventricle.", "LV cavity is enlarged.",
+              f"Left ventricular size is {adv(s)} increased (LVEDV {edv} mL).", f"LV cavity size: {adj(s)} dilatation."])
         if s != "none" else
         pick([f"Normal left ventricular size (LVEDV {edv} mL).", "The left ventricle is not dilated.",
-              "LV cavity size is within normal limits."])
+              "LV cavity size is within normal limits.", "No LV dilatation.", "The left ventricle is not enlarged."])
     )
     s = f["lv_dysfunction"]
     wma = ""
@@ -59,9 +65,11 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
         pick([f"{adj(s).capitalize()} LV systolic dysfunction{wma}, LVEF {ef}%.",
               f"Left ventricular systolic function is {adv(s)} impaired{wma} (ejection fraction {ef}%).",
               f"{adv(s).capitalize()} reduced LV ejection fraction of {ef}%{wma}.",
-              f"Reduced left ventricular systolic function{wma}.", f"Impaired LV systolic function{wma}."])
+              f"Reduced left ventricular systolic function{wma}.", f"Impaired LV systolic function{wma}.",
+              f"There is {adj(s)} left ventricular systolic dysfunction{wma} (EF {ef}%)."])
         if s != "none" else
         pick([f"Normal LV systolic function (LVEF {ef}%){wma}.", f"Preserved left ventricular ejection fraction, {ef}%{wma}.",
+              f"No LV systolic dysfunction{wma} (EF {ef}%).",
               f"Good biventricular systolic function{wma}, LVEF {ef}%." if f["rv_dysfunction"] == "none"
               else f"LV systolic function is normal{wma}, EF {ef}%."])
     )
@@ -75,26 +83,30 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
         else:
             out["lv_hypertrophy"] = pick([f"{adj(s).capitalize()} concentric left ventricular hypertrophy, maximal wall thickness {mw} mm.",
                                           f"The LV walls are {adv(s)} thickened (up to {mw} mm), in keeping with LV hypertrophy.",
-                                          "Concentric left ventricular hypertrophy.", "The LV myocardium is thickened."])
+                                          "Concentric left ventricular hypertrophy.", "The LV myocardium is thickened.",
+                                          f"Maximum LV wall thickness {mw} mm, in keeping with {adj(s)} LVH."])
     else:
         out["lv_hypertrophy"] = pick(["No left ventricular hypertrophy.", f"Normal LV wall thickness (maximum {mw} mm).",
-                                      "No LVH."])
+                                      "No LVH.", "The LV walls are not thickened."])
     s = f["rv_dilation"]
     out["rv_dilation"] = (
         pick([f"The right ventricle is {adv(s)} dilated (RVEDV {redv} mL).", f"{adj(s).capitalize()} RV dilatation, RVEDV {redv} ml.",
               f"{adv(s).capitalize()} enlarged right ventricle.",
-              "The right ventricle is dilated.", "Dilated right ventricle.", "RV cavity is enlarged."])
+              "The right ventricle is dilated.", "Dilated right ventricle.", "RV cavity is enlarged.",
+              f"Right ventricular size is {adv(s)} increased (RVEDV {redv} mL).", f"RV cavity size: {adj(s)} dilatation."])
         if s != "none" else
-        pick(["Normal right ventricular size.", f"The right ventricle is not dilated (RVEDV {redv} mL).", "RV size normal."])
+        pick(["Normal right ventricular size.", f"The right ventricle is not dilated (RVEDV {redv} mL).", "RV size normal.",
+              "No RV dilatation.", "The right ventricle is not enlarged."])
     )
     s = f["rv_dysfunction"]
     out["rv_dysfunction"] = (
         pick([f"{adj(s).capitalize()} RV systolic dysfunction, RVEF {ref}%.",
               f"Right ventricular systolic function is {adv(s)} impaired (RVEF {ref}%).",
-              "Reduced right ventricular systolic function.", "Impaired RV systolic function."])
+              "Reduced right ventricular systolic function.", "Impaired RV systolic function.",
+              f"There is {adj(s)} right ventricular systolic dysfunction (EF {ref}%).", f"{adj(s).capitalize()} RV systolic impairment."])
         if s != "none" else
         pick([f"Normal RV systolic function (RVEF {ref}%).", "Preserved right ventricular function.",
-              "No RV systolic impairment."])
+              "No RV systolic impairment.", f"No right ventricular systolic dysfunction (EF {ref}%)."])
     )
     s = f["lge"]
     if s != "none":
@@ -103,34 +115,44 @@ def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
         if pat == "subendocardial":
             out["lge"] = pick([f"{adj(s).capitalize()} subendocardial late gadolinium enhancement in the {pick(_WALL_NAMES[p.lge_territory])} "
                                f"(AHA segments {segs}), consistent with prior infarction; the myocardium remains viable.",
-                               f"Subendocardial LGE in the {p.lge_territory} territory, ischaemic pattern, <50% transmurality."])
+                               f"Subendocardial LGE in the {p.lge_territory} territory, ischaemic pattern, <50% transmurality.",
+                               f"LGE imaging shows {adj(s)} subendocardial enhancement of the {pick(_WALL_NAMES[p.lge_territory])}."])
         elif pat == "transmural":
             out["lge"] = pick([f"Transmural late gadolinium enhancement of the {pick(_WALL_NAMES[p.lge_territory])} in keeping with "
                                f"a {adj(s)} completed infarct; non-viable segments {segs}.",
                                f"There is a {'large' if s == 'severe' else 'moderate-sized' if s == 'moderate' else 'small'} area of "
-                               f"{p.lge_territory} scar with transmural enhancement."])
+                               f"{p.lge_territory} scar with transmural enhancement.",
+                               f"LGE imaging shows transmural enhancement of the {pick(_WALL_NAMES[p.lge_territory])}, "
+                               "in keeping with infarction."])
         elif pat == "midwall":
             out["lge"] = pick(["Mid-wall linear enhancement of the septum, a non-ischaemic pattern.",
-                               f"{adj(s).capitalize()} non-ischaemic mid-myocardial LGE stripe involving the septum."])
+                               f"{adj(s).capitalize()} non-ischaemic mid-myocardial LGE stripe involving the septum.",
+                               "There is evidence of mid-wall fibrosis of the septum on LGE imaging."])
         else:
             out["lge"] = pick(["Diffuse subendocardial late enhancement with difficulty nulling the myocardium, suggestive of "
-                               "cardiac amyloidosis.", "Global subendocardial LGE, amyloid pattern."])
+                               "cardiac amyloidosis.", "Global subendocardial LGE, amyloid pattern.",
+                               "LGE imaging shows diffuse myocardial enhancement, suggestive of amyloidosis."])
     else:
         out["lge"] = pick(["No late gadolinium enhancement.", "No LGE to suggest myocardial scar or fibrosis.",
-                           "There is no myocardial late enhancement.", "No evidence of infarction or fibrosis on LGE imaging."])
+                           "There is no myocardial late enhancement.", "No evidence of infarction or fibrosis on LGE imaging.",
+                           "LGE imaging shows no myocardial enhancement."])
     s = f["aortic_dilation"]
     ao = round(m["aortic_root_mm"])
     out["aortic_dilation"] = (
         pick([f"The aortic root is {adv(s)} dilated, measuring {ao} mm.", f"{adj(s).capitalize()} aortic root dilatation ({ao} mm).",
               f"Ectatic aortic root ({ao} mm) and ascending aorta.",
-              "The aortic root is dilated.", "Dilated aortic root.", "Aortic root dilatation."])
+              "The aortic root is dilated.", "Dilated aortic root.", "Aortic root dilatation.",
+              f"Aortic root dimensions are {adv(s)} increased ({ao} mm).", f"{adj(s).capitalize()} dilatation of the aortic root."])
         if s != "none" else
-        pick([f"Normal aortic root dimensions ({ao} mm).", "The aortic root is not dilated.", "Aortic root of normal calibre."])
+        pick([f"Normal aortic root dimensions ({ao} mm).", "The aortic root is not dilated.", "Aortic root of normal calibre.",
+              "No aortic root dilatation.", f"The aortic root and ascending aorta are not dilated ({ao} mm)."])
     )
     s = f["pericardial_effusion"]
     eff = round(m["effusion_mm"])
     out["pericardial_effusion"] = (
-        pick([f"{adj(s).capitalize()} pericardial effusion measuring up to {eff} mm.", f"There is a {adj(s)} pericardial effusion."])
+        pick([f"{adj(s).capitalize()} pericardial effusion measuring up to {eff} mm.", f"There is a {adj(s)} pericardial effusion.",
+              f"There is a {'small' if s == 'mild' else 'moderate' if s == 'moderate' else 'large'} amount of pericardial "
+              f"fluid ({eff} mm).", f"Pericardial fluid of {eff} mm, a {adj(s)} effusion."])
         if s != "none" else
         pick(["No pericardial effusion.", "The pericardium is normal with no effusion.", "No pericardial fluid."])
     )

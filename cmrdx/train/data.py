@@ -131,10 +131,11 @@ class PhantomSource:
 
     def describe(self) -> dict[str, Any]:
         import cmrdx
+        from cmrdx.synth.report import WORDING
 
         return {"kind": "phantom", "n": self.n, "seed": self.seed, "study_seeds": [self.seed * 100_000, self.seed * 100_000 + self.n - 1],
                 "prevalence": self.prevalence, "vendors": list(self.vendors), "report_styles": list(self.report_styles),
-                "matrix": self.matrix, "generator": f"cmrdx.synth {cmrdx.__version__}"}
+                "matrix": self.matrix, "generator": f"cmrdx.synth {cmrdx.__version__}", "wording": WORDING}
 
     def __len__(self) -> int:
         return self.n
@@ -415,6 +416,25 @@ def _rows_serial(source, recipe: RecipeParams, n: int, done: np.ndarray) -> Iter
             yield (i, item.id, item.labels, item.report, *_make_row(item, recipe))
 
 
+def _only_wording_differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def rest(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k != "wording"}
+
+    return old != new and rest(old) == rest(new)
+
+
+def _reword(meta: dict[str, Any], source, mpath: Path) -> None:
+    """Rewrite a cache's reports in ``source``'s wording (a report costs milliseconds; its video, rendered under
+    the old wording, does not depend on it), then its description, atomically."""
+    log.info("%s: reports of wording %s re-worded to %s (videos kept)", mpath.parent, meta["source"].get("wording", 1),
+             source.describe().get("wording"))
+    meta["reports"] = [source.item_at(i).report if r is not None else None for i, r in enumerate(meta["reports"])]
+    meta["source"] = source.describe()
+    tmp = mpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, mpath)
+
+
 def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: bool = True,
                 max_items: int | None = None, workers: int | None = None,
                 max_seconds: float | None = None) -> StudyCache:
@@ -435,6 +455,8 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
     mpath = folder / "meta.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
+        if _only_wording_differs(old["source"], desc) and hasattr(source, "item_at"):
+            _reword(old, source, mpath)
         if old["source"] != desc or old["recipe"] != recipe.to_dict() or old["shape"] != shape:
             raise ValueError(f"{folder} holds a cache of another source or recipe; use another folder")
         meta = old
