@@ -42,8 +42,9 @@ class TrainConfig:
     in DICOM archives). Recipe: cmrclip-v1 with ``frames``, ``image_size``; ``resize`` / ``crop`` zoom in on
     the heart (crop of the central crop/resize of the field of view). Model: ViT ``patch``/``width``/
     ``depth``/``heads``; BERT ``text_*``; ``projection_dim``. Optimisation: ``epochs`` of ``batch_size``,
-    ``lr`` peak, ``warmup_steps``, ``temperature``; ``text_subset_p`` chance of training on 1-3 sentences of a
-    report instead of all of it.
+    ``lr`` peak, ``warmup_steps``, ``temperature``; ``text_subset_p`` chance of training on 1 to
+    ``text_max_sentences`` sentences of a report instead of all of it; ``text_augment`` chance that each training
+    sentence is reworded (``cmrdx.train.textaug``).
     """
 
     name: str = "cmrdx-phantom-small"
