@@ -426,10 +426,11 @@ def _only_wording_differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
 def _reword(meta: dict[str, Any], source, mpath: Path) -> None:
     """Rewrite a cache's reports in ``source``'s wording (a report costs milliseconds; its video, rendered under
     the old wording, does not depend on it), then its description, atomically."""
+    desc = source.describe()
     log.info("%s: reports of wording %s re-worded to %s (videos kept)", mpath.parent, meta["source"].get("wording", 1),
-             source.describe().get("wording"))
+             desc.get("wording"))
     meta["reports"] = [source.item_at(i).report if r is not None else None for i, r in enumerate(meta["reports"])]
-    meta["source"] = source.describe()
+    meta["source"] = desc
     tmp = mpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, mpath)

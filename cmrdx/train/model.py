@@ -335,6 +335,8 @@ class MotionStream(nn.Module):
 
     def __init__(self, cfg: MotionConfig, video: VideoConfig, out_dim: int):
         super().__init__()
+        if cfg.groups < 1 or video.num_frames % cfg.groups:
+            raise ValueError(f"motion groups {cfg.groups} must divide the {video.num_frames} frames into equal runs")
         self.groups = cfg.groups
         layers: list[nn.Module] = []
         c_in = 2 * cfg.groups

@@ -269,9 +269,7 @@ class Trainer:
                 mc = MotionConfig(**cfg.motion)
             except TypeError as exc:
                 raise ValueError(f"motion: {exc}; known: {sorted(MotionConfig.__dataclass_fields__)}") from None
-            if mc.groups < 1 or cfg.frames % mc.groups:
-                raise ValueError(f"motion groups {mc.groups} must divide the {cfg.frames} frames into equal runs")
-            MotionStream(mc, cfg.model_config(2).video, 1)  # a pool that does not fit the maps, before rendering
+            MotionStream(mc, cfg.model_config(2).video, 1)  # groups or a pool that do not fit, before rendering
         if cfg.freeze_motion and not (cfg.freeze_video and cfg.motion):
             raise ValueError("freeze_motion keeps a warm-started motion stream fixed under freeze_video: set "
                              "freeze_video and motion, or drop freeze_motion")
