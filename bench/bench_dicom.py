@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from cine_factory import build_cine_study  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
-from cmrdx.assemble import assemble_study  # noqa: E402
+from cmrdx.study.assemble import assemble_study  # noqa: E402
 from cmrdx.dicom import scan  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrdx.recipe import apply_recipe, get_recipe
-from cmrdx.study import Study, StudyView
+from cmrdx.study.types import Study, StudyView
 
 
 def phantom(seed: int, hot_pixels: bool) -> Study:

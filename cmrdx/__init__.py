@@ -17,7 +17,7 @@ def __getattr__(name: str):
 
         return scan
     if name in ("inspect_study", "assemble_study"):
-        from cmrdx import assemble
+        from cmrdx.study import assemble
 
         return getattr(assemble, name)
     if name == "classify":

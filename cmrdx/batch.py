@@ -183,7 +183,7 @@ def _study_headers(uid: str, files: Sequence[str], headers: Path):
 def prepare_study(uid: str, files: Sequence[str], recipe: dict[str, Any], headers: str | None = None) -> dict[str, Any]:
     """Runs in a worker: -> {"uid", "array" (frames, 3, S, S) float32 or None, "meta", "error", "seconds"}.
     With ``headers`` (discovery's header files) no header is read again."""
-    from cmrdx.assemble import assemble_study, inspect_study
+    from cmrdx.study.assemble import assemble_study, inspect_study
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.recipe import RecipeParams, apply_recipe
 
@@ -565,7 +565,7 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
     """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
     each study, about one classify per study). Existing reports are kept, so this resumes too.
     Returns (written, kept)."""
-    from cmrdx.assemble import assemble_study, inspect_study
+    from cmrdx.study.assemble import assemble_study, inspect_study
     from cmrdx.classify import classify
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.outputs import StudySource

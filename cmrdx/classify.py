@@ -16,11 +16,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from cmrdx import __version__
-from cmrdx.assemble import StudyInspection, assemble_study
+from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.errors import ModelError
 from cmrdx.prompts import PromptBank, load_bank
 from cmrdx.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
-from cmrdx.study import Study
+from cmrdx.study.types import Study
 
 DEFAULT_MODEL = "cmrdx-phantom-small"
 DEFAULT_BANKS = ("cmr-findings",)

@@ -132,7 +132,7 @@ def embed_study_folder(path: str | Path, encoder, params=None) -> tuple[np.ndarr
     (embedding, StudyInstanceUID, seconds reading + preprocessing, seconds encoding). Errors propagate."""
     import time
 
-    from cmrdx.assemble import assemble_study
+    from cmrdx.study.assemble import assemble_study
     from cmrdx.recipe import apply_recipe
 
     t0 = time.perf_counter()

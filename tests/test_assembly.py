@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cine_factory import build_cine_study
-from cmrdx.assemble import assemble_study, inspect_study
+from cmrdx.study.assemble import assemble_study, inspect_study
 from cmrdx.errors import NoCineError, PixelDecodeError
 
 
@@ -62,7 +62,7 @@ def test_assembled_stack_is_ordered_along_the_normal_and_in_time(tmp_path, vendo
 def test_pixels_decodes_only_what_is_asked(tmp_path, monkeypatch):
     b = build_cine_study(tmp_path / "s", vendor="ge", n_slices=6, n_phases=10, lge=False)
     study = assemble_study(b.root)
-    import cmrdx.assemble as asm
+    import cmrdx.study.assemble as asm
 
     calls = []
     real = asm.decode_frame

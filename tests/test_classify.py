@@ -13,7 +13,7 @@ import pytest
 
 from cine_factory import build_cine_study
 from conftest import findings_bank_without_thresholds
-from cmrdx.assemble import assemble_study
+from cmrdx.study.assemble import assemble_study
 from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.errors import EXIT_CODES
 from cmrdx.prompts import load_bank

@@ -113,7 +113,7 @@ def test_several_studies_need_a_choice(tmp_path):
 
 
 def test_import_cmrdx_and_cli_do_not_import_torch_or_onnxruntime():
-    code = "import sys, cmrdx, cmrdx.cli, cmrdx.assemble; print(sorted(m for m in ('torch','onnxruntime') if m in sys.modules))"
+    code = "import sys, cmrdx, cmrdx.cli, cmrdx.study.assemble; print(sorted(m for m in ('torch','onnxruntime') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import pytest
 from cmrdx.dicom import FileRef, scan
 from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.series import frames_from_dataset, read_series_header, series_from_dataset
-from cmrdx.views import classify_study_series
+from cmrdx.study.roles import classify_study_series
 
 
 @pytest.mark.parametrize("key", ["pydicom", "pydicom-data", "nibabel", "pynetdicom", "heudiconv"])

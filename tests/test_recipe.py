@@ -18,7 +18,7 @@ from cmrdx.recipe import (
     sample_indices,
     window_to_unit,
 )
-from cmrdx.study import Study, StudyView
+from cmrdx.study.types import Study, StudyView
 
 SMALL = dict(frames=16, image_size=32, resize=36, crop=36, store_size=32)
 

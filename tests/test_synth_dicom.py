@@ -162,7 +162,7 @@ def test_truth_json_has_findings_and_measurements(studies):
 @pytest.mark.parametrize("kind", ["siemens", "ge", "philips", "ge-enhanced", "siemens-enhanced-rle",
                                   "philips-enhanced-j2k"])
 def test_inspect_assigns_every_series_its_role_and_view(studies, kind):
-    from cmrdx.assemble import inspect_study
+    from cmrdx.study.assemble import inspect_study
 
     truth = json.loads((studies[kind] / "truth.json").read_text())
     vendor = truth["params"]["acq"]["vendor"]
@@ -203,7 +203,7 @@ def test_cli_study_and_archive(tmp_path):
 @pytest.mark.parametrize("kind", ["siemens", "ge-enhanced"])
 def test_reader_assembles_the_same_arrays_as_render_study(studies, kind):
     """The straight-to-arrays API and the DICOM files of the same seed give the same Study."""
-    from cmrdx.assemble import assemble_study
+    from cmrdx.study.assemble import assemble_study
     from cmrdx.synth import render_study
 
     truth = json.loads((studies[kind] / "truth.json").read_text())

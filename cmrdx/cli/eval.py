@@ -117,7 +117,7 @@ def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/pha
 
     import numpy as np
 
-    from cmrdx.assemble import assemble_study
+    from cmrdx.study.assemble import assemble_study
     from cmrdx.model.encoder import Encoder
     from cmrdx.recipe import apply_recipe
 

@@ -18,7 +18,7 @@ def inspect_cmd(
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (hidden by default)."),
 ) -> None:
     """List every series with its role (cine / LGE / other) and view, and the reason for each decision."""
-    from cmrdx.assemble import inspect_study
+    from cmrdx.study.assemble import inspect_study
     from cmrdx.dicom.scan import scan
     from cmrdx.errors import MultipleStudiesError
 

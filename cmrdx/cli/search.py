@@ -96,7 +96,7 @@ def similar_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The store's studies nearest to a given study."""
-    from cmrdx.assemble import assemble_study
+    from cmrdx.study.assemble import assemble_study
     from cmrdx.recipe import apply_recipe
 
     store, enc = _open(db, model, device)

@@ -73,7 +73,7 @@ class Frame:
 class Series:
     """A DICOM series: identity tags plus its frames (headers only).
 
-    ``role``, ``view`` and their reasons are filled in by ``cmrdx.views.classify_series``.
+    ``role``, ``view`` and their reasons are filled in by ``cmrdx.study.roles.classify_series``.
     """
 
     uid: str

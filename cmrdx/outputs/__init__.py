@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from cmrdx.errors import CmrdxError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cmrdx.assemble import StudyInspection
+    from cmrdx.study.assemble import StudyInspection
     from cmrdx.classify import ClassifyResult
-    from cmrdx.study import Study
+    from cmrdx.study.types import Study
 
 # Model whose findings must carry a plain "not for clinical use" notice (trained on synthetic phantoms).
 DEMO_MODEL = "cmrdx-phantom-small"
@@ -100,7 +100,7 @@ class StudySource:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str], study_uid: str | None = None) -> "StudySource":
-        from cmrdx.assemble import assemble_study, inspect_study
+        from cmrdx.study.assemble import assemble_study, inspect_study
 
         insp = inspect_study(path, study_uid)
         return cls(inspection=insp, study=assemble_study(insp))

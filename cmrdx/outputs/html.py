@@ -29,7 +29,7 @@ from cmrdx.outputs import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source,
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.classify import ClassifyResult
-    from cmrdx.study import StudyView
+    from cmrdx.study.types import StudyView
 
 PREVIEW_PX = 160  # longest edge of a preview frame; larger matrices are downsampled
 STRIP_PX = 112  # edge of one LGE slice in the strip

@@ -1,7 +1,7 @@
 """Synthetic cardiac MR studies with known ground truth (numpy only: no torch, no onnxruntime).
 
     params = sample_params(7, {"lv_dilation": "moderate"}, vendor="ge")
-    study = render_study(params)              # arrays straight to a cmrdx.study.Study (no DICOM)
+    study = render_study(params)              # arrays straight to a cmrdx.study.types.Study (no DICOM)
     write_study("out/phantom", params)        # DICOM + truth.json + report.txt
     write_archive("out/archive", n=200, seed=1)
 """

@@ -100,8 +100,8 @@ class Rendered:
     views: dict[str, RenderedView] = field(default_factory=dict)
 
     def to_study(self, study_uid: str | None = None):
-        """The views as a ``cmrdx.study.Study`` (what the DICOM reader would assemble from the same study)."""
-        from cmrdx.study import Study, StudyView
+        """The views as a ``cmrdx.study.types.Study`` (what the DICOM reader would assemble from the same study)."""
+        from cmrdx.study.types import Study, StudyView
         from cmrdx.synth.dicomio import uid  # local: dicomio imports this module
 
         # The same StudyInstanceUID the DICOM writer gives this seed, so arrays and files can be matched.
@@ -356,5 +356,5 @@ def render(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: 
 
 
 def render_study(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: bool = True):
-    """Straight-to-arrays ``cmrdx.study.Study`` for training at scale (no DICOM written)."""
+    """Straight-to-arrays ``cmrdx.study.types.Study`` for training at scale (no DICOM written)."""
     return render(params, views=views, noise=noise).to_study()

@@ -171,7 +171,7 @@ def phantom_study(params, views: Sequence[str] | None = None):
 
     A view's loader renders only the requested (slice, phase) frames; each frame's noise stream is keyed by
     (view, slice, phase), so a frame's pixels do not depend on which other frames were asked for."""
-    from cmrdx.study import Study, StudyView
+    from cmrdx.study.types import Study, StudyView
     from cmrdx.synth.phantom import Phantom
     from cmrdx.synth.render import CINE_VIEWS, LGE_VIEWS, Renderer, cine_times
     ph = Phantom(params)
@@ -288,7 +288,7 @@ class ArchiveSource:
         return len(self.folders)
 
     def __iter__(self) -> Iterator[Item]:
-        from cmrdx.assemble import assemble_study
+        from cmrdx.study.assemble import assemble_study
 
         for d in self.folders:
             rep = d / "report.txt"

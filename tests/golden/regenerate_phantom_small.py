@@ -21,7 +21,7 @@ OUT = Path(__file__).with_name("cmrdx-phantom-small.json")
 
 
 def compute() -> dict:
-    from cmrdx.assemble import assemble_study
+    from cmrdx.study.assemble import assemble_study
     from cmrdx.model.encoder import Encoder
     from cmrdx.prompts import load_bank
     from cmrdx.recipe import apply_recipe
