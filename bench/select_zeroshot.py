@@ -37,7 +37,7 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
     from cmrdx.train.data import PhantomSource, build_cache
     from cmrdx.train.model import CMRClip
     from cmrdx.train.tokenizer import load_tokenizer

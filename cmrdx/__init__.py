@@ -25,7 +25,7 @@ def __getattr__(name: str):
 
         return classify
     if name == "load_bank":
-        from cmrdx.prompts import load_bank
+        from cmrdx.zeroshot.bank import load_bank
 
         return load_bank
     raise AttributeError(f"module 'cmrdx' has no attribute {name!r}")

@@ -336,7 +336,7 @@ class _Scorer:
 
     def __init__(self, opts: BatchOptions):
         from cmrdx.classify import get_bank, get_encoder, model_sha256
-        from cmrdx.scoring import TextEmbeddingCache, bank_text_embeddings
+        from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
         self.enc = get_encoder(opts.model, opts.device)
         self.sha = model_sha256(self.enc.manifest)
@@ -348,7 +348,7 @@ class _Scorer:
 
     def records(self, prepared: list[dict[str, Any]], files: dict[str, list[str]], archive: Path,
                 dups: dict[str, int]) -> list[dict[str, Any]]:
-        from cmrdx.scoring import score_bank
+        from cmrdx.zeroshot.scoring import score_bank
 
         ok = [p for p in prepared if p["error"] is None]
         embs = np.zeros((0, 0), np.float32)

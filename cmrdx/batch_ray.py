@@ -60,7 +60,7 @@ def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total, h
 
         raise CmrdxError("--engine ray needs Ray", hint="pip install 'cmrdx[ray]'") from exc
     from cmrdx.batch import _b64  # noqa: PLC2701 - same record encoding as the local engine
-    from cmrdx.scoring import score_bank
+    from cmrdx.zeroshot.scoring import score_bank
 
     if not todo:
         return 0.0

@@ -18,8 +18,8 @@ import numpy as np
 from cmrdx import __version__
 from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.errors import ModelError
-from cmrdx.prompts import PromptBank, load_bank
-from cmrdx.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
+from cmrdx.zeroshot.bank import PromptBank, load_bank
+from cmrdx.zeroshot.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
 from cmrdx.study.types import Study
 
 DEFAULT_MODEL = "cmrdx-phantom-small"
@@ -59,7 +59,7 @@ def get_encoder(model: str | Path | None = None, device: str = "auto"):
 
 def get_bank(name_or_path: str | Path) -> PromptBank:
     """A prompt bank loaded once per process (reloaded when the file changes)."""
-    from cmrdx.prompts import resolve_bank
+    from cmrdx.zeroshot.bank import resolve_bank
 
     p = resolve_bank(name_or_path)
     key = f"{p.resolve()}:{p.stat().st_mtime_ns}"
@@ -166,7 +166,7 @@ def classify(
         scores += score_bank(emb, bank, temb, enc.manifest.name, msha)
     fewshot: dict[str, dict[str, Any]] = {}
     if prototypes is not None:
-        from cmrdx.fewshot import Prototypes
+        from cmrdx.zeroshot.fewshot import Prototypes
 
         protos = Prototypes.load(Path(prototypes))
         protos.check_model(enc.manifest.name, msha)

@@ -6,7 +6,7 @@ cached on disk per (model sha256, archive) so the three benchmarks encode each s
 
 Metrics (all on L2-normalised embeddings, cosine similarity):
 
-* zero-shot: a finding's score per study from the prompt bank (``cmrdx.scoring``: mean cosine with its
+* zero-shot: a finding's score per study from the prompt bank (``cmrdx.zeroshot.scoring``: mean cosine with its
   prompts, or the positive-vs-negative softmax where the bank has negative prompts); one-vs-rest AUC with a
   percentile bootstrap 95% CI over studies; AUC of each severity level against the studies without the
   finding, and the mean score per level (scores should rise with severity).
@@ -49,8 +49,8 @@ CMRCLIP_PUBLISHED = {
 
 
 def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC AUC (ties counted half; scikit-learn's, via cmrdx.calibration). NaN when a class is empty."""
-    from cmrdx.calibration import auc_ci
+    """ROC AUC (ties counted half; scikit-learn's, via cmrdx.zeroshot.calibration). NaN when a class is empty."""
+    from cmrdx.zeroshot.calibration import auc_ci
 
     return auc_ci(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), n_boot=0).auc
 
@@ -58,7 +58,7 @@ def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 def bootstrap_auc(scores: Sequence[float], labels: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of the AUC (studies resampled; one-class resamples skipped). (low, high)."""
-    from cmrdx.calibration import auc_ci
+    from cmrdx.zeroshot.calibration import auc_ci
 
     if level != 0.95:
         raise ValueError("only the 95% interval is computed")
@@ -79,9 +79,9 @@ def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[s
 
 
 def simpleshot_scores(support: np.ndarray, support_y: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """SimpleShot binary score per query (``cmrdx.fewshot``): cos(query, positive prototype) - cos(query, negative
+    """SimpleShot binary score per query (``cmrdx.zeroshot.fewshot``): cos(query, positive prototype) - cos(query, negative
     prototype) after centring on the support mean and L2-normalising. (Q,) float64."""
-    from cmrdx.fewshot import fit_prototypes
+    from cmrdx.zeroshot.fewshot import fit_prototypes
 
     protos = fit_prototypes(np.asarray(support, np.float64), {"f": np.asarray(support_y)}, "", "")
     return protos.score_many(np.asarray(query, np.float64))[0].astype(np.float64)
@@ -237,7 +237,7 @@ def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None
 def zeroshot(es: EvalSet, bank, encoder, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per finding of ``bank`` present in the labels: AUC, bootstrap 95% CI, positives, and per severity
     level its AUC against the negatives, its count and mean score (plus the negatives' mean score)."""
-    from cmrdx.scoring import bank_text_embeddings, score_bank
+    from cmrdx.zeroshot.scoring import bank_text_embeddings, score_bank
 
     text_emb = bank_text_embeddings(bank, encoder.encode_texts, None)
     name = encoder.manifest.name

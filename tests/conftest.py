@@ -121,7 +121,7 @@ def findings_bank_without_thresholds() -> str:
 
     from ruamel.yaml import YAML
 
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
 
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cmrdx.authoring import calibrate_bank, evaluate_bank, finding_scores, lint_bank, write_thresholds
-from cmrdx.calibration import auc_ci, fit, sens_spec
+from cmrdx.zeroshot.authoring import calibrate_bank, evaluate_bank, finding_scores, lint_bank, write_thresholds
+from cmrdx.zeroshot.calibration import auc_ci, fit, sens_spec
 from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
 from cmrdx.errors import CmrdxError, ModelError
-from cmrdx.fewshot import Prototypes, fit_prototypes
-from cmrdx.prompts import load_bank
-from cmrdx.scoring import bank_text_embeddings
+from cmrdx.zeroshot.fewshot import Prototypes, fit_prototypes
+from cmrdx.zeroshot.bank import load_bank
+from cmrdx.zeroshot.scoring import bank_text_embeddings
 
 BANK = """\
 # A test bank. This comment must survive calibration.

@@ -16,7 +16,7 @@ from conftest import findings_bank_without_thresholds
 from cmrdx.study.assemble import assemble_study
 from cmrdx.classify import classify, get_encoder, model_sha256
 from cmrdx.errors import EXIT_CODES
-from cmrdx.prompts import load_bank
+from cmrdx.zeroshot.bank import load_bank
 from cmrdx.recipe import apply_recipe
 
 

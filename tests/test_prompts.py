@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cmrdx.errors import PromptBankError
-from cmrdx.prompts import load_bank, parse_bank, shipped_banks
+from cmrdx.zeroshot.bank import load_bank, parse_bank, shipped_banks
 
 GOOD = """\
 schema: cmrdx-prompt-bank/1

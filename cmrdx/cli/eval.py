@@ -51,7 +51,7 @@ def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, dev
                  json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """AUC per finding with a bootstrap 95% CI, and by severity level."""
     from cmrdx.evaluate import markdown_tables, zeroshot
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
     enc, es = _load(model, data, device)
@@ -75,7 +75,7 @@ def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", ba
                 episodes: int = typer.Option(100, "--episodes"), json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """SimpleShot prototype AUC at 1/2/4/8/16 shots (mean over episodes), for the bank's findings."""
     from cmrdx.evaluate import fewshot, markdown_tables
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
     enc, es = _load(model, data, device)
@@ -90,7 +90,7 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
             record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest provenance.")) -> None:
     """The three benchmarks in one run (studies read and encoded once)."""
     from cmrdx.evaluate import fewshot, markdown_tables, record_metrics, retrieval, zeroshot
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
     enc, es = _load(model, data, device)

@@ -25,7 +25,7 @@ def fit_cmd(
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
     from cmrdx.classify import get_encoder, model_sha256
     from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
-    from cmrdx.fewshot import fit_prototypes
+    from cmrdx.zeroshot.fewshot import fit_prototypes
 
     enc = get_encoder(model, device)
     sha = model_sha256(enc.manifest)

@@ -1,4 +1,4 @@
-"""`cmrdx prompts lint | try | evaluate | calibrate`: authoring prompt banks. Thin over cmrdx.authoring."""
+"""`cmrdx prompts lint | try | evaluate | calibrate`: authoring prompt banks. Thin over cmrdx.zeroshot.authoring."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def lint_cmd(
 ) -> None:
     """Schema errors with file:line, duplicates and near-duplicates, over-long prompts, shattered words, missing
     thresholds. Exits 1 on errors, 0 with warnings only."""
-    from cmrdx.authoring import lint_bank
+    from cmrdx.zeroshot.authoring import lint_bank
     from cmrdx.errors import ModelError
 
     console = Console()
@@ -104,9 +104,9 @@ def evaluate_cmd(
 ) -> None:
     """Per finding and per prompt AUC (bootstrap 95% CI), sensitivity/specificity at the current threshold, and
     which prompts help or hurt (AUC without each prompt)."""
-    from cmrdx.authoring import evaluate_bank
+    from cmrdx.zeroshot.authoring import evaluate_bank
     from cmrdx.classify import get_bank
-    from cmrdx.scoring import TextEmbeddingCache, bank_text_embeddings
+    from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
     enc, sha, es = _embedded(labels, data, model, device)
     b = get_bank(str(bank))
@@ -144,9 +144,9 @@ def calibrate_cmd(
 ) -> None:
     """Fit thresholds (and a probability map) for the model and write them into the bank with provenance,
     keeping its comments and order."""
-    from cmrdx.authoring import calibrate_bank, provenance_for, write_thresholds
-    from cmrdx.prompts import load_bank
-    from cmrdx.scoring import TextEmbeddingCache, bank_text_embeddings
+    from cmrdx.zeroshot.authoring import calibrate_bank, provenance_for, write_thresholds
+    from cmrdx.zeroshot.bank import load_bank
+    from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
     if not bank.is_file():
         raise typer.BadParameter(f"{bank}: calibrate writes into a bank file; copy a shipped bank first")

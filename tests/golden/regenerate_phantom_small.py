@@ -23,7 +23,7 @@ OUT = Path(__file__).with_name("cmrdx-phantom-small.json")
 def compute() -> dict:
     from cmrdx.study.assemble import assemble_study
     from cmrdx.model.encoder import Encoder
-    from cmrdx.prompts import load_bank
+    from cmrdx.zeroshot.bank import load_bank
     from cmrdx.recipe import apply_recipe
 
     enc = Encoder(MODEL, device="cpu")

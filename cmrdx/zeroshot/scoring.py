@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cmrdx import config
-from cmrdx.prompts import Calibration, Finding, PromptBank
+from cmrdx.zeroshot.bank import Calibration, Finding, PromptBank
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from cmrdx.calibration import AUC, Fit, auc_ci, fit, sens_spec
+from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
 from cmrdx.embeddings import EmbeddedSet
 from cmrdx.errors import CmrdxError, PromptBankError
-from cmrdx.prompts import PromptBank, parse_bank
-from cmrdx.scoring import normalise_text, score_finding
+from cmrdx.zeroshot.bank import PromptBank, parse_bank
+from cmrdx.zeroshot.scoring import normalise_text, score_finding
 
 NEAR_DUPLICATE_COS = 0.98
 SHATTERED_PIECES = 4  # a word split into this many word pieces or more is probably unknown to the model
