@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_batch.py [--n 200] [--model cmrdx-phantom-small]
 
 1. A phantom archive (``--n`` studies, written once to bench/out/, reused) scored by `cmrdx batch` (reader
-   processes overlapped with batched encoding) against a naive loop calling ``cmrdx.classify`` per study
+   processes overlapped with batched encoding) against a naive loop calling ``cmrdx.pipeline.classify`` per study
    (model loaded once, the fair baseline), both in this process tree on this machine; studies/s, the split
    between reading and encoding, and peak memory (max RSS of this process and its children).
 2. Text-query latency over stores of 10k and 1M embeddings (synthetic: the archive's real embeddings plus
@@ -52,9 +52,10 @@ def main() -> None:
     ap.add_argument("--cli-n", type=int, default=8, help="studies the per-study `cmrdx classify` command loop runs")
     args = ap.parse_args()
 
-    from cmrdx.batch import BatchOptions, read_results, run_batch
-    from cmrdx.classify import classify, get_encoder, model_sha256
-    from cmrdx.index import Store, build_store
+    from cmrdx.pipeline.batch import BatchOptions, read_results, run_batch
+    from cmrdx.pipeline.classify import classify
+    from cmrdx.model.loader import get_encoder, model_sha256
+    from cmrdx.pipeline.search import Store, build_store
     from cmrdx.synth.archive import write_archive
 
     arch = Path(args.archive) if args.archive else ROOT / "bench" / "out" / f"archive{args.n}"
@@ -131,7 +132,7 @@ def main() -> None:
         "| run | studies/s | notes |",
         "|---|---|---|",
         f"| `cmrdx classify` command per study ({args.cli_n} studies: a process each) | {cli_rate:.2f} | {cli_rate / naive_rate:.2f}x |",
-        f"| naive loop: `cmrdx.classify` per study in one process ({args.naive_n} studies, model cached) | {naive_rate:.2f} | 1.00x |",
+        f"| naive loop: `cmrdx.pipeline.classify` per study in one process ({args.naive_n} studies, model cached) | {naive_rate:.2f} | 1.00x |",
         f"| `cmrdx batch` (local engine, {os.cpu_count()} reader processes + the encoder) | {batch_rate:.2f} | "
         f"**{batch_rate / naive_rate:.2f}x**; {ok}/{len(rows)} ok; reading {s.prepare_seconds:.0f} s (summed over workers), "
         f"encoding {s.encode_seconds:.0f} s, wall {s.seconds:.0f} s incl. discovery |",

@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         return getattr(assemble, name)
     if name == "classify":
-        from cmrdx.classify import classify
+        from cmrdx.pipeline.classify import classify
 
         return classify
     if name == "load_bank":

@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from cmrdx.zeroshot.authoring import calibrate_bank, evaluate_bank, finding_scores, lint_bank, write_thresholds
 from cmrdx.zeroshot.calibration import auc_ci, fit, sens_spec
-from cmrdx.classify import classify, get_encoder, model_sha256
+from cmrdx.pipeline.classify import classify
+from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
 from cmrdx.errors import CmrdxError, ModelError
 from cmrdx.zeroshot.fewshot import Prototypes, fit_prototypes

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmrdx.batch import BatchOptions, Journal, read_results, run_batch, state_dir, write_reports
+from cmrdx.pipeline.batch import BatchOptions, Journal, read_results, run_batch, state_dir, write_reports
 from cmrdx.errors import ModelError
-from cmrdx.index import Store, build_store
+from cmrdx.pipeline.search import Store, build_store
 
 
 def _cmd(archive, out, model, *extra):

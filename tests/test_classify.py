@@ -14,7 +14,8 @@ import pytest
 from cine_factory import build_cine_study
 from conftest import findings_bank_without_thresholds
 from cmrdx.study.assemble import assemble_study
-from cmrdx.classify import classify, get_encoder, model_sha256
+from cmrdx.pipeline.classify import classify
+from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.errors import EXIT_CODES
 from cmrdx.zeroshot.bank import load_bank
 from cmrdx.recipe import apply_recipe

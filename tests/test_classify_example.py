@@ -62,7 +62,7 @@ def test_example_table_says_demo_model_and_no_cine_error(tmp_path):
 
 @pytest.mark.parametrize("finding", ["lv_hypertrophy", "pericardial_effusion"])
 def test_a_positive_phantom_scores_its_finding_above_a_normal_one(tmp_path, finding):
-    from cmrdx.classify import classify
+    from cmrdx.pipeline.classify import classify
     from cmrdx.synth.params import sample_params
     from cmrdx.synth.writer import write_study
 

@@ -28,7 +28,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cine_factory import build_cine_study
-from cmrdx.classify import classify, get_encoder, model_sha256
+from cmrdx.pipeline.classify import classify
+from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.errors import PixelDecodeError
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
 from conftest import findings_bank_without_thresholds, require_tool

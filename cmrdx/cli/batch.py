@@ -25,7 +25,7 @@ def batch_cmd(
     reports: Optional[Path] = typer.Option(None, "--reports", help="Also write one HTML report per study under this folder."),
 ) -> None:
     """Read, assemble and score every study; one record per study. Killed, it resumes where it stopped."""
-    from cmrdx.batch import BatchOptions, run_batch, write_reports
+    from cmrdx.pipeline.batch import BatchOptions, run_batch, write_reports
 
     opts = BatchOptions(model=model, banks=tuple(bank) if bank else ("cmr-findings",), device=device, workers=workers,
                         batch_size=batch_size, engine=engine, ray_address=address, limit=limit)

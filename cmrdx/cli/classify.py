@@ -1,4 +1,4 @@
-"""`cmrdx classify STUDY_DIR`: ranked zero-shot findings. A thin layer over ``cmrdx.classify``."""
+"""`cmrdx classify STUDY_DIR`: ranked zero-shot findings. A thin layer over ``cmrdx.pipeline.classify``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def classify_cmd(
     fhir: Optional[Path] = typer.Option(None, "--fhir", help="Write a FHIR Bundle (DiagnosticReport + Observations) JSON."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
-    from cmrdx.classify import DEFAULT_BANKS, DEFAULT_MODEL, classify
+    from cmrdx.pipeline.classify import classify
+    from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
 
     if device not in ("auto", "cuda", "cpu"):
         raise typer.BadParameter("--device must be auto, cuda or cpu")

@@ -23,7 +23,7 @@ def fit_cmd(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
-    from cmrdx.classify import get_encoder, model_sha256
+    from cmrdx.model.loader import get_encoder, model_sha256
     from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
     from cmrdx.zeroshot.fewshot import fit_prototypes
 

@@ -14,7 +14,7 @@ app = typer.Typer(help="Write, check, try, evaluate and calibrate prompt banks."
 
 
 def _model(model: Optional[str], device: str = "cpu"):
-    from cmrdx.classify import get_encoder, model_sha256
+    from cmrdx.model.loader import get_encoder, model_sha256
 
     enc = get_encoder(model, device)
     return enc, model_sha256(enc.manifest)
@@ -61,7 +61,7 @@ def try_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every prompt's similarity with one study and its finding's score: which prompt drives a call."""
-    from cmrdx.classify import classify
+    from cmrdx.pipeline.classify import classify
 
     res = classify(study_dir, model=model, banks=[str(bank)], device=device)
     if as_json:
@@ -105,7 +105,7 @@ def evaluate_cmd(
     """Per finding and per prompt AUC (bootstrap 95% CI), sensitivity/specificity at the current threshold, and
     which prompts help or hurt (AUC without each prompt)."""
     from cmrdx.zeroshot.authoring import evaluate_bank
-    from cmrdx.classify import get_bank
+    from cmrdx.zeroshot.bank import get_bank
     from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
     enc, sha, es = _embedded(labels, data, model, device)

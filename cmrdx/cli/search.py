@@ -20,8 +20,8 @@ def index_cmd(
     ann: str = typer.Option("auto", "--ann", help="auto (FAISS IVF from 200k studies), exact or ivf."),
 ) -> None:
     """Build an embedding store from an archive or a batch run."""
-    from cmrdx.batch import BatchOptions, run_batch
-    from cmrdx.index import store_from_batch
+    from cmrdx.pipeline.batch import BatchOptions, run_batch
+    from cmrdx.pipeline.search import store_from_batch
 
     if (archive is None) == (from_batch is None):
         raise typer.BadParameter("give an ARCHIVE or --from-batch RESULTS (one of them)")
@@ -36,7 +36,7 @@ def index_cmd(
 
 
 def _show(hits, title: str, store, show_phi: bool, as_json: bool) -> None:
-    from cmrdx.index import patient_of
+    from cmrdx.pipeline.search import patient_of
 
     rows = [h.to_dict() for h in hits]
     if show_phi:
@@ -55,8 +55,8 @@ def _show(hits, title: str, store, show_phi: bool, as_json: bool) -> None:
 
 
 def _open(db: Path, model: Optional[str], device: str):
-    from cmrdx.classify import get_encoder, model_sha256
-    from cmrdx.index import Store
+    from cmrdx.model.loader import get_encoder, model_sha256
+    from cmrdx.pipeline.search import Store
 
     from cmrdx.errors import ModelError
 

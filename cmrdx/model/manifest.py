@@ -53,6 +53,12 @@ class Manifest:
     licence: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def sha256(self) -> str:
+        """The model's identity: the sha256 of its ``manifest.json``, which holds every file's sha256. Caches,
+        calibrations, prototypes, search stores and batch journals are keyed by it."""
+        return hashlib.sha256((Path(self.root) / MANIFEST_NAME).read_bytes()).hexdigest()
+
     # ------------------------------------------------------------------ paths
     def path(self, rel: str) -> Path:
         if rel not in self.files:

@@ -22,7 +22,7 @@ from cmrdx.errors import CmrdxError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.study.assemble import StudyInspection
-    from cmrdx.classify import ClassifyResult
+    from cmrdx.pipeline.classify import ClassifyResult
     from cmrdx.study.types import Study
 
 # Model whose findings must carry a plain "not for clinical use" notice (trained on synthetic phantoms).

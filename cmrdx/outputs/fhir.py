@@ -18,7 +18,7 @@ from cmrdx import __version__
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, code_system, is_demo_model, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cmrdx.classify import ClassifyResult
+    from cmrdx.pipeline.classify import ClassifyResult
 
 FHIR_VERSION = "R4B"
 SNOMED = "http://snomed.info/sct"

@@ -28,7 +28,7 @@ from cmrdx.outputs import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source,
                            write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cmrdx.classify import ClassifyResult
+    from cmrdx.pipeline.classify import ClassifyResult
     from cmrdx.study.types import StudyView
 
 PREVIEW_PX = 160  # longest edge of a preview frame; larger matrices are downsampled

@@ -30,7 +30,7 @@ from cmrdx.outputs import (OutputError, StudySource, as_source, check_target, co
 if TYPE_CHECKING:  # pragma: no cover
     import pydicom
 
-    from cmrdx.classify import ClassifyResult
+    from cmrdx.pipeline.classify import ClassifyResult
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import yaml
 
 from cmrdx.config import DATA_DIR
 from cmrdx.errors import PromptBankError
+from cmrdx.vocab import SEVERITY_LEVELS, VIEW_KEYS
 
 SCHEMA = "cmrdx-prompt-bank/1"
-SEVERITIES = ("mild", "moderate", "severe")
-VIEW_KEYS = ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
+SEVERITIES = SEVERITY_LEVELS
 THRESHOLD_METHODS = ("sens-eq-spec", "youden", "platt", "isotonic", "manual")
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -343,3 +343,15 @@ def load_bank(name_or_path: str | Path) -> PromptBank:
     except UnicodeDecodeError as exc:
         raise PromptBankError(f"{path}: not UTF-8 text", hint="save the bank as UTF-8") from exc
     return parse_bank(text, path)
+
+
+_BANKS: dict[str, PromptBank] = {}
+
+
+def get_bank(name_or_path: str | Path) -> PromptBank:
+    """A prompt bank loaded once per process (reloaded when the file changes)."""
+    p = resolve_bank(name_or_path)
+    key = f"{p.resolve()}:{p.stat().st_mtime_ns}"
+    if key not in _BANKS:
+        _BANKS[key] = load_bank(p)
+    return _BANKS[key]

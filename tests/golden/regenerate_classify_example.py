@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cmrdx.classify import classify
+from cmrdx.pipeline.classify import classify
 
 ROOT = Path(__file__).resolve().parents[2]
 

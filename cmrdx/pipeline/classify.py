@@ -6,7 +6,6 @@ files -> series -> views -> Study (``assemble``) -> model input (``recipe``) -> 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,55 +16,14 @@ import numpy as np
 
 from cmrdx import __version__
 from cmrdx.study.assemble import StudyInspection, assemble_study
-from cmrdx.errors import ModelError
-from cmrdx.zeroshot.bank import PromptBank, load_bank
+from cmrdx.model.loader import get_encoder, model_sha256
+from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
+from cmrdx.zeroshot.bank import get_bank
 from cmrdx.zeroshot.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
 from cmrdx.study.types import Study
 
-DEFAULT_MODEL = "cmrdx-phantom-small"
-DEFAULT_BANKS = ("cmr-findings",)
 RESULT_SCHEMA = "cmrdx-classify/1"
 FEW_PHASES = 15  # a cine with fewer phases than this is under-sampled for the model
-
-_ENCODERS: dict[tuple[str, str], Any] = {}
-_BANKS: dict[str, PromptBank] = {}
-
-
-def model_sha256(manifest) -> str:
-    """A model's identity: the sha256 of its manifest (which holds every file's sha256)."""
-    return hashlib.sha256((Path(manifest.root) / "manifest.json").read_bytes()).hexdigest()
-
-
-def get_encoder(model: str | Path | None = None, device: str = "auto"):
-    """The Encoder for ``model`` on ``device``, built once per process (integrity-checked on first load)."""
-    from cmrdx.model.encoder import Encoder
-    from cmrdx.model.registry import resolve
-
-    name = str(model or DEFAULT_MODEL)
-    try:
-        root = resolve(name)
-    except ModelError as exc:
-        if model is None:
-            raise ModelError(
-                f"the default model {DEFAULT_MODEL!r} is not installed",
-                hint="pass --model NAME_OR_FOLDER (see `cmrdx models list`), or reinstall cmrdx",
-            ) from exc
-        raise
-    key = (str(Path(root).resolve()), device)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = Encoder(root, device=device)
-    return _ENCODERS[key]
-
-
-def get_bank(name_or_path: str | Path) -> PromptBank:
-    """A prompt bank loaded once per process (reloaded when the file changes)."""
-    from cmrdx.zeroshot.bank import resolve_bank
-
-    p = resolve_bank(name_or_path)
-    key = f"{p.resolve()}:{p.stat().st_mtime_ns}"
-    if key not in _BANKS:
-        _BANKS[key] = load_bank(p)
-    return _BANKS[key]
 
 
 @dataclass

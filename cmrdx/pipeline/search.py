@@ -133,7 +133,7 @@ class Store:
 
 def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: str | None = None) -> dict[str, Any]:
     """Build a store from a batch run's ``OUT.embeddings.npz`` (no re-encoding)."""
-    from cmrdx.batch import embeddings_path, state_dir
+    from cmrdx.pipeline.batch import embeddings_path, state_dir
 
     p = embeddings_path(Path(batch_out))
     disc = state_dir(Path(batch_out)) / "studies.json"

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, ...], headers: str | None) -> dict[str, Any]:
-    from cmrdx.batch import prepare_study
+    from cmrdx.pipeline.batch import prepare_study
 
     # discovery's header files are on this machine's disk; on a cluster, workers elsewhere read the headers
     p = prepare_study(row["uid"], list(row["files"]), recipe, headers if headers and os.path.isdir(headers) else None)
@@ -59,7 +59,7 @@ def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total, h
         from cmrdx.errors import CmrdxError
 
         raise CmrdxError("--engine ray needs Ray", hint="pip install 'cmrdx[ray]'") from exc
-    from cmrdx.batch import _b64  # noqa: PLC2701 - same record encoding as the local engine
+    from cmrdx.pipeline.batch import _b64  # noqa: PLC2701 - same record encoding as the local engine
     from cmrdx.zeroshot.scoring import score_bank
 
     if not todo:
@@ -82,7 +82,7 @@ def run_ray(todo, disc, archive: Path, opts, scorer, journal, progress, total, h
         prep_seconds = 0.0
         done = total - len(todo)
         model, sha = scorer.enc.manifest.name, scorer.sha
-        from cmrdx.batch import JOURNAL_SCHEMA, _source_folder
+        from cmrdx.pipeline.batch import JOURNAL_SCHEMA, _source_folder
 
         for row in ds.iter_rows():
             uid = str(row["uid"])

@@ -335,7 +335,8 @@ class _Scorer:
     """Encoder + banks + text embeddings, built once; turns prepared studies into journal records."""
 
     def __init__(self, opts: BatchOptions):
-        from cmrdx.classify import get_bank, get_encoder, model_sha256
+        from cmrdx.zeroshot.bank import get_bank
+        from cmrdx.model.loader import get_encoder, model_sha256
         from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
         self.enc = get_encoder(opts.model, opts.device)
@@ -408,7 +409,7 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     prep_seconds = 0.0
     try:
         if opts.engine == "ray":
-            from cmrdx.batch_ray import run_ray
+            from cmrdx.pipeline.batch_ray import run_ray
 
             prep_seconds = run_ray(todo, disc, archive, opts, scorer, journal, progress, total, headers)
         elif opts.engine == "local":
@@ -566,7 +567,7 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
     each study, about one classify per study). Existing reports are kept, so this resumes too.
     Returns (written, kept)."""
     from cmrdx.study.assemble import assemble_study, inspect_study
-    from cmrdx.classify import classify
+    from cmrdx.pipeline.classify import classify
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.outputs import StudySource
     from cmrdx.outputs.html import write_report
