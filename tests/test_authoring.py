@@ -14,7 +14,7 @@ from cmrdx.zeroshot.authoring import calibrate_bank, evaluate_bank, finding_scor
 from cmrdx.zeroshot.calibration import auc_ci, fit, sens_spec
 from cmrdx.pipeline.classify import classify
 from cmrdx.model.loader import get_encoder, model_sha256
-from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
+from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
 from cmrdx.errors import CmrdxError, ModelError
 from cmrdx.zeroshot.fewshot import Prototypes, fit_prototypes
 from cmrdx.zeroshot.bank import load_bank

@@ -183,7 +183,7 @@ def test_text_search_ranks_positives_first_with_the_default_model(phantom_archiv
     from typer.testing import CliRunner
 
     from cmrdx.cli import app
-    from cmrdx.embeddings import load_labels
+    from cmrdx.evaluation.archive import load_labels
 
     out = tmp_path / "r.parquet"
     run_batch(phantom_archive, out, BatchOptions(device="cpu", workers=1))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmrdx.evaluate import (
+from cmrdx.evaluation.benchmarks import (
     auc, bootstrap_auc, fewshot_auc, markdown_tables, retrieval_metrics, simpleshot_scores,
 )
 

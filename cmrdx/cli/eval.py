@@ -21,7 +21,7 @@ def _load(model: str, data: Path, device: str):
     from rich.console import Console
     from rich.progress import Progress
 
-    from cmrdx.evaluate import load_eval_set
+    from cmrdx.evaluation.benchmarks import load_eval_set
     from cmrdx.model.encoder import Encoder
 
     enc = Encoder(model, device=device)
@@ -50,7 +50,7 @@ def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, dev
                  boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI."),
                  json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """AUC per finding with a bootstrap 95% CI, and by severity level."""
-    from cmrdx.evaluate import markdown_tables, zeroshot
+    from cmrdx.evaluation.benchmarks import markdown_tables, zeroshot
     from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
@@ -63,7 +63,7 @@ def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, dev
 def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", json_out: Path = _JSON,
                   md_out: Path = _MD) -> None:
     """Report <-> study recall@1/5/10 and median rank."""
-    from cmrdx.evaluate import markdown_tables, retrieval
+    from cmrdx.evaluation.benchmarks import markdown_tables, retrieval
 
     enc, es = _load(model, data, device)
     r = retrieval(es, enc)
@@ -74,7 +74,7 @@ def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", 
 def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", bank: str = _BANK,
                 episodes: int = typer.Option(100, "--episodes"), json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """SimpleShot prototype AUC at 1/2/4/8/16 shots (mean over episodes), for the bank's findings."""
-    from cmrdx.evaluate import fewshot, markdown_tables
+    from cmrdx.evaluation.benchmarks import fewshot, markdown_tables
     from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
@@ -89,7 +89,7 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
             json_out: Path = _JSON, md_out: Path = _MD,
             record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest provenance.")) -> None:
     """The three benchmarks in one run (studies read and encoded once)."""
-    from cmrdx.evaluate import fewshot, markdown_tables, record_metrics, retrieval, zeroshot
+    from cmrdx.evaluation.benchmarks import fewshot, markdown_tables, record_metrics, retrieval, zeroshot
     from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)

@@ -24,7 +24,7 @@ def fit_cmd(
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
     from cmrdx.model.loader import get_encoder, model_sha256
-    from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
+    from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
     from cmrdx.zeroshot.fewshot import fit_prototypes
 
     enc = get_encoder(model, device)

@@ -79,7 +79,7 @@ def try_cmd(
 def _embedded(labels: Path, data: Optional[Path], model: Optional[str], device: str):
     from rich.progress import Progress
 
-    from cmrdx.embeddings import StudyEmbeddingCache, embed_labelled, load_labels
+    from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
 
     enc, sha = _model(model, device)
     rows = load_labels(labels, data)

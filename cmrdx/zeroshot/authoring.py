@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
-from cmrdx.embeddings import EmbeddedSet
+from cmrdx.evaluation.archive import EmbeddedSet
 from cmrdx.errors import CmrdxError, PromptBankError
 from cmrdx.zeroshot.bank import PromptBank, parse_bank
 from cmrdx.zeroshot.scoring import normalise_text, score_finding

@@ -171,7 +171,7 @@ def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None
     (``cmrdx.model.encoder.Encoder``). Folders without a report or labels, or that do not assemble, are
     skipped and counted. Embeddings are cached in ``cache_dir`` (default ``$CMRDX_HOME/cache/eval``)."""
     from cmrdx import config
-    from cmrdx.embeddings import embed_study_folder
+    from cmrdx.evaluation.archive import embed_study_folder
 
     root = Path(archive)
     if not root.is_dir():
