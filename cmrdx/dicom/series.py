@@ -293,13 +293,11 @@ _HEADER_TAGS = [pydicom.datadict.tag_for_keyword(k) for k in HEADER_KEYWORDS]
 
 def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
     """Read one object's header (only HEADER_KEYWORDS). Returns (dataset, None) or (None, skip-reason)."""
-    validation = pydicom.config.settings.reading_validation_mode
     try:
-        with ref.open() as fp, warnings.catch_warnings():
+        with ref.open() as fp, warnings.catch_warnings(), pydicom.config.disable_value_validation():
             # pydicom warns on every non-conformant value; a scan of thousands of files would drown in them,
             # and validating values we never use costs a third of the scan.
             warnings.simplefilter("ignore")
-            pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             except InvalidDicomError:
@@ -314,8 +312,6 @@ def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError) as exc:
         log.warning("%s: unreadable DICOM header (%s), skipped", ref, exc.__class__.__name__)
         return None, "unreadable header"
-    finally:
-        pydicom.config.settings.reading_validation_mode = validation
     return ds, None
 
 
