@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,21 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-CALL_STYLE = {"present": "bold red", "absent": "green", "uncertain": "yellow", "no threshold": "dim"}
+from cmrdx.vocab import Call
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: never a half-written output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+CALL_STYLE = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim"}
 
 
 def classify_cmd(
@@ -57,6 +43,8 @@ def classify_cmd(
                    prototypes=prototypes)
     payload = json.dumps(res.to_dict(), indent=2)
     if output is not None:
+        from cmrdx.outputs import write_atomic
+
         write_atomic(output, payload + "\n")
     if report or sr or fhir:
         from cmrdx.outputs import write_outputs

@@ -13,12 +13,13 @@ Heavy imports (highdicom, fhir.resources, Pillow, pynetdicom) happen inside the 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import CmrdxError
+from cmrdx.fileio import atomic_write
+from cmrdx.vocab import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.study.assemble import StudyInspection
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.study.types import Study
 
 # Model whose findings must carry a plain "not for clinical use" notice (trained on synthetic phantoms).
-DEMO_MODEL = "cmrdx-phantom-small"
+DEMO_MODEL = DEFAULT_MODEL
 DEMO_NOTICE = "Demonstration model trained on synthetic phantoms: not for clinical use."
 RESEARCH_NOTICE = "cmrdx is research software: its findings are not a diagnosis and are not for clinical use."
 
@@ -73,21 +74,12 @@ def check_target(path: str | os.PathLike[str]) -> Path:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` with ``cmrdx.fileio.atomic_write``; a failure is an OutputError naming the file."""
     path = check_target(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write(path, data)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write here ({exc.strerror})", hint="choose a writable folder") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass

@@ -21,7 +21,8 @@ from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.scan import ScanResult, scan
 from cmrdx.dicom.series import Frame, Series
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
-from cmrdx.study.types import ROLES, STANDARD_VIEWS, AssemblyManifest, SeriesDecision, Study, StudyView, view_key
+from cmrdx.study.types import AssemblyManifest, SeriesDecision, Study, StudyView
+from cmrdx.vocab import ROLES, VIEW_KEYS as STANDARD_VIEWS, view_key
 from cmrdx.study.roles import classify_study_series
 
 log = logging.getLogger(__name__)

@@ -15,16 +15,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-ROLES = ("cine", "lge")
-VIEWS = ("SAX", "2CH", "3CH", "4CH", "LVOT", "LAX")
-# The views a complete CMR study is expected to have (LGE of the LVOT is not routinely acquired; "LAX" is a
-# long axis whose plane could not be told).
-STANDARD_VIEWS = ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
+from cmrdx.vocab import VIEW_KEYS, view_key
 
-
-def view_key(role: str, view: str) -> str:
-    """Canonical key of a view in ``Study.views``: ``"cine:SAX"``, ``"lge:4CH"``, ..."""
-    return f"{role}:{view}"
+# The vocabulary is defined once in cmrdx.vocab; STANDARD_VIEWS is the nine view keys a complete study has.
+STANDARD_VIEWS = VIEW_KEYS
 
 
 @dataclass

@@ -7,19 +7,20 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
-from cmrdx.evaluation.archive import EmbeddedSet
 from cmrdx.errors import CmrdxError, PromptBankError
+from cmrdx.fileio import atomic_write
 from cmrdx.zeroshot.bank import PromptBank, parse_bank
 from cmrdx.zeroshot.scoring import normalise_text, score_finding
+
+if TYPE_CHECKING:
+    from cmrdx.evaluation.archive import EmbeddedSet
 
 NEAR_DUPLICATE_COS = 0.98
 SHATTERED_PIECES = 4  # a word split into this many word pieces or more is probably unknown to the model
@@ -214,11 +215,7 @@ def write_thresholds(bank_path: Path, model_name: str, model_sha: str, fits: dic
     yaml.dump(doc, buf)
     new = buf.getvalue()
     parse_bank(new, Path(bank_path))  # never write a bank that would not load
-    d = Path(bank_path).parent
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{Path(bank_path).name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.replace(tmp, bank_path)
+    atomic_write(bank_path, new)
 
 
 def provenance_for(es: EmbeddedSet, fid: str, labels_path: Path, method: str) -> dict[str, Any]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cmrdx import config
+from cmrdx.fileio import atomic_write
 from cmrdx.zeroshot.bank import Calibration, Finding, PromptBank
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,7 @@ class TextEmbeddingCache:
 
     def _save(self) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self._mem)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, lambda f: np.savez(f, **self._mem))
         except OSError as exc:  # a read-only home must not stop a classification
             log.warning("text-embedding cache not written to %s: %s", self.folder, exc)
 
