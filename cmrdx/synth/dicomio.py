@@ -19,10 +19,9 @@ from pydicom.uid import (
     JPEGLSLossless,
     MRImageStorage,
     RLELossless,
-    generate_uid,
 )
 
-from cmrdx.synth.render import Plane
+from cmrdx.synth.geometry import Plane, uid
 from cmrdx.synth.vendors import SeriesStyle, VendorStyle
 
 
@@ -62,11 +61,6 @@ class StudyInfo:
     rr_ms: float
     hr_bpm: float
     n_phases: int
-
-
-def uid(seed: int, *parts: object) -> str:
-    """A UID derived from the study seed and a path of names (deterministic, unique per input)."""
-    return generate_uid(entropy_srcs=["cmrdx-synth", str(seed), *[str(p) for p in parts]])
 
 
 def study_info(seed: int, rr_ms: float, hr_bpm: float, n_phases: int) -> StudyInfo:

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cmrdx.vocab import SEVERITY_LEVELS, Severity
+
 FINDINGS = (
     "lv_dysfunction",
     "rv_dysfunction",
@@ -21,7 +23,7 @@ FINDINGS = (
     "aortic_dilation",
     "pericardial_effusion",
 )
-SEVERITIES = ("none", "mild", "moderate", "severe")
+SEVERITIES: tuple[str, ...] = (Severity.NONE, *SEVERITY_LEVELS)
 VENDORS = ("siemens", "ge", "philips")
 LGE_PATTERNS = ("subendocardial", "transmural", "midwall", "diffuse_subendocardial")
 TERRITORIES = ("LAD", "RCA", "LCx")

@@ -14,59 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cmrdx.synth.geometry import Plane, make_plane, uid
 from cmrdx.synth.params import StudyParams
 from cmrdx.synth.phantom import CONTRAST, TISSUES, Phantom, volume_curve
+from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, Role, view_key
 
 log = logging.getLogger(__name__)
 
-CINE_VIEWS = ("SAX", "2CH", "3CH", "4CH", "LVOT")
-LGE_VIEWS = ("SAX", "2CH", "3CH", "4CH")
 MAX_VALUE = 4095  # 12-bit stored values
-
-
-@dataclass
-class Plane:
-    """One image plane in patient coordinates (mm).
-
-    ``origin`` is the centre of pixel (row 0, column 0) (= ImagePositionPatient); ``row`` is the direction of
-    increasing column index and ``col`` of increasing row index (= ImageOrientationPatient); ``shape`` is
-    (rows, columns); ``spacing`` the square pixel size; ``thickness`` the slice thickness.
-    """
-
-    origin: np.ndarray
-    row: np.ndarray
-    col: np.ndarray
-    shape: tuple[int, int]
-    spacing: float
-    thickness: float
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row, self.col)
-
-    @property
-    def position(self) -> float:
-        """Signed distance along the normal, mm (normal . origin)."""
-        return float(self.normal @ self.origin)
-
-    def points(self, offset: float = 0.0) -> np.ndarray:
-        """Patient coordinates (rows*cols, 3) float64 of the pixel centres, shifted ``offset`` mm along the normal."""
-        h, w = self.shape
-        i = np.arange(h, dtype=np.float64)[:, None, None]
-        j = np.arange(w, dtype=np.float64)[None, :, None]
-        p = self.origin + offset * self.normal + j * self.spacing * self.row + i * self.spacing * self.col
-        return p.reshape(-1, 3)
-
-
-def _plane(centre: np.ndarray, row: np.ndarray, col: np.ndarray, shape: tuple[int, int], spacing: float,
-           thickness: float) -> Plane:
-    row = row / np.linalg.norm(row)
-    col = col - (col @ row) * row
-    col = col / np.linalg.norm(col)
-    h, w = shape
-    origin = centre - (w - 1) / 2 * spacing * row - (h - 1) / 2 * spacing * col
-    return Plane(np.round(origin, 4), np.round(row, 6), np.round(col, 6), (int(h), int(w)), float(spacing),
-                 float(thickness))
 
 
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
@@ -87,7 +42,7 @@ class RenderedView:
 
     @property
     def key(self) -> str:
-        return f"{self.role}:{self.view}"
+        return view_key(self.role, self.view)
 
 
 @dataclass
@@ -102,7 +57,6 @@ class Rendered:
     def to_study(self, study_uid: str | None = None):
         """The views as a ``cmrdx.study.types.Study`` (what the DICOM reader would assemble from the same study)."""
         from cmrdx.study.types import Study, StudyView
-        from cmrdx.synth.dicomio import uid  # local: dicomio imports this module
 
         # The same StudyInstanceUID the DICOM writer gives this seed, so arrays and files can be matched.
         st = Study(study_uid=study_uid or uid(self.params.seed, "study"), source="cmrdx.synth")
@@ -171,7 +125,7 @@ class Renderer:
             normal = normal / np.linalg.norm(normal)
             centre0 = ph.apex + u * top + s * 0.3 * ph.rv_D
             planes = [
-                _plane(centre0 - normal * (k * spacing_z) * float(np.sign(normal @ u)), row, col, shape, spacing, thick)
+                make_plane(centre0 - normal * (k * spacing_z) * float(np.sign(normal @ u)), row, col, shape, spacing, thick)
                 for k in range(n)
             ]
             return sorted(planes, key=lambda pl: pl.position)
@@ -191,7 +145,7 @@ class Renderer:
         else:
             raise ValueError(f"unknown view {view!r}")
         row, col = wobble(row, col)
-        return [_plane(c, row, col, shape, spacing, thick)]
+        return [make_plane(c, row, col, shape, spacing, thick)]
 
     # ------------------------------------------------------------------ static body
     def background(self, pts: np.ndarray, c: dict[str, float], w: float) -> np.ndarray:
@@ -344,7 +298,7 @@ def render(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: 
     ph = Phantom(params)
     r = Renderer(params, ph)
     out = Rendered(params=params, phantom=ph, truth=ph.truth())
-    keys = views or tuple([f"cine:{v}" for v in CINE_VIEWS] + [f"lge:{v}" for v in LGE_VIEWS])
+    keys = views or tuple([view_key(Role.CINE, v) for v in CINE_VIEWS] + [view_key(Role.LGE, v) for v in LGE_VIEWS])
     for i, key in enumerate(keys):
         role, view = key.split(":")
         planes = r.view_planes(role, view)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, View
+
 
 @dataclass(frozen=True)
 class SeriesStyle:
@@ -133,7 +135,7 @@ def expected_series(vendor: str, n_sax: int = 12, ti: float = 260) -> list[tuple
         out += [(cine_description(st, "SAX", k), "cine", "SAX") for k in range(1, n_sax + 1)]
     else:
         out.append((cine_description(st, "SAX"), "cine", "SAX"))
-    out += [(cine_description(st, v), "cine", v) for v in ("2CH", "3CH", "4CH", "LVOT")]
-    out += [(lge_description(st, v, ti), "lge", v) for v in ("SAX", "2CH", "3CH", "4CH")]
+    out += [(cine_description(st, v), "cine", v) for v in CINE_VIEWS if v != View.SAX]
+    out += [(lge_description(st, v, ti), "lge", v) for v in LGE_VIEWS]
     out += [(getattr(st, k).description, "other", None) for k in ("localizer", "t1map", "flow", "tiscout")]
     return out

@@ -11,9 +11,11 @@ import numpy as np
 
 from cmrdx.synth import dicomio
 from cmrdx.synth.params import FINDINGS, StudyParams
-from cmrdx.synth.render import Renderer, Rendered, _plane, cine_times, render
+from cmrdx.synth.geometry import make_plane
+from cmrdx.synth.render import Renderer, Rendered, cine_times, render
 from cmrdx.synth.report import make_report
 from cmrdx.synth.vendors import STYLES, cine_description, lge_description
+from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, Role, View, view_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def _distractors(r: Rendered, ren: Renderer, vendor: str) -> list[dicomio.Series
     # Localizer: three orthogonal planes through the heart in one series.
     centre = ph.to_patient(np.array([[0, 0, 0.5 * ph.Le]]))[0]
     ex, ey, ez = np.eye(3)
-    planes = [_plane(centre, rw, cl, (192, 192), 2.2, 8.0) for rw, cl in ((ex, ey), (ex, -ez), (ey, -ez))]
+    planes = [make_plane(centre, rw, cl, (192, 192), 2.2, 8.0) for rw, cl in ((ex, ey), (ex, -ez), (ey, -ez))]
     px = np.concatenate([ren.render_planes("cine", [pl], np.array([0.0]), seed_key=100 + i) for i, pl in enumerate(planes)])
     out.append(dicomio.SeriesData("localizer", None, st.localizer.description, st.localizer, px, planes, np.zeros(1)))
     # T1 map: three SAX slices, pixel value = T1 in ms.
@@ -60,7 +62,7 @@ def _distractors(r: Rendered, ren: Renderer, vendor: str) -> list[dicomio.Series
     c = ph.to_patient((root + v * 25.0)[None])[0]
     row = np.cross(vp, ez)
     row = row / np.linalg.norm(row)
-    fplane = _plane(c, row, np.cross(vp, row), (160, 160), 2.0, 6.0)
+    fplane = make_plane(c, row, np.cross(vp, row), (160, 160), 2.0, 6.0)
     times = cine_times(p)
     q = ph.to_heart(fplane.points())
     rng = np.random.default_rng([p.seed, 0xF10])
@@ -98,7 +100,7 @@ def build_series(r: Rendered, ren: Renderer, vendor: str, *, distractors: bool =
     extra = _distractors(r, ren, vendor) if distractors else []
     if extra:
         series.append(extra[0])  # localizer first
-    sax = r.views["cine:SAX"]
+    sax = r.views[view_key(Role.CINE, View.SAX)]
     if st.sax_one_series_per_slice:
         # b1 is the base: the slice with the largest position along the (apex -> base) normal.
         for k, si in enumerate(range(len(sax.planes) - 1, -1, -1), start=1):
@@ -107,14 +109,16 @@ def build_series(r: Rendered, ren: Renderer, vendor: str, *, distractors: bool =
     else:
         series.append(dicomio.SeriesData("cine", "SAX", cine_description(st, "SAX"), st.cine, sax.pixels, sax.planes,
                                          sax.trigger_times))
-    for v in ("2CH", "3CH", "4CH", "LVOT"):
-        rv = r.views[f"cine:{v}"]
+    for v in CINE_VIEWS:
+        if v == View.SAX:
+            continue  # written above, as one series or one per slice
+        rv = r.views[view_key(Role.CINE, v)]
         series.append(dicomio.SeriesData("cine", v, cine_description(st, v), st.cine, rv.pixels, rv.planes,
                                          rv.trigger_times))
     series += extra[1:]
     ti = p.acq.inversion_time_ms
-    for v in ("SAX", "2CH", "3CH", "4CH"):
-        rv = r.views[f"lge:{v}"]
+    for v in LGE_VIEWS:
+        rv = r.views[view_key(Role.LGE, v)]
         series.append(dicomio.SeriesData("lge", v, lge_description(st, v, ti), st.lge, rv.pixels, rv.planes,
                                          rv.trigger_times, inversion_times=np.array([ti])))
     for i, s in enumerate(series, start=1):

@@ -1,0 +1,66 @@
+"""What the renderer and the DICOM writer share: imaging planes in patient coordinates and the study's UIDs.
+
+Both ``render`` (pixels on planes, ``Rendered.to_study``) and ``dicomio`` (headers from planes, UIDs) import
+this module; neither imports the other. numpy only (pydicom is imported when a UID is first made).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Plane:
+    """One image plane in patient coordinates (mm).
+
+    ``origin`` is the centre of pixel (row 0, column 0) (= ImagePositionPatient); ``row`` is the direction of
+    increasing column index and ``col`` of increasing row index (= ImageOrientationPatient); ``shape`` is
+    (rows, columns); ``spacing`` the square pixel size; ``thickness`` the slice thickness.
+    """
+
+    origin: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    shape: tuple[int, int]
+    spacing: float
+    thickness: float
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row, self.col)
+
+    @property
+    def position(self) -> float:
+        """Signed distance along the normal, mm (normal . origin)."""
+        return float(self.normal @ self.origin)
+
+    def points(self, offset: float = 0.0) -> np.ndarray:
+        """Patient coordinates (rows*cols, 3) float64 of the pixel centres, shifted ``offset`` mm along the normal."""
+        h, w = self.shape
+        i = np.arange(h, dtype=np.float64)[:, None, None]
+        j = np.arange(w, dtype=np.float64)[None, :, None]
+        p = self.origin + offset * self.normal + j * self.spacing * self.row + i * self.spacing * self.col
+        return p.reshape(-1, 3)
+
+
+def make_plane(centre: np.ndarray, row: np.ndarray, col: np.ndarray, shape: tuple[int, int], spacing: float,
+               thickness: float) -> Plane:
+    """The plane centred on ``centre`` with orthonormalised directions (``col`` made perpendicular to ``row``),
+    rounded as DICOM headers store them."""
+    row = row / np.linalg.norm(row)
+    col = col - (col @ row) * row
+    col = col / np.linalg.norm(col)
+    h, w = shape
+    origin = centre - (w - 1) / 2 * spacing * row - (h - 1) / 2 * spacing * col
+    return Plane(np.round(origin, 4), np.round(row, 6), np.round(col, 6), (int(h), int(w)), float(spacing),
+                 float(thickness))
+
+
+def uid(seed: int, *parts: object) -> str:
+    """A UID derived from the study seed and a path of names (deterministic, unique per input): the DICOM
+    writer's UIDs, and the StudyInstanceUID a study rendered to arrays gets (``uid(seed, "study")``)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["cmrdx-synth", str(seed), *[str(p) for p in parts]])
