@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx import __version__
-from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, code_system, is_demo_model, write_atomic
+from cmrdx.outputs.common import DEMO_NOTICE, RESEARCH_NOTICE, code_system, is_demo_model, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.pipeline.classify import ClassifyResult

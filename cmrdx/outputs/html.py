@@ -24,7 +24,7 @@ import numpy as np
 
 from cmrdx import __version__
 from cmrdx.errors import CmrdxError
-from cmrdx.outputs import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, check_target, is_demo_model,
+from cmrdx.outputs.common import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, check_target, is_demo_model,
                            write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover

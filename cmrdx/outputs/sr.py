@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx import __version__
-from cmrdx.outputs import (OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
+from cmrdx.outputs.common import (OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
                            write_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
