@@ -22,7 +22,7 @@ import pydicom
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from cine_factory import build_cine_study  # noqa: E402
+from helpers.cine_factory import build_cine_study  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 from cmrdx.study.assemble import assemble_study  # noqa: E402

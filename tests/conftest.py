@@ -1,43 +1,14 @@
-"""Shared fixtures: where the real DICOM test files live (installed packages, see shared DICOM.md), and
-helpers for tests that need an external checker tool."""
+"""Shared fixtures: real DICOM test data, a tiny exported model, a small phantom archive; and the `torch`
+marker on every test that trains or exports a model (`make test-fast` leaves those out)."""
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # cine_factory
-
-
-def _pkg_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(spec.origin).parent if spec.origin else None
-
-
-def real_data_dirs() -> dict[str, Path]:
-    """Folders of real DICOM test files shipped by packages in the dev extra (none is copied into the repo)."""
-    out = {}
-    for key, pkg, sub in [
-        ("pydicom", "pydicom", "data/test_files"),
-        ("pydicom-data", "data_store", "data"),
-        ("nibabel", "nibabel", "nicom/tests/data"),
-        ("pynetdicom", "pynetdicom", "tests/dicom_files"),
-        ("heudiconv", "heudiconv", "tests/data"),
-    ]:
-        d = _pkg_dir(pkg)
-        if d is not None and (d / sub).is_dir():
-            out[key] = d / sub
-    return out
+from helpers.data import real_data_dirs
 
 
 @pytest.fixture(scope="session")
@@ -55,17 +26,6 @@ def philips_mprage(real_dirs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("nib") / "philips_mprage.dcm"
     out.write_bytes(gzip.open(real_dirs["nibabel"] / "philips_mprage.dcm.gz").read())
     return out
-
-
-def require_tool(name: str) -> str:
-    """Path of an external checker. Missing: skip with a reason locally, fail under CI (CI installs it)."""
-    path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} not installed (Debian package; .ci/run installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(msg + " -- CI must run this check")
-    pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
@@ -114,20 +74,11 @@ def phantom_archive(tmp_path_factory) -> Path:
     return out
 
 
-def findings_bank_without_thresholds() -> str:
-    """The shipped cmr-findings bank's text with its per-model thresholds removed (comments kept), for tests that
-    write their own thresholds for a test model."""
-    import io
+# Fixtures that export or train a model with torch: a test using any of them is marked `torch`.
+TORCH_FIXTURES = frozenset({"tiny_model", "trained"})
 
-    from ruamel.yaml import YAML
 
-    from cmrdx.zeroshot.bank import load_bank
-
-    yaml = YAML()
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    doc = yaml.load(Path(load_bank("cmr-findings").path).read_text())
-    for f in doc["findings"]:
-        f.pop("thresholds", None)
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    return buf.getvalue()
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.torch)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cine_factory import build_cine_study
+from helpers.cine_factory import build_cine_study
 from cmrdx.study.assemble import assemble_study, inspect_study
 from cmrdx.errors import NoCineError, PixelDecodeError
 

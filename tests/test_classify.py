@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cine_factory import build_cine_study
-from conftest import findings_bank_without_thresholds
+from helpers.cine_factory import build_cine_study
+from helpers.data import findings_bank_without_thresholds
 from cmrdx.study.assemble import assemble_study
 from cmrdx.pipeline.classify import classify
 from cmrdx.model.loader import get_encoder, model_sha256

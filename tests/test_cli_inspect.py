@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cine_factory import build_cine_study
+from helpers.cine_factory import build_cine_study
 from cmrdx.errors import EXIT_CODES
 
 
@@ -110,10 +110,3 @@ def test_several_studies_need_a_choice(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["study_uid"] == a.study_uid and len(d["other_studies"]) == 1
-
-
-def test_import_cmrdx_and_cli_do_not_import_torch_or_onnxruntime():
-    code = "import sys, cmrdx, cmrdx.cli, cmrdx.study.assemble; print(sorted(m for m in ('torch','onnxruntime') if m in sys.modules))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"

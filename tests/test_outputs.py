@@ -27,12 +27,12 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from cine_factory import build_cine_study
+from helpers.cine_factory import build_cine_study
 from cmrdx.pipeline.classify import classify
 from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.errors import PixelDecodeError
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
-from conftest import findings_bank_without_thresholds, require_tool
+from helpers.data import findings_bank_without_thresholds, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"
 SCT_CALL = {"present": "52101004", "absent": "272519000", "uncertain": "82334004"}
@@ -430,10 +430,3 @@ def test_send_errors_name_the_peer_and_the_fix(example, storescp, monkeypatch, c
     code, text = _main(monkeypatch, capsys, "send", str(junk), "--host", "127.0.0.1", "--port", str(storescp.port),
                        "--aet", "STORESCP")
     assert code == 3 and str(junk) in text and "not a DICOM" in text and not storescp.received
-
-
-def test_cli_import_stays_light(tmp_path):
-    code = ("import sys, cmrdx.cli\n"
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'highdicom', 'pynetdicom', 'fhir', 'PIL') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert out.stdout.strip() == "[]", out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,12 +29,12 @@ def test_non_editable_install_ships_prompts_and_models(tmp_path):
     code = (
         "import cmrdx, cmrdx.config as c, sys;"
         "assert 'site' in cmrdx.__file__, cmrdx.__file__;"
-        "print(sorted(p.relative_to(c.DATA_DIR).as_posix() for p in c.DATA_DIR.rglob('*') if p.is_file()))"
+        "import json; print(json.dumps(sorted(p.relative_to(c.DATA_DIR).as_posix() for p in c.DATA_DIR.rglob('*') if p.is_file())))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
-    shipped = eval(r.stdout)  # a printed list of relative paths
+    shipped = json.loads(r.stdout)
     expected = sorted(
         p.relative_to(REPO).as_posix()
         for top in ("prompts", "models")
@@ -44,3 +45,15 @@ def test_non_editable_install_ships_prompts_and_models(tmp_path):
     # the console script runs from the installed copy
     r = subprocess.run([sys.executable, "-m", "cmrdx", "--version"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and "cmrdx" in r.stdout
+
+
+def test_one_version_source_and_a_changelog_entry_for_it():
+    import re
+    import tomllib
+
+    import cmrdx
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert cmrdx.__version__ == declared  # read through importlib.metadata, never written twice
+    headings = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (REPO / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    assert headings and headings[0] == declared, f"CHANGELOG.md's newest entry {headings[:1]} is not {declared}"

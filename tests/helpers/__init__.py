@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (importable as ``helpers``: pytest's ``pythonpath`` puts tests/ on the path)."""
