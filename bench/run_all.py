@@ -1,21 +1,28 @@
 """`make bench`: run every benchmark, then assemble BENCHMARKS.md from their result tables.
 
-Each bench script writes its own table (with the command that reproduces it) to bench/results/NAME.md; this
-script runs them one after another (never two at once: they measure the same cores) and concatenates.
-Training (`cmrdx train`) and the zero-shot evaluation are long commands of their own; their tables are kept in
-bench/results/ when they are re-run and are included here as they stand.
+Each bench script writes its own table (with the command that reproduces it and the machine it ran on) to
+bench/results/NAME.md; this script runs them one after another (never two at once: they measure the same cores)
+and concatenates. The zero-shot table (bench/results/zeroshot.md) comes from `cmrdx eval` and training, long
+commands of their own named in that file; it is included as it stands.
+
+    python bench/run_all.py                 run every benchmark, then assemble BENCHMARKS.md
+    python bench/run_all.py dicom batch     run only these, then assemble
+    python bench/run_all.py --assemble      run nothing: assemble BENCHMARKS.md from bench/results/ as they are
+    python bench/run_all.py --help          this text
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["dicom", "synth", "encoder", "recipe_window", "classify", "zeroshot", "batch"]
+# Page order: model quality first, then what a user waits for, then the building blocks.
+ORDER = ["zeroshot", "classify", "batch", "dicom", "synth", "encoder", "recipe_window"]
 SCRIPTS = {  # result name -> the script (and arguments) that regenerate it under `make bench`
     "dicom": ["bench_dicom.py"],
     "synth": ["bench_synth.py"],
@@ -24,38 +31,79 @@ SCRIPTS = {  # result name -> the script (and arguments) that regenerate it unde
     "classify": ["bench_classify.py"],
     "batch": ["bench_batch.py"],
 }
+HEADER = [
+    "# Benchmarks",
+    "",
+    "Current figures only. Each section names the command that reproduces it and the machine it ran on. Speed-ups",
+    "are ratios against a baseline run in the same process on the same machine: these machines are shared and noisy,",
+    "so absolute times drift between runs, and the ratios are what to compare. The bundled model is a demonstration",
+    "trained on synthetic phantoms: its figures say nothing about clinical use.",
+    "",
+    "This page is assembled by `python bench/run_all.py --assemble` (and by `make bench`, which first reruns the speed",
+    "benchmarks) from the tables in bench/results/.",
+    "",
+]
+# Tracker references do not belong on a page of figures: "(issue #2)", ", as issue #6 asks".
+_ISSUE = re.compile(r",? as issue #\d+ asks| ?\(issue #\d+\)")
+
+
+def _section(text: str) -> tuple[str, str]:
+    """A results file -> (its title, its text as a section of this page: every heading one level down when the file
+    starts at level 1; lines inside ``` code blocks are left alone)."""
+    lines = _ISSUE.sub("", text).rstrip().splitlines()
+    heads = [ln for ln in lines if ln.startswith("#")]
+    demote = bool(heads) and heads[0].startswith("# ")
+    out, fenced = [], False
+    for ln in lines:
+        if ln.startswith("```"):
+            fenced = not fenced
+        elif demote and not fenced and re.match(r"#+ ", ln):
+            ln = "#" + ln
+        out.append(ln)
+    title = next((ln.lstrip("#").strip() for ln in out if re.match(r"#+ ", ln)), "")
+    return title, "\n".join(out)
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def assemble() -> int:
+    results = HERE / "results"
+    names = sorted((p.stem for p in results.glob("*.md")), key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
+    sections = [_section((results / f"{n}.md").read_text()) for n in names]
+    parts = HEADER + [f"- [{t}](#{_anchor(t)})" for t, _ in sections] + [""]
+    for _, text in sections:
+        parts += [text, ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+    return len(names)
 
 
 def main() -> int:
-    """`run_all.py` runs everything; `run_all.py dicom batch` only those; `run_all.py --assemble` runs nothing."""
-    only = set(sys.argv[1:])
+    args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(__doc__.strip())
+        print("\nbenchmarks:", " ".join(SCRIPTS))
+        return 0
+    only = set(args)
     if "--assemble" in only:
         only = {"--assemble"}
+    elif only - set(SCRIPTS):
+        unknown = " ".join(sorted(only - set(SCRIPTS)))
+        print(f"unknown benchmark(s): {unknown}; known: {' '.join(SCRIPTS)}", file=sys.stderr)
+        return 2
     failed = []
-    for name, (script, *args) in SCRIPTS.items():
+    for name, (script, *sargs) in SCRIPTS.items():
         if only and name not in only:
             continue
-        print(f"== {script} {' '.join(args)}", flush=True)
-        r = subprocess.run([sys.executable, str(HERE / script), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        print(f"== {script} {' '.join(sargs)}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        r = subprocess.run([sys.executable, str(HERE / script), *sargs], cwd=ROOT, env=env)
         if r.returncode != 0:
             failed.append(script)
-    results = HERE / "results"
-    names = sorted((p.stem for p in results.glob("*.md")), key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
-    parts = [
-        "# Benchmarks",
-        "",
-        "Made by `make bench` (bench/run_all.py) from the tables in bench/results/; each table names the command that",
-        "reproduces it and the machine it ran on. Ratios are against a baseline run in the same process: these",
-        "machines are shared and noisy, absolute times drift.",
-        "",
-    ]
-    for n in names:
-        text = (results / f"{n}.md").read_text().rstrip()
-        # every table is a section of this page: demote its top-level headings
-        text = "\n".join("#" + line if line.startswith("# ") else line for line in text.splitlines())
-        parts += [text, ""]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
-    print(f"wrote BENCHMARKS.md from {len(names)} tables" + (f"; FAILED: {failed}" if failed else ""))
+    n = assemble()
+    print(f"wrote BENCHMARKS.md from {n} tables" + (f"; FAILED: {failed}" if failed else ""))
     return 1 if failed else 0
 
 
