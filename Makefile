@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CMRDX := $(VENV)/bin/cmrdx
 EXAMPLE ?= examples/phantom-study
 
-.PHONY: demo test bench install install-dev clean
+.PHONY: demo test test-fast lint bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
+
+# The edit loop: every test that needs no torch (no training, no export; about a third of the suite's time).
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not torch"
+
+# The gate CI runs before the tests: ruff (rules in pyproject.toml) and mypy (config in pyproject.toml).
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check cmrdx tests bench
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/run_all.py

@@ -6,7 +6,12 @@ Research and demonstration software, not a medical device. The public API is imp
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cmrdx")  # the one version source is pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "assemble_study", "classify", "inspect_study", "load_bank", "scan"]
 
