@@ -1,0 +1,140 @@
+"""Discovery: an archive's files grouped by StudyInstanceUID, every header read once, in worker processes.
+
+Discovery also leaves the parsed series of each study in the run's state folder (``headers/``), patient
+identifiers removed, so the worker that later prepares a study reads no header a second time; and it saves
+its result (``studies.json``), so a resumed run does not read the archive's headers again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cmrdx import config
+from cmrdx.fileio import atomic_write
+
+
+@dataclass
+class Discovery:
+    """Every study of an archive: StudyInstanceUID -> its files (str(FileRef)), sorted; duplicates dropped."""
+
+    studies: dict[str, list[str]]
+    duplicates: dict[str, int] = field(default_factory=dict)  # study -> files dropped as duplicate SOP instances
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> files
+    files: int = 0
+
+
+def headers_path(headers: Path, uid: str, chunk_id: int) -> Path:
+    """Where discovery leaves one chunk's parsed series of study ``uid`` (the folder is named by a hash)."""
+    import hashlib
+
+    return Path(headers) / hashlib.sha256(uid.encode()).hexdigest()[:24] / f"{chunk_id:07d}.pkl"
+
+
+def file_ref(s: str):
+    """A FileRef from its string form (``path`` or ``archive.zip!member``)."""
+    from cmrdx.dicom.source import FileRef
+
+    if "!" in s and s.split("!", 1)[0].lower().endswith(".zip"):
+        path, member = s.split("!", 1)
+        return FileRef(path, member)
+    return FileRef(s)
+
+
+def source_folder(files: Sequence[str], archive: Path) -> str:
+    """The study's folder relative to the archive (common parent of its files)."""
+    parents = [os.path.dirname(f.split("!", 1)[0]) for f in files]
+    common = os.path.commonpath(parents) if parents else str(archive)
+    try:
+        return os.path.relpath(common, archive)
+    except ValueError:
+        return common
+
+
+def _discover_chunk(job: tuple[int, list[str], str | None]) -> list[tuple[str, str, str]]:
+    """Worker: read a chunk's headers once. Returns (file, StudyInstanceUID or "", SOPInstanceUID or a skip
+    reason) per file and, when a headers folder is given, leaves the parsed series of each study there, so the
+    worker that later prepares the study does not read these headers a second time."""
+    import pickle
+
+    from cmrdx.dicom.scan import scan_refs
+
+    chunk_id, refs, headers = job
+    out: list[tuple[str, str, str]] = []
+
+    def seen(ref, ds) -> None:
+        uid = str(ds.get("StudyInstanceUID", "") or "") if ds is not None else ""
+        if ds is None:
+            out.append((str(ref), "", "unreadable or not DICOM"))
+        elif not uid:
+            out.append((str(ref), "", "no StudyInstanceUID"))
+        else:
+            out.append((str(ref), uid, str(ds.get("SOPInstanceUID", "") or "")))
+
+    try:
+        res = scan_refs((file_ref(r) for r in refs), root="discovery", on_file=seen)
+    except Exception:  # noqa: BLE001 - a crash in one chunk must not stop the run: fall back per file
+        return [(r, "", "unreadable") for r in refs]
+    if headers is not None:
+        for uid, series in res.studies.items():
+            for x in series:
+                x.phi = {}  # patient identifiers never reach the state folder
+            # a kill never leaves a torn header file
+            atomic_write(headers_path(Path(headers), uid, chunk_id), pickle.dumps(series, protocol=pickle.HIGHEST_PROTOCOL))
+    return out
+
+
+def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk: int = 512,
+             headers: Path | None = None) -> Discovery:
+    """Group an archive's files by StudyInstanceUID, reading every header once, in ``workers`` processes (on a big
+    archive this pass is a large part of the run). With ``headers``, the parsed series are kept there on disk
+    (memory stays bounded) for the study workers. A study whose files are spread over folders is one study; a
+    second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
+    from cmrdx.dicom.source import iter_refs
+
+    refs = [str(r) for r in iter_refs(archive)]
+    jobs = [(k, refs[i:i + chunk], str(headers) if headers else None) for k, i in enumerate(range(0, len(refs), chunk))]
+    workers = workers or config.cpu_count()
+    if workers > 1 and len(jobs) > 1:
+        with cf.ProcessPoolExecutor(max_workers=workers) as ex:
+            results = list(ex.map(_discover_chunk, jobs))
+    else:
+        results = [_discover_chunk(j) for j in jobs]
+    studies: dict[str, list[str]] = {}
+    seen: dict[str, set[str]] = {}
+    dup: Counter = Counter()
+    skipped: Counter = Counter()
+    for part in results:
+        for r, uid, sop in part:
+            if not uid:
+                skipped[sop] += 1
+                continue
+            s = seen.setdefault(uid, set())
+            if sop and sop in s:
+                dup[uid] += 1
+                continue
+            s.add(sop)
+            studies.setdefault(uid, []).append(r)
+    return Discovery({u: sorted(f) for u, f in sorted(studies.items())}, dict(dup), dict(skipped), len(refs))
+
+
+def load_or_discover(archive: Path, state: Path, workers: int | None = None) -> Discovery:
+    """Discovery is saved with the journal (``STATE/studies.json``), so a resumed run does not re-read every
+    header."""
+    f = state / "studies.json"
+    if f.is_file():
+        d = json.loads(f.read_text())
+        if d.get("archive") == str(archive.resolve()):
+            return Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
+    import shutil
+
+    shutil.rmtree(state / "headers", ignore_errors=True)  # left by a discovery that was interrupted
+    disc = discover(archive, workers, headers=state / "headers")
+    atomic_write(f, json.dumps({"archive": str(archive.resolve()), "studies": disc.studies, "duplicates": disc.duplicates,
+                                "skipped": disc.skipped, "files": disc.files}))
+    return disc

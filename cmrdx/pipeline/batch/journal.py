@@ -1,0 +1,122 @@
+"""The journal of a batch run (``OUT.cmrdx-batch/journal.jsonl``): one JSON line per finished study, appended,
+flushed and fsynced; and the one function that builds a study's record, for every engine and for failures.
+
+The journal is the commit log: a run killed at any moment (SIGKILL included) leaves at most one torn last line,
+which the next run drops. A record never holds patient identifiers: the study's UID, its folder relative to the
+archive, the model, the scores, the embedding (base64 little-endian float32) and the recipe's notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from cmrdx.pipeline.batch.discover import source_folder
+from cmrdx.pipeline.batch.engine import EncodedStudy
+
+if TYPE_CHECKING:
+    from cmrdx.pipeline.batch.discover import Discovery
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SCHEMA = "cmrdx-batch-journal/1"
+
+
+def state_dir(out: Path) -> Path:
+    """The run's state folder next to its results: journal, discovery, parsed headers."""
+    return Path(str(out) + ".cmrdx-batch")
+
+
+def journal_path(out: Path) -> Path:
+    return state_dir(out) / "journal.jsonl"
+
+
+class Journal:
+    """Append-only JSONL commit log of finished studies. Survives SIGKILL: a torn last line is dropped."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict[str, Any]] = {}
+        self._recover()
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _recover(self) -> None:
+        if not self.path.is_file():
+            return
+        good = 0
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn by a kill mid-write
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.records[rec["study_uid"]] = rec
+            good += len(line)
+        if good < len(data):
+            log.warning("%s: dropped a torn last record (%d bytes) from an interrupted run", self.path, len(data) - good)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good)
+
+    def commit(self, rec: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.records[rec["study_uid"]] = rec
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def encode_embedding(emb: np.ndarray) -> str:
+    """(D,) -> base64 of little-endian float32, as records hold it."""
+    return base64.b64encode(np.asarray(emb, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_embedding(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").copy()
+
+
+@dataclass
+class RecordContext:
+    """What a record says besides the study itself: where its files are and which model and banks scored it."""
+
+    archive: Path
+    discovery: "Discovery"
+    model: str
+    model_sha256: str
+    banks: Sequence[Any]  # PromptBank
+    text_emb: Sequence[dict[str, np.ndarray]]  # per bank: prompt text -> (D,) embedding
+
+
+def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
+    """The journal record of one study, ok or failed: the only place a record is made (keys in this order)."""
+    from cmrdx.zeroshot.scoring import score_bank
+
+    uid = study.uid
+    files = ctx.discovery.studies[uid]
+    rec: dict[str, Any] = {
+        "schema": JOURNAL_SCHEMA, "study_uid": uid, "source": source_folder(files, ctx.archive),
+        "n_files": len(files), "duplicate_files": ctx.discovery.duplicates.get(uid, 0),
+        "model": ctx.model, "model_sha256": ctx.model_sha256,
+    }
+    if study.error is not None:
+        rec.update(status="failed", error=study.error)
+        return rec
+    e = np.asarray(study.embedding, np.float32)
+    findings = {}
+    for bank, temb in zip(ctx.banks, ctx.text_emb):
+        for fs in score_bank(e, bank, temb, ctx.model, ctx.model_sha256):
+            findings[fs.id] = {"score": round(fs.score, 6), "call": fs.call, "bank": bank.name}
+    rec.update(status="ok", findings=findings, embedding=encode_embedding(e), **study.meta)
+    return rec

@@ -1,0 +1,79 @@
+"""The local engine: worker processes prepare studies, this process encodes them in batches, decode overlapped
+with encoding. Memory stays bounded: at most ``max_in_flight`` prepared studies are held at once. A worker that
+dies (out of memory, a crashing decoder) fails its study only: the pool is replaced and the others re-queued."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from cmrdx import config
+from cmrdx.pipeline.batch.engine import EncodedStudy, EngineJob
+from cmrdx.pipeline.batch.prepare import prepare_study
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, workers: int | None = None, batch_size: int = 4, max_in_flight: int | None = None):
+        self.workers = workers  # reader processes; default: one per core (the encoder thread mostly waits)
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight  # default 2 x workers + batch
+        self.prepare_seconds = 0.0
+        self.encode_seconds = 0.0
+
+    def _encode(self, ready: list[dict[str, Any]], job: EngineJob, force: bool) -> Iterator[EncodedStudy]:
+        """Encode full batches of ``ready`` (every study left when ``force``), removing them from it."""
+        while ready and (force or len(ready) >= self.batch_size):
+            chunk, ready[:] = ready[: self.batch_size], ready[self.batch_size:]
+            ok = [p for p in chunk if p["error"] is None]
+            embs: Any = ()
+            if ok:
+                t0 = time.perf_counter()
+                embs = job.encoder.encode_studies(np.stack([p["array"] for p in ok]))
+                self.encode_seconds += time.perf_counter() - t0
+            emb_of = {p["uid"]: e for p, e in zip(ok, embs)}
+            for p in chunk:
+                yield EncodedStudy.from_prepared(p, emb_of.get(p["uid"]))
+
+    def run(self, todo: Sequence[str], job: EngineJob) -> Iterator[EncodedStudy]:
+        workers = self.workers or config.cpu_count()
+        max_in_flight = self.max_in_flight or (2 * workers + self.batch_size)
+        ready: list[dict[str, Any]] = []
+        it: Iterator[str] = iter(todo)
+        ex = cf.ProcessPoolExecutor(max_workers=workers)
+        inflight: dict[cf.Future, str] = {}
+        try:
+            while True:
+                while len(inflight) < max_in_flight:
+                    uid = next(it, None)
+                    if uid is None:
+                        break
+                    inflight[ex.submit(prepare_study, uid, job.studies[uid], job.recipe, job.headers)] = uid
+                if not inflight:
+                    break
+                finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    uid = inflight.pop(fut, None)
+                    if uid is None:  # re-queued after a pool crash
+                        continue
+                    try:
+                        p = fut.result()
+                    except cf.process.BrokenProcessPool:
+                        # a worker died (out of memory, a crashing decoder): record the study, start a new pool
+                        p = {"uid": uid, "array": None, "meta": {}, "seconds": 0.0,
+                             "error": {"type": "WorkerCrash", "message": "the reading process died on this study"}}
+                        for other, ouid in list(inflight.items()):
+                            inflight.pop(other)
+                            it = iter([ouid, *it])
+                        ex.shutdown(cancel_futures=True)
+                        ex = cf.ProcessPoolExecutor(max_workers=workers)
+                    self.prepare_seconds += p["seconds"]
+                    ready.append(p)
+                yield from self._encode(ready, job, force=not inflight)
+            yield from self._encode(ready, job, force=True)
+        finally:
+            ex.shutdown(cancel_futures=True)

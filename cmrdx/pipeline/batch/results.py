@@ -1,0 +1,118 @@
+"""A batch run's outputs, all made from its journal: the results file (Parquet, CSV or JSONL, by suffix; one flat
+row per study, sorted by StudyInstanceUID), ``OUT.embeddings.npz`` for search stores, and HTML reports on
+request."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmrdx.fileio import atomic_write
+from cmrdx.pipeline.batch.discover import file_ref
+from cmrdx.pipeline.batch.journal import Journal, decode_embedding, journal_path, state_dir
+from cmrdx.pipeline.batch.options import BatchOptions
+
+FLAT_COLUMNS = ("study_uid", "status", "source", "n_files", "duplicate_files", "model", "model_sha256")
+FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+def flat_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per study, sorted by StudyInstanceUID (the order never depends on run history)."""
+    rows = []
+    for uid in sorted(records):
+        r = records[uid]
+        row = {k: r.get(k) for k in FLAT_COLUMNS}
+        row["error"] = f"{r['error']['type']}: {r['error']['message']}" if r["status"] == "failed" else ""
+        row["warnings"] = " | ".join(r.get("warnings", []))
+        row["series_used"] = " ".join(r.get("series_used", []))
+        for fid, f in sorted(r.get("findings", {}).items()):
+            row[f"{fid}_score"] = f["score"]
+            row[f"{fid}_call"] = f["call"]
+        rows.append(row)
+    return rows
+
+
+def write_results(records: dict[str, dict[str, Any]], out: Path) -> None:
+    """Rewrite ``out`` (by suffix) and ``OUT.embeddings.npz`` atomically from the journal's records."""
+    rows = flat_rows(records)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    suffix = out.suffix.lower()
+    if suffix == ".jsonl":
+        data = "".join(json.dumps({k: r.get(k) for k in cols}) + "\n" for r in rows).encode()
+    elif suffix == ".csv":
+        import csv
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+        data = buf.getvalue().encode()
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{k: r.get(k) for k in cols} for r in rows])
+        pbuf = pa.BufferOutputStream()
+        pq.write_table(table, pbuf)
+        data = pbuf.getvalue().to_pybytes()
+    atomic_write(out, data)
+    ok = [records[u] for u in sorted(records) if records[u]["status"] == "ok"]
+    if ok:
+        emb = np.stack([decode_embedding(r["embedding"]) for r in ok])
+        atomic_write(embeddings_path(out), lambda f: np.savez(
+            f, study_uid=np.array([r["study_uid"] for r in ok]), source=np.array([r["source"] for r in ok]),
+            embedding=emb, model=np.array(ok[0]["model"]), model_sha256=np.array(ok[0]["model_sha256"])))
+
+
+def embeddings_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".embeddings.npz")
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """Rows of a results file (any of the three formats), for tests and downstream tools."""
+    suffix = out.suffix.lower()
+    if suffix == ".jsonl":
+        return [json.loads(line) for line in out.read_text().splitlines() if line]
+    if suffix == ".csv":
+        import csv
+
+        with open(out, newline="") as fh:
+            return list(csv.DictReader(fh))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out).to_pylist()
+
+
+def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, int]:
+    """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
+    each study, about one classify per study). Existing reports are kept, so this resumes too.
+    Returns (written, kept)."""
+    from cmrdx.study.assemble import assemble_study, inspect_study
+    from cmrdx.pipeline.classify import classify
+    from cmrdx.dicom.scan import scan_refs
+    from cmrdx.outputs import StudySource
+    from cmrdx.outputs.html import write_report
+
+    out = Path(out)
+    disc = json.loads((state_dir(out) / "studies.json").read_text())
+    records = Journal(journal_path(out))
+    records.close()
+    written = kept = 0
+    for uid, rec in sorted(records.records.items()):
+        if rec["status"] != "ok":
+            continue
+        target = Path(reports) / f"{rec['source'].replace(os.sep, '_').strip('._') or 'study'}.html"
+        if target.is_file():
+            kept += 1
+            continue
+        insp = inspect_study(scan_refs((file_ref(f) for f in disc["studies"][uid]), root=rec["source"]), uid)
+        src = StudySource(inspection=insp, study=assemble_study(insp))
+        res = classify(src.study, model=opts.model, banks=opts.banks, device=opts.device)
+        write_report(res, src, target)
+        written += 1
+    return written, kept

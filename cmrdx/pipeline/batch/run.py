@@ -1,0 +1,113 @@
+"""``run_batch``: discovery, then an engine prepares and encodes the studies not yet in the journal, and each
+encoded study becomes its record (``journal.build_record``), committed before the next; then the results file
+is rewritten from the journal."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cmrdx.errors import CmrdxError
+from cmrdx.pipeline.batch.discover import load_or_discover
+from cmrdx.pipeline.batch.engine import Engine, EngineJob
+from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir
+from cmrdx.pipeline.batch.options import BatchOptions, BatchSummary
+from cmrdx.pipeline.batch.results import FORMATS, write_results
+
+
+def get_engine(opts: BatchOptions) -> Engine:
+    """The engine ``opts.engine`` names ("local" or "ray"), configured from ``opts``; an Engine is used as is."""
+    if not isinstance(opts.engine, str):
+        return opts.engine
+    if opts.engine == "local":
+        from cmrdx.pipeline.batch.local import LocalEngine
+
+        return LocalEngine(workers=opts.workers, batch_size=opts.batch_size, max_in_flight=opts.max_in_flight)
+    if opts.engine == "ray":
+        from cmrdx.pipeline.batch.ray_engine import RayEngine
+
+        return RayEngine(address=opts.ray_address, workers=opts.workers, batch_size=opts.batch_size)
+    raise CmrdxError(f"unknown engine {opts.engine!r}", hint="use --engine local or --engine ray")
+
+
+@dataclass
+class _Model:
+    """The encoder, banks and prompt embeddings of a run, loaded once."""
+
+    encoder: object
+    sha: str
+    banks: list
+    text_emb: list
+    recipe: dict
+
+    @classmethod
+    def load(cls, opts: BatchOptions) -> "_Model":
+        from cmrdx.model.loader import get_encoder, model_sha256
+        from cmrdx.zeroshot.bank import get_bank
+        from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
+
+        enc = get_encoder(opts.model, opts.device)
+        sha = model_sha256(enc.manifest)
+        banks = [get_bank(b) for b in opts.banks]
+        cache = TextEmbeddingCache(sha)
+        text_emb = [bank_text_embeddings(b, enc.encode_texts, cache) for b in banks]
+        return cls(enc, sha, banks, text_emb, enc.manifest.recipe_params().to_dict())
+
+
+def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts: BatchOptions | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> BatchSummary:
+    """Score every study under ``archive`` into ``out`` (.parquet, .csv or .jsonl). Resumable."""
+    opts = opts or BatchOptions()
+    archive, out = Path(archive), Path(out)
+    if not archive.exists():
+        from cmrdx.errors import InputNotFoundError
+
+        raise InputNotFoundError(f"{archive}: no such archive folder", hint="check the path")
+    if out.suffix.lower() not in FORMATS:
+        raise CmrdxError(f"{out}: unknown results format {out.suffix!r}", hint="use .parquet, .csv or .jsonl")
+    engine = get_engine(opts)  # an unknown engine, or Ray missing, fails before any work
+    t_start = time.perf_counter()
+    sd = state_dir(out)
+    disc = load_or_discover(archive, sd, opts.workers)
+    headers = str(sd / "headers") if (sd / "headers").is_dir() else None
+    journal = Journal(journal_path(out))
+    model = _Model.load(opts)
+    mismatched = {r["model_sha256"] for r in journal.records.values()} - {model.sha}
+    if mismatched:
+        journal.close()
+        raise CmrdxError(f"{sd}: this run was started with another model ({', '.join(m[:12] for m in mismatched)})",
+                         hint=f"use the same --model, or delete {sd} (and {out}) to start again")
+    done_before = len(journal.records)
+    todo = [u for u in disc.studies if u not in journal.records]
+    if opts.limit is not None:
+        todo = todo[: opts.limit]
+    total = len(disc.studies)
+    ctx = RecordContext(archive, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb)
+    job = EngineJob(disc.studies, model.recipe, model.encoder, headers)
+    done = total - len(todo)
+    try:
+        if todo:
+            with closing(engine.run(todo, job)) as encoded:
+                for study in encoded:
+                    journal.commit(build_record(study, ctx))
+                    done += 1
+                    if progress:
+                        progress(done, total, study.uid)
+    finally:
+        journal.close()
+    write_results(journal.records, out)
+    if headers and all(u in journal.records for u in disc.studies):
+        import shutil
+
+        shutil.rmtree(headers, ignore_errors=True)  # the run is complete: the parsed headers are no longer needed
+    failed = Counter(r["error"]["type"] for r in journal.records.values() if r["status"] == "failed")
+    return BatchSummary(
+        total=total, done_before=done_before, ok=sum(r["status"] == "ok" for r in journal.records.values()),
+        failed=dict(failed), seconds=time.perf_counter() - t_start, prepare_seconds=engine.prepare_seconds,
+        encode_seconds=engine.encode_seconds, out=out, duplicates=sum(disc.duplicates.values()), files_skipped=disc.skipped,
+    )
