@@ -2,7 +2,7 @@
 
 A recipe is a name plus parameters (``RecipeParams``); both are stored in a model's manifest, so the input
 spec travels with the weights. ``cmrclip-v1`` reproduces the CMR-CLIP reference input
-(shared/design/CMRCLIP.md):
+(docs/cmrclip.md):
 
 1. Montage, in order: ``cine_lax`` (middle slice, every phase), ``cine_sa`` (middle slice, every phase),
    ``lge_sa`` (every slice), then ``lge_lax``, ``lge_2ch``, ``lge_3ch`` (one image each, repeated L times,
@@ -32,9 +32,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
+
+from cmrdx.vocab import view_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.study.types import Study, StudyView
@@ -42,14 +44,25 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Montage segments: name -> (role, view preference order, how many images, how they enter the video).
-SEGMENTS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "cine_lax": ("cine", ("4CH", "LAX", "3CH", "2CH", "LVOT"), "mid_slice_all_phases"),
-    "cine_sa": ("cine", ("SAX",), "mid_slice_all_phases"),
-    "lge_sa": ("lge", ("SAX",), "all_slices"),
-    "lge_lax": ("lge", ("4CH", "LAX"), "one_image_repeated"),
-    "lge_2ch": ("lge", ("2CH",), "one_image_repeated"),
-    "lge_3ch": ("lge", ("3CH", "LVOT"), "one_image_repeated"),
+
+
+class Segment(NamedTuple):
+    """A montage segment: the role and views (in preference order) it takes, and how they enter the video
+    (``montage_plan``)."""
+
+    role: str
+    views: tuple[str, ...]
+    kind: str  # "mid_slice_all_phases" | "all_slices" | "one_image_repeated"
+
+
+# Montage segments by name, in the reference's order.
+SEGMENTS: dict[str, Segment] = {
+    "cine_lax": Segment("cine", ("4CH", "LAX", "3CH", "2CH", "LVOT"), "mid_slice_all_phases"),
+    "cine_sa": Segment("cine", ("SAX",), "mid_slice_all_phases"),
+    "lge_sa": Segment("lge", ("SAX",), "all_slices"),
+    "lge_lax": Segment("lge", ("4CH", "LAX"), "one_image_repeated"),
+    "lge_2ch": Segment("lge", ("2CH",), "one_image_repeated"),
+    "lge_3ch": Segment("lge", ("3CH", "LVOT"), "one_image_repeated"),
 }
 
 
@@ -241,55 +254,153 @@ def window_to_unit(x: np.ndarray, window: tuple[float, float], scope: str = "vie
 # ---------------------------------------------------------------- montage
 
 
-def _resample_phases(n: int, target: int | None) -> list[int]:
+def resample_phases(n: int, target: int | None) -> list[int]:
+    """Phase indices of ``n`` phases resampled to ``target`` (nearest lower index); every phase when
+    ``target`` is None or already ``n``."""
     if target is None or n == target:
         return list(range(n))
     return [int(i) for i in np.floor(np.arange(target) * n / target)]
 
 
-def collect_segments(study: "Study", p: RecipeParams) -> tuple[list[tuple[str, np.ndarray, int]], dict, list[str]]:
-    """Decode only what the montage uses. Returns [(segment, frames (n, H, W) float32 modality units,
-    repeats)], the ``used`` record and the substitutions."""
-    used: dict[str, dict[str, Any]] = {}
-    subs: list[str] = []
-    out: list[tuple[str, np.ndarray, int]] = []
-    lge_sa = study.get("lge", "SAX") if "lge_sa" in p.segments else None
+def recipe_view_keys(p: RecipeParams) -> tuple[str, ...]:
+    """Every view key any segment of the recipe may use (its preference lists), in plan order."""
+    keys: list[str] = []
+    for seg in p.segments:
+        spec = SEGMENTS[seg]
+        keys += [view_key(spec.role, v) for v in spec.views]
+    return tuple(dict.fromkeys(keys))
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One montage segment as planned: which view it takes, which of its images, and how often each.
+
+    Attributes:
+        segment: key of ``SEGMENTS``; ``role``, ``view``: the view used (``view`` may be a later preference).
+        kind: how the segment enters the video (``SEGMENTS``).
+        images: (slice, phase) of each image of the segment, in montage order (a resampled cine may list a
+            phase twice).
+        repeats: times each image is listed in a row (an LGE long-axis image stands for L frames).
+    """
+
+    segment: str
+    role: str
+    view: str
+    kind: str
+    images: tuple[tuple[int, int], ...]
+    repeats: int = 1
+
+    @property
+    def key(self) -> str:
+        return view_key(self.role, self.view)
+
+    @property
+    def montage_frames(self) -> int:
+        return len(self.images) * self.repeats
+
+
+@dataclass
+class MontagePlan:
+    """The montage a recipe makes of a set of views (``montage_plan``), before any pixel is read.
+
+    ``frames()`` lists the montage as (entry index, image index) pairs; ``substitutions`` are the departures
+    from the recipe the plan had to make (missing or replaced views, resampled phases, defaults)."""
+
+    entries: list[PlanEntry] = field(default_factory=list)
+    substitutions: list[str] = field(default_factory=list)
+
+    def frames(self) -> list[tuple[int, int]]:
+        return [(ei, ii) for ei, e in enumerate(self.entries) for ii in range(len(e.images)) for _ in range(e.repeats)]
+
+    def __len__(self) -> int:
+        return sum(e.montage_frames for e in self.entries)
+
+
+def montage_plan(p: RecipeParams, views: Mapping[str, Any]) -> MontagePlan:
+    """Plan the montage of recipe ``p`` over ``views`` (view key -> anything with ``n_slices`` and
+    ``n_phases``, e.g. ``Study.views``). Only the views a segment uses are looked up (a lazy mapping is
+    asked for nothing else). Each segment takes the first of its preferred views present:
+
+    * ``mid_slice_all_phases``: the middle slice, every phase (resampled to ``p.cine_phases``);
+    * ``all_slices``: every slice at phase 0;
+    * ``one_image_repeated``: the middle slice at phase 0, listed L times (L = slices of ``lge:SAX`` when the
+      recipe has ``lge_sa`` and the view is there, else ``p.lge_repeats_default``).
+    """
+    plan = MontagePlan()
+    subs = plan.substitutions
+    sa_key = view_key("lge", "SAX")
+    lge_sa = views[sa_key] if "lge_sa" in p.segments and sa_key in views else None
     repeats = lge_sa.n_slices if lge_sa is not None else p.lge_repeats_default
-    if lge_sa is None and any(SEGMENTS[s][2] == "one_image_repeated" for s in p.segments):
+    if lge_sa is None and any(SEGMENTS[s].kind == "one_image_repeated" for s in p.segments):
         subs.append(f"no lge:SAX stack: LGE long-axis images repeated {repeats} times (recipe default)")
     for seg in p.segments:
         role, prefs, kind = SEGMENTS[seg]
-        view: StudyView | None = study.first(role, prefs)
+        view = next((v for v in prefs if view_key(role, v) in views), None)
         if view is None:
             subs.append(f"{seg}: no {role} view among {list(prefs)}: segment omitted")
             continue
-        if view.view != prefs[0]:
-            subs.append(f"{seg}: no {role}:{prefs[0]}; used {view.key}")
+        key = view_key(role, view)
+        if view != prefs[0]:
+            subs.append(f"{seg}: no {role}:{prefs[0]}; used {key}")
+        grid = views[key]
+        mid = grid.n_slices // 2
         if kind == "mid_slice_all_phases":
-            mid = view.n_slices // 2
-            phases = _resample_phases(view.n_phases, p.cine_phases)
-            if len(phases) != view.n_phases:
-                subs.append(f"{seg}: {view.key} has {view.n_phases} phases; resampled to {len(phases)} (nearest)")
-            uniq = sorted(set(phases))
-            px = view.pixels(slices=[mid], phases=uniq)[0]  # (len(uniq), H, W)
-            frames = px[[uniq.index(i) for i in phases]]
-            rec = {"slices": [mid], "phases": len(phases), "repeats": 1}
-            n_rep = 1
+            phases = resample_phases(grid.n_phases, p.cine_phases)
+            if len(phases) != grid.n_phases:
+                subs.append(f"{seg}: {key} has {grid.n_phases} phases; resampled to {len(phases)} (nearest)")
+            entry = PlanEntry(seg, role, view, kind, tuple((mid, t) for t in phases))
         elif kind == "all_slices":
-            frames = view.pixels(phases=[0])[:, 0]
-            rec = {"slices": list(range(view.n_slices)), "phases": 1, "repeats": 1}
-            n_rep = 1
+            entry = PlanEntry(seg, role, view, kind, tuple((s, 0) for s in range(grid.n_slices)))
         else:
-            mid = view.n_slices // 2
-            frames = view.pixels(slices=[mid], phases=[0])[0]
-            rec = {"slices": [mid], "phases": 1, "repeats": repeats}
-            n_rep = repeats
-            if view.n_slices > 1:
-                subs.append(f"{seg}: {view.key} has {view.n_slices} slices; used the middle one ({mid})")
-        rec.update(view=view.key, series_uids=list(view.series_uids), montage_frames=len(frames) * n_rep)
-        used[seg] = rec
-        out.append((seg, frames, n_rep))
-    return out, used, subs
+            entry = PlanEntry(seg, role, view, kind, ((mid, 0),), repeats)
+            if grid.n_slices > 1:
+                subs.append(f"{seg}: {key} has {grid.n_slices} slices; used the middle one ({mid})")
+        plan.entries.append(entry)
+    return plan
+
+
+def read_entry(view: "StudyView", entry: PlanEntry) -> np.ndarray:
+    """The images of a plan entry from its view: (len(entry.images), H, W) float32 modality units, each
+    distinct (slice, phase) decoded once."""
+    slices = sorted({s for s, _ in entry.images})
+    phases = sorted({t for _, t in entry.images})
+    px = view.pixels(slices=slices, phases=phases)  # (len(slices), len(phases), H, W)
+    return px[[slices.index(s) for s, _ in entry.images], [phases.index(t) for _, t in entry.images]]
+
+
+def read_plan(study: "Study", plan: MontagePlan) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
+    """Decode a plan's images from ``study``: per entry (n, H, W) float32 modality units, and the ``used``
+    record (segment -> view, series, slices, phases, repeats, montage frames)."""
+    used: dict[str, dict[str, Any]] = {}
+    out: list[np.ndarray] = []
+    for e in plan.entries:
+        view = study.views[e.key]
+        out.append(read_entry(view, e))
+        used[e.segment] = {"slices": list(dict.fromkeys(s for s, _ in e.images)),
+                           "phases": len(e.images) if e.kind == "mid_slice_all_phases" else 1, "repeats": e.repeats,
+                           "view": view.key, "series_uids": list(view.series_uids), "montage_frames": e.montage_frames}
+    return out, used
+
+
+def collect_segments(study: "Study", p: RecipeParams) -> tuple[list[tuple[str, np.ndarray, int]], dict, list[str]]:
+    """Decode only what the montage uses. Returns [(segment, frames (n, H, W) float32 modality units,
+    repeats)], the ``used`` record and the substitutions."""
+    plan = montage_plan(p, study.views)
+    frames, used = read_plan(study, plan)
+    return [(e.segment, f, e.repeats) for e, f in zip(plan.entries, frames)], used, plan.substitutions
+
+
+def u8_exact(p: RecipeParams) -> bool:
+    """Whether the recipe's output is ``(k / 255 - mean) / std`` for whole grey levels ``k``: frames are stored
+    at 8 bit (``store_size``) at the size the test transform resizes to, and cropped to the model's size
+    without another resize (``store_size == resize``, ``crop == image_size``)."""
+    return p.store_size is not None and p.store_size == p.resize and p.crop == p.image_size
+
+
+def store_frames(x: np.ndarray, p: RecipeParams) -> np.ndarray:
+    """(n, H, W) windowed intensities in [0, 255] -> (n, store_size, store_size) float32, resized and rounded
+    to 8 bit as the reference stored its frames (``p.store_size`` must be set)."""
+    return np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)
 
 
 def frames_to_input(frames01: np.ndarray, p: RecipeParams) -> np.ndarray:
@@ -311,17 +422,18 @@ def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> R
     The window is computed on all of a view's frames, but only the frames the sampling picks are scaled,
     resized and rounded (about 64 of 100-120 montage frames)."""
     p = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    segments, used, subs = collect_segments(study, p)
-    if not segments:
+    plan = montage_plan(p, study.views)
+    subs = plan.substitutions
+    if not plan.entries:
         raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
-    # The montage as (segment, frame) pairs; a repeated LGE image is one frame listed L times.
-    entries: list[tuple[int, int]] = []
+    images, used = read_plan(study, plan)
+    # The montage as (entry, image) pairs; a repeated LGE image is one image listed L times.
+    entries = plan.frames()
     windows: list[tuple[np.ndarray, np.ndarray]] = []
-    for si, (seg, frames, n_rep) in enumerate(segments):
-        entries += [(si, fi) for fi in range(len(frames)) for _ in range(n_rep)]
+    for e, frames in zip(plan.entries, images):
         lo_a, hi_a = window_bounds(frames, p.window, p.window_scope)
         windows.append((lo_a, hi_a))
-        used[seg]["window"] = [float(lo_a[0]), float(hi_a[0])]
+        used[e.segment]["window"] = [float(lo_a[0]), float(hi_a[0])]
     idx = sample_indices(len(entries), p.frames)
     if len(entries) < p.frames:
         subs.append(f"montage has {len(entries)} frames < {p.frames}: zero-padded")
@@ -329,9 +441,9 @@ def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> R
     done: dict[tuple[int, int], np.ndarray] = {}
     for si in sorted({e[0] for e in picked}):
         fis = sorted({fi for s_, fi in picked if s_ == si})
-        x = apply_window(segments[si][1][fis], windows[si][0][fis], windows[si][1][fis])
+        x = apply_window(images[si][fis], windows[si][0][fis], windows[si][1][fis])
         if p.store_size is not None:
-            x = np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)  # the stored uint8 frame
+            x = store_frames(x, p)  # the stored uint8 frame
         else:
             x = resize_crop(x, p.resize, p.crop)  # sizes differ per view: bring each to the crop size now
         for j, fi in enumerate(fis):

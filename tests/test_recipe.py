@@ -14,6 +14,7 @@ from cmrdx.recipe import (
     aa_bilinear_matrix,
     apply_recipe,
     get_recipe,
+    montage_plan,
     resize_crop,
     sample_indices,
     window_to_unit,
@@ -182,6 +183,43 @@ def test_cine_phase_count_resampled_and_recorded():
     assert any("has 25 phases; resampled to 30" in s for s in res.substitutions)
     kept = apply_recipe(full_study(cine_phases=25), RecipeParams(cine_phases=None, **SMALL))
     assert kept.montage_length == 25 + 25 + 10 + 30
+
+
+def test_montage_plan_is_what_apply_recipe_reads_and_asks_only_for_the_views_it_uses():
+    """The plan needs only view grids (slices, phases): a lazy mapping is asked for the views a segment takes,
+    never for a later preference it does not need, and apply_recipe makes the montage the plan lists."""
+    from collections.abc import Mapping
+    from types import SimpleNamespace
+
+    class Grids(Mapping):
+        def __init__(self, grids):
+            self.grids, self.asked = grids, []
+
+        def __getitem__(self, key):
+            self.asked.append(key)
+            return self.grids[key]
+
+        def __iter__(self):
+            return iter(self.grids)
+
+        def __len__(self):
+            return len(self.grids)
+
+    study = full_study(cine_phases=25)
+    grids = Grids({k: SimpleNamespace(n_slices=v.n_slices, n_phases=v.n_phases) for k, v in study.views.items()})
+    p = RecipeParams(**SMALL)
+    plan = montage_plan(p, grids)
+    assert sorted(set(grids.asked)) == ["cine:4CH", "cine:SAX", "lge:2CH", "lge:3CH", "lge:4CH", "lge:SAX"]
+    assert [(e.segment, e.key, e.kind, e.repeats) for e in plan.entries] == [
+        ("cine_lax", "cine:4CH", "mid_slice_all_phases", 1), ("cine_sa", "cine:SAX", "mid_slice_all_phases", 1),
+        ("lge_sa", "lge:SAX", "all_slices", 1), ("lge_lax", "lge:4CH", "one_image_repeated", 10),
+        ("lge_2ch", "lge:2CH", "one_image_repeated", 10), ("lge_3ch", "lge:3CH", "one_image_repeated", 10)]
+    assert plan.entries[1].images[:3] == ((4, 0), (4, 0), (4, 1))  # 25 phases resampled to 30, nearest
+    assert plan.entries[2].images == tuple((s, 0) for s in range(10))
+    assert len(plan) == len(plan.frames()) == 30 + 30 + 10 + 30
+    res = apply_recipe(study, p)
+    assert res.montage_length == len(plan) and res.substitutions[:len(plan.substitutions)] == plan.substitutions
+    assert [res.used[e.segment]["montage_frames"] for e in plan.entries] == [e.montage_frames for e in plan.entries]
 
 
 def test_recipe_params_roundtrip_and_validation():
