@@ -241,3 +241,31 @@ def test_synth_imports_no_torch_or_onnxruntime():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lazy_phantom_frames_and_the_fast_recipe_path():
+    """``cmrdx.synth.arrays``: a frame's pixels do not depend on which other frames were rendered, and
+    ``phantom_u8`` (only the sampled montage frames rendered) gives the grey levels of the recipe applied to
+    the lazy study; recipes it cannot reproduce exactly are refused."""
+    from cmrdx.recipe import IMAGENET_MEAN, IMAGENET_STD, apply_recipe, get_recipe, recipe_view_keys
+    from cmrdx.synth.arrays import phantom_report, phantom_study, phantom_u8
+
+    p = sample_params(11, prevalence=0.5, matrix=64, n_phases=12)
+    study, report = phantom_study(p)
+    assert report == phantom_report(p) and len(study.views) == 9
+    sax = study.views["cine:SAX"]
+    both = sax.pixels(slices=[1, 2], phases=[0, 5])
+    np.testing.assert_array_equal(both[1, 1], phantom_study(p)[0].views["cine:SAX"].pixels([2], [5])[0, 0])
+    assert not np.array_equal(both[0, 0], both[1, 1])
+    r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48, window_scope="frame")
+    u8, n = phantom_u8(p, r)
+    assert u8.dtype == np.uint8 and u8.shape == (8, 32, 32) and n == 8 and u8.std() > 10
+    arr = apply_recipe(phantom_study(p, recipe_view_keys(r))[0], r).array
+    grey = np.rint((arr[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0)
+    np.testing.assert_array_equal(u8, grey.astype(np.uint8))
+    for c in range(3):
+        np.testing.assert_allclose(arr[:, c], (u8 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], atol=1e-6)
+    with pytest.raises(ValueError, match="window_scope"):
+        phantom_u8(p, get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48))
+    with pytest.raises(ValueError, match="whole grey levels"):
+        phantom_u8(p, get_recipe("cmrclip-v1", frames=8, image_size=32, window_scope="frame"))

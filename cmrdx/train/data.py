@@ -2,9 +2,9 @@
 
 Two sources, one cache format:
 
-* ``PhantomSource``: phantom studies rendered straight to arrays (no DICOM). Each view is a lazy
-  ``StudyView`` whose loader renders only the planes and phases the recipe asks for, so a recipe that uses the
-  middle short-axis slice renders one slice, not the stack.
+* ``PhantomSource``: phantom studies rendered straight to arrays (no DICOM) by ``cmrdx.synth.arrays``: each
+  view is a lazy ``StudyView`` that renders only the planes and phases the recipe asks for, so a recipe that
+  uses the middle short-axis slice renders one slice, not the stack.
 * ``ArchiveSource``: a folder of study folders (``DICOM/`` + ``report.txt``), read through the user's path
   (``assemble_study``). A folder without ``report.txt`` or whose DICOM cannot be assembled is skipped and
   counted, as is a ``report.txt`` with no images next to it.
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from cmrdx.recipe import SEGMENTS, RecipeParams, apply_recipe
+from cmrdx.recipe import RecipeParams, apply_recipe, recipe_view_keys, u8_exact
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ HELDOUT_VENDOR = "philips"
 
 def check_exact_recipe(p: RecipeParams) -> None:
     """Raise ValueError unless the recipe output is exactly representable as uint8 grey frames."""
-    if p.store_size is None or p.store_size != p.resize or p.crop != p.image_size:
+    if not u8_exact(p):
         raise ValueError(
             "the training cache stores uint8 frames and needs store_size == resize and crop == image_size "
             f"(got store_size={p.store_size}, resize={p.resize}, crop={p.crop}, image_size={p.image_size})"
@@ -49,12 +49,8 @@ def check_exact_recipe(p: RecipeParams) -> None:
 
 
 def views_for_recipe(p: RecipeParams) -> tuple[str, ...]:
-    """Every view key any segment of the recipe may use (its preference lists)."""
-    keys: list[str] = []
-    for seg in p.segments:
-        role, prefs, _ = SEGMENTS[seg]
-        keys += [f"{role}:{v}" for v in prefs]
-    return tuple(dict.fromkeys(keys))
+    """Every view key any segment of the recipe may use (what a phantom source renders)."""
+    return recipe_view_keys(p)
 
 
 def recipe_to_u8(study, p: RecipeParams) -> tuple[np.ndarray, int, list[str]]:
@@ -158,115 +154,13 @@ class PhantomSource:
         return self.item(i, vendor, style)
 
     def item(self, i: int, vendor: str, style: str) -> Item:
+        from cmrdx.synth.arrays import phantom_report, phantom_study, phantom_u8
         from cmrdx.synth.params import sample_params
 
         s = self.seed * 100_000 + i
         p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix)
         return Item(id=f"phantom-{s}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
                     labels=dict(p.findings), fast_u8=lambda r: phantom_u8(p, r))
-
-
-def phantom_study(params, views: Sequence[str] | None = None):
-    """(Study with lazily rendered views, report text) for StudyParams ``params``.
-
-    A view's loader renders only the requested (slice, phase) frames; each frame's noise stream is keyed by
-    (view, slice, phase), so a frame's pixels do not depend on which other frames were asked for."""
-    from cmrdx.study.types import Study, StudyView
-    from cmrdx.synth.phantom import Phantom
-    from cmrdx.synth.render import CINE_VIEWS, LGE_VIEWS, Renderer, cine_times
-    ph = Phantom(params)
-    ren = Renderer(params, ph)
-    keys = views or ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
-    st = Study(study_uid=f"phantom-{params.seed}", source="cmrdx.synth (arrays)")
-    for key in keys:
-        role, view = key.split(":")
-        if view not in (CINE_VIEWS if role == "cine" else LGE_VIEWS):
-            continue  # a plane the phantom does not acquire (e.g. "LAX", LGE LVOT), as in a real study
-        vi = VIEW_KEYS.index(key)
-        planes = ren.view_planes(role, view)
-        times = cine_times(params) if role == "cine" else np.array([params.acq.lge_trigger_ms])
-        h, w = planes[0].shape
-
-        def loader(sl, phs, _planes=planes, _times=times, _role=role, _vi=vi):
-            out = np.empty((len(sl), len(phs), *_planes[0].shape), np.float32)
-            for a, s in enumerate(sl):
-                for b, t in enumerate(phs):
-                    out[a, b] = render_frame(ren, _role, _planes[s], _times[t], _vi, s, t)
-            return out
-
-        sv = StudyView(
-            role=role, view=view, n_slices=len(planes), n_phases=len(times), shape=(h, w),
-            pixel_spacing=(planes[0].spacing, planes[0].spacing),
-            slice_positions=np.array([pl.position for pl in planes]), trigger_times=np.asarray(times, float),
-            rr_interval=params.acq.rr_ms, series_uids=[], notes=["synthetic phantom (arrays)"], _loader=loader,
-        )
-        st.views[key] = sv
-    return st, phantom_report(params)
-
-
-# Stable per-view index for noise keys (independent of which views a caller asks for).
-VIEW_KEYS = ("cine:SAX", "cine:2CH", "cine:3CH", "cine:4CH", "cine:LVOT", "lge:SAX", "lge:2CH", "lge:3CH", "lge:4CH")
-
-
-def render_frame(ren, role: str, plane, time_ms: float, vi: int, s: int, t: int) -> np.ndarray:
-    """One (rows, cols) float32 frame of view ``vi`` slice ``s`` phase ``t``, noise keyed by all three."""
-    return ren.render_planes(role, [plane], np.array([time_ms]), seed_key=(vi * 1000 + s) * 1000 + t)[0, 0]
-
-
-def phantom_report(params) -> str:
-    """The synth report of ``params``, quoting the sampled targets (EDV, EF, wall, root, effusion) rather
-    than the phantom's measured values: the severities and wording are the same, and skipping the volume
-    measurement saves about a third of a training study's cost."""
-    from cmrdx.synth.report import make_report
-
-    m = {"lv_edv_ml": params.lv_edv_ml, "lv_ef_pct": params.lv_ef_pct, "rv_edv_ml": params.rv_edv_ml,
-         "rv_ef_pct": params.rv_ef_pct, "lv_max_wall_mm": params.lv_wall_mm, "aortic_root_mm": params.aortic_root_mm,
-         "effusion_mm": params.effusion_mm}
-    return make_report(params, m)
-
-
-def phantom_u8(params, p: RecipeParams) -> tuple[np.ndarray, int]:
-    """Fast exact path for recipes with ``window_scope == "frame"``: render only the montage frames the
-    recipe samples. Returns ((F, S, S) uint8, n_real) equal to ``recipe_to_u8(phantom_study(params), p)``
-    (a test checks it), at a fraction of the cost (about 13 rendered frames instead of about 75).
-
-    Mirrors ``cmrdx.recipe.collect_segments`` for a phantom, which always has every view the recipe prefers
-    first (cine 4CH and SAX, LGE SAX, 4CH, 2CH, 3CH)."""
-    from cmrdx.recipe import _resample_phases, resize_crop, sample_indices, window_to_unit
-    from cmrdx.synth.phantom import Phantom
-    from cmrdx.synth.render import Renderer, cine_times
-
-    if p.window_scope != "frame":
-        raise ValueError("phantom_u8 is exact only for window_scope='frame'; use recipe_to_u8")
-    check_exact_recipe(p)
-    ren = Renderer(params, Phantom(params))
-    planes: dict[str, list] = {}
-    montage: list[tuple[str, int, int]] = []  # (view key, slice, phase) per montage frame
-    lge_n = params.acq.lge_n_slices
-    for seg in p.segments:
-        role, prefs, kind = SEGMENTS[seg]
-        key = f"{role}:{prefs[0]}"
-        pls = planes.setdefault(key, ren.view_planes(role, prefs[0]))
-        mid = len(pls) // 2
-        if kind == "mid_slice_all_phases":
-            montage += [(key, mid, t) for t in _resample_phases(params.acq.n_phases, p.cine_phases)]
-        elif kind == "all_slices":
-            montage += [(key, s, 0) for s in range(len(pls))]
-        else:
-            montage += [(key, mid, 0)] * (lge_n if "lge_sa" in p.segments else p.lge_repeats_default)
-    idx = sample_indices(len(montage), p.frames)
-    times = {"cine": cine_times(params), "lge": np.array([params.acq.lge_trigger_ms])}
-    frames = []
-    for i in idx:
-        key, s, t = montage[i]
-        role = key.split(":")[0]
-        img = render_frame(ren, role, planes[key][s], times[role][t], VIEW_KEYS.index(key), s, t)
-        x, _ = window_to_unit(img[None], p.window, "frame")
-        frames.append(np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)[0])
-    grey = resize_crop(np.stack(frames) / 255.0, p.resize, p.crop, p.image_size)  # identity resize, centre crop
-    u8 = np.zeros((p.frames, p.image_size, p.image_size), np.uint8)
-    u8[: len(idx)] = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
-    return u8, len(idx)
 
 
 class ArchiveSource:

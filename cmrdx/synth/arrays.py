@@ -1,0 +1,113 @@
+"""Phantom studies as lazily rendered arrays, frame by frame: what training renders (no DICOM, numpy only).
+
+``phantom_study`` gives a ``Study`` whose views render only the (slice, phase) frames a caller asks for;
+``phantom_u8`` renders only the montage frames a recipe samples. Every frame's noise stream is keyed by
+(view, slice, phase), so a frame's pixels never depend on which other frames were rendered, and both paths
+give the same pixels. (``render.render`` renders whole views at once, with per-view noise streams: other
+pixels.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, VIEW_KEYS, Role
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.recipe import RecipeParams
+    from cmrdx.study.types import Study
+    from cmrdx.synth.geometry import Plane
+    from cmrdx.synth.params import StudyParams
+    from cmrdx.synth.render import Renderer
+
+
+def render_frame(ren: "Renderer", role: str, plane: "Plane", time_ms: float, vi: int, s: int, t: int) -> np.ndarray:
+    """One (rows, cols) float32 frame of view ``VIEW_KEYS[vi]``, slice ``s``, phase ``t``; its noise is keyed
+    by all three (the index in ``VIEW_KEYS``, not in a caller's list of views, so it is stable)."""
+    return ren.render_planes(role, [plane], np.array([time_ms]), seed_key=(vi * 1000 + s) * 1000 + t)[0, 0]
+
+
+def phantom_report(params: "StudyParams") -> str:
+    """The synth report of ``params``, quoting the sampled targets (EDV, EF, wall, root, effusion) rather
+    than the phantom's measured values: the severities and wording are the same, and skipping the volume
+    measurement saves about a third of a training study's cost."""
+    from cmrdx.synth.report import make_report
+
+    m = {"lv_edv_ml": params.lv_edv_ml, "lv_ef_pct": params.lv_ef_pct, "rv_edv_ml": params.rv_edv_ml,
+         "rv_ef_pct": params.rv_ef_pct, "lv_max_wall_mm": params.lv_wall_mm, "aortic_root_mm": params.aortic_root_mm,
+         "effusion_mm": params.effusion_mm}
+    return make_report(params, m)
+
+
+def phantom_study(params: "StudyParams", views: Sequence[str] | None = None) -> tuple["Study", str]:
+    """(Study with lazily rendered views, report text) for StudyParams ``params``.
+
+    ``views``: view keys to include (default ``VIEW_KEYS``); a plane the phantom does not acquire (e.g.
+    "LAX", LGE LVOT) is left out, as in a real study. A view's loader renders only the requested (slice,
+    phase) frames (``render_frame``)."""
+    from cmrdx.study.types import Study, StudyView
+    from cmrdx.synth.phantom import Phantom
+    from cmrdx.synth.render import Renderer, cine_times
+
+    ren = Renderer(params, Phantom(params))
+    st = Study(study_uid=f"phantom-{params.seed}", source="cmrdx.synth (arrays)")
+    for key in views or VIEW_KEYS:
+        role, view = key.split(":")
+        if view not in (CINE_VIEWS if role == Role.CINE else LGE_VIEWS):
+            continue
+        vi = VIEW_KEYS.index(key)
+        planes = ren.view_planes(role, view)
+        times = cine_times(params) if role == Role.CINE else np.array([params.acq.lge_trigger_ms])
+        h, w = planes[0].shape
+
+        def loader(sl, phs, _planes=planes, _times=times, _role=role, _vi=vi):
+            out = np.empty((len(sl), len(phs), *_planes[0].shape), np.float32)
+            for a, s in enumerate(sl):
+                for b, t in enumerate(phs):
+                    out[a, b] = render_frame(ren, _role, _planes[s], _times[t], _vi, s, t)
+            return out
+
+        st.views[key] = StudyView(
+            role=role, view=view, n_slices=len(planes), n_phases=len(times), shape=(h, w),
+            pixel_spacing=(planes[0].spacing, planes[0].spacing),
+            slice_positions=np.array([pl.position for pl in planes]), trigger_times=np.asarray(times, float),
+            rr_interval=params.acq.rr_ms, series_uids=[], notes=["synthetic phantom (arrays)"], _loader=loader,
+        )
+    return st, phantom_report(params)
+
+
+def phantom_u8(params: "StudyParams", p: "RecipeParams") -> tuple[np.ndarray, int]:
+    """The recipe's input for ``params`` as uint8 grey frames, rendering only the montage frames the recipe
+    samples (about 13 rendered frames instead of about 75). Returns ((F, S, S) uint8, n_real): the grey levels
+    of ``apply_recipe(phantom_study(params)[0], p)`` (a test checks it).
+
+    Exact for recipes with ``window_scope == "frame"`` (each frame windowed on its own, so unsampled frames
+    are never needed) whose output is whole grey levels (``cmrdx.recipe.u8_exact``); others are refused."""
+    from cmrdx.recipe import (
+        montage_plan, recipe_view_keys, resize_crop, sample_indices, store_frames, u8_exact, window_to_unit,
+    )
+
+    if p.window_scope != "frame":
+        raise ValueError("phantom_u8 is exact only for window_scope='frame'; apply the recipe to phantom_study")
+    if not u8_exact(p):
+        raise ValueError("phantom_u8 needs a recipe whose output is whole grey levels (store_size == resize and "
+                         f"crop == image_size; got store_size={p.store_size}, resize={p.resize}, crop={p.crop}, "
+                         f"image_size={p.image_size})")
+    study = phantom_study(params, recipe_view_keys(p))[0]
+    plan = montage_plan(p, study.views)
+    montage = plan.frames()
+    idx = sample_indices(len(montage), p.frames)
+    frames = []
+    for i in idx:
+        ei, ii = montage[i]
+        e = plan.entries[ei]
+        s, t = e.images[ii]
+        img = study.views[e.key].pixels(slices=[s], phases=[t])[0, 0]
+        x, _ = window_to_unit(img[None], p.window, "frame")
+        frames.append(store_frames(x, p)[0])
+    grey = resize_crop(np.stack(frames) / 255.0, p.resize, p.crop, p.image_size)  # identity resize, centre crop
+    u8 = np.zeros((p.frames, p.image_size, p.image_size), np.uint8)
+    u8[: len(idx)] = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+    return u8, len(idx)
