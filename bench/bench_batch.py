@@ -52,9 +52,9 @@ def main() -> None:
     ap.add_argument("--cli-n", type=int, default=8, help="studies the per-study `cmrdx classify` command loop runs")
     args = ap.parse_args()
 
+    from cmrdx.model.loader import get_encoder, model_sha256
     from cmrdx.pipeline.batch import BatchOptions, read_results, run_batch
     from cmrdx.pipeline.classify import classify
-    from cmrdx.model.loader import get_encoder, model_sha256
     from cmrdx.pipeline.search import Store, build_store
     from cmrdx.synth.archive import write_archive
 
@@ -112,7 +112,7 @@ def main() -> None:
                 recall = ""
                 if kind == "ivf":
                     rec = []
-                    for i in range(20):
+                    for _i in range(20):
                         qq = emb[rng.integers(0, n)]
                         ex = {h.study_uid for h in store.search_vector(qq, 10, exact=True)}
                         ap_ = {h.study_uid for h in store.search_vector(qq, 10)}

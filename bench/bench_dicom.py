@@ -22,12 +22,11 @@ import pydicom
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from helpers.cine_factory import build_cine_study  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
-from cmrdx.study.assemble import assemble_study  # noqa: E402
 from cmrdx.dicom import scan  # noqa: E402
-
+from cmrdx.study.assemble import assemble_study  # noqa: E402
+from helpers.cine_factory import build_cine_study  # noqa: E402
 
 SYNTAXES = [
     ("uncompressed", None),
@@ -87,9 +86,9 @@ def main() -> None:
             root = Path(tmp) / "study"
             b = build_cine_study(root, vendor="siemens", n_slices=12, n_phases=25, matrix=256, seed=1, compress=ts)
             n_files = len(b.files)
-            t_scan, res = median_time(lambda: scan(root), args.repeat)
-            t_naive, _ = median_time(lambda: naive(root), args.repeat)
-            t_asm, n_decoded = median_time(lambda: cmrdx_assembly(root), args.repeat)
+            t_scan, res = median_time(lambda root=root: scan(root), args.repeat)
+            t_naive, _ = median_time(lambda root=root: naive(root), args.repeat)
+            t_asm, n_decoded = median_time(lambda root=root: cmrdx_assembly(root), args.repeat)
         scan_rates.append(n_files / t_scan)
         ratios[label] = t_naive / t_asm
         rows += [

@@ -23,11 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name as cpu_model  # noqa: E402
-
-
 
 
 def main() -> None:
@@ -43,7 +40,7 @@ def main() -> None:
     import torch
 
     from cmrdx.config import cpu_count
-    from cmrdx.train.export import count_ops, export_video, row_cosines, rel_error, to_int8
+    from cmrdx.train.export import count_ops, export_video, rel_error, row_cosines, to_int8
     from cmrdx.train.model import CMRClip, CMRClipConfig, TextConfig, VideoConfig
 
     cores = cpu_count()

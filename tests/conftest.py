@@ -24,7 +24,8 @@ def real_dirs() -> dict[str, Path]:
 def philips_mprage(real_dirs, tmp_path_factory) -> Path:
     """nibabel's Philips Enhanced MR (headers with full functional groups; pixels zeroed), un-gzipped."""
     out = tmp_path_factory.mktemp("nib") / "philips_mprage.dcm"
-    out.write_bytes(gzip.open(real_dirs["nibabel"] / "philips_mprage.dcm.gz").read())
+    with gzip.open(real_dirs["nibabel"] / "philips_mprage.dcm.gz") as f:
+        out.write_bytes(f.read())
     return out
 
 
@@ -39,9 +40,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from cmrdx.train.model import CMRClip, CMRClipConfig, TextConfig, VideoConfig
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({
-        w for w in "left right ventricle is dilated enlarged in size with systolic dysfunction there septal "
-        "hypertrophy lv thickened delayed enhancement imaging reveals transmural patchy a large area of lad scar "
-        "aortic root ectatic ascending descending aorta pericardial effusion fluid present no normal and".split()
+        w for w in ["left", "right", "ventricle", "is", "dilated", "enlarged", "in", "size", "with", "systolic", "dysfunction", "there", "septal", "hypertrophy", "lv", "thickened", "delayed", "enhancement", "imaging", "reveals", "transmural", "patchy", "a", "large", "area", "of", "lad", "scar", "aortic", "root", "ectatic", "ascending", "descending", "aorta", "pericardial", "effusion", "fluid", "present", "no", "normal", "and"]
     }) + ["-", ".", ","]
     cfg = CMRClipConfig(
         video=VideoConfig(img_size=32, patch_size=8, width=32, depth=2, heads=4, num_frames=8),

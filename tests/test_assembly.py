@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.cine_factory import build_cine_study
-from cmrdx.study.assemble import assemble_study, inspect_study
 from cmrdx.errors import NoCineError, PixelDecodeError
+from cmrdx.study.assemble import assemble_study, inspect_study
+from helpers.cine_factory import build_cine_study
 
 
 def _expected_ok(expected: str, s) -> bool:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cmrdx.zeroshot.authoring import calibrate_bank, evaluate_bank, finding_scores, lint_bank, write_thresholds
-from cmrdx.zeroshot.calibration import auc_ci, fit, sens_spec
-from cmrdx.pipeline.classify import classify
-from cmrdx.model.loader import get_encoder, model_sha256
-from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
 from cmrdx.errors import CmrdxError, ModelError
-from cmrdx.zeroshot.fewshot import Prototypes, fit_prototypes
+from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
+from cmrdx.model.loader import get_encoder, model_sha256
+from cmrdx.pipeline.classify import classify
+from cmrdx.zeroshot.authoring import calibrate_bank, evaluate_bank, finding_scores, lint_bank, write_thresholds
 from cmrdx.zeroshot.bank import load_bank
+from cmrdx.zeroshot.calibration import auc_ci, fit, sens_spec
+from cmrdx.zeroshot.fewshot import Prototypes, fit_prototypes
 from cmrdx.zeroshot.scoring import bank_text_embeddings
 
 BANK = """\

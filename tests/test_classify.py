@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmrdx.errors import EXIT_CODES
+from cmrdx.model.loader import get_encoder, model_sha256
+from cmrdx.pipeline.classify import classify
+from cmrdx.recipe import apply_recipe
+from cmrdx.study.assemble import assemble_study
+from cmrdx.zeroshot.bank import load_bank
 from helpers.cine_factory import build_cine_study
 from helpers.data import findings_bank_without_thresholds
-from cmrdx.study.assemble import assemble_study
-from cmrdx.pipeline.classify import classify
-from cmrdx.model.loader import get_encoder, model_sha256
-from cmrdx.errors import EXIT_CODES
-from cmrdx.zeroshot.bank import load_bank
-from cmrdx.recipe import apply_recipe
 
 
 @pytest.fixture(scope="module")

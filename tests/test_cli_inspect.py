@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cine_factory import build_cine_study
 from cmrdx.errors import EXIT_CODES
+from helpers.cine_factory import build_cine_study
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -27,11 +27,11 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from helpers.cine_factory import build_cine_study
-from cmrdx.pipeline.classify import classify
-from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.errors import PixelDecodeError
+from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
+from cmrdx.pipeline.classify import classify
+from helpers.cine_factory import build_cine_study
 from helpers.data import findings_bank_without_thresholds, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"
@@ -225,11 +225,11 @@ def test_fhir_bundle_validates_and_carries_the_findings(example):
 # HTML report
 
 
-def _data_images(html: str) -> dict[str, "object"]:
+def _data_images(html: str) -> dict[str, object]:
     from PIL import Image
 
     out = {}
-    for view, mime, b64 in re.findall(r'data-view="([^"]+)"><img class="preview" alt="[^"]*" src="data:(image/\w+);base64,([^"]+)"', html):
+    for view, _mime, b64 in re.findall(r'data-view="([^"]+)"><img class="preview" alt="[^"]*" src="data:(image/\w+);base64,([^"]+)"', html):
         out[view] = Image.open(io.BytesIO(base64.b64decode(b64)))
     return out
 

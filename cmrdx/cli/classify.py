@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -12,21 +11,21 @@ from rich.table import Table
 
 from cmrdx.vocab import Call
 
-CALL_STYLE = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim"}
+CALL_STYLE: dict[str, str] = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim"}
 
 
 def classify_cmd(
     study_dir: Path = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or folder (default: the bundled model)."),
-    bank: Optional[List[str]] = typer.Option(None, "--bank", "-b", help="Prompt bank name or YAML file (repeatable)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name or folder (default: the bundled model)."),
+    bank: list[str] | None = typer.Option(None, "--bank", "-b", help="Prompt bank name or YAML file (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
-    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
+    study: str | None = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
-    prototypes: Optional[Path] = typer.Option(None, "--prototypes", help="Few-shot prototypes (.npz from `cmrdx fewshot fit`)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report to this file."),
-    sr: Optional[Path] = typer.Option(None, "--sr", help="Write a DICOM SR (TID 1500 measurement report) to this file."),
-    fhir: Optional[Path] = typer.Option(None, "--fhir", help="Write a FHIR Bundle (DiagnosticReport + Observations) JSON."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
+    prototypes: Path | None = typer.Option(None, "--prototypes", help="Few-shot prototypes (.npz from `cmrdx fewshot fit`)."),
+    report: Path | None = typer.Option(None, "--report", help="Write a self-contained HTML report to this file."),
+    sr: Path | None = typer.Option(None, "--sr", help="Write a DICOM SR (TID 1500 measurement report) to this file."),
+    fhir: Path | None = typer.Option(None, "--fhir", help="Write a FHIR Bundle (DiagnosticReport + Observations) JSON."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.pipeline.classify import classify

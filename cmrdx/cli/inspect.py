@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,14 +12,14 @@ from rich.table import Table
 
 def inspect_cmd(
     study_dir: Path = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files."),
-    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID to inspect when the folder holds several."),
+    study: str | None = typer.Option(None, "--study", help="StudyInstanceUID to inspect when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (hidden by default)."),
 ) -> None:
     """List every series with its role (cine / LGE / other) and view, and the reason for each decision."""
-    from cmrdx.study.assemble import inspect_study
     from cmrdx.dicom.scan import scan
     from cmrdx.errors import MultipleStudiesError
+    from cmrdx.study.assemble import inspect_study
 
     res = scan(study_dir)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -13,7 +12,7 @@ from rich.table import Table
 app = typer.Typer(help="Write, check, try, evaluate and calibrate prompt banks.", no_args_is_help=True)
 
 
-def _model(model: Optional[str], device: str = "cpu"):
+def _model(model: str | None, device: str = "cpu"):
     from cmrdx.model.loader import get_encoder, model_sha256
 
     enc = get_encoder(model, device)
@@ -22,14 +21,14 @@ def _model(model: Optional[str], device: str = "cpu"):
 
 @app.command("lint")
 def lint_cmd(
-    banks: List[Path] = typer.Argument(..., help="Prompt bank YAML files."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the tokenizer / embedding checks (default: bundled)."),
+    banks: list[Path] = typer.Argument(..., help="Prompt bank YAML files."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model for the tokenizer / embedding checks (default: bundled)."),
     no_model: bool = typer.Option(False, "--no-model", help="Schema and duplicate checks only (no model needed)."),
 ) -> None:
     """Schema errors with file:line, duplicates and near-duplicates, over-long prompts, shattered words, missing
     thresholds. Exits 1 on errors, 0 with warnings only."""
-    from cmrdx.zeroshot.authoring import lint_bank
     from cmrdx.errors import ModelError
+    from cmrdx.zeroshot.authoring import lint_bank
 
     console = Console()
     enc = sha = None
@@ -56,7 +55,7 @@ def lint_cmd(
 def try_cmd(
     bank: Path = typer.Argument(..., help="Prompt bank YAML (or a shipped bank's name)."),
     study_dir: Path = typer.Argument(..., help="One study's folder."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -76,7 +75,7 @@ def try_cmd(
     Console().print(table)
 
 
-def _embedded(labels: Path, data: Optional[Path], model: Optional[str], device: str):
+def _embedded(labels: Path, data: Path | None, model: str | None, device: str):
     from rich.progress import Progress
 
     from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
@@ -96,8 +95,8 @@ def _embedded(labels: Path, data: Optional[Path], model: Optional[str], device: 
 def evaluate_cmd(
     bank: Path = typer.Argument(...),
     labels: Path = typer.Option(..., "--labels", help="labels.csv: `study` (folder) or `study_instance_uid`, one 0/1 column per finding id."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Archive folder the `study` column is relative to (default: the CSV's folder)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    data: Path | None = typer.Option(None, "--data", help="Archive folder the `study` column is relative to (default: the CSV's folder)."),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI."),
     as_json: bool = typer.Option(False, "--json"),
@@ -136,9 +135,9 @@ def evaluate_cmd(
 def calibrate_cmd(
     bank: Path = typer.Argument(..., help="The bank YAML to write thresholds into (in place)."),
     labels: Path = typer.Option(..., "--labels"),
-    data: Optional[Path] = typer.Option(None, "--data"),
+    data: Path | None = typer.Option(None, "--data"),
     method: str = typer.Option("sens-eq-spec", "--method", help="sens-eq-spec | youden | platt | isotonic"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     min_positives: int = typer.Option(5, "--min-positives", help="Refuse a finding with fewer positives (or negatives)."),
 ) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List
 
 import typer
 
 
 def send_cmd(
-    files: List[Path] = typer.Argument(..., help="DICOM files to store, e.g. the SR from `cmrdx classify --sr`."),
+    files: list[Path] = typer.Argument(..., help="DICOM files to store, e.g. the SR from `cmrdx classify --sr`."),
     host: str = typer.Option(..., "--host", help="Host name or address of the storage SCP (PACS)."),
     port: int = typer.Option(..., "--port", min=1, max=65535, help="Its DICOM port (often 104 or 11112)."),
     aet: str = typer.Option(..., "--aet", help="Its AE title (the called AE title)."),

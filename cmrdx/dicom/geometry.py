@@ -6,7 +6,8 @@ Positions are never taken from SliceLocation (optional, vendor-specific sign and
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 

@@ -8,7 +8,7 @@ the requested frame is decoded (``pydicom.pixels.pixel_array(..., index=i)``).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydicom.pixels import pixel_array

@@ -10,8 +10,9 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from cmrdx.dicom.series import (
     MEDIA_STORAGE_DIRECTORY,
@@ -58,7 +59,7 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
 
 
 def scan_refs(refs: Iterable[FileRef], root: str,
-              on_file: Callable[[FileRef, "Dataset | None"], None] | None = None) -> ScanResult:
+              on_file: Callable[[FileRef, Dataset | None], None] | None = None) -> ScanResult:
     """``scan`` over an explicit list of objects (a batch run's files of one study, spread over folders).
     ``on_file(ref, header or None)`` sees every file's header as it is read (a batch's discovery uses it)."""
     t0 = time.perf_counter()

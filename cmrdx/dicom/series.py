@@ -288,7 +288,15 @@ HEADER_KEYWORDS = (
     "Columns", "NumberOfFrames", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence", "DimensionIndexSequence", "DirectoryRecordSequence", *PHI_KEYWORDS,
 )
-_HEADER_TAGS = [pydicom.datadict.tag_for_keyword(k) for k in HEADER_KEYWORDS]
+def _tags(keywords: tuple[str, ...]) -> list[int]:
+    tags = [pydicom.datadict.tag_for_keyword(k) for k in keywords]
+    unknown = [k for k, t in zip(keywords, tags) if t is None]
+    if unknown:  # a typo here would silently read nothing of that element
+        raise ValueError(f"not DICOM keywords: {unknown}")
+    return [t for t in tags if t is not None]
+
+
+_HEADER_TAGS = _tags(HEADER_KEYWORDS)
 
 
 def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:

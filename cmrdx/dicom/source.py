@@ -8,9 +8,10 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from cmrdx.errors import InputNotFoundError
 

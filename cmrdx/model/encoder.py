@@ -13,8 +13,9 @@ needed. Device choice:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,13 +108,13 @@ class Encoder:
             manifest = get_manifest(model, verify=True)
         self.manifest = manifest
         self.threads = threads or config.cpu_count()
-        self._video = None
+        self._video: Any = None  # onnxruntime.InferenceSession once loaded
         self.device, self.device_note = self._choose_device(device, precision)
         if self._video is None:  # CPU (the CUDA path already built its session while proving CUDA works)
             self.precision, vfile = self._video_file(precision)
             self._video = self._session(vfile)
-        self._text = None  # text tower loaded on first use: a classify with cached prompts never needs it
-        self._tokenizer = None
+        self._text: Any = None  # text tower loaded on first use: a classify with cached prompts never needs it
+        self._tokenizer: Any = None
         self.video_input = manifest.video.get("input", "video")
         log.info("encoder %s on %s (%s): %s", manifest.name, self.device, self.precision, self.device_note)
 
@@ -224,6 +225,7 @@ class Encoder:
         manifest's max length. Lower-casing is part of tokenizer.json's normaliser when the model wants it."""
         if self._tokenizer is None:
             self._load_text()
+        assert self._tokenizer is not None
         enc = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)

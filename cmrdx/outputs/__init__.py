@@ -13,7 +13,6 @@ Heavy imports (highdicom, fhir.resources, Pillow, pynetdicom) happen inside the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.outputs.common import (
@@ -40,8 +39,8 @@ __all__ = [
 
 
 def write_outputs(
-    result: "ClassifyResult",
-    source: "StudySource | str | os.PathLike[str] | None" = None,
+    result: ClassifyResult,
+    source: StudySource | str | os.PathLike[str] | None = None,
     *,
     report: str | os.PathLike[str] | None = None,
     sr: str | os.PathLike[str] | None = None,
@@ -68,10 +67,12 @@ def write_outputs(
         elif kind == "sr":
             from cmrdx.outputs.sr import write_sr
 
+            assert src is not None  # checked above: the SR needs the study
             p = write_sr(result, src, path)
         else:
             from cmrdx.outputs.html import write_report
 
+            assert src is not None  # checked above: the report needs the study
             p = write_report(result, src, path)
         out[kind] = {"path": p, "ms": (time.perf_counter() - t0) * 1000, "bytes": p.stat().st_size}
     return out

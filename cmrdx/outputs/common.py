@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
 from cmrdx.vocab import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cmrdx.study.assemble import StudyInspection
     from cmrdx.pipeline.classify import ClassifyResult
+    from cmrdx.study.assemble import StudyInspection
     from cmrdx.study.types import Study
 
 # Model whose findings must carry a plain "not for clinical use" notice (trained on synthetic phantoms).
@@ -45,7 +45,7 @@ def code_system(system: str) -> tuple[str, str] | None:
     return CODE_SYSTEMS.get(str(system).strip().upper())
 
 
-def is_demo_model(result: "ClassifyResult") -> bool:
+def is_demo_model(result: ClassifyResult) -> bool:
     return result.model.get("name") == DEMO_MODEL
 
 
@@ -78,18 +78,18 @@ class StudySource:
     """One study read once and shared by classification and the outputs: its headers (``inspection``: series
     with frames and file references) and its assembled views (``study``: lazy pixels)."""
 
-    inspection: "StudyInspection"
-    study: "Study"
+    inspection: StudyInspection
+    study: Study
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str], study_uid: str | None = None) -> "StudySource":
+    def read(cls, path: str | os.PathLike[str], study_uid: str | None = None) -> StudySource:
         from cmrdx.study.assemble import assemble_study, inspect_study
 
         insp = inspect_study(path, study_uid)
         return cls(inspection=insp, study=assemble_study(insp))
 
 
-def as_source(source: "StudySource | str | os.PathLike[str]", result: "ClassifyResult") -> StudySource:
+def as_source(source: StudySource | str | os.PathLike[str], result: ClassifyResult) -> StudySource:
     """A StudySource for ``result``'s study, read from a path when one is given."""
     src = source if isinstance(source, StudySource) else StudySource.read(source, result.study_uid)
     if src.study.study_uid != result.study_uid:

@@ -54,7 +54,7 @@ def _quantity(name: str, value: float) -> dict[str, Any]:
     }
 
 
-def build_bundle(result: "ClassifyResult", *, now: dt.datetime | None = None):
+def build_bundle(result: ClassifyResult, *, now: dt.datetime | None = None):
     """A validated ``fhir.resources.R4B.bundle.Bundle`` for ``result`` (raises pydantic's ValidationError if a
     resource breaks the FHIR rules: that is a cmrdx bug, never silently written)."""
     from fhir.resources.R4B.bundle import Bundle
@@ -62,7 +62,7 @@ def build_bundle(result: "ClassifyResult", *, now: dt.datetime | None = None):
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
     from fhir.resources.R4B.observation import Observation
 
-    issued = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    issued = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
     study_ref = {"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{result.study_uid}"},
                  "display": "the classified CMR study"}
     dev_id = str(uuid.uuid4())
@@ -121,7 +121,7 @@ def build_bundle(result: "ClassifyResult", *, now: dt.datetime | None = None):
     return Bundle(type="collection", timestamp=issued, entry=entries)
 
 
-def write_fhir(result: "ClassifyResult", path: str | os.PathLike[str]) -> Path:
+def write_fhir(result: ClassifyResult, path: str | os.PathLike[str]) -> Path:
     """Build the Bundle and write it as JSON, atomically, to ``path``."""
     return write_atomic(path, build_bundle(result).model_dump_json(indent=2) + "\n")
 

@@ -24,8 +24,15 @@ import numpy as np
 
 from cmrdx import __version__
 from cmrdx.errors import CmrdxError
-from cmrdx.outputs.common import (DEMO_NOTICE, RESEARCH_NOTICE, StudySource, as_source, check_target, is_demo_model,
-                           write_atomic)
+from cmrdx.outputs.common import (
+    DEMO_NOTICE,
+    RESEARCH_NOTICE,
+    StudySource,
+    as_source,
+    check_target,
+    is_demo_model,
+    write_atomic,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.pipeline.classify import ClassifyResult
@@ -95,7 +102,7 @@ def _data_uri(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def cine_preview(view: "StudyView", slice_index: int | None = None) -> str:
+def cine_preview(view: StudyView, slice_index: int | None = None) -> str:
     """An animated preview (data URI) of one slice of a cine view over all its phases."""
     from PIL import features
 
@@ -112,7 +119,7 @@ def cine_preview(view: "StudyView", slice_index: int | None = None) -> str:
     return _data_uri("image/png", buf.getvalue())
 
 
-def strip_preview(view: "StudyView") -> str:
+def strip_preview(view: StudyView) -> str:
     """A still strip (data URI, PNG) of every slice of a view side by side, apex to base as stored."""
     from PIL import Image
 
@@ -200,7 +207,7 @@ def _findings_table(findings: list) -> str:
     return f'<table id="findings"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _previews(result: "ClassifyResult", src: StudySource) -> str:
+def _previews(result: ClassifyResult, src: StudySource) -> str:
     used_views = {rec.get("view"): (seg, rec) for seg, rec in result.views_used.items()}
 
     def order(k: str) -> tuple:
@@ -230,7 +237,7 @@ def _previews(result: "ClassifyResult", src: StudySource) -> str:
     return f'<div class="views">{"".join(figs)}</div>'
 
 
-def _series_table(result: "ClassifyResult", src: StudySource) -> str:
+def _series_table(result: ClassifyResult, src: StudySource) -> str:
     model_input = set(result.series_used)
     rows = []
     for d in src.study.manifest.decisions:
@@ -242,12 +249,12 @@ def _series_table(result: "ClassifyResult", src: StudySource) -> str:
     return f'<table id="series"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def render_report(result: "ClassifyResult", source: StudySource | str | os.PathLike[str], *,
+def render_report(result: ClassifyResult, source: StudySource | str | os.PathLike[str], *,
                   now: dt.datetime | None = None) -> str:
     """The report as one HTML string (UTF-8, self-contained)."""
     src = as_source(source, result)
     demo = is_demo_model(result)
-    when = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    when = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
     kinds = list(dict.fromkeys(f.kind for f in result.findings))
     charts = "".join(f"<figure>{findings_chart(result.findings, k)}</figure>" for k in kinds)
     m = result.model
@@ -288,7 +295,7 @@ def render_report(result: "ClassifyResult", source: StudySource | str | os.PathL
     return "\n".join(parts) + "\n"
 
 
-def write_report(result: "ClassifyResult", source: StudySource | str | os.PathLike[str],
+def write_report(result: ClassifyResult, source: StudySource | str | os.PathLike[str],
                  path: str | os.PathLike[str]) -> Path:
     """Render the report and write it atomically to ``path``."""
     check_target(path)

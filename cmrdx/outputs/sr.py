@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx import __version__
-from cmrdx.outputs.common import (OutputError, StudySource, as_source, check_target, code_system, is_demo_model,
-                           write_atomic)
+from cmrdx.outputs.common import (
+    OutputError,
+    StudySource,
+    as_source,
+    check_target,
+    code_system,
+    is_demo_model,
+    write_atomic,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pydicom
@@ -77,13 +84,13 @@ def finding_code(f) -> Any:
     return CodedConcept(f.id, PRIVATE_SCHEME, meaning)
 
 
-def source_headers(src: StudySource, series_uids: list[str]) -> list["pydicom.Dataset"]:
+def source_headers(src: StudySource, series_uids: list[str]) -> list[pydicom.Dataset]:
     """Headers (no pixels) of every instance of ``series_uids``, one per file, in series then file order."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     by_uid = {s.uid: s for s in src.inspection.series}
-    out = []
+    out: list[pydicom.Dataset] = []
     for uid in series_uids:
         s = by_uid.get(uid)
         if s is None:
@@ -101,18 +108,18 @@ def source_headers(src: StudySource, series_uids: list[str]) -> list["pydicom.Da
     return out
 
 
-def _library_images(evidence: list) -> list:
+def _library_images(evidence: list[pydicom.Dataset]) -> list[pydicom.Dataset] | None:
     """One Image Library entry per series (highdicom's tree handling grows steeply with entries: 215 took 30 s), of
     classic images only: highdicom 0.28's cross-sectional descriptors read PixelSpacing and the plane geometry at
     the top level, which Enhanced MR keeps in functional groups. The evidence sequence lists every instance."""
-    firsts = {}
+    firsts: dict[str, pydicom.Dataset] = {}
     for ds in evidence:
         if all(k in ds for k in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")):
             firsts.setdefault(ds.SeriesInstanceUID, ds)
     return list(firsts.values()) or None
 
 
-def _group(f, result: "ClassifyResult", c: dict[str, Any]):
+def _group(f, result: ClassifyResult, c: dict[str, Any]):
     import highdicom.sr as hsr
     from pydicom.uid import generate_uid
 
@@ -141,7 +148,7 @@ def _group(f, result: "ClassifyResult", c: dict[str, Any]):
     )
 
 
-def build_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[str]):
+def build_sr(result: ClassifyResult, source: StudySource | str | os.PathLike[str]):
     """A ``highdicom.sr.Comprehensive3DSR`` reporting ``result``'s findings on the study in ``source``."""
     import highdicom.sr as hsr
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -190,7 +197,7 @@ def build_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[s
     return sr
 
 
-def write_sr(result: "ClassifyResult", source: StudySource | str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+def write_sr(result: ClassifyResult, source: StudySource | str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Build the SR and write it (DICOM Part 10 file) atomically to ``path``."""
     from pydicom import dcmwrite
 
@@ -216,7 +223,7 @@ def read_sr_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     sev = {(cc.value, cc.scheme_designator): k for k, cc in _codes().items() if k in ("mild", "moderate", "severe")}
     kinds = {"score", "threshold", "probability"}
     out = []
-    for g in sr.content.get_image_measurement_groups():
+    for g in sr.content.get_image_measurement_groups():  # type: ignore[attr-defined]  # a TID 1500 report's content
         bank, _, fid = (g.tracking_identifier or "").partition("/")
         rec: dict[str, Any] = {"bank": bank, "id": fid, "label": None, "code": None, "call": None, "severity": None,
                                "score": None, "threshold": None, "probability": None, "kind": None}

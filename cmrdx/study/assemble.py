@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +22,10 @@ from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.scan import ScanResult, scan
 from cmrdx.dicom.series import Frame, Series
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
-from cmrdx.study.types import AssemblyManifest, SeriesDecision, Study, StudyView
-from cmrdx.vocab import ROLES, VIEW_KEYS as STANDARD_VIEWS, view_key
 from cmrdx.study.roles import classify_study_series
+from cmrdx.study.types import AssemblyManifest, SeriesDecision, Study, StudyView
+from cmrdx.vocab import ROLES, view_key
+from cmrdx.vocab import VIEW_KEYS as STANDARD_VIEWS
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ parallel positions; long-axis planes are roughly perpendicular to it).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,9 +74,7 @@ def _has_reliable_timing(s: Series) -> bool:
         return s.n_phases > 1 and any(f.temporal_index for f in s.frames)
     if max(tt) > MAX_TRIGGER_MS:
         return False
-    if s.rr_interval and max(tt) > 1.2 * s.rr_interval:
-        return False
-    return True
+    return not (s.rr_interval and max(tt) > 1.2 * s.rr_interval)
 
 
 def _is_ir(s: Series) -> bool:

@@ -10,8 +10,9 @@ Views built from in-memory arrays (phantom renders used for training) offer the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class StudyView:
         rr_interval: float | None = None,
         series_uids: list[str] | None = None,
         notes: list[str] | None = None,
-    ) -> "StudyView":
+    ) -> StudyView:
         """A view over an in-memory (S, P, H, W) array, e.g. a phantom rendered without DICOM."""
         arr = np.asarray(array, dtype=np.float32)
         if arr.ndim != 4:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
 from cmrdx.errors import CmrdxError, PromptBankError
 from cmrdx.fileio import atomic_write
 from cmrdx.zeroshot.bank import PromptBank, parse_bank
+from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
 from cmrdx.zeroshot.scoring import normalise_text, score_finding
 
 if TYPE_CHECKING:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class TextEmbeddingCache:
 
     def _save(self) -> None:
         try:
-            atomic_write(self.path, lambda f: np.savez(f, **self._mem))
+            atomic_write(self.path, lambda f: np.savez(f, **self._mem))  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
         except OSError as exc:  # a read-only home must not stop a classification
             log.warning("text-embedding cache not written to %s: %s", self.folder, exc)
 
@@ -141,7 +142,7 @@ def score_finding(
         margin=margin,
         call=call,
         probability=_probability(cal, score) if cal is not None else None,
-        severity=max(sev_scores, key=sev_scores.get) if sev_scores and call in ("present", "uncertain") else None,
+        severity=max(sev_scores, key=lambda k: sev_scores[k]) if sev_scores and call in ("present", "uncertain") else None,
         severity_scores=sev_scores,
         prompt_similarities=sims,
         code=finding.code,
