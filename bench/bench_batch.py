@@ -1,4 +1,4 @@
-"""Archive throughput and search latency (issue #8).
+"""Archive throughput and search latency.
 
     .venv/bin/python bench/bench_batch.py [--n 200] [--model cmrdx-phantom-small]
 
@@ -122,7 +122,7 @@ def main() -> None:
                 shutil.rmtree(db)
     ok = sum(r["status"] == "ok" for r in rows)
     text = [
-        "## Archive throughput and search (issue #8)",
+        "## Archive throughput and search",
         "",
         f"Command: `.venv/bin/python bench/bench_batch.py --n {args.n} --model {args.model}` · {cpu_name()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}.",

@@ -1,4 +1,4 @@
-"""`cmrdx classify` on the example study with the default model (issue #6): whole-command wall time and the
+"""`cmrdx classify` on the example study with the default model: whole-command wall time and the
 time per stage, on this machine.
 
     .venv/bin/python bench/bench_classify.py [--repeat 5]
@@ -51,7 +51,7 @@ def main() -> None:
     labels = {"load_ms": "load model + banks (ONNX sessions)", "read_ms": "scan + assemble (headers only)",
               "recipe_ms": "decode used frames + recipe", "encode_ms": "encode study", "score_ms": "prompt embeddings (cached) + scores"}
     text = [
-        "## `cmrdx classify` on the example study (issue #6)",
+        "## `cmrdx classify` on the example study",
         "",
         f"Command: `.venv/bin/python bench/bench_classify.py --repeat {args.repeat}` · {cpu}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()} · default model, CPU, median of {args.repeat} fresh processes.",

@@ -1,10 +1,10 @@
-"""Study reading benchmark (issue #2): header scan files/s, and cmrdx's assembly of what a recipe needs
+"""Study reading benchmark: header scan files/s, and cmrdx's assembly of what a recipe needs
 against a naive baseline that reads every file fully with pydicom.dcmread, as a ratio in the same run.
 
     .venv/bin/python bench/bench_dicom.py [--repeat 5]
 
 The study: ~415 files, 256x256 16-bit (Siemens-style: 12 single-slice SAX cine series x 25 phases, 4 long-axis
-cines, LGE SAX stack + 3 LGE long-axis images), built from pydicom's MR_small.dcm by tests/cine_factory.py.
+cines, LGE SAX stack + 3 LGE long-axis images), built from pydicom's MR_small.dcm by tests/helpers/cine_factory.py.
 """
 
 from __future__ import annotations
@@ -97,12 +97,12 @@ def main() -> None:
             (label, "cmrdx: scan + assemble + decode recipe frames", f"{t_asm * 1000:.0f} ms", f"{n_decoded} frames", f"**{t_naive / t_asm:.2f}x**"),
         ]
     text = [
-        "## Study reading (issue #2)",
+        "## Study reading",
         "",
         f"Command: `.venv/bin/python bench/bench_dicom.py --repeat {args.repeat}` · {cpu_name()}, 1 process (one core), "
         f"Python {platform.python_version()}, pydicom {pydicom.__version__} · median of {args.repeat} after a warm-up.",
         f"Study: {n_files} files, 256x256 16-bit (12 SAX cine slices x 25 phases as 12 series, 4 long-axis "
-        "cines, LGE SAX + 3 LGE long-axis), built by tests/cine_factory.py.",
+        "cines, LGE SAX + 3 LGE long-axis), built by tests/helpers/cine_factory.py.",
         "",
         "| transfer syntax | step | time | throughput / decoded | speed-up vs naive |",
         "|---|---|---|---|---|",

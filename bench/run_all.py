@@ -43,14 +43,12 @@ HEADER = [
     "benchmarks) from the tables in bench/results/.",
     "",
 ]
-# Tracker references do not belong on a page of figures: "(issue #2)", ", as issue #6 asks".
-_ISSUE = re.compile(r",? as issue #\d+ asks| ?\(issue #\d+\)")
 
 
 def _section(text: str) -> tuple[str, str]:
     """A results file -> (its title, its text as a section of this page: every heading one level down when the file
     starts at level 1; lines inside ``` code blocks are left alone)."""
-    lines = _ISSUE.sub("", text).rstrip().splitlines()
+    lines = text.rstrip().splitlines()
     heads = [ln for ln in lines if ln.startswith("#")]
     demote = bool(heads) and heads[0].startswith("# ")
     out, fenced = [], False

@@ -1,4 +1,4 @@
-"""Prompt authoring (#7): lint finds planted defects, evaluate's AUC equals scikit-learn's, calibrate meets
+"""Prompt authoring: lint finds planted defects, evaluate's AUC equals scikit-learn's, calibrate meets
 the asked criterion and keeps the YAML's comments, few-shot prototypes."""
 
 from __future__ import annotations

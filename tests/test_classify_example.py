@@ -1,5 +1,5 @@
 """`cmrdx classify` with the shipped default model: the example study against its golden JSON (through typer's
-CliRunner, as issue #6 asks), and a phantom with a finding scoring above a normal phantom."""
+CliRunner), and a phantom with a finding scoring above a normal phantom."""
 
 from __future__ import annotations
 
