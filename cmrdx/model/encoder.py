@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cuda", "cpu")
 
 
-def _ort():
+def _ort() -> Any:
     import onnxruntime as ort
 
     return ort
 
 
-def _session_options(threads: int, no_fallback: bool):
+def _session_options(threads: int, no_fallback: bool) -> Any:
     ort = _ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -57,7 +57,7 @@ def _has_nvidia_driver() -> bool:
         return False
 
 
-def _cuda_loads(ort) -> bool:
+def _cuda_loads(ort: Any) -> bool:
     """Whether the CUDA provider itself loads: a one-node float model must run on CUDA with CPU fallback
     disabled."""
     import base64
@@ -180,7 +180,7 @@ class Encoder:
             raise ModelError(f"--device cuda: {why}", hint="check the CUDA + cuDNN 9 libraries, or use --device cpu")
         return "cpu", why
 
-    def _session(self, path: Path):
+    def _session(self, path: Path) -> Any:
         """A CPU session (the CUDA video session is built, and proven, in ``_choose_device``)."""
         ort = _ort()
         so = _session_options(self.threads, no_fallback=False)

@@ -20,9 +20,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import ModelError
+
+if TYPE_CHECKING:
+    from cmrdx.recipe import RecipeParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
@@ -116,7 +119,7 @@ class Manifest:
             "licence": self.licence,
         }
 
-    def recipe_params(self):
+    def recipe_params(self) -> RecipeParams:
         """The manifest's input recipe as ``cmrdx.recipe.RecipeParams``."""
         from cmrdx.recipe import RecipeParams
 

@@ -21,6 +21,7 @@ from cmrdx.zeroshot.scoring import normalise_text, score_finding
 
 if TYPE_CHECKING:
     from cmrdx.evaluation.archive import EmbeddedSet
+    from cmrdx.model.encoder import Encoder
 
 NEAR_DUPLICATE_COS = 0.98
 SHATTERED_PIECES = 4  # a word split into this many word pieces or more is probably unknown to the model
@@ -33,7 +34,7 @@ class LintIssue:
     message: str
 
 
-def lint_bank(path: Path, encoder=None, model_sha: str | None = None) -> tuple[PromptBank | None, list[LintIssue]]:
+def lint_bank(path: Path, encoder: Encoder | None = None, model_sha: str | None = None) -> tuple[PromptBank | None, list[LintIssue]]:
     """Schema errors (file:line), then, with a model: exact / near duplicates, over-long prompts, words the
     tokenizer shatters, and findings without a threshold for the model."""
     issues: list[LintIssue] = []
