@@ -20,29 +20,21 @@ def index_cmd(
     ann: str = typer.Option("auto", "--ann", help="auto (FAISS IVF from 200k studies), exact or ivf."),
 ) -> None:
     """Build an embedding store from an archive or a batch run."""
-    from cmrdx.pipeline.batch import BatchOptions, run_batch
-    from cmrdx.pipeline.search import store_from_batch
+    from cmrdx.pipeline.search import index_archive, store_from_batch
 
     if (archive is None) == (from_batch is None):
         raise typer.BadParameter("give an ARCHIVE or --from-batch RESULTS (one of them)")
     if archive is not None:
-        out = db / "batch.jsonl"
-        s = run_batch(archive, out, BatchOptions(model=model, device=device))
+        info, s = index_archive(archive, db, model=model, device=device, ann=ann)
         Console().print(f"embedded {s.ok} studies ({sum(s.failed.values())} failed) in {s.seconds:.1f} s")
-        from_batch = out
-    info = store_from_batch(from_batch, db, ann=ann, archive=str(archive.resolve()) if archive else None)
+    else:
+        info = store_from_batch(from_batch, db, ann=ann)
     Console().print(f"{db}: {info['count']} studies, {info['dim']}-d, model {info['model']}, "
                     f"{'FAISS IVF' if info['ann'] else 'exact'} search")
 
 
-def _show(hits, title: str, store, show_phi: bool, as_json: bool) -> None:
-    from cmrdx.pipeline.search import patient_of
-
+def _show(hits, title: str, show_phi: bool, as_json: bool) -> None:
     rows = [h.to_dict() for h in hits]
-    if show_phi:
-        base = Path(store.info.get("archive") or ".")
-        for r in rows:
-            r["patient"] = patient_of(base / r["source"])
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -52,22 +44,6 @@ def _show(hits, title: str, store, show_phi: bool, as_json: bool) -> None:
     for r in rows:
         t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["study_uid"], r["source"], *([r["patient"]] if show_phi else []))
     Console().print(t)
-
-
-def _open(db: Path, model: Optional[str], device: str):
-    from cmrdx.model.loader import get_encoder, model_sha256
-    from cmrdx.pipeline.search import Store
-
-    from cmrdx.errors import ModelError
-
-    store = Store(db)
-    try:
-        enc = get_encoder(model or store.info["model"], device)
-    except ModelError as exc:
-        raise ModelError(f"{db} was built with model {store.info['model']!r}, which is not installed: {exc.message}",
-                         hint="pass --model with that model's folder") from exc
-    store.check_model(enc.manifest.name, model_sha256(enc.manifest))
-    return store, enc
 
 
 def search_cmd(
@@ -81,9 +57,10 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Rank the store's studies by similarity to a text query."""
-    store, enc = _open(db, model, device)
-    q = enc.encode_texts([query])[0]
-    _show(store.search_vector(q, k, exact=exact or None), f"{query!r} in {db}", store, show_phi, as_json)
+    from cmrdx.pipeline.search import search
+
+    hits = search(db, query, k, model=model, device=device, exact=exact, show_phi=show_phi)
+    _show(hits, f"{query!r} in {db}", show_phi, as_json)
 
 
 def similar_cmd(
@@ -96,10 +73,7 @@ def similar_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The store's studies nearest to a given study."""
-    from cmrdx.study.assemble import assemble_study
-    from cmrdx.recipe import apply_recipe
+    from cmrdx.pipeline.search import similar
 
-    store, enc = _open(db, model, device)
-    x = apply_recipe(assemble_study(study_dir), enc.manifest.recipe_params()).array
-    q = enc.encode_studies(x[None])[0]
-    _show(store.search_vector(q, k), f"studies like {study_dir}", store, show_phi, as_json)
+    hits = similar(db, study_dir, k, model=model, device=device, show_phi=show_phi)
+    _show(hits, f"studies like {study_dir}", show_phi, as_json)

@@ -5,6 +5,10 @@ The store is a folder, no server: ``embeddings.npy`` (N, D) float32 read memory-
 is never queried with another model). Search is exact (a matrix-vector product over the memory map, in chunks)
 up to a few hundred thousand studies; beyond that, or when asked, a FAISS IVF index (``ann.faiss``, the
 ``ann`` extra) answers approximately, with its recall measured against exact search in BENCHMARKS.md.
+
+The jobs, as the CLI runs them: ``index_archive`` (an archive -> a store, through a resumable batch run),
+``store_from_batch`` (a batch run's embeddings -> a store), ``search`` (text -> the nearest studies) and
+``similar`` (a study -> the nearest studies). A store is queried only with the model that built it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,19 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cmrdx.errors import CmrdxError, ModelError
+from cmrdx.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from cmrdx.model.encoder import Encoder
+    from cmrdx.pipeline.batch import BatchSummary
+    from cmrdx.study.types import Study
 
 FORMAT = "cmrdx-index/1"
 CHUNK = 262_144  # rows per matrix-vector product: bounded memory whatever the store size
@@ -28,20 +37,20 @@ ANN_AUTO_ROWS = 200_000
 
 @dataclass
 class Hit:
+    """One study found: its rank (from 1), UID, folder relative to the archive and cosine similarity.
+    ``patient`` (PatientName / PatientID read from its files) only when asked for with ``show_phi``."""
+
     rank: int
     study_uid: str
     source: str
     score: float
+    patient: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        d = dict(self.__dict__)
+        if d["patient"] is None:
+            del d["patient"]
+        return d
 
 
 def build_store(db: Path, uids: Sequence[str], sources: Sequence[str], emb: np.ndarray, model: str, model_sha256: str,
@@ -53,14 +62,14 @@ def build_store(db: Path, uids: Sequence[str], sources: Sequence[str], emb: np.n
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     buf = io.BytesIO()
     np.save(buf, emb)
-    _atomic(db / "embeddings.npy", buf.getvalue())
-    _atomic(db / "studies.jsonl", "".join(json.dumps({"study_uid": u, "source": s}) + "\n" for u, s in zip(uids, sources)).encode())
+    atomic_write(db / "embeddings.npy", buf.getvalue())
+    atomic_write(db / "studies.jsonl", "".join(json.dumps({"study_uid": u, "source": s}) + "\n" for u, s in zip(uids, sources)))
     use_ann = ann == "ivf" or (ann == "auto" and len(emb) >= ANN_AUTO_ROWS)
     info: dict[str, Any] = {"format": FORMAT, "model": model, "model_sha256": model_sha256, "dim": int(emb.shape[1]),
                             "count": int(len(emb)), "ann": None, "archive": archive}
     if use_ann:
         info["ann"] = build_ivf(db, emb, nlist)
-    _atomic(db / "index.json", json.dumps(info, indent=2).encode())
+    atomic_write(db / "index.json", json.dumps(info, indent=2))
     return info
 
 
@@ -78,8 +87,7 @@ def build_ivf(db: Path, emb: np.ndarray, nlist: int | None = None) -> dict[str, 
     sample = emb[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
     ivf.train(sample)
     ivf.add(emb)
-    faiss.write_index(ivf, str(db / "ann.faiss.tmp"))
-    os.replace(db / "ann.faiss.tmp", db / "ann.faiss")
+    atomic_write(db / "ann.faiss", faiss.serialize_index(ivf).tobytes())
     return {"kind": "faiss-ivf-flat", "nlist": nlist, "nprobe": max(1, nlist // 64)}
 
 
@@ -144,6 +152,72 @@ def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: s
     with np.load(p) as z:
         return build_store(db, list(z["study_uid"]), list(z["source"]), z["embedding"], str(z["model"]),
                            str(z["model_sha256"]), ann=ann, archive=archive)
+
+
+def index_archive(archive: str | os.PathLike[str], db: str | os.PathLike[str], *, model: str | None = None,
+                  device: str = "auto", ann: str = "auto") -> tuple[dict[str, Any], "BatchSummary"]:
+    """Embed an archive with a batch run kept in the store (``DB/batch.jsonl``, resumable like any batch run)
+    and build the store from it. Returns the store's ``index.json`` and the batch run's summary."""
+    from cmrdx.pipeline.batch import BatchOptions, run_batch
+
+    archive, db = Path(archive), Path(db)
+    out = db / "batch.jsonl"
+    summary = run_batch(archive, out, BatchOptions(model=model, device=device))
+    return store_from_batch(out, db, ann=ann, archive=str(archive.resolve())), summary
+
+
+def open_store(store: Store | str | os.PathLike[str]) -> Store:
+    return store if isinstance(store, Store) else Store(Path(store))
+
+
+def store_encoder(store: Store | str | os.PathLike[str], model: str | None = None, device: str = "auto") -> "Encoder":
+    """The encoder to query ``store`` with: ``model`` (default: the store's own model), refused unless it is
+    the model that built the store."""
+    from cmrdx.model.loader import get_encoder, model_sha256
+
+    store = open_store(store)
+    try:
+        enc = get_encoder(model or store.info["model"], device)
+    except ModelError as exc:
+        raise ModelError(f"{store.db} was built with model {store.info['model']!r}, which is not installed: {exc.message}",
+                         hint="pass --model with that model's folder") from exc
+    store.check_model(enc.manifest.name, model_sha256(enc.manifest))
+    return enc
+
+
+def search(store: Store | str | os.PathLike[str], text: str, k: int = 10, *, model: str | None = None,
+           device: str = "auto", exact: bool = False, show_phi: bool = False) -> list[Hit]:
+    """The ``k`` studies of ``store`` (a Store or its folder) most similar to a free-text query, best first.
+    ``exact`` searches exactly even when the store has an ANN index; ``show_phi`` also reads each study's
+    patient name / ID from its files (``Hit.patient``)."""
+    store = open_store(store)
+    enc = store_encoder(store, model, device)
+    q = enc.encode_texts([text])[0]
+    return _with_patients(store.search_vector(q, k, exact=exact or None), store, show_phi)
+
+
+def similar(store: Store | str | os.PathLike[str], study: "str | os.PathLike[str] | Study", k: int = 10, *,
+            model: str | None = None, device: str = "auto", exact: bool = False, show_phi: bool = False) -> list[Hit]:
+    """The ``k`` studies of ``store`` nearest to ``study`` (a study folder or an assembled Study), best first;
+    the study itself is among them when the store holds it."""
+    from cmrdx.recipe import apply_recipe
+    from cmrdx.study.assemble import assemble_study
+    from cmrdx.study.types import Study
+
+    store = open_store(store)
+    enc = store_encoder(store, model, device)
+    st = study if isinstance(study, Study) else assemble_study(study)
+    x = apply_recipe(st, enc.manifest.recipe_params()).array
+    q = enc.encode_studies(x[None])[0]
+    return _with_patients(store.search_vector(q, k, exact=exact or None), store, show_phi)
+
+
+def _with_patients(hits: list[Hit], store: Store, show_phi: bool) -> list[Hit]:
+    if show_phi:
+        base = Path(store.info.get("archive") or ".")
+        for h in hits:
+            h.patient = patient_of(base / h.source)
+    return hits
 
 
 def patient_of(source: Path) -> str:
