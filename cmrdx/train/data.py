@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from cmrdx.fileio import atomic_write
 from cmrdx.recipe import RecipeParams, apply_recipe, recipe_view_keys, u8_exact
 
 log = logging.getLogger(__name__)
@@ -325,9 +325,7 @@ def _reword(meta: dict[str, Any], source, mpath: Path) -> None:
              desc.get("wording"))
     meta["reports"] = [source.item_at(i).report if r is not None else None for i, r in enumerate(meta["reports"])]
     meta["source"] = desc
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, mpath)
+    atomic_write(mpath, json.dumps(meta))
 
 
 def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: bool = True,
@@ -367,11 +365,9 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
 
     def save() -> None:
         vids.flush()
-        np.save(folder / "done.npy", done)
-        np.save(folder / "n_real.npy", n_real)
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, mpath)
+        atomic_write(folder / "done.npy", lambda f: np.save(f, done))
+        atomic_write(folder / "n_real.npy", lambda f: np.save(f, n_real))
+        atomic_write(mpath, json.dumps(meta))
 
     todo = [i for i in range(n) if not done[i]]
     prog = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from cmrdx.fileio import atomic_write
+
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -24,8 +26,9 @@ def train_vocab(texts: Iterable[str], out: str | Path, *, vocab_size: int = 2000
         min_frequency: pieces seen fewer times are not merged into the vocabulary.
     Returns:
         The path written. Not bit-reproducible across processes: the library breaks merge-count ties in hash
-        order, so a run writes its vocabulary once (trainer work folder) and the export records its sha256. Every single character of the corpus is in the vocabulary, so an unseen word is
-        spelled out in pieces rather than mapped to [UNK].
+        order, so a run writes its vocabulary once (trainer work folder) and the export records its sha256.
+        Every single character of the corpus is in the vocabulary, so an unseen word is spelled out in pieces
+        rather than mapped to [UNK].
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -46,7 +49,7 @@ def train_vocab(texts: Iterable[str], out: str | Path, *, vocab_size: int = 2000
     ordered = sorted(vocab.items(), key=lambda kv: kv[1])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{tok}\n" for tok, _ in ordered), encoding="utf-8")
+    atomic_write(out, "".join(f"{tok}\n" for tok, _ in ordered))
     return out
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cmrdx.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -298,7 +300,7 @@ class Trainer:
         init = _load_init(cfg.init_from) if need_init else None
         if init is not None and not self.vocab.is_file():
             # a warm start keeps the token ids its weights were trained with
-            self.vocab.write_text(init["vocab"], encoding="utf-8")
+            atomic_write(self.vocab, init["vocab"])
         if not self.vocab.is_file():
             train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
         self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
@@ -365,9 +367,8 @@ class Trainer:
     def save(self) -> None:
         import torch
 
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save(self._state(), tmp)
-        tmp.replace(self.ckpt)
+        state = self._state()
+        atomic_write(self.ckpt, lambda f: torch.save(state, f))
 
     def _load(self) -> None:
         import torch
@@ -465,9 +466,8 @@ class Trainer:
                 self._video_emb = torch.from_numpy(np.load(path)).to(self.device)
             else:
                 self._video_emb = self._over_cache(lambda v: m.vid_proj(m.video_model(v)), torch.float32)
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, self._video_emb.cpu().numpy())
-                tmp.replace(path)
+                emb = self._video_emb.cpu().numpy()
+                atomic_write(path, lambda f: np.save(f, emb))
         return self._video_emb
 
     def motion_stats(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
@@ -669,10 +669,9 @@ class Trainer:
         import torch
 
         path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"format": "cmrdx-trained/1", "config": asdict(self.cfg), "model": self._cpu_state(),
-                    "vocab": self.vocab.read_text(encoding="utf-8"), "provenance": self.provenance()}, tmp)
-        tmp.replace(path)
+        state = {"format": "cmrdx-trained/1", "config": asdict(self.cfg), "model": self._cpu_state(),
+                 "vocab": self.vocab.read_text(encoding="utf-8"), "provenance": self.provenance()}
+        atomic_write(path, lambda f: torch.save(state, f))
         return path
 
 
@@ -760,5 +759,5 @@ def train(cfg: TrainConfig, *, out: str | Path | None, work: str | Path, progres
     res = tr.run(max_steps=max_steps)
     if out is not None and tr.step >= tr.total_steps:
         res.export = tr.export(out, int8=int8, float16=float16)
-        (Path(work) / "result.json").write_text(json.dumps(asdict(res), indent=1, default=float))
+        atomic_write(Path(work) / "result.json", json.dumps(asdict(res), indent=1, default=float))
     return res
