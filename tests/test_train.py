@@ -391,22 +391,78 @@ def test_torch_batch_normalisation_equals_the_numpy_recipe_and_shifts_move_whole
         assert hits == 1
 
 
-def test_time_budget_shortens_the_schedule_and_keeps_the_cosine_decay(trained, tmp_path):
-    import shutil
-    import time as _time
+class FakeClock:
+    """Seconds that advance by ``dt`` at every reading, ``dt`` switching to ``after[1]`` from reading
+    ``after[0]`` on. ``Trainer.run`` reads its clock once when it starts and twice a step (at the step's start
+    and after the optimiser step), so with ``dt = 0.5`` every step is one second long."""
 
-    _, _, _, work, cfg = trained
-    shutil.copytree(work / "cache", tmp_path / "b" / "cache")  # same source and recipe: no re-rendering
-    cfg2 = dataclasses.replace(cfg, epochs=100_000, max_train_seconds=30.0)
-    tr = Trainer(cfg2, tmp_path / "b", progress=False)
-    t0 = _time.perf_counter()
-    tr.run()
-    took = _time.perf_counter() - t0
-    assert 60 < tr.step == tr.total_steps < tr.planned_steps
-    assert took < 30.0 * 1.25, took
+    def __init__(self, dt: float, after: tuple[int, float] | None = None):
+        self.t, self.dt, self.after, self.readings = 0.0, dt, after, 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        if self.after is not None and self.readings > self.after[0]:
+            self.dt = self.after[1]
+        self.t += self.dt
+        return self.t
+
+
+def _budgeted(trained, tmp_path, budget, clock):
+    """A run of the tiny model on the fixture's cache with a 100000-step schedule (one step an epoch) and
+    ``max_train_seconds=budget`` on ``clock``; returns the trainer and the learning rate of every step."""
+    import shutil
+
     from cmrdx.train.trainer import lr_at
 
-    assert lr_at(tr.step - 1, tr.total_steps, cfg2.lr, cfg2.warmup_steps) < 0.05 * cfg2.lr  # decayed to the end
+    _, _, _, work, cfg = trained
+    shutil.copytree(work / "cache", tmp_path / "cache")  # same source and recipe: no re-rendering
+    cfg2 = dataclasses.replace(cfg, epochs=100_000, max_train_seconds=budget)
+    lrs: list[float] = []
+    tr = Trainer(cfg2, tmp_path, progress=False, clock=clock,
+                 on_step=lambda step, loss: lrs.append(tr.opt.param_groups[0]["lr"]))
+    assert tr.steps_per_epoch == 1 and tr.planned_steps == 100_000
+    tr.run()
+    return tr, lrs, lambda step, total: lr_at(step, total, cfg2.lr, cfg2.warmup_steps)
+
+
+def test_time_budget_fits_the_schedule_and_decays_the_cosine_to_its_end(trained, tmp_path, caplog):
+    """One second a step, 100 s: 30 steps after the start the probe begins; at step 60 the 30 s it took give
+    1 s/step, and the 40 s left fit int(40 / 1.05) = 38 more steps (total 98); at step 90 the 10 s left fit
+    int(10 / 1.05) = 9 more (total 99); the run ends at step 99 after 99 s, inside the budget, its last step at
+    the bottom of the cosine of the final schedule."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cmrdx.train.trainer")
+    clock = FakeClock(0.5)
+    tr, lrs, lr_at = _budgeted(trained, tmp_path, 100.0, clock)
+    assert tr.step == tr.total_steps == len(tr.losses) == 99
+    assert tr.train_seconds == 99 * 0.5  # from each step's start to its optimiser step
+    assert clock.readings == 2 + 1 + 2 * 99  # the cache build, the run's start, two a step
+    assert lrs == [lr_at(k, 100_000 if k < 60 else 98 if k < 90 else 99) for k in range(99)]
+    assert lrs[-1] == lr_at(98, 99) < 0.011 * tr.cfg.lr  # decayed to the end: 1% of the peak plus a sliver
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "time budget 100 s at 1.000 s/step: schedule of 100000 steps now 98" in msgs
+    assert "time budget 100 s at 1.000 s/step: schedule of 98 steps now 99" in msgs
+    assert not any("spent" in m for m in msgs)
+
+
+def test_time_budget_stops_at_the_budget_when_steps_slow_down(trained, tmp_path, caplog):
+    """Steps of 1 s until the fit at step 60 (total 98, as above), then of 2 s (from the clock's 124th reading:
+    2 in the constructor, 1 at the start, 2 a step for 60 steps): 60 s + 20 x 2 s reach the 100 s at step 80,
+    and step 81 ends at 102 s > 100 s: the run stops there and the schedule ends with it. Without a fit (a
+    20 s budget) it stops at step 21."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cmrdx.train.trainer")
+    tr, lrs, lr_at = _budgeted(trained, tmp_path / "slow", 100.0, FakeClock(0.5, after=(2 + 1 + 2 * 60, 1.0)))
+    assert tr.step == tr.total_steps == 81 and len(lrs) == 81
+    assert lrs == [lr_at(k, 100_000 if k < 60 else 98) for k in range(81)]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "time budget 100 s spent: stopped at step 81 of 98" in msgs
+    assert sum("schedule of" in m for m in msgs) == 1  # the stop comes before step 90's refit
+    tr, _, _ = _budgeted(trained, tmp_path / "short", 20.0, FakeClock(0.5))
+    assert tr.step == tr.total_steps == 21
+    assert "time budget 20 s spent: stopped at step 21 of 100000" in [r.getMessage() for r in caplog.records]
 
 
 def test_bad_training_inputs_name_the_file_and_render_nothing(trained, tmp_path):

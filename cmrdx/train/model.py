@@ -2,7 +2,7 @@
 
 Parameter names follow the released checkpoint (``video_model.*``, ``text_model.*``, ``vid_proj.1.*``,
 ``txt_proj.1.*``) so ``pytorch_model.bin`` loads with ``strict=True``. The video encoder is the "Frozen in
-Time" SpaceTimeTransformer: see shared/design/CMRCLIP.md for the token layout and block order copied here.
+Time" SpaceTimeTransformer: see docs/cmrclip.md for the token layout and block order copied here.
 
 Two attention implementations share the same parameters:
 
@@ -351,8 +351,8 @@ class MotionStream(nn.Module):
             raise ValueError(f"motion pool {cfg.pool} does not divide the {side} px maps into equal cells")
         self.pool = nn.AvgPool2d(side // cfg.pool)
         # standardised per feature over the studies (batch statistics in training, running ones after): the
-        # cells share a large common pattern (every heart looks alike) that, left in, drove a layer norm + GELU
-        # head's units dead within 150 steps
+        # cells share a large common pattern (every heart looks alike) which, left in, saturates a layer norm +
+        # GELU head and leaves its units dead early in training
         self.norm = nn.BatchNorm1d(c_in * cfg.pool * cfg.pool)
         self.fc1 = nn.Linear(c_in * cfg.pool * cfg.pool, cfg.hidden)
         self.act = nn.GELU()

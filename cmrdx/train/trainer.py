@@ -221,6 +221,23 @@ def shift_batch(x, m: int, rng: np.random.Generator):
     return torch.stack([pad[i, ..., y:y + s, xx:xx + s] for i, (y, xx) in enumerate(zip(dy, dx))])
 
 
+PROBE_STEPS = 30  # steps between refits of a time-budgeted schedule (and before the first timed step)
+BUDGET_MARGIN = 1.05  # the fitted schedule assumes steps 5% slower than measured so far
+
+
+def _fit_schedule(step: int, elapsed: float, budget: float, probe_from: int, since_probe: float | None,
+                  planned: int) -> int | None:
+    """The schedule's length (total steps) that fits ``budget`` seconds, refitted every ``PROBE_STEPS`` steps
+    after the probe (``probe_from``), on the mean time per step since the probe began (``since_probe``
+    seconds): validation passes and checkpoints are included, which one step's time would miss. None when
+    this step is no refit. At least one more step, at most the planned schedule."""
+    if since_probe is None or step <= probe_from or (step - probe_from) % PROBE_STEPS:
+        return None
+    per_step = since_probe / (step - probe_from)
+    fit = step + int((budget - elapsed) / (per_step * BUDGET_MARGIN))
+    return min(planned, max(step + 1, fit))
+
+
 def split_indices(valid: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) row indices: a fixed seeded fraction of the valid rows held out for validation loss."""
     rng = np.random.default_rng([seed, 0x5A1])
@@ -233,7 +250,7 @@ class Trainer:
     """Holds the cache, tokenizer, model and optimiser of one run (``work`` folder = cache + checkpoint)."""
 
     def __init__(self, cfg: TrainConfig, work: str | Path, *, progress: bool = True,
-                 on_step: Callable[[int, float], None] | None = None):
+                 on_step: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter):
         import torch
 
         from cmrdx.train.data import build_cache
@@ -245,6 +262,8 @@ class Trainer:
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.on_step = on_step
+        # seconds, monotonic: times the cache build, the steps and the max_train_seconds budget (tests pass a fake)
+        self.clock = clock
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -284,10 +303,10 @@ class Trainer:
             raise ValueError(f"init_from {cfg.init_from}: no such file")  # before hours of rendering, not after
         self.recipe = cfg.recipe()
         self.source = cfg.source()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=progress,
                                  workers=cfg.workers, max_seconds=cfg.max_cache_seconds)
-        self.cache_seconds = time.perf_counter() - t0
+        self.cache_seconds = self.clock() - t0
         self.device = cfg.torch_device()  # after the cache: its worker processes fork before CUDA starts
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -558,10 +577,11 @@ class Trainer:
         """Train until ``total_steps`` (or ``max_steps`` more steps). Resumable at any step."""
         import torch
 
-        end = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        limit = None if max_steps is None else self.step + max_steps  # where this call stops at the latest
+        end = self.total_steps if limit is None else min(self.total_steps, limit)
         budget = self.cfg.max_train_seconds
-        probe_from, probe = self.step + 30, None  # steps timed to fit the schedule to the budget (after warm-up)
-        run_t0 = time.perf_counter()
+        probe_from, probe = self.step + PROBE_STEPS, None  # the steps after warm-up time the budget's schedule
+        run_t0 = self.clock()
         self._train_mode()
         prog = None
         if self.progress:
@@ -573,7 +593,8 @@ class Trainer:
             task = prog.add_task("train", total=self.total_steps, completed=self.step, info="")
         try:
             while self.step < end:
-                t0 = time.perf_counter()
+                # the clock is read twice a step, here and after the optimiser step (``now``), and nowhere else
+                t0 = self.clock()
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(self.step, self.total_steps, g.get("peak_lr", self.cfg.lr), self.cfg.warmup_steps)
                 loss = self.loss(*self.batch(self.step))
@@ -583,29 +604,26 @@ class Trainer:
                 self.opt.step()
                 self.step += 1
                 self.losses.append(float(loss.detach()))
-                self.train_seconds += time.perf_counter() - t0
-                if budget is not None and time.perf_counter() - run_t0 > budget and self.step < self.total_steps:
-                    log.warning("time budget %.0f s spent: stopped at step %d of %d", budget, self.step,
-                                self.total_steps)
-                    self.total_steps = end = self.step
-                if budget is not None and self.step == probe_from:
-                    probe = time.perf_counter()
-                if budget is not None and probe is not None and self.step > probe_from and (self.step - probe_from) % 30 == 0:
-                    # refitted every 30 steps on the mean wall-clock time per step since the probe began (validation
-                    # passes and checkpoints included: a 30-step window read 0.160 s/step on the H200 for 0.099)
-                    now = time.perf_counter()
-                    per_step = (now - probe) / (self.step - probe_from)
-                    fit = self.step + int((budget - (now - run_t0)) / (per_step * 1.05))
-                    fit = min(self.planned_steps, max(self.step + 1, fit))
-                    if fit != self.total_steps:
-                        log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget, per_step,
-                                 self.total_steps, fit)
+                now = self.clock()
+                self.train_seconds += now - t0
+                if budget is not None:
+                    if now - run_t0 > budget and self.step < self.total_steps:
+                        log.warning("time budget %.0f s spent: stopped at step %d of %d", budget, self.step,
+                                    self.total_steps)
+                        self.total_steps = end = self.step
+                    if self.step == probe_from:
+                        probe = now
+                    fit = _fit_schedule(self.step, now - run_t0, budget, probe_from, now - probe
+                                        if probe is not None else None, self.planned_steps)
+                    if fit is not None and fit != self.total_steps and self.step < self.total_steps:
+                        log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget,
+                                 (now - probe) / (self.step - probe_from), self.total_steps, fit)
                         self.total_steps = fit
-                        end = fit if max_steps is None else min(self.step + max_steps, fit)
+                        end = fit if limit is None else min(limit, fit)
                         if prog is not None:
                             prog.update(task, total=self.total_steps)
                 if self.on_step:
-                    self.on_step(self.step, float(loss))
+                    self.on_step(self.step, self.losses[-1])
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if epoch_end:
                     v = self.val_loss()
