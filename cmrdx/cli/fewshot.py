@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 
@@ -23,23 +22,15 @@ def fit_cmd(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
-    from cmrdx.model.loader import get_encoder, model_sha256
     from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
-    from cmrdx.zeroshot.fewshot import fit_prototypes
+    from cmrdx.model.loader import get_encoder, model_sha256
+    from cmrdx.zeroshot.fewshot import fit_from_labelled
 
     enc = get_encoder(model, device)
     sha = model_sha256(enc.manifest)
     rows = load_labels(labels, data, finding)
     es = embed_labelled(rows, enc, StudyEmbeddingCache(sha))
-    y = {}
-    for fid in finding or (list(rows[0].labels) if rows else []):
-        lab = np.array([r.labels.get(fid) if r.labels.get(fid) is not None else -1 for r in es.rows])
-        if shots:
-            for c in (0, 1):
-                extra = np.flatnonzero(lab == c)[shots:]
-                lab[extra] = -1
-        y[fid] = lab
-    protos = fit_prototypes(es.embeddings, y, enc.manifest.name, sha)
+    protos = fit_from_labelled(es, finding or None, shots, enc.manifest.name, sha)
     protos.save(out)
     Console().print(f"wrote {out}: {len(protos.findings)} finding(s), shots (absent/present): "
                     + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots)))

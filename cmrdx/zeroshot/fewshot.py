@@ -2,19 +2,23 @@
 
 A prototype file (.npz) holds embeddings and labels only, no patient data, and names the model (name and
 sha256) it belongs to; prototypes of another model are refused.
+
+From labelled studies (``cmrdx fewshot fit``): ``labels_for_prototypes`` turns rows of labels into the support
+labels per finding (``shots`` per class at most), ``fit_from_labelled`` fits them on an embedded set
+(``cmrdx.evaluation.archive.embed_labelled``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from cmrdx.errors import CmrdxError, ModelError
+from cmrdx.fileio import atomic_write
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -51,14 +55,10 @@ class Prototypes:
             )
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"model_name": self.model_name, "model_sha256": self.model_sha256, "findings": self.findings,
                            "format": "cmrdx-prototypes/1"})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(meta), centre=self.centre, protos=self.protos, shots=self.shots)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, meta=np.array(meta), centre=self.centre, protos=self.protos,
+                                              shots=self.shots))
 
     @classmethod
     def load(cls, path: Path) -> "Prototypes":
@@ -72,6 +72,8 @@ class Prototypes:
 
 def fit_prototypes(emb: np.ndarray, labels: dict[str, np.ndarray], model_name: str, model_sha256: str) -> Prototypes:
     """``emb`` (N, D) L2-normalised; ``labels`` finding -> (N,) of 0/1/-1 (-1 = unknown, not used)."""
+    if not labels:
+        raise CmrdxError("no finding to fit prototypes for", hint="name label columns with --finding")
     findings, centres, protos, shots = [], [], [], []
     for fid, y in labels.items():
         y = np.asarray(y)
@@ -86,3 +88,36 @@ def fit_prototypes(emb: np.ndarray, labels: dict[str, np.ndarray], model_name: s
         shots.append([len(neg), len(pos)])
     return Prototypes(model_name, model_sha256, findings, np.stack(centres).astype(np.float32),
                       np.stack(protos).astype(np.float32), np.array(shots))
+
+
+class _Labelled(Protocol):
+    labels: Mapping[str, int | None]  # finding -> 1 / 0 / None (unknown)
+
+
+def labels_for_prototypes(rows: Sequence[_Labelled], findings: Sequence[str] | None = None,
+                          shots: int | None = None) -> dict[str, np.ndarray]:
+    """Support labels per finding, aligned with ``rows`` (``LabelledStudy`` rows, or anything with a ``labels``
+    mapping): finding -> (N,) of 1 / 0 / -1 (unknown). With ``shots``, only the first ``shots`` rows of each
+    class (in row order) are kept, the rest become -1. ``findings`` default: the first row's label columns."""
+    if findings is None:
+        findings = list(rows[0].labels) if rows else []
+    y: dict[str, np.ndarray] = {}
+    for fid in findings:
+        lab = np.array([r.labels.get(fid) if r.labels.get(fid) is not None else -1 for r in rows], dtype=int)
+        if shots:
+            for c in (0, 1):
+                lab[np.flatnonzero(lab == c)[shots:]] = -1
+        y[fid] = lab
+    return y
+
+
+def fit_from_labelled(embedded: Any, findings: Sequence[str] | None, shots: int | None, model_name: str,
+                      model_sha256: str) -> Prototypes:
+    """Prototypes from an embedded labelled set (``EmbeddedSet``: ``rows`` and their ``embeddings``), with at
+    most ``shots`` examples per class and finding (all when None), for the model that embedded it."""
+    if not embedded.rows:
+        why = f": {embedded.failed[0][1]}" if getattr(embedded, "failed", None) else ""
+        raise CmrdxError(f"no labelled study could be embedded{why}",
+                         hint="check the labels file's `study` column and --data")
+    y = labels_for_prototypes(embedded.rows, findings, shots)
+    return fit_prototypes(np.asarray(embedded.embeddings), y, model_name, model_sha256)
