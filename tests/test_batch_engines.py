@@ -20,6 +20,14 @@ from cmrdx.pipeline.batch.local import LocalEngine
 from cmrdx.pipeline.batch.ray_engine import _encoded
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _home(tmp_path_factory):
+    """Caches (prompt and study embeddings) in a folder of the test's own, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 def _ctx(tmp_path: Path, banks=(), text_emb=()) -> RecordContext:
     disc = Discovery({"1.2.3": [str(tmp_path / "a" / "s1" / "f1.dcm"), str(tmp_path / "a" / "s1" / "f2.dcm")]},
                      duplicates={"1.2.3": 1})

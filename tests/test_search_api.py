@@ -15,6 +15,14 @@ from cmrdx.errors import ModelError
 from cmrdx.pipeline.search import Hit, Store, build_store, index_archive, search, similar
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _home(tmp_path_factory):
+    """Caches (prompt and study embeddings) in a folder of the test's own, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def store(phantom_archive, tiny_model, tmp_path_factory):
     """A store over six phantom studies, built by the command (an archive, so through a batch run)."""
