@@ -58,6 +58,7 @@ from cmrdx.cli import synth as _synth  # noqa: E402
 app.add_typer(_synth.app, name="synth")
 from cmrdx.cli import train as _train  # noqa: E402
 app.command("train")(_train.train_cmd)
+_models.app.command("export")(_train.export_cmd)
 from cmrdx.cli import eval as _eval  # noqa: E402
 app.add_typer(_eval.app, name="eval")
 from cmrdx.cli import send as _send  # noqa: E402

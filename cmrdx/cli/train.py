@@ -1,6 +1,7 @@
-"""``cmrdx train``: contrastive training of a small CMR-CLIP-style model, then ONNX export (the ``train`` extra).
+"""``cmrdx train``: contrastive training of a small CMR-CLIP-style model, then ONNX export (the ``train`` extra);
+``cmrdx models export``: a trained.pt written by training (e.g. by bench/train_gpu.py) to a model folder.
 
-torch is imported inside the command only: ``import cmrdx.cli`` stays light.
+torch is imported inside the commands only: ``import cmrdx.cli`` stays light.
 """
 
 from __future__ import annotations
@@ -31,29 +32,24 @@ def train_cmd(
     workers: int = typer.Option(None, "--workers", help="Processes that render phantom studies into the cache."),
     max_train_seconds: float = typer.Option(None, "--max-train-seconds",
                                             help="Fit the schedule (cosine decay included) to this wall-clock budget."),
-    export_trained: Path = typer.Option(None, "--export-trained", help="Export a trained.pt written by "
-                                        "Trainer.save_trained (e.g. by bench/train_gpu.py) to --out; no training."),
+    export_trained: Path = typer.Option(None, "--export-trained", hidden=True,
+                                        help="Moved: `cmrdx models export TRAINED --out DIR`."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Log lines instead of progress bars (for logs)."),
 ) -> None:
     """Train on (study, report) pairs and export the model with its manifest."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CmrdxError("cmrdx train needs torch", hint='pip install "cmrdx[train]"') from None
+    if export_trained is not None:  # the command line of earlier versions keeps working, and names the new one
+        from rich.console import Console
+
+        Console(stderr=True).print("note: `cmrdx train --export-trained` is now `cmrdx models export TRAINED --out DIR`",
+                                   highlight=False)
+        _export(export_trained, out)
+        return
+    _need_torch("cmrdx train")
     from rich.console import Console
 
     from cmrdx import config as cfgmod
-    from cmrdx.train.trainer import TrainConfig, export_trained as export_trained_file, train
+    from cmrdx.train.trainer import TrainConfig, train
 
-    if export_trained is not None:
-        if not export_trained.is_file():
-            raise CmrdxError(f"{export_trained}: no such file", hint="give the trained.pt that training wrote")
-        try:
-            rep = export_trained_file(export_trained, out)
-        except ValueError as exc:
-            raise CmrdxError(str(exc), hint="--export-trained takes a file written by Trainer.save_trained") from None
-        Console().print(f"exported {export_trained} to {out}: {', '.join(rep['files'])}")
-        return
     over = {"phantoms": phantoms, "seed": seed, "epochs": epochs, "batch_size": batch_size, "threads": threads,
             "archive": str(data) if data else None, "device": device, "workers": workers,
             "max_train_seconds": max_train_seconds,
@@ -81,3 +77,37 @@ def train_cmd(
         con.print(f"exported to {out}: {', '.join(res.export['files'])}")
     else:
         con.print(f"not finished: rerun with --work {work} to resume")
+
+
+def export_cmd(
+    trained: Path = typer.Argument(..., help="A trained.pt written by training (Trainer.save_trained, e.g. by "
+                                             "bench/train_gpu.py)."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (e.g. models/my-model)."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also write an int8 CPU video variant."),
+    float16: bool = typer.Option(True, "--float16/--no-float16", help="Also write a float16 GPU video variant."),
+) -> None:
+    """Export a trained model to a model folder: ONNX towers, tokenizer and manifest, checked against torch (needs
+    the `train` extra). No training."""
+    _export(trained, out, int8=int8, float16=float16)
+
+
+def _need_torch(what: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CmrdxError(f"{what} needs torch", hint='pip install "cmrdx[train]"') from None
+
+
+def _export(trained: Path, out: Path, *, int8: bool = True, float16: bool = True) -> None:
+    _need_torch("cmrdx models export")
+    from rich.console import Console
+
+    from cmrdx.train.trainer import export_trained
+
+    if not trained.is_file():
+        raise CmrdxError(f"{trained}: no such file", hint="give the trained.pt that training wrote")
+    try:
+        rep = export_trained(trained, out, int8=int8, float16=float16)
+    except ValueError as exc:
+        raise CmrdxError(str(exc), hint="give a trained.pt written by training (Trainer.save_trained)") from None
+    Console().print(f"exported {trained} to {out}: {', '.join(rep['files'])}")
