@@ -95,3 +95,110 @@ def test_cli_import_stays_light_and_lists_train_and_eval():
             "names = {c.name for c in cmrdx.cli.app.registered_commands} | {g.name for g in cmrdx.cli.app.registered_groups}; "
             "assert {'train', 'eval'} <= names, names")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- one archive reader, one embedding cache
+
+
+class FakeEncoder:
+    """The shipped model's manifest (identity and recipe) with a stand-in video tower: a unit vector made
+    from the input's statistics, counting the studies it encodes."""
+
+    def __init__(self, precision: str = "float32"):
+        from pathlib import Path
+
+        from cmrdx.model.manifest import load_manifest
+
+        self.manifest = load_manifest(Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small",
+                                      verify=False)
+        self.precision, self.device, self.threads, self.calls = precision, "cpu", 1, 0
+
+    def encode_studies(self, x):
+        self.calls += len(x)
+        d = self.manifest.embedding_dim
+        v = np.stack([np.cos(np.arange(d) * float(s.mean()) + float(s.std())) for s in x]).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    from cmrdx.synth import write_archive
+
+    arch = tmp_path_factory.mktemp("eval") / "arch"
+    write_archive(arch, 3, 77, prevalence=0.5, n_phases=8, matrix=64, report_styles=["telegraphic"])
+    return arch
+
+
+def test_benchmarks_and_authoring_share_one_study_embedding_cache(small_archive, tmp_path):
+    from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, read_archive
+    from cmrdx.evaluation.benchmarks import load_eval_set
+
+    enc, cache_dir = FakeEncoder(), tmp_path / "cache"
+    sha = enc.manifest.sha256  # the model's identity: the sha256 of manifest.json
+    # the authoring / few-shot path fills the cache (labels.csv gives each study's UID)...
+    es = embed_labelled(read_archive(small_archive), enc, StudyEmbeddingCache(sha, cache_dir))
+    assert enc.calls == 3 and es.cached == 0 and len(es.encode_seconds) == 3
+    # ... and the benchmarks read the same entries: nothing is encoded again
+    ev = load_eval_set(small_archive, enc, cache_dir=cache_dir)
+    assert enc.calls == 3 and ev.cached == 3 and ev.encode_ms is None and ev.read_ms is None
+    np.testing.assert_array_equal(ev.study_emb, es.embeddings)
+    assert ev.ids == ["study_0001", "study_0002", "study_0003"] and all(ev.reports)
+    # the precision the encoder runs at is part of the key
+    assert load_eval_set(small_archive, FakeEncoder("float16"), cache_dir=cache_dir).cached == 0
+    # a row without a UID learns it from the DICOM headers, then finds its entry
+    rows = read_archive(small_archive)
+    for r in rows:
+        r.study_uid = None
+    again = embed_labelled(rows, enc, StudyEmbeddingCache.for_encoder(enc, cache_dir))
+    assert enc.calls == 3 and again.cached == 3 and [r.study_uid for r in rows] == [r.study_uid for r in es.rows]
+    # refresh recomputes and rewrites; entries are written atomically, no temporary file is left
+    fresh = load_eval_set(small_archive, enc, cache_dir=cache_dir, refresh=True)
+    assert enc.calls == 6 and fresh.cached == 0 and fresh.encode_ms is not None
+    assert sorted(p.parent.parent.name for p in cache_dir.rglob("*.npy")) == [f"{sha[:32]}-float16"] * 3 + [
+        f"{sha[:32]}-float32"] * 3
+    assert not [p for p in cache_dir.rglob("*") if p.is_file() and p.suffix != ".npy"]
+    # a cache made for another model or another precision is refused, never mixed
+    with pytest.raises(ValueError, match="used with an encoder running float32"):
+        embed_labelled(rows, enc, StudyEmbeddingCache(sha, cache_dir, precision="float16"))
+    with pytest.raises(ValueError, match="used with model"):
+        StudyEmbeddingCache("0" * 64, cache_dir).bind(enc)
+    with pytest.raises(ValueError, match="not bound to a precision"):
+        StudyEmbeddingCache(sha, cache_dir).get("1.2.3")
+
+
+def test_archive_labels_from_csv_or_truth_json_and_blank_labels(small_archive, tmp_path):
+    import csv
+    import shutil
+
+    from cmrdx.evaluation.archive import read_archive
+    from cmrdx.evaluation.benchmarks import fewshot, load_eval_set
+
+    from_csv = read_archive(small_archive)
+    arch = tmp_path / "arch"
+    shutil.copytree(small_archive, arch)
+    (arch / "labels.csv").unlink()
+    (arch / "study_0002" / "truth.json").unlink()  # a study folder without labels is skipped and counted
+    (arch / "study_0003" / "report.txt").unlink()  # as is one without a report
+    from_truth = read_archive(arch)
+    assert [(r.key, r.study_uid, r.labels, r.severities) for r in from_truth] == [
+        (r.key, r.study_uid, r.labels, r.severities) for r in from_csv if r.key != "study_0002"]
+    enc = FakeEncoder()
+    ev = load_eval_set(arch, enc, cache_dir=tmp_path / "cache")
+    assert ev.ids == ["study_0001"] and ev.skipped == {"no labels": 1, "no report.txt": 1}
+    # a labels CSV with a blank label and no severity columns: "present", "none" and "unknown"
+    with open(small_archive / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["lge"], rows[1]["lge"], rows[2]["lge"] = "1", "0", ""
+    cols = ["study", "study_instance_uid", "lge"]
+    with open(small_archive / "blank.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    shutil.copy(small_archive / "blank.csv", tmp_path / "labels.csv")
+    arch2 = tmp_path / "arch2"
+    shutil.copytree(small_archive, arch2, ignore=shutil.ignore_patterns("labels.csv", "blank.csv"))
+    shutil.copy(tmp_path / "labels.csv", arch2 / "labels.csv")
+    ev = load_eval_set(arch2, enc, cache_dir=tmp_path / "cache")
+    assert ev.severity["lge"].tolist() == ["present", "none", "unknown"]
+    assert ev.known("lge").tolist() == [True, True, False] and ev.labels("lge")[:2].tolist() == [1, 0]
+    assert fewshot(ev, ["lge"], shots=(1,), episodes=2)["findings"]["lge"]["1"]["episodes"] == 0  # 1+1 known

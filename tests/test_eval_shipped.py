@@ -38,7 +38,7 @@ def test_example_study_embeddings_match_golden():
 
     gold = json.loads(GOLDEN.read_text())
     now = compute()
-    assert now["model_sha256"] == gold["model_sha256"], "model changed: run tests/golden/regenerate_phantom_small.py"
+    assert now["video_sha256"] == gold["video_sha256"], "model changed: run tests/golden/regenerate_phantom_small.py"
     assert now["texts"] == gold["texts"], "bank prompts changed: run tests/golden/regenerate_phantom_small.py"
     np.testing.assert_allclose(now["study"], gold["study"], atol=2e-4)
     np.testing.assert_allclose(now["text_embeddings"], gold["text_embeddings"], atol=2e-4)

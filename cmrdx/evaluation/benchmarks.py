@@ -1,8 +1,10 @@
 """Benchmarks of a model on a labelled archive: zero-shot AUC, retrieval, few-shot prototypes. numpy only.
 
-Data flow: archive folder (``study_*/DICOM`` + ``report.txt`` + ``truth.json``, ``labels.csv``) -> each study
-read like a user's (``assemble_study`` + the model's recipe) -> study embeddings (onnxruntime Encoder),
-cached on disk per (model sha256, archive) so the three benchmarks encode each study once.
+Data flow: archive folder (``study_*/DICOM`` + ``report.txt``, labels from ``labels.csv`` or each study's
+``truth.json``: ``archive.read_archive``) -> each study read like a user's (``assemble_study`` + the model's
+recipe) -> study embeddings (onnxruntime Encoder) through the study embedding cache shared with prompt authoring
+and few-shot fitting (``archive.StudyEmbeddingCache``: model sha256 + precision + StudyInstanceUID), so the
+benchmarks encode each study once.
 
 Metrics (all on L2-normalised embeddings, cosine similarity):
 
@@ -17,23 +19,25 @@ Metrics (all on L2-normalised embeddings, cosine similarity):
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from cmrdx.errors import CmrdxError
+from cmrdx.evaluation.archive import REPORT_TXT, LabelledStudy, StudyEmbeddingCache, embed_labelled, read_archive
+from cmrdx.fileio import atomic_write
+from cmrdx.vocab import SEVERITY_LEVELS, Severity
+
 log = logging.getLogger(__name__)
 
-SEVERITY_LEVELS = ("mild", "moderate", "severe")
-
 # Published CMR-CLIP zero-shot AUCs (internal test n~201 / external test n=129) and 32-shot few-shot AUCs,
-# from shared/design/CMRCLIP.md. Patients, not phantoms: shown side by side, never as a like-for-like score.
+# from docs/cmrclip.md. Patients, not phantoms: shown side by side, never as a like-for-like score.
 CMRCLIP_PUBLISHED = {
     "lv_dysfunction": (0.735, 0.768, 0.92),
     "rv_dysfunction": (0.783, 0.792, 0.72),
@@ -48,14 +52,14 @@ CMRCLIP_PUBLISHED = {
 # ---------------------------------------------------------------- metrics
 
 
-def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+def auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
     """ROC AUC (ties counted half; scikit-learn's, via cmrdx.zeroshot.calibration). NaN when a class is empty."""
     from cmrdx.zeroshot.calibration import auc_ci
 
     return auc_ci(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), n_boot=0).auc
 
 
-def bootstrap_auc(scores: Sequence[float], labels: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
+def bootstrap_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of the AUC (studies resampled; one-class resamples skipped). (low, high)."""
     from cmrdx.zeroshot.calibration import auc_ci
@@ -112,16 +116,19 @@ def fewshot_auc(emb: np.ndarray, y: np.ndarray, shots: int, *, episodes: int = 1
 
 @dataclass
 class EvalSet:
-    """Embeddings and labels of an archive under one model.
+    """Embeddings, reports and labels of an archive's studies under one model.
 
     Attributes:
         ids: study folder names (N,).
         study_emb: (N, D) float32 L2-normalised study embeddings.
-        reports: (N,) report texts ("" when a study had none).
-        severity: finding -> (N,) array of "none"/"mild"/"moderate"/"severe".
+        reports: (N,) report texts.
+        severity: finding -> (N,) array of "none"/"mild"/"moderate"/"severe"; "present" for a positive label
+            without a severity, "unknown" for a study whose label is blank.
         skipped: reason -> count of study folders left out.
-        seconds: wall time of reading + encoding (0 when loaded from the embedding cache).
-        encode_ms: median per-study encoder time in ms.
+        seconds: wall time of reading + encoding.
+        cached: studies whose embedding came from the cache.
+        encode_ms, read_ms: median per-study encoder and reading + recipe times in ms over the studies encoded
+            in this call; None when every embedding came from the cache.
     """
 
     ids: list[str]
@@ -130,105 +137,72 @@ class EvalSet:
     severity: dict[str, np.ndarray]
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    encode_ms: float = 0.0
-    read_ms: float = 0.0
+    encode_ms: float | None = None
+    read_ms: float | None = None
+    cached: int = 0
 
     def labels(self, finding: str) -> np.ndarray:
-        return (self.severity[finding] != "none").astype(int)
+        return (self.severity[finding] != Severity.NONE).astype(int)
+
+    def known(self, finding: str) -> np.ndarray:
+        """(N,) bool: studies with a label for ``finding``."""
+        return self.severity[finding] != UNKNOWN
 
 
-def _read_labels(root: Path) -> dict[str, dict[str, str]]:
-    """study folder -> {finding: severity} from labels.csv, else from each truth.json."""
-    out: dict[str, dict[str, str]] = {}
-    lab = root / "labels.csv"
-    if lab.is_file():
-        with open(lab, newline="") as fh:
-            for row in csv.DictReader(fh):
-                out[row["study"]] = {k[: -len("_severity")]: v for k, v in row.items() if k.endswith("_severity")}
-        return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        t = d / "truth.json"
-        if t.is_file():
-            try:
-                out[d.name] = dict(json.loads(t.read_text()).get("findings", {}))
-            except ValueError:
-                pass
-    return out
+UNKNOWN = "unknown"
+PRESENT = "present"
 
 
-def _archive_key(root: Path, folders: list[Path]) -> str:
-    h = hashlib.sha256(str(root.resolve()).encode())
-    for d in folders:
-        r = d / "report.txt"
-        h.update(d.name.encode())
-        h.update(str(r.stat().st_mtime_ns if r.is_file() else 0).encode())
-    return h.hexdigest()[:16]
+def _severity(r: LabelledStudy, f: str) -> str:
+    sev = r.severities.get(f) or ""
+    if sev:
+        return sev
+    label = r.labels.get(f)
+    return UNKNOWN if label is None else PRESENT if label else Severity.NONE
 
 
 def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> EvalSet:
-    """Read, preprocess and encode every labelled study folder of ``archive`` with ``encoder``
-    (``cmrdx.model.encoder.Encoder``). Folders without a report or labels, or that do not assemble, are
-    skipped and counted. Embeddings are cached in ``cache_dir`` (default ``$CMRDX_HOME/cache/eval``)."""
-    from cmrdx import config
-    from cmrdx.evaluation.archive import embed_study_folder
-
-    root = Path(archive)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    labels = _read_labels(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
-    sha = encoder.manifest.files[encoder.manifest.video[encoder.precision]]["sha256"]
-    cache_dir = Path(cache_dir) if cache_dir else config.home() / "cache" / "eval"
-    cpath = cache_dir / f"{sha[:16]}-{_archive_key(root, folders)}.npz"
-    if cpath.is_file():
-        with np.load(cpath, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            return EvalSet(ids=meta["ids"], study_emb=z["emb"], reports=meta["reports"],
-                           severity={k: np.array(v) for k, v in meta["severity"].items()}, skipped=meta["skipped"],
-                           encode_ms=meta.get("encode_ms", 0.0), read_ms=meta.get("read_ms", 0.0))
-    recipe = encoder.manifest.recipe_params()
-    ids, embs, reports, sev_rows = [], [], [], []
-    skipped: dict[str, int] = {}
-    enc_ms, read_ms = [], []
+                  progress: Callable[[int, int], None] | None = None, refresh: bool = False) -> EvalSet:
+    """Every labelled study of ``archive`` (``read_archive``) that has a ``report.txt``, read, preprocessed and
+    encoded with ``encoder`` (``cmrdx.model.encoder.Encoder``) through the study embedding cache
+    (``StudyEmbeddingCache`` in ``cache_dir``, default ``$CMRDX_HOME/cache/studies``; ``refresh`` recomputes
+    it). Folders without a report or labels, or that do not assemble, are skipped and counted."""
     t0 = time.perf_counter()
-    for i, d in enumerate(folders):
-        if progress:
-            progress(i, len(folders))
-        rep = d / "report.txt"
-        if not rep.is_file():
-            skipped["no report.txt"] = skipped.get("no report.txt", 0) + 1
-            continue
-        if d.name not in labels:
-            skipped["no labels"] = skipped.get("no labels", 0) + 1
-            continue
-        try:
-            e, _, read_s, enc_s = embed_study_folder(d, encoder, recipe)
-        except Exception as exc:  # noqa: BLE001 - counted, the benchmark goes on
-            log.warning("%s: %s", d.name, exc)
-            key = f"unreadable ({type(exc).__name__})"
-            skipped[key] = skipped.get(key, 0) + 1
-            continue
-        enc_ms.append(enc_s * 1000)
-        read_ms.append(read_s * 1000)
-        ids.append(d.name)
-        embs.append(e)
-        reports.append(rep.read_text(encoding="utf-8").strip())
-        sev_rows.append(labels[d.name])
-    if not ids:
-        raise ValueError(f"{root}: no usable study (skipped: {skipped})")
-    findings = sorted({k for r in sev_rows for k in r})
-    severity = {f: np.array([r.get(f, "none") for r in sev_rows]) for f in findings}
-    es = EvalSet(ids=ids, study_emb=np.stack(embs).astype(np.float32), reports=reports, severity=severity,
-                 skipped=skipped, seconds=time.perf_counter() - t0, encode_ms=float(np.median(enc_ms)),
-                 read_ms=float(np.median(read_ms)))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"ids": ids, "reports": reports, "severity": {k: v.tolist() for k, v in severity.items()},
-            "skipped": skipped, "encode_ms": es.encode_ms, "read_ms": es.read_ms}
-    tmp = cpath.with_suffix(".tmp.npz")
-    np.savez(tmp, emb=es.study_emb, meta=np.array(json.dumps(meta)))
-    tmp.replace(cpath)
-    return es
+    root = Path(archive)
+    rows = read_archive(root)
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str, n: int = 1) -> None:
+        skipped[reason] = skipped.get(reason, 0) + n
+
+    listed = {r.path.resolve() for r in rows if r.path is not None}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.resolve() not in listed):
+        skip("no report.txt" if not (d / REPORT_TXT).is_file() else "no labels")
+    usable, reports = [], {}
+    for r in rows:
+        rep = r.report()
+        if r.path is None or not r.path.is_dir():
+            skip("no study folder")
+        elif rep is None:
+            skip("no report.txt")
+        else:
+            usable.append(r)
+            reports[id(r)] = rep
+    es = embed_labelled(usable, encoder, StudyEmbeddingCache.for_encoder(encoder, cache_dir), progress, refresh=refresh)
+    for kind, n in es.failure_kinds.items():
+        skip(kind, n)
+    if not es.rows:
+        raise CmrdxError(f"{root}: no usable study (skipped: {skipped})",
+                         hint="an archive holds study folders with DICOM and report.txt, and labels.csv or truth.json")
+    findings = sorted({f for r in es.rows for f in r.labels})
+    severity = {f: np.array([_severity(r, f) for r in es.rows]) for f in findings}
+
+    def median_ms(xs: list[float]) -> float | None:
+        return float(np.median(xs)) * 1000 if xs else None
+
+    return EvalSet(ids=[r.path.name if r.path is not None else r.key for r in es.rows], study_emb=es.embeddings, reports=[reports[id(r)] for r in es.rows],
+                   severity=severity, skipped=skipped, seconds=time.perf_counter() - t0,
+                   encode_ms=median_ms(es.encode_seconds), read_ms=median_ms(es.read_seconds), cached=es.cached)
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -246,19 +220,21 @@ def zeroshot(es: EvalSet, bank, encoder, *, n_boot: int = 1000, seed: int = 0) -
     for j, f in enumerate(bank.findings):
         if f.id not in es.severity:
             continue
-        s = np.array([fs[j].score for fs in per_study])
-        y = es.labels(f.id)
+        known = es.known(f.id)  # studies whose label for this finding is blank take no part
+        s = np.array([fs[j].score for fs in per_study])[known]
+        y = es.labels(f.id)[known]
         lo, hi = bootstrap_auc(s, y, n_boot=n_boot, seed=seed)
-        sev = es.severity[f.id]
-        neg = sev == "none"
-        by = {"none": {"n": int(neg.sum()), "mean_score": float(s[neg].mean()) if neg.any() else None}}
+        sev = es.severity[f.id][known]
+        neg = sev == Severity.NONE
+        by: dict[str, dict[str, Any]] = {
+            str(Severity.NONE): {"n": int(neg.sum()), "mean_score": float(s[neg].mean()) if neg.any() else None}}
         for lvl in SEVERITY_LEVELS:
             m = sev == lvl
-            by[lvl] = {"n": int(m.sum()), "mean_score": float(s[m].mean()) if m.any() else None,
-                       "auc_vs_none": auc(np.concatenate([s[m], s[neg]]), np.r_[np.ones(m.sum()), np.zeros(neg.sum())])
-                       if m.any() and neg.any() else None}
+            by[str(lvl)] = {"n": int(m.sum()), "mean_score": float(s[m].mean()) if m.any() else None,
+                            "auc_vs_none": auc(np.concatenate([s[m], s[neg]]), np.r_[np.ones(m.sum()), np.zeros(neg.sum())])
+                            if m.any() and neg.any() else None}
         out["findings"][f.id] = {"label": f.label, "kind": per_study[0][j].kind, "auc": auc(s, y), "ci95": [lo, hi],
-                                 "positives": int(y.sum()), "by_severity": by}
+                                 "positives": int(y.sum()), "n": int(known.sum()), "by_severity": by}
     return out
 
 
@@ -277,10 +253,11 @@ def fewshot(es: EvalSet, findings: Sequence[str], *, shots: Sequence[int] = (1, 
     for f in findings:
         if f not in es.severity:
             continue
-        y = es.labels(f)
+        known = es.known(f)
+        y = es.labels(f)[known]
         out["findings"][f] = {}
         for k in shots:
-            m, sd, n = fewshot_auc(es.study_emb, y, k, episodes=episodes, seed=seed)
+            m, sd, n = fewshot_auc(es.study_emb[known], y, k, episodes=episodes, seed=seed)
             out["findings"][f][str(k)] = {"mean": m, "sd": sd, "episodes": n}
     return out
 
@@ -338,16 +315,20 @@ def markdown_tables(zs: dict[str, Any] | None, rt: dict[str, Any] | None, fs: di
 def record_metrics(model_root: str | Path, results: dict[str, Any]) -> None:
     """Add the headline benchmark figures to ``provenance.metrics`` of a model's manifest.
 
-    The manifest hashes the model's files, not itself, so the model still verifies afterwards."""
+    The manifest hashes the model's files, not itself, so the model still verifies afterwards; its own sha256,
+    the model's identity, changes, so caches and calibrations keyed by it start afresh. The encoder time is
+    recorded only when this run measured it (an all-cached run did not)."""
     mpath = Path(model_root) / "manifest.json"
     d = json.loads(mpath.read_text())
     zs, rt, fs = results["zeroshot"], results["retrieval"], results["fewshot"]
-    d.setdefault("provenance", {})["metrics"] = {
+    metrics: dict[str, Any] = {
         "benchmark": {"data": results["data"], "n": results["n"], "bank": zs["bank"]},
         "zeroshot_auc": {k: {"auc": round(v["auc"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
                          for k, v in zs["findings"].items()},
         "retrieval": {k: {m: round(x, 4) for m, x in rt[k].items()} for k in ("text_to_study", "study_to_text")},
         "fewshot_auc_mean": {k: {s: round(v["mean"], 4) for s, v in r.items()} for k, r in fs["findings"].items()},
-        "study_encode_ms_median_cpu": round(results["study_encode_ms_median"], 1),
     }
-    mpath.write_text(json.dumps(d, indent=2) + "\n")
+    if results.get("study_encode_ms_median") is not None:
+        metrics["study_encode_ms_median_cpu"] = round(results["study_encode_ms_median"], 1)
+    d.setdefault("provenance", {})["metrics"] = metrics
+    atomic_write(mpath, json.dumps(d, indent=2) + "\n")

@@ -5,7 +5,8 @@ prompts. Run after retraining or re-exporting models/cmrdx-phantom-small:
     .venv/bin/python tests/golden/regenerate_phantom_small.py
 
 The test compares within tolerance (onnxruntime on another CPU may differ in the last bits), and checks the
-model's sha256 first, so a changed model asks for this script rather than failing on numbers.
+sha256 of the model's float32 video file (``video_sha256``) first, so a changed model asks for this script
+rather than failing on numbers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def compute() -> dict:
     study = enc.encode_studies(x[None])[0]
     texts = load_bank(BANK).texts
     return {
-        "model_sha256": enc.manifest.files[enc.manifest.video["float32"]]["sha256"],
+        "video_sha256": enc.manifest.files[enc.manifest.video["float32"]]["sha256"],
         "text_sha256": enc.manifest.files[enc.manifest.text["file"]]["sha256"],
         "study": [round(float(v), 7) for v in study],
         "texts": texts,
