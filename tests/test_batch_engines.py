@@ -13,8 +13,17 @@ import pytest
 
 from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch import (
-    BatchOptions, Discovery, EncodedStudy, Engine, EngineJob, RecordContext, build_record, decode_embedding,
-    journal_path, run_batch, state_dir,
+    BatchOptions,
+    Discovery,
+    EncodedStudy,
+    Engine,
+    EngineJob,
+    RecordContext,
+    build_record,
+    decode_embedding,
+    journal_path,
+    run_batch,
+    state_dir,
 )
 from cmrdx.pipeline.batch.local import LocalEngine
 from cmrdx.pipeline.batch.ray_engine import _encoded

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from cmrdx import __version__
-from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.model.loader import get_encoder, model_sha256
-from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
+from cmrdx.study.assemble import StudyInspection, assemble_study
+from cmrdx.study.types import Study
+from cmrdx.vocab import DEFAULT_BANKS
 from cmrdx.zeroshot.bank import get_bank
 from cmrdx.zeroshot.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
-from cmrdx.study.types import Study
 
 RESULT_SCHEMA = "cmrdx-classify/1"
 FEW_PHASES = 15  # a cine with fewer phases than this is under-sampled for the model

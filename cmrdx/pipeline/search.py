@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Store:
             raise CmrdxError(f"{f}: unsupported index format {self.info.get('format')!r}", hint="rebuild the index")
         self.emb = np.load(self.db / "embeddings.npy", mmap_mode="r")
         self.rows = [json.loads(line) for line in (self.db / "studies.jsonl").read_text().splitlines() if line]
-        self._ivf = None
+        self._ivf: Any = None  # the FAISS index, read on first use
 
     def check_model(self, name: str, sha256: str) -> None:
         if sha256 != self.info["model_sha256"]:
@@ -155,7 +156,7 @@ def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: s
 
 
 def index_archive(archive: str | os.PathLike[str], db: str | os.PathLike[str], *, model: str | None = None,
-                  device: str = "auto", ann: str = "auto") -> tuple[dict[str, Any], "BatchSummary"]:
+                  device: str = "auto", ann: str = "auto") -> tuple[dict[str, Any], BatchSummary]:
     """Embed an archive with a batch run kept in the store (``DB/batch.jsonl``, resumable like any batch run)
     and build the store from it. Returns the store's ``index.json`` and the batch run's summary."""
     from cmrdx.pipeline.batch import BatchOptions, run_batch
@@ -170,7 +171,7 @@ def open_store(store: Store | str | os.PathLike[str]) -> Store:
     return store if isinstance(store, Store) else Store(Path(store))
 
 
-def store_encoder(store: Store | str | os.PathLike[str], model: str | None = None, device: str = "auto") -> "Encoder":
+def store_encoder(store: Store | str | os.PathLike[str], model: str | None = None, device: str = "auto") -> Encoder:
     """The encoder to query ``store`` with: ``model`` (default: the store's own model), refused unless it is
     the model that built the store."""
     from cmrdx.model.loader import get_encoder, model_sha256
@@ -196,7 +197,7 @@ def search(store: Store | str | os.PathLike[str], text: str, k: int = 10, *, mod
     return _with_patients(store.search_vector(q, k, exact=exact or None), store, show_phi)
 
 
-def similar(store: Store | str | os.PathLike[str], study: "str | os.PathLike[str] | Study", k: int = 10, *,
+def similar(store: Store | str | os.PathLike[str], study: str | os.PathLike[str] | Study, k: int = 10, *,
             model: str | None = None, device: str = "auto", exact: bool = False, show_phi: bool = False) -> list[Hit]:
     """The ``k`` studies of ``store`` nearest to ``study`` (a study folder or an assembled Study), best first;
     the study itself is among them when the store holds it."""

@@ -11,9 +11,10 @@ labels per finding (``shots`` per class at most), ``fit_from_labelled`` fits the
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class Prototypes:
                                               shots=self.shots))
 
     @classmethod
-    def load(cls, path: Path) -> "Prototypes":
+    def load(cls, path: Path) -> Prototypes:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))

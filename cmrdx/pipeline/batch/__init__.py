@@ -21,11 +21,25 @@ from __future__ import annotations
 from cmrdx.pipeline.batch.discover import Discovery, discover, source_folder
 from cmrdx.pipeline.batch.engine import EncodedStudy, Engine, EngineJob
 from cmrdx.pipeline.batch.journal import (
-    JOURNAL_SCHEMA, Journal, RecordContext, build_record, decode_embedding, encode_embedding, journal_path, state_dir,
+    JOURNAL_SCHEMA,
+    Journal,
+    RecordContext,
+    build_record,
+    decode_embedding,
+    encode_embedding,
+    journal_path,
+    state_dir,
 )
-from cmrdx.pipeline.batch.prepare import prepare_study
-from cmrdx.pipeline.batch.results import FLAT_COLUMNS, embeddings_path, flat_rows, read_results, write_reports, write_results
 from cmrdx.pipeline.batch.options import ENGINES, BatchOptions, BatchSummary
+from cmrdx.pipeline.batch.prepare import prepare_study
+from cmrdx.pipeline.batch.results import (
+    FLAT_COLUMNS,
+    embeddings_path,
+    flat_rows,
+    read_results,
+    write_reports,
+    write_results,
+)
 from cmrdx.pipeline.batch.run import get_engine, run_batch
 
 __all__ = [

@@ -11,9 +11,9 @@ import concurrent.futures as cf
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cmrdx import config
 from cmrdx.fileio import atomic_write

@@ -9,8 +9,9 @@ tasks read, an actor pool encodes; ``ray_engine.RayEngine``). ``run.get_engine``
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,11 +34,11 @@ class EncodedStudy:
         return self.error is None
 
     @classmethod
-    def failed(cls, uid: str, type_: str, message: str, seconds: float = 0.0) -> "EncodedStudy":
+    def failed(cls, uid: str, type_: str, message: str, seconds: float = 0.0) -> EncodedStudy:
         return cls(uid, None, {}, {"type": type_, "message": message}, seconds)
 
     @classmethod
-    def from_prepared(cls, prepared: Mapping[str, Any], embedding: np.ndarray | None) -> "EncodedStudy":
+    def from_prepared(cls, prepared: Mapping[str, Any], embedding: np.ndarray | None) -> EncodedStudy:
         """From ``prepare_study``'s result and the embedding of its array (None when it failed)."""
         if prepared["error"] is not None:
             return cls(prepared["uid"], None, {}, dict(prepared["error"]), float(prepared["seconds"]))
@@ -51,7 +52,7 @@ class EngineJob:
 
     studies: Mapping[str, Sequence[str]]  # StudyInstanceUID -> its files
     recipe: dict[str, Any]
-    encoder: "Encoder"
+    encoder: Encoder
     headers: str | None = None  # discovery's header files, when on this machine's disk
 
 

@@ -12,9 +12,10 @@ import base64
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         self._recover()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run's appends
 
     def _recover(self) -> None:
         if not self.path.is_file():
@@ -92,7 +93,7 @@ class RecordContext:
     """What a record says besides the study itself: where its files are and which model and banks scored it."""
 
     archive: Path
-    discovery: "Discovery"
+    discovery: Discovery
     model: str
     model_sha256: str
     banks: Sequence[Any]  # PromptBank

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cmrdx.pipeline.batch.engine import Engine
 from cmrdx.vocab import DEFAULT_BANKS

@@ -4,8 +4,9 @@ model's recipe. Imports neither onnxruntime nor torch, so worker processes stay 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.discover import file_ref, headers_path
@@ -45,9 +46,9 @@ def _study_headers(uid: str, files: Sequence[str], headers: Path):
 def prepare_study(uid: str, files: Sequence[str], recipe: dict[str, Any], headers: str | None = None) -> dict[str, Any]:
     """Runs in a worker: -> {"uid", "array" (frames, 3, S, S) float32 or None, "meta", "error", "seconds"}.
     With ``headers`` (discovery's header files) no header is read again."""
-    from cmrdx.study.assemble import assemble_study, inspect_study
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.recipe import RecipeParams, apply_recipe
+    from cmrdx.study.assemble import assemble_study, inspect_study
 
     t0 = time.perf_counter()
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class RayEngine:
             started = True
         try:
             gpus = int(ray.cluster_resources().get("GPU", 0))
-            ds = ray.data.from_items([{"uid": u, "files": list(job.studies[u])} for u in todo])
+            ds: Any = ray.data.from_items([{"uid": u, "files": list(job.studies[u])} for u in todo])
             ds = ds.map(_prepare_row, fn_kwargs={"recipe": job.recipe, "shape": job.encoder.video_shape,
                                                  "headers": job.headers}, num_cpus=1)
             ds = ds.map_batches(

@@ -92,11 +92,11 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
     """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
     each study, about one classify per study). Existing reports are kept, so this resumes too.
     Returns (written, kept)."""
-    from cmrdx.study.assemble import assemble_study, inspect_study
-    from cmrdx.pipeline.classify import classify
     from cmrdx.dicom.scan import scan_refs
     from cmrdx.outputs import StudySource
     from cmrdx.outputs.html import write_report
+    from cmrdx.pipeline.classify import classify
+    from cmrdx.study.assemble import assemble_study, inspect_study
 
     out = Path(out)
     disc = json.loads((state_dir(out) / "studies.json").read_text())

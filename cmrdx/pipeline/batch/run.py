@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.discover import load_or_discover
@@ -18,6 +18,9 @@ from cmrdx.pipeline.batch.engine import Engine, EngineJob
 from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir
 from cmrdx.pipeline.batch.options import BatchOptions, BatchSummary
 from cmrdx.pipeline.batch.results import FORMATS, write_results
+
+if TYPE_CHECKING:
+    from cmrdx.model.encoder import Encoder
 
 
 def get_engine(opts: BatchOptions) -> Engine:
@@ -39,14 +42,14 @@ def get_engine(opts: BatchOptions) -> Engine:
 class _Model:
     """The encoder, banks and prompt embeddings of a run, loaded once."""
 
-    encoder: object
+    encoder: Encoder
     sha: str
-    banks: list
-    text_emb: list
-    recipe: dict
+    banks: list[Any]  # PromptBank
+    text_emb: list[dict[str, Any]]
+    recipe: dict[str, Any]
 
     @classmethod
-    def load(cls, opts: BatchOptions) -> "_Model":
+    def load(cls, opts: BatchOptions) -> _Model:
         from cmrdx.model.loader import get_encoder, model_sha256
         from cmrdx.zeroshot.bank import get_bank
         from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
@@ -90,15 +93,17 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     ctx = RecordContext(archive, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb)
     job = EngineJob(disc.studies, model.recipe, model.encoder, headers)
     done = total - len(todo)
+    encoded = engine.run(todo, job) if todo else iter(())
     try:
-        if todo:
-            with closing(engine.run(todo, job)) as encoded:
-                for study in encoded:
-                    journal.commit(build_record(study, ctx))
-                    done += 1
-                    if progress:
-                        progress(done, total, study.uid)
+        for study in encoded:
+            journal.commit(build_record(study, ctx))
+            done += 1
+            if progress:
+                progress(done, total, study.uid)
     finally:
+        close = getattr(encoded, "close", None)
+        if close is not None:  # a generator engine: stop its workers now, even on an error or Ctrl-C
+            close()
         journal.close()
     write_results(journal.records, out)
     if headers and all(u in journal.records for u in disc.studies):
