@@ -202,3 +202,20 @@ def test_archive_labels_from_csv_or_truth_json_and_blank_labels(small_archive, t
     assert ev.severity["lge"].tolist() == ["present", "none", "unknown"]
     assert ev.known("lge").tolist() == [True, True, False] and ev.labels("lge")[:2].tolist() == [1, 0]
     assert fewshot(ev, ["lge"], shots=(1,), episodes=2)["findings"]["lge"]["1"]["episodes"] == 0  # 1+1 known
+
+
+def test_speed_times_one_study_on_the_given_clock():
+    from pathlib import Path
+
+    from cmrdx.evaluation.benchmarks import SpeedResult, speed
+
+    ticks = iter(range(1000))
+    enc = FakeEncoder()
+    r = speed(Path(__file__).resolve().parents[1] / "examples" / "phantom-study", enc, repeats=3,
+              clock=lambda: float(next(ticks)))
+    assert isinstance(r, SpeedResult) and enc.calls == 4  # a warm-up, then the repeats
+    # one tick a reading: reading + recipe 1 s, each encoder run 1 s
+    assert (r.read_and_recipe_ms, r.encode_ms_median, r.encode_ms_min, r.repeats) == (1000.0, 1000.0, 1000.0, 3)
+    fr = enc.manifest.recipe_params()
+    assert r.input_shape == [1, fr.frames, 3, fr.image_size, fr.image_size]
+    assert r.to_dict()["model"] == "cmrdx-phantom-small" and r.cpu

@@ -1,23 +1,27 @@
-"""``cmrdx eval``: zero-shot, retrieval and few-shot benchmarks of a model on a labelled archive."""
+"""``cmrdx eval``: zero-shot, retrieval and few-shot benchmarks of a model on a labelled archive, and the speed
+of one study's embedding. Parsing and printing only: the benchmarks are ``cmrdx.evaluation.benchmarks``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
 
 app = typer.Typer(help="Benchmarks on a labelled archive (cmrdx synth archive): zero-shot, retrieval, few-shot.",
                   no_args_is_help=True)
 
-_MODEL = typer.Option("cmrdx-phantom-small", "--model", help="Model name or folder.")
+_MODEL = typer.Option(DEFAULT_MODEL, "--model", help="Model name or folder.")
 _DATA = typer.Option(..., "--data", help="Archive folder: study folders with DICOM + report.txt, labels.csv.")
-_BANK = typer.Option("cmr-findings", "--bank", help="Prompt bank name or YAML file.")
+_BANK = typer.Option(DEFAULT_BANKS[0], "--bank", help="Prompt bank name or YAML file.")
 _JSON = typer.Option(None, "--json", help="Also write the results as JSON to this file.")
 _MD = typer.Option(None, "--markdown", help="Also write the tables as Markdown to this file.")
 
 
-def _load(model: str, data: Path, device: str):
+def _load(model: str, data: Path, device: str, *, refresh: bool = False):
     from rich.console import Console
     from rich.progress import Progress
 
@@ -28,21 +32,24 @@ def _load(model: str, data: Path, device: str):
     con = Console(stderr=True)
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("reading + encoding studies", total=None)
-        es = load_eval_set(data, enc, progress=lambda i, n: prog.update(task, completed=i, total=n))
+        es = load_eval_set(data, enc, progress=lambda i, n: prog.update(task, completed=i, total=n), refresh=refresh)
     skipped = ", ".join(f"{k}: {v}" for k, v in es.skipped.items()) or "none"
-    con.print(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}); skipped: {skipped}")
+    con.print(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}, {es.cached} from the cache); "
+              f"skipped: {skipped}")
     return enc, es
 
 
-def _emit(results: dict, md: str, json_out: Path | None, md_out: Path | None) -> None:
+def _emit(results: dict[str, Any], md: str, json_out: Path | None, md_out: Path | None) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
+    from cmrdx.fileio import atomic_write
+
     Console().print(Markdown(md))
     if json_out:
-        json_out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+        atomic_write(json_out, json.dumps(results, indent=1, default=float) + "\n")
     if md_out:
-        md_out.write_text(md + "\n")
+        atomic_write(md_out, md + "\n")
 
 
 @app.command("zeroshot")
@@ -87,56 +94,31 @@ def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", ba
 def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
             episodes: int = typer.Option(100, "--episodes"), boot: int = typer.Option(1000, "--bootstrap"),
             json_out: Path = _JSON, md_out: Path = _MD,
-            record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest provenance.")) -> None:
+            record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest "
+                                        "provenance (studies are then encoded afresh, so the encoder time is measured).")) -> None:
     """The three benchmarks in one run (studies read and encoded once)."""
-    from cmrdx.evaluation.benchmarks import fewshot, markdown_tables, record_metrics, retrieval, zeroshot
+    from cmrdx.evaluation.benchmarks import evaluate_all, record_metrics
     from cmrdx.zeroshot.bank import load_bank
 
     b = load_bank(bank)
-    enc, es = _load(model, data, device)
-    zs = zeroshot(es, b, enc, n_boot=boot)
-    rt = retrieval(es, enc)
-    fs = fewshot(es, [f.id for f in b.findings], episodes=episodes)
-    r = {"model": enc.manifest.name, "data": str(data), "n": len(es.ids), "skipped": es.skipped,
-         "study_read_ms_median": es.read_ms, "study_encode_ms_median": es.encode_ms,
-         "zeroshot": zs, "retrieval": rt, "fewshot": fs}
-    _emit(r, markdown_tables(zs, rt, fs), json_out, md_out)
+    enc, es = _load(model, data, device, refresh=record)
+    r = evaluate_all(es, b, enc, data=data, n_boot=boot, episodes=episodes)
+    _emit(r.to_dict(), r.markdown(), json_out, md_out)
     if record:
         record_metrics(enc.manifest.root, r)
 
 
 @app.command("speed")
 def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/phantom-study"), "--study", help="A study folder."),
-              device: str = "cpu", repeats: int = typer.Option(20, "--repeats"),
+              device: str = "cpu", repeats: int = typer.Option(20, "--repeats", min=1),
               threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: cores available)."),
               json_out: Path = _JSON) -> None:
     """Time one study's embedding: read + recipe once, then the encoder (median of repeats after a warm-up)."""
-    import os
-    import platform
-    import time
-
-    import numpy as np
-
-    from cmrdx.study.assemble import assemble_study
+    from cmrdx.evaluation.benchmarks import speed
+    from cmrdx.fileio import atomic_write
     from cmrdx.model.encoder import Encoder
-    from cmrdx.recipe import apply_recipe
 
-    enc = Encoder(model, device=device, threads=threads)
-    t0 = time.perf_counter()
-    x = apply_recipe(assemble_study(str(study)), enc.manifest.recipe_params()).array[None]
-    read_ms = (time.perf_counter() - t0) * 1000
-    enc.encode_studies(x)  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        enc.encode_studies(x)
-        ts.append((time.perf_counter() - t) * 1000)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    r = {"model": enc.manifest.name, "device": enc.device, "precision": enc.precision, "threads": enc.threads,
-         "cpu": cpu, "load_average_1min": os.getloadavg()[0], "read_and_recipe_ms": round(read_ms, 1),
-         "encode_ms_median": round(float(np.median(ts)), 2), "encode_ms_min": round(float(np.min(ts)), 2),
-         "repeats": repeats, "input_shape": list(x.shape)}
+    r = speed(study, Encoder(model, device=device, threads=threads), repeats=repeats).to_dict()
     typer.echo(json.dumps(r, indent=1))
     if json_out:
-        json_out.write_text(json.dumps(r, indent=1) + "\n")
+        atomic_write(json_out, json.dumps(r, indent=1) + "\n")

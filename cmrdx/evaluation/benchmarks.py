@@ -1,4 +1,5 @@
-"""Benchmarks of a model on a labelled archive: zero-shot AUC, retrieval, few-shot prototypes. numpy only.
+"""Benchmarks of a model on a labelled archive: zero-shot AUC, retrieval, few-shot prototypes, and the speed of
+one study's embedding. numpy only.
 
 Data flow: archive folder (``study_*/DICOM`` + ``report.txt``, labels from ``labels.csv`` or each study's
 ``truth.json``: ``archive.read_archive``) -> each study read like a user's (``assemble_study`` + the model's
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +315,44 @@ def markdown_tables(zs: dict[str, Any] | None, rt: dict[str, Any] | None, fs: di
     return "\n".join(lines)
 
 
-def record_metrics(model_root: str | Path, results: dict[str, Any]) -> None:
+@dataclass
+class EvalReport:
+    """The three benchmarks of one archive under one model (``cmrdx eval all``); ``to_dict`` is its JSON."""
+
+    model: str
+    data: str
+    n: int
+    skipped: dict[str, int]
+    study_read_ms_median: float | None
+    study_encode_ms_median: float | None
+    zeroshot: dict[str, Any]
+    retrieval: dict[str, Any]
+    fewshot: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        return markdown_tables(self.zeroshot, self.retrieval, self.fewshot)
+
+
+def evaluate_all(es: EvalSet, bank, encoder, *, data: str | Path, n_boot: int = 1000, episodes: int = 100,
+                 seed: int = 0) -> EvalReport:
+    """Zero-shot, retrieval and few-shot (the bank's findings) on one evaluation set."""
+    return EvalReport(model=encoder.manifest.name, data=str(data), n=len(es.ids), skipped=dict(es.skipped),
+                      study_read_ms_median=es.read_ms, study_encode_ms_median=es.encode_ms,
+                      zeroshot=zeroshot(es, bank, encoder, n_boot=n_boot, seed=seed), retrieval=retrieval(es, encoder),
+                      fewshot=fewshot(es, [f.id for f in bank.findings], episodes=episodes, seed=seed))
+
+
+def record_metrics(model_root: str | Path, results: EvalReport | dict[str, Any]) -> None:
     """Add the headline benchmark figures to ``provenance.metrics`` of a model's manifest.
 
     The manifest hashes the model's files, not itself, so the model still verifies afterwards; its own sha256,
     the model's identity, changes, so caches and calibrations keyed by it start afresh. The encoder time is
     recorded only when this run measured it (an all-cached run did not)."""
+    if isinstance(results, EvalReport):
+        results = results.to_dict()
     mpath = Path(model_root) / "manifest.json"
     d = json.loads(mpath.read_text())
     zs, rt, fs = results["zeroshot"], results["retrieval"], results["fewshot"]
@@ -332,3 +367,62 @@ def record_metrics(model_root: str | Path, results: dict[str, Any]) -> None:
         metrics["study_encode_ms_median_cpu"] = round(results["study_encode_ms_median"], 1)
     d.setdefault("provenance", {})["metrics"] = metrics
     atomic_write(mpath, json.dumps(d, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- speed
+
+
+@dataclass
+class SpeedResult:
+    """One study's embedding timed (``speed``); ``to_dict`` is the JSON ``cmrdx eval speed`` prints."""
+
+    model: str
+    device: str
+    precision: str
+    threads: int
+    cpu: str
+    load_average_1min: float
+    read_and_recipe_ms: float
+    encode_ms_median: float
+    encode_ms_min: float
+    repeats: int
+    input_shape: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for ln in fh:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def speed(study: str | Path, encoder, *, repeats: int = 20, clock: Callable[[], float] = time.perf_counter) -> SpeedResult:
+    """Time one study's embedding: reading + the model's recipe once, then ``repeats`` encoder runs after one
+    warm-up (median and minimum)."""
+    from cmrdx.recipe import apply_recipe
+    from cmrdx.study.assemble import assemble_study
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
+    t0 = clock()
+    x = apply_recipe(assemble_study(str(study)), encoder.manifest.recipe_params()).array[None]
+    read_ms = (clock() - t0) * 1000
+    encoder.encode_studies(x)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = clock()
+        encoder.encode_studies(x)
+        ts.append((clock() - t) * 1000)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return SpeedResult(model=encoder.manifest.name, device=encoder.device, precision=encoder.precision,
+                       threads=encoder.threads, cpu=cpu_name(), load_average_1min=load,
+                       read_and_recipe_ms=round(read_ms, 1), encode_ms_median=round(float(np.median(ts)), 2),
+                       encode_ms_min=round(float(np.min(ts)), 2), repeats=repeats, input_shape=list(x.shape))
