@@ -13,7 +13,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "assemble_study", "classify", "inspect_study", "load_bank", "scan"]
+__all__ = [
+    "__version__", "assemble_study", "classify", "index_archive", "inspect_study", "load_bank", "scan", "search",
+    "similar",
+]
 
 
 def __getattr__(name: str):
@@ -29,6 +32,10 @@ def __getattr__(name: str):
         from cmrdx.pipeline.classify import classify
 
         return classify
+    if name in ("search", "similar", "index_archive"):
+        from cmrdx.pipeline import search
+
+        return getattr(search, name)
     if name == "load_bank":
         from cmrdx.zeroshot.bank import load_bank
 
