@@ -43,6 +43,8 @@ def zero_shot(tr, cache, bank_path: Path) -> dict:
     import torch
     import yaml
 
+    from cmrdx.vocab import SEVERITY_LEVELS, Severity
+
     rows = cache.valid
     tr.model.eval()
     with torch.no_grad():
@@ -56,11 +58,11 @@ def zero_shot(tr, cache, bank_path: Path) -> dict:
             t = tr.model.encode_text(ids.to(tr.device), mask.to(tr.device)).float()
             t = torch.nn.functional.normalize(t, dim=1).cpu().numpy()
             score = (v @ t.T).mean(1)
-            sev = np.array([cache.meta["labels"][int(r)].get(f["id"], "none") for r in rows])
-            pos = sev != "none"
+            sev = np.array([cache.meta["labels"][int(r)].get(f["id"], Severity.NONE) for r in rows])
+            pos = sev != Severity.NONE
             out[f["id"]] = {"auc": round(auc(score, pos), 3), "positives": int(pos.sum()),
-                            "by_severity": {s: round(auc(score[(sev == s) | ~pos], sev[(sev == s) | ~pos] == s), 3)
-                                            for s in ("mild", "moderate", "severe")}}
+                            "by_severity": {str(s): round(auc(score[(sev == s) | ~pos], sev[(sev == s) | ~pos] == s), 3)
+                                            for s in SEVERITY_LEVELS}}
         # study-to-report retrieval on the held-out phrasing: rank of each study's own report
         ids, mask = tr.tokenize(cache.reports(rows))
         t = torch.cat([tr.model.encode_text(ids[i:i + 64].to(tr.device), mask[i:i + 64].to(tr.device)).float()
