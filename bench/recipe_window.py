@@ -123,7 +123,7 @@ def main() -> None:
     studies = [phantom(1, hot_pixels=True), phantom(2, hot_pixels=False)]
     rows = []
     default_emb = []
-    for si, st in enumerate(studies):
+    for st in studies:
         ref_x = None
         for name, over in ALTERNATIVES.items():
             t = time.perf_counter()

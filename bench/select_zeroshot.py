@@ -37,11 +37,11 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from cmrdx.zeroshot.bank import load_bank
     from cmrdx.train.data import PhantomSource, build_cache
     from cmrdx.train.model import CMRClip
     from cmrdx.train.tokenizer import load_tokenizer
     from cmrdx.train.trainer import TrainConfig, _load_init
+    from cmrdx.zeroshot.bank import load_bank
 
     init = _load_init(a.checkpoint)
     cfg = TrainConfig.from_dict(init["info"]["config"])
@@ -49,7 +49,8 @@ def main() -> int:
         vocab = Path(tmp) / "vocab.txt"
         vocab.write_text(init["vocab"], encoding="utf-8")
         tok, _ = load_tokenizer(vocab, max_length=cfg.max_length)
-        n_vocab = sum(1 for _ in open(vocab, encoding="utf-8"))
+        with open(vocab, encoding="utf-8") as fh:
+            n_vocab = sum(1 for _ in fh)
     model = CMRClip(cfg.model_config(n_vocab))
     model.load_state_dict(init["model"])
     model.eval()

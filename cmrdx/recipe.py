@@ -30,9 +30,10 @@ Every departure (a missing view, another plane, a phase count other than 30) is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -112,12 +113,13 @@ class RecipeParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RecipeParams":
+    def from_dict(cls, d: dict[str, Any]) -> RecipeParams:
         known = set(cls.__dataclass_fields__)
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown recipe parameters {sorted(extra)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 RECIPES: dict[str, RecipeParams] = {"cmrclip-v1": RecipeParams()}
@@ -148,7 +150,8 @@ def get_recipe(name: str, **overrides: Any) -> RecipeParams:
         base = RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}") from None
-    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(base, **fields)
 
 
 # ---------------------------------------------------------------- resampling (torch semantics, in numpy)
@@ -359,7 +362,7 @@ def montage_plan(p: RecipeParams, views: Mapping[str, Any]) -> MontagePlan:
     return plan
 
 
-def read_entry(view: "StudyView", entry: PlanEntry) -> np.ndarray:
+def read_entry(view: StudyView, entry: PlanEntry) -> np.ndarray:
     """The images of a plan entry from its view: (len(entry.images), H, W) float32 modality units, each
     distinct (slice, phase) decoded once."""
     slices = sorted({s for s, _ in entry.images})
@@ -368,7 +371,7 @@ def read_entry(view: "StudyView", entry: PlanEntry) -> np.ndarray:
     return px[[slices.index(s) for s, _ in entry.images], [phases.index(t) for _, t in entry.images]]
 
 
-def read_plan(study: "Study", plan: MontagePlan) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
+def read_plan(study: Study, plan: MontagePlan) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
     """Decode a plan's images from ``study``: per entry (n, H, W) float32 modality units, and the ``used``
     record (segment -> view, series, slices, phases, repeats, montage frames)."""
     used: dict[str, dict[str, Any]] = {}
@@ -382,7 +385,7 @@ def read_plan(study: "Study", plan: MontagePlan) -> tuple[list[np.ndarray], dict
     return out, used
 
 
-def collect_segments(study: "Study", p: RecipeParams) -> tuple[list[tuple[str, np.ndarray, int]], dict, list[str]]:
+def collect_segments(study: Study, p: RecipeParams) -> tuple[list[tuple[str, np.ndarray, int]], dict, list[str]]:
     """Decode only what the montage uses. Returns [(segment, frames (n, H, W) float32 modality units,
     repeats)], the ``used`` record and the substitutions."""
     plan = montage_plan(p, study.views)
@@ -400,6 +403,8 @@ def u8_exact(p: RecipeParams) -> bool:
 def store_frames(x: np.ndarray, p: RecipeParams) -> np.ndarray:
     """(n, H, W) windowed intensities in [0, 255] -> (n, store_size, store_size) float32, resized and rounded
     to 8 bit as the reference stored its frames (``p.store_size`` must be set)."""
+    if p.store_size is None:
+        raise ValueError("the recipe stores no 8-bit frames (store_size is None)")
     return np.rint(resize_crop(x, p.store_size, p.store_size)).clip(0, 255)
 
 
@@ -416,7 +421,7 @@ def frames_to_input(frames01: np.ndarray, p: RecipeParams) -> np.ndarray:
     return out
 
 
-def apply_recipe(study: "Study", recipe: str | RecipeParams = "cmrclip-v1") -> RecipeResult:
+def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> RecipeResult:
     """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32.
 
     The window is computed on all of a view's frames, but only the frames the sampling picks are scaled,

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmrdx.evaluation.benchmarks import (
-    auc, bootstrap_auc, fewshot_auc, markdown_tables, retrieval_metrics, simpleshot_scores,
+    auc,
+    bootstrap_auc,
+    fewshot_auc,
+    markdown_tables,
+    retrieval_metrics,
+    simpleshot_scores,
 )
 
 

@@ -192,7 +192,8 @@ def test_cli_study_and_archive(tmp_path):
     r = run(app, ["synth", "archive", str(tmp_path / "arch"), "--n", "2", "--seed", "3", "--phases", "6",
                   "--matrix", "96", "--prevalence", "0.5", "--vendors", "ge,siemens"])
     assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(open(tmp_path / "arch" / "labels.csv")))
+    with open(tmp_path / "arch" / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and {"study", "study_instance_uid", "lge", "lge_severity"} <= set(rows[0])
     for row in rows:
         t = json.loads((tmp_path / "arch" / row["study"] / "truth.json").read_text())

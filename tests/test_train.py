@@ -4,7 +4,6 @@ training lowers the contrastive loss and resumes exactly, and the exported model
 from __future__ import annotations
 
 import dataclasses
-
 import json
 
 import numpy as np
@@ -16,7 +15,13 @@ from cmrdx.recipe import apply_recipe  # noqa: E402
 from cmrdx.synth.arrays import phantom_study, phantom_u8  # noqa: E402
 from cmrdx.synth.params import sample_params  # noqa: E402
 from cmrdx.train.data import (  # noqa: E402
-    ArchiveSource, build_cache, recipe_to_u8, sample_text, split_sentences, u8_to_input, views_for_recipe,
+    ArchiveSource,
+    build_cache,
+    recipe_to_u8,
+    sample_text,
+    split_sentences,
+    u8_to_input,
+    views_for_recipe,
 )
 from cmrdx.train.trainer import TrainConfig, Trainer, info_nce  # noqa: E402
 

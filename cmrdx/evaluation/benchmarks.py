@@ -286,7 +286,7 @@ def markdown_tables(zs: dict[str, Any] | None, rt: dict[str, Any] | None, fs: di
         lines += ["", "### Zero-shot AUC by severity (each level against the studies without the finding) and mean score", "",
                   "| finding | score | none: mean (n) | mild: AUC / mean (n) | moderate: AUC / mean (n) | severe: AUC / mean (n) |",
                   "|---|---|---|---|---|---|"]
-        for fid, r in zs["findings"].items():
+        for r in zs["findings"].values():
             b = r["by_severity"]
             cells = [f"{_f(b['none']['mean_score'])} ({b['none']['n']})"]
             for lvl in SEVERITY_LEVELS:

@@ -9,7 +9,8 @@ pixels.)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,13 +24,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.synth.render import Renderer
 
 
-def render_frame(ren: "Renderer", role: str, plane: "Plane", time_ms: float, vi: int, s: int, t: int) -> np.ndarray:
+def render_frame(ren: Renderer, role: str, plane: Plane, time_ms: float, vi: int, s: int, t: int) -> np.ndarray:
     """One (rows, cols) float32 frame of view ``VIEW_KEYS[vi]``, slice ``s``, phase ``t``; its noise is keyed
     by all three (the index in ``VIEW_KEYS``, not in a caller's list of views, so it is stable)."""
     return ren.render_planes(role, [plane], np.array([time_ms]), seed_key=(vi * 1000 + s) * 1000 + t)[0, 0]
 
 
-def phantom_report(params: "StudyParams") -> str:
+def phantom_report(params: StudyParams) -> str:
     """The synth report of ``params``, quoting the sampled targets (EDV, EF, wall, root, effusion) rather
     than the phantom's measured values: the severities and wording are the same, and skipping the volume
     measurement saves about a third of a training study's cost."""
@@ -41,7 +42,7 @@ def phantom_report(params: "StudyParams") -> str:
     return make_report(params, m)
 
 
-def phantom_study(params: "StudyParams", views: Sequence[str] | None = None) -> tuple["Study", str]:
+def phantom_study(params: StudyParams, views: Sequence[str] | None = None) -> tuple[Study, str]:
     """(Study with lazily rendered views, report text) for StudyParams ``params``.
 
     ``views``: view keys to include (default ``VIEW_KEYS``); a plane the phantom does not acquire (e.g.
@@ -78,7 +79,7 @@ def phantom_study(params: "StudyParams", views: Sequence[str] | None = None) -> 
     return st, phantom_report(params)
 
 
-def phantom_u8(params: "StudyParams", p: "RecipeParams") -> tuple[np.ndarray, int]:
+def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
     """The recipe's input for ``params`` as uint8 grey frames, rendering only the montage frames the recipe
     samples (about 13 rendered frames instead of about 75). Returns ((F, S, S) uint8, n_real): the grey levels
     of ``apply_recipe(phantom_study(params)[0], p)`` (a test checks it).
@@ -86,7 +87,13 @@ def phantom_u8(params: "StudyParams", p: "RecipeParams") -> tuple[np.ndarray, in
     Exact for recipes with ``window_scope == "frame"`` (each frame windowed on its own, so unsampled frames
     are never needed) whose output is whole grey levels (``cmrdx.recipe.u8_exact``); others are refused."""
     from cmrdx.recipe import (
-        montage_plan, recipe_view_keys, resize_crop, sample_indices, store_frames, u8_exact, window_to_unit,
+        montage_plan,
+        recipe_view_keys,
+        resize_crop,
+        sample_indices,
+        store_frames,
+        u8_exact,
+        window_to_unit,
     )
 
     if p.window_scope != "frame":

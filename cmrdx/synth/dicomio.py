@@ -24,7 +24,6 @@ from pydicom.uid import (
 from cmrdx.synth.geometry import Plane, uid
 from cmrdx.synth.vendors import SeriesStyle, VendorStyle
 
-
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 COMPRESSION = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}
 _ENCODER_PLUGIN = {"rle": "pylibjpeg", "jpegls": "pyjpegls", "j2k": "pylibjpeg"}

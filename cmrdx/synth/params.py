@@ -6,8 +6,9 @@ study seed, so that ``sample_params(seed)`` alone fixes a study (pixels, headers
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cmrdx.synth import dicomio
-from cmrdx.synth.params import FINDINGS, StudyParams
 from cmrdx.synth.geometry import make_plane
-from cmrdx.synth.render import Renderer, Rendered, cine_times, render
+from cmrdx.synth.params import FINDINGS, StudyParams
+from cmrdx.synth.render import Rendered, Renderer, cine_times, render
 from cmrdx.synth.report import make_report
 from cmrdx.synth.vendors import STYLES, cine_description, lge_description
 from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, Role, View, view_key

@@ -79,7 +79,8 @@ def import_cmrclip(
     text (Bio_ClinicalBERT ships no tokenizer config, so BertTokenizer's ``do_lower_case=True`` applies)."""
     checkpoint, config_path, vocab, out = map(Path, (checkpoint, config_path, vocab, out))
     model, cfg_json = load_cmrclip(checkpoint, config_path)
-    n_vocab = sum(1 for _ in open(vocab, encoding="utf-8"))
+    with open(vocab, encoding="utf-8") as fh:
+        n_vocab = sum(1 for _ in fh)
     if n_vocab != model.cfg.text.vocab_size:
         raise ModelError(f"{vocab} has {n_vocab} tokens but the checkpoint's word embeddings have {model.cfg.text.vocab_size}")
     v = model.cfg.video

@@ -92,10 +92,11 @@ def export_text(model: CMRClip, path: Path, *, opset: int = 23, dynamo: bool = T
     path = Path(path)
     with torch.no_grad():
         if dynamo:
-            n, l = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=model.cfg.text.max_position_embeddings)
+            n = torch.export.Dim("batch", min=1, max=4096)
+            length = torch.export.Dim("length", min=2, max=model.cfg.text.max_position_embeddings)
             prog = torch.onnx.export(
                 tower, (ids, mask), dynamo=True, opset_version=opset, input_names=["input_ids", "attention_mask"],
-                output_names=["embedding"], dynamic_shapes={"input_ids": {0: n, 1: l}, "attention_mask": {0: n, 1: l}},
+                output_names=["embedding"], dynamic_shapes={"input_ids": {0: n, 1: length}, "attention_mask": {0: n, 1: length}},
                 verbose=False,
             )
             prog.optimize()
@@ -303,7 +304,7 @@ def export_model_folder(
     cfg = model.cfg
     prov = dict(provenance or {})
     prov.update(
-        exported=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        exported=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         exporter=f"torch {torch.__version__} ({'dynamo' if opt.dynamo else 'legacy'}, opset {opt.opset if opt.dynamo else min(opt.opset, 17)})",
         architecture=cfg.to_dict(),
         checks=rep.checks,

@@ -81,7 +81,7 @@ class CMRClipConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CMRClipConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CMRClipConfig:
         return cls(
             video=VideoConfig(**d.get("video", {})),
             text=TextConfig(**d.get("text", {})),
@@ -414,7 +414,7 @@ class CMRClip(nn.Module):
         else:
             self.motion = None
 
-    def set_attention_impl(self, impl: str) -> "CMRClip":
+    def set_attention_impl(self, impl: str) -> CMRClip:
         """Switch every video attention between "sdpa" and the reference-style "einsum" (same weights)."""
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, not {impl!r}")

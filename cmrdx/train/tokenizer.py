@@ -7,8 +7,8 @@ run time are split identically.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cmrdx.fileio import atomic_write
 

@@ -24,9 +24,10 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class TrainConfig:
     max_train_seconds: float | None = None  # shorten the schedule (cosine decay included) to fit this budget
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """JSON or YAML file of fields (unknown keys are an error)."""
         import yaml
 
@@ -115,7 +116,7 @@ class TrainConfig:
         return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         extra = set(d) - set(cls.__dataclass_fields__)
         if extra:
             raise ValueError(f"unknown training options {sorted(extra)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -323,7 +324,8 @@ class Trainer:
         if not self.vocab.is_file():
             train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
         self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
-        n_vocab = sum(1 for _ in open(self.vocab, encoding="utf-8"))
+        with open(self.vocab, encoding="utf-8") as fh:
+            n_vocab = sum(1 for _ in fh)
         self.model = CMRClip(cfg.model_config(n_vocab)).to(self.device)
         self._gpu_videos = None
         if self.device == "cuda":
@@ -479,7 +481,8 @@ class Trainer:
             # for thousands of studies on a CPU)
             h = hashlib.sha256()
             for k, v in sorted({**m.video_model.state_dict(), **m.vid_proj.state_dict()}.items()):
-                h.update(k.encode()); h.update(v.detach().cpu().float().numpy().tobytes())
+                h.update(k.encode())
+                h.update(v.detach().cpu().float().numpy().tobytes())
             path = self.work / f"video_embeddings-{h.hexdigest()[:16]}.npy"
             if path.is_file():
                 self._video_emb = torch.from_numpy(np.load(path)).to(self.device)
@@ -658,7 +661,7 @@ class Trainer:
         tail = res.losses[-self.steps_per_epoch:] if res.losses else []
         return {
             "trained_by": f"cmrdx train ({cmrdx.__version__})",
-            "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "trained": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "data": {**self.cache.meta["source"], "studies_cached": int(self.cache.done.sum()),
                      "pairs_train": res.n_train, "pairs_val": res.n_val,
                      "skipped": res.skipped, "cache_seconds": round(float(self.cache.meta.get("seconds", 0.0)), 1)},

@@ -22,10 +22,10 @@ OUT = Path(__file__).with_name("cmrdx-phantom-small.json")
 
 
 def compute() -> dict:
-    from cmrdx.study.assemble import assemble_study
     from cmrdx.model.encoder import Encoder
-    from cmrdx.zeroshot.bank import load_bank
     from cmrdx.recipe import apply_recipe
+    from cmrdx.study.assemble import assemble_study
+    from cmrdx.zeroshot.bank import load_bank
 
     enc = Encoder(MODEL, device="cpu")
     x = apply_recipe(assemble_study(str(EXAMPLE)), enc.manifest.recipe_params()).array
