@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrdx.fileio import atomic_write
 from cmrdx.synth.params import FINDINGS, VENDORS, sample_params
 from cmrdx.synth.report import TRAIN_STYLES
 from cmrdx.synth.writer import write_study
@@ -95,8 +97,9 @@ def write_archive(
                 on_done(row)
     cols = ["study", "study_instance_uid", "seed", "vendor", "report_style"] + list(FINDINGS) + [
         f"{f}_severity" for f in FINDINGS]
-    with open(out / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "labels.csv", buf.getvalue())
     return rows

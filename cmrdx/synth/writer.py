@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrdx.fileio import atomic_write
 from cmrdx.synth import dicomio
 from cmrdx.synth.geometry import make_plane
 from cmrdx.synth.params import FINDINGS, StudyParams
@@ -177,8 +178,8 @@ def write_study(out: str | Path, params: StudyParams, *, enhanced: bool = False,
     log.info("%s: %d series, %d files (seed %d, %s%s%s)", out, len(series), len(files), p.seed, p.acq.vendor,
              ", enhanced" if enhanced else "", f", {compress}" if compress else "")
     truth = truth_dict(r, info.study_uid)
-    (out / "truth.json").write_text(json.dumps(truth, indent=2, default=float) + "\n")
-    (out / "report.txt").write_text(make_report(p, r.truth) + "\n")
+    atomic_write(out / "truth.json", json.dumps(truth, indent=2, default=float) + "\n")
+    atomic_write(out / "report.txt", make_report(p, r.truth) + "\n")
     role = {"cine": "cine", "lge": "lge"}
     return WrittenStudy(
         path=out,
