@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmrdx.errors import CmrdxError, ModelError
 from cmrdx.pipeline.batch import BatchOptions, Journal, read_results, run_batch, state_dir, write_reports
-from cmrdx.errors import ModelError
 from cmrdx.pipeline.search import Store, build_store
 
 
@@ -63,7 +63,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(phantom_archive, tiny_mo
     out = tmp_path / "results.parquet"
     rnd = random.Random(7)
     kills, done = 0, []
-    for attempt in range(4):
+    for _attempt in range(4):
         p = subprocess.Popen(_cmd(phantom_archive, out, tiny_model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=_env(tmp_path), start_new_session=True)
         # kill somewhere in the run (start-up, discovery, reading, encoding, committing): a random point of an
@@ -123,9 +123,9 @@ def test_resume_refuses_another_model(phantom_archive, tiny_model, tmp_path):
     shutil.copytree(tiny_model, other)
     m = other / "manifest.json"
     m.write_text(m.read_text().replace('"version": "0.0.1"', '"version": "0.0.2"'))
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(CmrdxError, match="started with another model") as ei:
         run_batch(arch, out, BatchOptions(model=str(other), device="cpu", workers=1))
-    assert "another model" in str(ei.value)
+    assert ei.value.hint
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The ``cmrdx`` command: typer sub-apps, each a thin layer over the Python API.
 
-Each command group lives in its own module and registers here with one ``add_typer``/``command`` line.
+Each command group lives in its own module (light to import: heavy work is imported inside the commands) and
+registers here with one ``add_typer``/``command`` line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ import sys
 import typer
 
 from cmrdx import __version__
+from cmrdx.cli import batch as _batch
+from cmrdx.cli import classify as _classify
+from cmrdx.cli import eval as _eval
+from cmrdx.cli import fewshot as _fewshot
+from cmrdx.cli import inspect as _inspect
+from cmrdx.cli import models as _models
+from cmrdx.cli import prompts as _prompts
+from cmrdx.cli import search as _search
+from cmrdx.cli import send as _send
+from cmrdx.cli import synth as _synth
+from cmrdx.cli import train as _train
 from cmrdx.errors import CmrdxError
 
 app = typer.Typer(
@@ -36,32 +48,20 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-# --- command registration (one line per command group) ---
-from cmrdx.cli import inspect as _inspect  # noqa: E402
-
+# --- command registration: one line per command or group ---
 app.command("inspect")(_inspect.inspect_cmd)
-from cmrdx.cli import classify as _classify  # noqa: E402
 app.command("classify")(_classify.classify_cmd)
-from cmrdx.cli import prompts as _prompts  # noqa: E402
 app.add_typer(_prompts.app, name="prompts")
-from cmrdx.cli import fewshot as _fewshot  # noqa: E402
 app.add_typer(_fewshot.app, name="fewshot")
-from cmrdx.cli import batch as _batch  # noqa: E402
 app.command("batch")(_batch.batch_cmd)
-from cmrdx.cli import search as _search  # noqa: E402
 app.command("index")(_search.index_cmd)
 app.command("search")(_search.search_cmd)
 app.command("similar")(_search.similar_cmd)
-from cmrdx.cli import models as _models  # noqa: E402
 app.add_typer(_models.app, name="models")
-from cmrdx.cli import synth as _synth  # noqa: E402
-app.add_typer(_synth.app, name="synth")
-from cmrdx.cli import train as _train  # noqa: E402
-app.command("train")(_train.train_cmd)
 _models.app.command("export")(_train.export_cmd)
-from cmrdx.cli import eval as _eval  # noqa: E402
+app.add_typer(_synth.app, name="synth")
+app.command("train")(_train.train_cmd)
 app.add_typer(_eval.app, name="eval")
-from cmrdx.cli import send as _send  # noqa: E402
 app.command("send")(_send.send_cmd)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -14,15 +13,15 @@ from rich.table import Table
 def batch_cmd(
     archive: Path = typer.Argument(..., help="Archive folder (nested folders, zips; studies may span folders)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results file: .parquet, .csv or .jsonl."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    bank: Optional[List[str]] = typer.Option(None, "--bank", "-b"),
+    model: str | None = typer.Option(None, "--model", "-m"),
+    bank: list[str] | None = typer.Option(None, "--bank", "-b"),
     device: str = typer.Option("auto", "--device"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: one per core)."),
+    workers: int | None = typer.Option(None, "--workers", help="Reader processes (default: one per core)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Studies per encoder call."),
     engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start Ray locally)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many new studies."),
-    reports: Optional[Path] = typer.Option(None, "--reports", help="Also write one HTML report per study under this folder."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start Ray locally)."),
+    limit: int | None = typer.Option(None, "--limit", help="Stop after this many new studies."),
+    reports: Path | None = typer.Option(None, "--reports", help="Also write one HTML report per study under this folder."),
 ) -> None:
     """Read, assemble and score every study; one record per study. Killed, it resumes where it stopped."""
     from cmrdx.pipeline.batch import BatchOptions, run_batch, write_reports
@@ -33,15 +32,16 @@ def batch_cmd(
     with Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeRemainingColumn(), console=console, transient=False) as prog:
         task = prog.add_task("batch", total=None, rate="")
-        state = {"t0": None, "n0": None}
+        import time
+
+        start: list[tuple[float, int]] = []  # (clock, studies done) at the first progress call
 
         def on_progress(done: int, total: int, uid: str) -> None:
-            import time
-
-            if state["t0"] is None:
-                state["t0"], state["n0"] = time.perf_counter(), done - 1
-            dt = time.perf_counter() - state["t0"]
-            rate = (done - state["n0"]) / dt if dt > 0 else 0.0
+            if not start:
+                start.append((time.perf_counter(), done - 1))
+            t0, n0 = start[0]
+            dt = time.perf_counter() - t0
+            rate = (done - n0) / dt if dt > 0 else 0.0
             prog.update(task, completed=done, total=total, rate=f"{rate:.2f} studies/s")
 
         s = run_batch(archive, out, opts, progress=on_progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -15,10 +14,10 @@ app = typer.Typer(help="Few-shot prototypes from a handful of labelled studies."
 def fit_cmd(
     labels: Path = typer.Option(..., "--labels", help="labels.csv (`study` folder column, one 0/1 column per finding)."),
     out: Path = typer.Option(..., "--out", help="Prototype file to write (.npz)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Archive folder the `study` column is relative to."),
-    finding: Optional[List[str]] = typer.Option(None, "--finding", help="Only these finding columns (repeatable)."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="Use at most k examples per class (the first k rows)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    data: Path | None = typer.Option(None, "--data", help="Archive folder the `study` column is relative to."),
+    finding: list[str] | None = typer.Option(None, "--finding", help="Only these finding columns (repeatable)."),
+    shots: int | None = typer.Option(None, "--shots", help="Use at most k examples per class (the first k rows)."),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,10 +11,10 @@ from rich.table import Table
 
 
 def index_cmd(
-    archive: Optional[Path] = typer.Argument(None, help="Archive to embed (resumable, like `cmrdx batch`)."),
+    archive: Path | None = typer.Argument(None, help="Archive to embed (resumable, like `cmrdx batch`)."),
     db: Path = typer.Option(..., "--db", help="Store folder to write."),
-    from_batch: Optional[Path] = typer.Option(None, "--from-batch", help="Use a batch run's results (no re-encoding)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    from_batch: Path | None = typer.Option(None, "--from-batch", help="Use a batch run's results (no re-encoding)."),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     ann: str = typer.Option("auto", "--ann", help="auto (FAISS IVF from 200k studies), exact or ivf."),
 ) -> None:
@@ -27,7 +26,7 @@ def index_cmd(
     if archive is not None:
         info, s = index_archive(archive, db, model=model, device=device, ann=ann)
         Console().print(f"embedded {s.ok} studies ({sum(s.failed.values())} failed) in {s.seconds:.1f} s")
-    else:
+    elif from_batch is not None:
         info = store_from_batch(from_batch, db, ann=ann)
     Console().print(f"{db}: {info['count']} studies, {info['dim']}-d, model {info['model']}, "
                     f"{'FAISS IVF' if info['ann'] else 'exact'} search")
@@ -50,7 +49,7 @@ def search_cmd(
     query: str = typer.Argument(..., help="Free text, e.g. 'moderately dilated left ventricle with reduced function'."),
     db: Path = typer.Option(..., "--db"),
     k: int = typer.Option(10, "-k", help="How many studies."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the index's model."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the index's model."),
     device: str = typer.Option("auto", "--device"),
     exact: bool = typer.Option(False, "--exact", help="Exact search even when the store has an ANN index."),
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (read from the files)."),
@@ -67,7 +66,7 @@ def similar_cmd(
     study_dir: Path = typer.Argument(..., help="A study folder."),
     db: Path = typer.Option(..., "--db"),
     k: int = typer.Option(10, "-k"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     show_phi: bool = typer.Option(False, "--show-phi"),
     as_json: bool = typer.Option(False, "--json"),
