@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -136,10 +137,10 @@ def _common(ds: Dataset, info: StudyInfo, vendor: VendorStyle, s: SeriesData) ->
 
 def _file_meta(sop_class: str, sop_uid: str, ts: str) -> FileMetaDataset:
     fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = sop_class
-    fm.MediaStorageSOPInstanceUID = sop_uid
-    fm.TransferSyntaxUID = ts
-    fm.ImplementationClassUID = IMPLEMENTATION_UID
+    fm.MediaStorageSOPClassUID = UID(sop_class)
+    fm.MediaStorageSOPInstanceUID = UID(sop_uid)
+    fm.TransferSyntaxUID = UID(ts)
+    fm.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     fm.ImplementationVersionName = IMPLEMENTATION_VERSION
     return fm
 
@@ -310,7 +311,7 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
         for pi in range(n_ph):
             inst += 1
             sop = uid(info.seed, "sop", s.number, si, pi)
-            ds.file_meta.MediaStorageSOPInstanceUID = sop
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
             ds.SOPInstanceUID = sop
             ds.InstanceNumber = inst
             if gated:
@@ -459,7 +460,9 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
     shared.MRTransmitCoilSequence = Sequence([_item(
         TransmitCoilName="Body", TransmitCoilManufacturerName=vendor.manufacturer, TransmitCoilType="BODY")])
     shared.MRAveragesSequence = Sequence([_item(NumberOfAverages=1.0)])
-    per_frame_ir = ir and s.inversion_times is not None and len(s.inversion_times) > 1
+    # one inversion time per frame (per-frame MR modifiers), else None
+    frame_tis = s.inversion_times if ir and s.inversion_times is not None and len(s.inversion_times) > 1 else None
+    per_frame_ir = frame_tis is not None
 
     def modifier(ti: float | None) -> Dataset:
         m = _item(InversionRecovery="YES" if ir else "NO", FlowCompensation="NONE", T2Preparation="NO",
@@ -497,8 +500,8 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
             f.CardiacSynchronizationSequence = Sequence([_item(
                 NominalCardiacTriggerDelayTime=float(s.trigger_times[pi]), RRIntervalTimeNominal=float(info.rr_ms),
                 ActualCardiacTriggerDelayTime=float(s.trigger_times[pi]))])
-            if per_frame_ir:
-                f.MRModifierSequence = Sequence([modifier(float(s.inversion_times[pi]))])
+            if frame_tis is not None:
+                f.MRModifierSequence = Sequence([modifier(float(frame_tis[pi]))])
             items.append(f)
             frames.append(s.pixels[si, pi])
     ds.PerFrameFunctionalGroupsSequence = Sequence(items)

@@ -198,14 +198,17 @@ class Phantom:
         self.rv_wall = 3.5
         self.rv_k = 1.0
         self.rv_b = 0.0
-        self.rv_k = self._secant(lambda k: self._set("rv_k", k) or self.measure(0.0, 2.5)["rv_ml"],
-                                 p.rv_edv_ml, 1.0, 1.1)
+        self.rv_k = self._secant(lambda k: self._rv_ml_with("rv_k", k, 0.0), p.rv_edv_ml, 1.0, 1.1)
         esv = p.rv_edv_ml * (1 - p.rv_ef_pct / 100.0)
-        self.rv_b = self._secant(lambda b: self._set("rv_b", b) or self.measure(1.0, 2.5)["rv_ml"],
-                                 esv, 0.2, 0.25)
+        self.rv_b = self._secant(lambda b: self._rv_ml_with("rv_b", b, 1.0), esv, 0.2, 0.25)
 
     def _set(self, name: str, v: float) -> None:
         setattr(self, name, float(v))
+
+    def _rv_ml_with(self, name: str, v: float, f: float) -> float:
+        """RV volume (ml) at contraction state ``f`` once RV parameter ``name`` is set to ``v`` (a secant step)."""
+        self._set(name, v)
+        return self.measure(f, 2.5)["rv_ml"]
 
     @staticmethod
     def _secant(fn, target: float, x0: float, x1: float, it: int = 12) -> float:
@@ -345,8 +348,10 @@ class Phantom:
         out["ao_wall"] = _soft(inner + 2.0, w)
         return out
 
-    def heart_signal(self, q: np.ndarray, f: float, w: float, bg: np.ndarray, contrast: dict[str, float]) -> np.ndarray:
-        """Paint the heart over a background signal ``bg`` (N,) at heart-frame points q (3, N)."""
+    def heart_signal(self, q: np.ndarray | dict[str, np.ndarray], f: float, w: float, bg: np.ndarray,
+                     contrast: dict[str, float]) -> np.ndarray:
+        """Paint the heart over a background signal ``bg`` (N,) at heart-frame points q (3, N) (or ``prepare(q)``
+        of them)."""
         fl = self.fields(q, f, w, scar=contrast["scar"] != contrast["myo"])
         c = contrast
         s = bg.astype(np.float32, copy=True)

@@ -235,7 +235,7 @@ class Renderer:
                     sig *= 0.5
                     blk[ti, r0:r1, c0:c1] = sig.reshape(r1 - r0, c1 - c0)
             blk *= shade
-            if noise:  # Rician: magnitude of (signal + complex Gaussian noise), computed in place
+            if bank is not None:  # noise on. Rician: magnitude of (signal + complex Gaussian noise), in place
                 for fr in blk:
                     n1, n2 = self._noise(rng, bank)
                     fr += n1

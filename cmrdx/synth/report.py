@@ -228,8 +228,9 @@ def make_report(p: Any, measurements: dict[str, float], style: str | None = None
             s = s.rstrip(".")
             return s[0].lower() + s[1:] if len(s) > 1 and s[1].islower() else s
 
-        imp = "; ".join(clause(sent[k]) for k in order if k in present)
-        conclusion = pick(["In summary: ", "Conclusion: ", "Impression: "]) + imp[0].upper() + imp[1:] + "."
+        impression = "; ".join(clause(sent[k]) for k in order if k in present)
+        conclusion = (pick(["In summary: ", "Conclusion: ", "Impression: "]) + impression[0].upper() + impression[1:]
+                      + ".")
     else:
         conclusion = pick(["Impression: normal cardiac MRI.", "Conclusion: structurally normal heart with normal "
                            "biventricular function and no LGE."])

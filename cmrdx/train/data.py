@@ -25,8 +25,9 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -196,7 +197,7 @@ class ArchiveSource:
                 continue
             labels = _labels_from_truth(d)
             yield Item(id=d.name, report=rep.read_text(encoding="utf-8").strip(),
-                       make_study=lambda d=d: assemble_study(str(d)), labels=labels)
+                       make_study=partial(assemble_study, str(d)), labels=labels)
 
 
 def _labels_from_truth(d: Path) -> dict[str, str]:
@@ -241,12 +242,12 @@ class StudyCache:
         """Indices of rows holding a study and a report."""
         return np.flatnonzero(self.done & np.array([r is not None for r in self.meta["reports"]]))
 
-    def inputs(self, idx: Sequence[int]) -> np.ndarray:
+    def inputs(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         """(B, F, 3, S, S) float32 model input for rows ``idx``."""
-        idx = np.asarray(idx)
-        return u8_to_input(self.videos[idx], self.n_real[idx], self.recipe)
+        rows = np.asarray(idx)
+        return u8_to_input(self.videos[rows], self.n_real[rows], self.recipe)
 
-    def reports(self, idx: Sequence[int]) -> list[str]:
+    def reports(self, idx: Sequence[int] | np.ndarray) -> list[str]:
         return [self.meta["reports"][int(i)] for i in idx]
 
 
@@ -254,6 +255,7 @@ def _make_row(item: Item, recipe: RecipeParams) -> tuple[np.ndarray | None, int,
     """One item -> (uint8 frames, real frames, substitutions, reason it was skipped or None)."""
     if item.make_study is None:
         return None, 0, [], "report without a study"
+    subs: list[str]
     try:
         if item.fast_u8 is not None and recipe.window_scope == "frame":
             (u8, k), subs = item.fast_u8(recipe), []
@@ -283,6 +285,8 @@ def _worker_init() -> None:
 
 
 def _worker_row(i: int):
+    if _WORKER_JOB is None:
+        raise RuntimeError("_worker_row runs in the worker processes of _rows_parallel only")
     source, recipe = _WORKER_JOB
     item = source.item_at(i)
     return (i, item.id, item.labels, item.report, *_make_row(item, recipe))
@@ -361,7 +365,7 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
                 "reports": [None] * n, "labels": [None] * n, "skipped": {}, "substitutions": {}, "seconds": 0.0}
         done = np.zeros(n, bool)
         n_real = np.zeros(n, np.int16)
-    mode = "r+" if (folder / "videos.u8").is_file() else "w+"
+    mode: Literal["r+", "w+"] = "r+" if (folder / "videos.u8").is_file() else "w+"
     vids = np.memmap(folder / "videos.u8", dtype=np.uint8, mode=mode, shape=(n, recipe.frames, recipe.image_size, recipe.image_size))
 
     def save() -> None:
@@ -381,9 +385,10 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
     import multiprocessing as mp
 
     # workers inherit the source by fork (its items hold closures that do not pickle); without fork: one process
-    parallel = bool(workers and workers > 1 and hasattr(source, "item_at") and len(todo) > 1
-                    and "fork" in mp.get_all_start_methods())
-    rows = _rows_parallel(source, recipe, todo, workers) if parallel else _rows_serial(source, recipe, n, done)
+    n_workers = workers or 1
+    parallel = (n_workers > 1 and hasattr(source, "item_at") and len(todo) > 1
+                and "fork" in mp.get_all_start_methods())
+    rows = _rows_parallel(source, recipe, todo, n_workers) if parallel else _rows_serial(source, recipe, n, done)
     t0 = last_save = start = time.perf_counter()
     try:
         for i, item_id, labels, report, u8, k, subs, reason in rows:

@@ -72,6 +72,8 @@ def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset
                 tower, (dummy,), dynamo=True, opset_version=opset, input_names=["video"],
                 output_names=["embedding"], dynamic_shapes={"video": {0: batch}}, verbose=False,
             )
+            if prog is None:  # torch returns None only for dynamo=False
+                raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
             prog.optimize()
             prog.save(str(path), external_data=False)
         else:
@@ -99,6 +101,8 @@ def export_text(model: CMRClip, path: Path, *, opset: int = 23, dynamo: bool = T
                 output_names=["embedding"], dynamic_shapes={"input_ids": {0: n, 1: length}, "attention_mask": {0: n, 1: length}},
                 verbose=False,
             )
+            if prog is None:  # torch returns None only for dynamo=False
+                raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
             prog.optimize()
             prog.save(str(path), external_data=False)
         else:

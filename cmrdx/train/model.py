@@ -15,7 +15,7 @@ Two attention implementations share the same parameters:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +120,11 @@ class DividedAttention(nn.Module):
     patches of its own frame (``mode="space"``) or the patches at its position in every frame
     (``mode="time"``). Keys ``qkv`` (D -> 3D, bias) and ``proj`` (D -> D) as in the checkpoint.
     """
+
+    # set by ``split_qkv`` only (``hasattr(self, "q_lin")`` tells a split module)
+    q_lin: nn.Linear
+    k_lin: nn.Linear
+    v_lin: nn.Linear
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -312,10 +317,11 @@ class SpaceTimeTransformer(nn.Module):
         for blk in self.blocks[start:last]:
             x = blk(x, f)
         if start <= last:
-            if self.prune_last and self.blocks[-1].attn.impl == "sdpa":
-                x = self.blocks[-1].forward_cls(x, f)
+            last_blk = cast(SpaceTimeBlock, self.blocks[-1])  # blocks holds SpaceTimeBlocks only
+            if self.prune_last and last_blk.attn.impl == "sdpa":
+                x = last_blk.forward_cls(x, f)
             else:  # the reference computes every row of the last block
-                x = self.blocks[-1](x, f)
+                x = last_blk(x, f)
         return self.norm(x)[:, 0]
 
 
@@ -409,6 +415,7 @@ class CMRClip(nn.Module):
         self.text_model = build_bert(self.cfg.text)
         self.txt_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.text.hidden_size, self.cfg.projection_dim))
         self.vid_proj = nn.Sequential(nn.ReLU(), nn.Linear(self.cfg.video.width, self.cfg.projection_dim))
+        self.motion: MotionStream | None
         if self.cfg.motion is not None:  # registered last: a CMR-CLIP state dict has no such keys
             self.motion = MotionStream(self.cfg.motion, self.cfg.video, self.cfg.projection_dim)
         else:

@@ -27,11 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrdx.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from cmrdx.train.model import MotionStream
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +319,9 @@ class Trainer:
         if len(self.train_idx) < 2:
             raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.skipped}")
         self.vocab = self.work / "vocab.txt"
-        need_init = cfg.init_from and (not self.vocab.is_file() or not self.ckpt.is_file())
-        init = _load_init(cfg.init_from) if need_init else None
+        # the warm start still to load (weights or vocabulary missing here), else None; init is loaded iff it is set
+        init_from = cfg.init_from if cfg.init_from and (not self.vocab.is_file() or not self.ckpt.is_file()) else None
+        init = _load_init(init_from) if init_from is not None else None
         if init is not None and not self.vocab.is_file():
             # a warm start keeps the token ids its weights were trained with
             atomic_write(self.vocab, init["vocab"])
@@ -337,7 +341,7 @@ class Trainer:
             for p in (*self.model.video_model.parameters(), *self.model.vid_proj.parameters()):
                 p.requires_grad_(False)
             if cfg.freeze_motion:
-                for p in self.model.motion.parameters():
+                for p in self._motion_stream().parameters():
                     p.requires_grad_(False)
         elif cfg.train_video_blocks is not None and cfg.train_video_blocks < cfg.depth:
             self.frozen_blocks = cfg.depth - cfg.train_video_blocks
@@ -345,9 +349,12 @@ class Trainer:
             for p in (*vm.patch_embed.parameters(), vm.cls_token, vm.pos_embed, vm.temporal_embed,
                       *(q for blk in vm.blocks[:self.frozen_blocks] for q in blk.parameters())):
                 p.requires_grad_(False)
-        self._video_emb = None  # (N, D) video embeddings of every cache row, when the video tower is frozen
-        self._video_tokens = None  # (N, T, D) float16 outputs of the frozen blocks, when only the last ones train
-        self._motion_stats = None  # (N, 2G, S, S) float16 motion-stream inputs, when the transformer is cached
+        # (N, D) video embeddings of every cache row, when the video tower is frozen
+        self._video_emb: torch.Tensor | None = None
+        # (N, T, D) float16 outputs of the frozen blocks, when only the last ones train
+        self._video_tokens: torch.Tensor | None = None
+        # (N, 2G, S, S) float16 motion-stream inputs, when the transformer is cached
+        self._motion_stats: torch.Tensor | None = None
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = []
         for peak, mine in ((cfg.lr, lambda n: not n.startswith("motion.")),
@@ -368,8 +375,8 @@ class Trainer:
         self.init_info: dict[str, Any] | None = None
         if self.ckpt.is_file():
             self._load()
-        elif init is not None:
-            _load_warm_start(self.model, init["model"], cfg.init_from)
+        elif init is not None and init_from is not None:
+            _load_warm_start(self.model, init["model"], init_from)
             self.init_steps = init["info"]["steps"]
             self.init_info = init["info"]
             log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, self.init_steps)
@@ -434,7 +441,14 @@ class Trainer:
         """Training mode, except a frozen motion stream: its batch norm keeps the warm start's statistics."""
         self.model.train()
         if self.cfg.freeze_motion:
-            self.model.motion.eval()
+            self._motion_stream().eval()
+
+    def _motion_stream(self) -> MotionStream:
+        """The model's motion stream; an error for a model without one (callers run only where the config has
+        one: ``motion`` is required with ``freeze_motion`` and by the motion-stream inputs)."""
+        if self.model.motion is None:
+            raise RuntimeError("the model has no motion stream (TrainConfig.motion is not set)")
+        return self.model.motion
 
     def model_input(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
         """What ``loss`` takes for ``rows``: the video; or, where the transformer is frozen, its cached
@@ -500,11 +514,11 @@ class Trainer:
         import torch
 
         if self._motion_stats is None:
-            self._motion_stats = self._over_cache(self.model.motion.stats, torch.float16)
+            self._motion_stats = self._over_cache(self._motion_stream().stats, torch.float16)
         x = self._motion_stats[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
         if shift_rng is None:
             return x
-        g = self.model.motion.groups
+        g = self._motion_stream().groups
         fill = torch.zeros((1, 2 * g, 1, 1), device=x.device)
         fill[:, :g] = -self.recipe.mean[0] / self.recipe.std[0]  # a zero-filled pixel of a real frame
         return shift_batch(x - fill, self.cfg.augment_shift, shift_rng) + fill
@@ -616,15 +630,16 @@ class Trainer:
                         self.total_steps = end = self.step
                     if self.step == probe_from:
                         probe = now
-                    fit = _fit_schedule(self.step, now - run_t0, budget, probe_from, now - probe
-                                        if probe is not None else None, self.planned_steps)
-                    if fit is not None and fit != self.total_steps and self.step < self.total_steps:
-                        log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget,
-                                 (now - probe) / (self.step - probe_from), self.total_steps, fit)
-                        self.total_steps = fit
-                        end = fit if limit is None else min(limit, fit)
-                        if prog is not None:
-                            prog.update(task, total=self.total_steps)
+                    if probe is not None:  # refitted on the time per step since the probe began
+                        fit = _fit_schedule(self.step, now - run_t0, budget, probe_from, now - probe,
+                                            self.planned_steps)
+                        if fit is not None and fit != self.total_steps and self.step < self.total_steps:
+                            log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget,
+                                     (now - probe) / (self.step - probe_from), self.total_steps, fit)
+                            self.total_steps = fit
+                            end = fit if limit is None else min(limit, fit)
+                            if prog is not None:
+                                prog.update(task, total=self.total_steps)
                 if self.on_step:
                     self.on_step(self.step, self.losses[-1])
                 epoch_end = self.step % self.steps_per_epoch == 0
