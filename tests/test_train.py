@@ -218,8 +218,14 @@ def test_exported_model_loads_and_encodes(trained, tmp_path):
     with torch.no_grad():
         tref = tr.model.encode_text(ids, mask).numpy()
     np.testing.assert_allclose(t, tref / np.linalg.norm(tref, axis=1, keepdims=True), atol=1e-4)
-    # the trained model prefers each study's own report over another's (it learned the pairs)
-    assert (np.diag(t @ e.T) > (t @ e.T)[[1, 0], [0, 1]]).all()
+    # The trained model learned the pairs: each training report is closer to its own study than to the others,
+    # measured over every training study (the tokenizer's vocabulary is not bit-reproducible across processes, so
+    # the model varies a little from run to run; over 2 pairs the property failed now and then, over all 8 the
+    # fraction sat at 0.98-1.00 in repeated runs, against 0.5 by chance).
+    rows = list(tr.train_idx)
+    s = enc.encode_texts(tr.cache.reports(rows)) @ enc.encode_studies(tr.cache.inputs(rows)).T
+    own_first = np.mean([(s[i, i] > np.delete(s[i], i)).mean() for i in range(len(rows))])
+    assert own_first > 0.75, own_first
 
 
 def test_warm_start_reuses_weights_and_vocab(trained, tmp_path):
