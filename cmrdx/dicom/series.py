@@ -7,14 +7,19 @@ Only headers are read here (``stop_before_pixels``); pixels are decoded later, p
 from __future__ import annotations
 
 import logging
+import os
+import re
+import threading
 import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pydicom
-import pydicom.config
 import pydicom.datadict
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -302,10 +307,10 @@ _HEADER_TAGS = _tags(HEADER_KEYWORDS)
 def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
     """Read one object's header (only HEADER_KEYWORDS). Returns (dataset, None) or (None, skip-reason)."""
     try:
-        with ref.open() as fp, warnings.catch_warnings(), pydicom.config.disable_value_validation():
-            # pydicom warns on every non-conformant value; a scan of thousands of files would drown in them,
-            # and validating values we never use costs a third of the scan.
-            warnings.simplefilter("ignore")
+        # Only HEADER_KEYWORDS are parsed and values are converted (and validated) as the reader uses them: run
+        # this under ``capture_read_warnings`` so that pydicom's complaints are counted, not printed. pydicom's
+        # validation switch is process-wide, so it is left alone (toggling it per file races between threads).
+        with ref.open() as fp:
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             except InvalidDicomError:
@@ -321,6 +326,186 @@ def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
         log.warning("%s: unreadable DICOM header (%s), skipped", ref, exc.__class__.__name__)
         return None, "unreadable header"
     return ds, None
+
+
+# ---------------------------------------------------------------------------------------------------
+# pydicom's complaints while reading: counted by kind per study, never printed per file
+#
+# pydicom reports a non-conformant value (a UID with a leading zero, a DS longer than 16 characters, ...) twice: on
+# its logger and through the warnings module (``pydicom.misc.warn_and_log``); the pixel plugins log on their own
+# loggers. On a real study that is one or two lines per file. While ``capture_read_warnings`` is active, both
+# routes are turned into kinds in a list instead of printed; the ContextVar makes that per thread (and per
+# asyncio task), so concurrent readers each collect their own and nothing accumulates across studies.
+
+READ_WARNING_EXAMPLES = 3  # example file names kept per kind (the names only, never a value)
+# Loggers of pydicom and of the pixel-data plugins it calls (their child loggers are covered too).
+_READER_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "_openjpeg", "jpeg_ls", "libjpeg", "rle", "gdcm")
+_PYDICOM_DIR = os.path.dirname(os.path.abspath(pydicom.__file__))
+
+# message -> kind. The kind names what is wrong (and the VR where the message gives it), never the value: the
+# messages quote values, which can be identifiers.
+_KINDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), k) for p, k in (
+    (r"Invalid value for VR ([A-Z]{2})\b", r"invalid \1 value"),
+    (r"not valid for elements with a VR of ([A-Z]{2})\b", r"invalid \1 value"),
+    (r"VR of 'DS' values must be <= 16 characters", "DS value too long"),
+    (r"exceeds the maximum length of \d+ allowed for VR ([A-Z]{2})\b", r"\1 value too long"),
+    (r"cannot be assigned to a tag with VR ([A-Z]{2})\b", r"wrong value type for VR \1"),
+    (r"PN component", "invalid PN value"),
+    (r"Expected (?:explicit|implicit) VR, but found", "VR mismatch (explicit/implicit)"),
+    (r"Unknown VR", "unknown VR"),
+    (r"Expected length (?:to be multiple|between)", "invalid value length"),
+    (r"allow a value of '60'", "leap second in a time value"),
+    (r"Expected sequence item|after delimiter", "malformed sequence"),
+    (r"Unknown DICOM tag", "unknown tag"),
+    (r"(?i)end of file|EOF", "file ends early"),
+    (r"excess padding|non-conformant padding|misses a padding byte", "pixel data padding"),
+    (r"'Number of Frames'", "invalid Number of Frames"),
+    (r"'Photometric Interpretation'", "photometric interpretation mismatch"),
+    (r"compressed pixel data matches the expected number for uncompressed", "transfer syntax mismatch"),
+    (r"failed to decode", "decoding plugin failed"),
+    (r"'Bits Stored'", "Bits Stored mismatch"),
+    (r"Extended Offset Table", "extended offset table mismatch"),
+))
+
+
+def warning_kind(message: str) -> str:
+    """A reading warning's kind: what is wrong, without the value (``invalid UI value``, ``DS value too long``,
+    ...). An unknown message keeps at most its first few plain words, with quoted text and numbers removed."""
+    for pattern, kind in _KINDS:
+        m = pattern.search(message)
+        if m is not None:
+            return m.expand(kind)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|<[^>]*>|\([^)]*\)", " ", message).split(":")[0].split(". ")[0]
+    words = [w for w in text.split() if w.isalpha()][:6]
+    return ("other: " + " ".join(words).lower()) if words else "other reading warning"
+
+
+@dataclass
+class ReadWarnings:
+    """What pydicom (and its pixel plugins) complained about while a study's files were read, by kind: in how
+    many files, and a few example file names. The files were read anyway; kinds hold no values (``warning_kind``).
+    """
+
+    files: dict[str, set[str]] = field(default_factory=dict)  # kind -> the files (FileRef strings) it was seen in
+    examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> up to READ_WARNING_EXAMPLES file names
+
+    def add(self, kinds: Iterable[str], ref: FileRef) -> None:
+        """Record ``kinds`` seen while reading ``ref`` (a file counts once per kind however often it warns)."""
+        for kind in kinds:
+            seen = self.files.setdefault(kind, set())
+            if str(ref) in seen:
+                continue
+            seen.add(str(ref))
+            ex = self.examples.setdefault(kind, [])
+            if len(ex) < READ_WARNING_EXAMPLES and ref.name not in ex:
+                ex.append(ref.name)
+
+    def merge(self, other: ReadWarnings) -> None:
+        for kind, refs in other.files.items():
+            self.files.setdefault(kind, set()).update(refs)
+            ex = self.examples.setdefault(kind, [])
+            ex.extend(n for n in other.examples.get(kind, []) if n not in ex)
+            del ex[READ_WARNING_EXAMPLES:]
+
+    def __bool__(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """kind -> number of files, most frequent first."""
+        return dict(sorted(((k, len(v)) for k, v in self.files.items()), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def n_files(self) -> int:
+        """Files with at least one warning."""
+        return len(set().union(*self.files.values())) if self.files else 0
+
+    def summary(self) -> str | None:
+        """One line for a terminal, e.g. ``240 files: invalid UI value (240), DS value too long (3); read anyway``."""
+        if not self.files:
+            return None
+        n = self.n_files
+        kinds = ", ".join(f"{k} ({c})" for k, c in self.counts.items())
+        return f"{n} file{'s' if n != 1 else ''}: {kinds}; read anyway"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.n_files,
+            "kinds": {k: {"files": c, "examples": list(self.examples.get(k, []))} for k, c in self.counts.items()},
+        }
+
+
+_SINK: ContextVar[list[str] | None] = ContextVar("cmrdx_read_warnings", default=None)
+_HOOK_LOCK = threading.Lock()
+_loggers_seen = -1  # size of logging's logger table when the filters were last placed
+
+
+class _CountFilter(logging.Filter):
+    """On pydicom's and the plugins' loggers: while a capture is active in this context, a warning becomes a kind
+    in the capture's list and goes no further; otherwise records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = _SINK.get()
+        if sink is None or record.levelno < logging.WARNING:
+            return True
+        if record.levelno >= logging.ERROR and record.name.startswith("pydicom.pixels.decoders"):
+            # One plugin failed (with a traceback) and the next is tried; if all fail, the read raises.
+            sink.append("decoding plugin failed")
+        else:
+            sink.append(warning_kind(record.getMessage()))
+        return False
+
+
+_COUNT_FILTER = _CountFilter()
+
+
+def _wrap_showwarning(previous: Any) -> Any:
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+        sink = _SINK.get()
+        if sink is None:
+            previous(message, category, filename, lineno, file, line)
+        elif not os.path.abspath(filename).startswith(_PYDICOM_DIR):
+            sink.append(warning_kind(str(message)))
+        # pydicom's own warnings went to its logger too and were counted there: dropped here
+
+    showwarning._cmrdx_read_hook = True  # type: ignore[attr-defined]
+    return showwarning
+
+
+def _install_hooks() -> None:
+    """Place the logger filters and the ``warnings.showwarning`` hook (idempotent; cheap when in place). The hook
+    is checked each time: ``warnings.catch_warnings`` (pytest uses one per test) restores the function it found."""
+    global _loggers_seen
+    table = logging.Logger.manager.loggerDict
+    if getattr(warnings.showwarning, "_cmrdx_read_hook", False) and len(table) == _loggers_seen:
+        return
+    with _HOOK_LOCK:
+        if not getattr(warnings.showwarning, "_cmrdx_read_hook", False):
+            warnings.showwarning = _wrap_showwarning(warnings.showwarning)
+        if len(table) != _loggers_seen:
+            names = {n for n in list(table) if any(n == p or n.startswith(p + ".") for p in _READER_LOGGERS)}
+            for name in names | set(_READER_LOGGERS):
+                lg = logging.getLogger(name)
+                if _COUNT_FILTER not in lg.filters:
+                    lg.addFilter(_COUNT_FILTER)
+            _loggers_seen = len(table)
+
+
+@contextmanager
+def capture_read_warnings() -> Iterator[list[str]]:
+    """Collect the kinds of pydicom's warnings raised inside the block (in this thread / context) into the yielded
+    list instead of printing them. Captures nest: what an inner one collected reaches the enclosing one too."""
+    _install_hooks()
+    outer = _SINK.get()
+    sink: list[str] = []
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+        if outer is not None:
+            outer.extend(sink)
 
 
 def _text_values(ds: Dataset, keyword: str) -> list[str] | None:
