@@ -110,3 +110,32 @@ def test_several_studies_need_a_choice(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["study_uid"] == a.study_uid and len(d["other_studies"]) == 1
+
+
+def test_input_checks_are_printed_naming_the_series_and_in_json(study):
+    r = run_cli("inspect", str(study))
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("warning:")]
+    # 4 slices 10 mm apart and 6 phases: the short-axis stacks are too short, every cine has too few phases
+    assert any(ln.startswith("warning: cine:SAX (series #1 'SAX_FIESTA_BH'): covers 38 mm") for ln in lines), lines
+    assert any(ln.startswith("warning: cine:4CH (series #4 '4CH_FIESTA_BH'): only 6 phases") for ln in lines), lines
+    assert not any("views not found" in ln for ln in lines)  # said once, by the views-missing line
+    assert "reading:" not in r.stdout  # no reading warnings in these files: no summary line
+    d = json.loads(run_cli("inspect", str(study), "--json").stdout)
+    rules = {(c["rule"], c["view"]) for c in d["input_checks"]}
+    assert {("sax-coverage", "cine:SAX"), ("sax-coverage", "lge:SAX"), ("few-phases", "cine:SAX")} <= rules
+    assert all(c["message"] in d["warnings"] for c in d["input_checks"])
+    sax = next(s["series_uid"] for s in d["series"] if s["description"] == "SAX_FIESTA_BH")
+    assert next(c for c in d["input_checks"] if c["view"] == "cine:SAX")["series_uids"] == [sax]
+    assert d["read_warnings"] == {"files": 0, "kinds": {}}
+
+
+def test_text_from_the_files_is_printed_as_text_not_markup(tmp_path):
+    def odd_name(ds) -> None:
+        if ds.SeriesDescription == "SAX_FIESTA_BH":
+            ds.SeriesDescription = "SAX_FIESTA_BH [/] [red]x"
+
+    build_cine_study(tmp_path / "s", vendor="ge", n_slices=4, n_phases=6, lge=False, lax_views=(), edit=odd_name)
+    r = run_cli("inspect", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr
+    assert "SAX_FIESTA_BH [/] [red]x" in r.stdout.replace("\n", "")

@@ -1,12 +1,15 @@
-"""`cmrdx inspect STUDY_DIR`: the series of a study, their roles and views, and what is missing."""
+"""`cmrdx inspect STUDY_DIR`: the series of a study, their roles and views, what is missing, the input checks that
+failed, and (once per study) what pydicom complained about while reading the files."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -15,11 +18,12 @@ def inspect_cmd(
     study: str | None = typer.Option(None, "--study", help="StudyInstanceUID to inspect when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (hidden by default)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every kind of reading warning with example files."),
 ) -> None:
     """List every series with its role (cine / LGE / other) and view, and the reason for each decision."""
     from cmrdx.dicom.scan import scan
     from cmrdx.errors import MultipleStudiesError
-    from cmrdx.study.assemble import inspect_study
+    from cmrdx.study.assemble import assemble_study, inspect_study
 
     res = scan(study_dir)
     try:
@@ -29,8 +33,13 @@ def inspect_cmd(
             raise
         _print_studies(res)
         raise
+    # Headers only: the assembly decodes nothing until pixels are asked for; it runs the input checks.
+    manifest = assemble_study(insp, require_cine=False).manifest
     if as_json:
-        typer.echo(json.dumps(insp.to_dict(show_phi=show_phi), indent=2))
+        d = insp.to_dict(show_phi=show_phi)
+        d["input_checks"] = [c.to_dict() for c in manifest.input_checks]
+        d["warnings"] = list(manifest.warnings)
+        typer.echo(json.dumps(d, indent=2))
         return
     console = Console()
     title = f"Study {insp.study_uid}  ({res.files_scanned} files, {len(insp.series)} series)"
@@ -40,15 +49,15 @@ def inspect_cmd(
     style = {"cine": "green", "lge": "magenta", "other": "dim"}
     for s in insp.series:
         sp = s.pixel_spacing
-        table.add_row(
+        table.add_row(  # text from the files is data: escaped, never read as markup
             str(s.number if s.number is not None else "-"),
-            s.description or "(none)",
-            f"[{style[s.role]}]{s.role}[/]",
+            escape(s.description) or "(none)",
+            f"[{style.get(s.role, 'dim')}]{s.role}[/]",
             s.view or "-",
             f"{s.n_positions} x {s.n_phases}",
             f"{s.matrix[0]}x{s.matrix[1]}" if s.matrix else "-",
             f"{sp[0]:.2f}x{sp[1]:.2f}" if sp else "-",
-            s.reason + (f"; {s.view_reason}" if s.view_reason else ""),
+            escape(s.reason + (f"; {s.view_reason}" if s.view_reason else "")),
         )
     console.print(table)
     found = insp.views_found
@@ -57,11 +66,23 @@ def inspect_cmd(
         console.print("[bold yellow]views missing:[/] " + ", ".join(insp.views_missing))
     if res.files_skipped:
         console.print("[bold]files skipped:[/] " + ", ".join(f"{n} {r}" for r, n in res.files_skipped.items()))
+    missing_line = "views not found: " + ", ".join(insp.views_missing)  # already said above
+    for w in manifest.warnings:
+        if w != missing_line:
+            console.print(f"[yellow]warning:[/] {escape(w)}")
+    rw = insp.read_warnings
+    if rw:
+        verbose = verbose or logging.getLogger().isEnabledFor(logging.INFO)  # `cmrdx -v inspect` too
+        console.print(f"[yellow]reading:[/] {escape(rw.summary() or '')}" + ("" if verbose else " [dim](-v lists them)[/]"))
+        if verbose:
+            for kind, n in rw.counts.items():
+                ex = ", ".join(rw.examples.get(kind, []))
+                console.print(f"  {escape(kind)}: {n} file{'s' if n != 1 else ''}" + (f" (e.g. {escape(ex)})" if ex else ""))
     if insp.other_studies:
         console.print(f"[yellow]{len(insp.other_studies)} other study(ies) in this folder:[/] " + ", ".join(insp.other_studies))
     if show_phi:
         phi = next((s.phi for s in insp.series if s.phi), {})
-        console.print("[bold red]patient:[/] " + ", ".join(f"{k}={v}" for k, v in phi.items()))
+        console.print("[bold red]patient:[/] " + escape(", ".join(f"{k}={v}" for k, v in phi.items())))
 
 
 def _print_studies(res) -> None:
@@ -71,5 +92,5 @@ def _print_studies(res) -> None:
     table.add_column("series")
     table.add_column("descriptions", overflow="fold")
     for uid, ss in res.studies.items():
-        table.add_row(uid, str(len(ss)), ", ".join(s.description for s in ss[:6]) + (" ..." if len(ss) > 6 else ""))
+        table.add_row(escape(uid), str(len(ss)), escape(", ".join(s.description for s in ss[:6]) + (" ..." if len(ss) > 6 else "")))
     console.print(table)

@@ -17,13 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from cmrdx.dicom.geometry import PARALLEL_DOT, group_by_position, positions_along, reference_normal
+from cmrdx.dicom.geometry import (
+    PARALLEL_DOT,
+    POSITION_TOL_MM,
+    angle_between_deg,
+    group_by_position,
+    positions_along,
+    reference_normal,
+)
 from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.scan import ScanResult, scan
-from cmrdx.dicom.series import Frame, Series
+from cmrdx.dicom.series import Frame, ReadWarnings, Series, capture_read_warnings
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
 from cmrdx.study.roles import classify_study_series
-from cmrdx.study.types import AssemblyManifest, SeriesDecision, Study, StudyView
+from cmrdx.study.types import AssemblyManifest, InputCheck, SeriesDecision, Study, StudyView
 from cmrdx.vocab import ROLES, view_key
 from cmrdx.vocab import VIEW_KEYS as STANDARD_VIEWS
 
@@ -54,6 +61,11 @@ class StudyInspection:
         found = self.views_found
         return [k for k in STANDARD_VIEWS if k not in found]
 
+    @property
+    def read_warnings(self) -> ReadWarnings:
+        """What pydicom complained about in this study's files during the header scan (kind -> files)."""
+        return self.scan.read_warnings.get(self.study_uid) or ReadWarnings()
+
     def to_dict(self, show_phi: bool = False) -> dict[str, Any]:
         return {
             "study_uid": self.study_uid,
@@ -64,6 +76,7 @@ class StudyInspection:
             "views_found": {k: [s.uid for s in v] for k, v in self.views_found.items()},
             "views_missing": self.views_missing,
             "other_studies": list(self.other_studies),
+            "read_warnings": self.read_warnings.to_dict(),
         }
 
 
@@ -156,10 +169,12 @@ def _norm_times(frames: list[Frame], rr: float | None) -> np.ndarray:
 class _Grid:
     """A (slices x phases) grid of frames with the decode-and-resample loader."""
 
-    def __init__(self, grid: list[list[Frame]], photometric: dict[int, str], shape: tuple[int, int]):
+    def __init__(self, grid: list[list[Frame]], photometric: dict[int, str], shape: tuple[int, int],
+                 read_warnings: ReadWarnings | None = None):
         self.grid = grid
         self.photometric = photometric  # id(frame) -> photometric of its series
         self.shape = shape
+        self.read_warnings = read_warnings  # pydicom's complaints while decoding are counted here
 
     def load(self, slices: Sequence[int], phases: Sequence[int]) -> np.ndarray:
         out = np.empty((len(slices), len(phases), *self.shape), dtype=np.float32)
@@ -169,7 +184,10 @@ class _Grid:
                 f = self.grid[si][pj]
                 key = id(f)
                 if key not in cache:
-                    img = decode_frame(f, self.photometric.get(key, "MONOCHROME2"))
+                    with capture_read_warnings() as kinds:
+                        img = decode_frame(f, self.photometric.get(key, "MONOCHROME2"))
+                    if kinds and self.read_warnings is not None:
+                        self.read_warnings.add(kinds, f.ref)
                     cache[key] = _resize(img, self.shape) if img.shape != self.shape else img
                 out[i, j] = cache[key]
         return out
@@ -187,7 +205,8 @@ def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return sitk.GetArrayFromImage(res)
 
 
-def _build_view(role: str, view: str, chosen: list[Series], notes: list[str]) -> StudyView:
+def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
+                read_warnings: ReadWarnings | None = None) -> StudyView:
     frames: list[Frame] = []
     photometric: dict[int, str] = {}
     owner: dict[int, Series] = {}
@@ -252,7 +271,7 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str]) ->
     spacing = ref_frame.pixel_spacing or (1.0, 1.0)
     mid = grid[len(grid) // 2]
     trig = np.array([f.trigger_time if f.trigger_time is not None else np.nan for f in mid], dtype=np.float64)
-    loader = _Grid(grid, photometric, shape)
+    loader = _Grid(grid, photometric, shape, read_warnings)
     return StudyView(
         role=role,
         view=view,
@@ -295,6 +314,7 @@ def assemble_study(
     """
     insp = path if isinstance(path, StudyInspection) else inspect_study(path, study_uid)
     manifest = AssemblyManifest(files_scanned=insp.scan.files_scanned, files_skipped=dict(insp.scan.files_skipped))
+    manifest.read_warnings.merge(insp.read_warnings)  # a copy: decoding adds to the study's, not to the scan's
     study = Study(study_uid=insp.study_uid, manifest=manifest, source=insp.scan.root)
     found = insp.views_found
     used_by: dict[str, str] = {}
@@ -305,8 +325,11 @@ def assemble_study(
         notes: list[str] = []
         if view == "SAX" and len(chosen) > 1:
             notes.append(f"short-axis stack merged from {len(chosen)} series")
-        sv = _build_view(role, view, chosen, notes)
+        sv = _build_view(role, view, chosen, notes, manifest.read_warnings)
         study.views[key] = sv
+        checks = input_checks(sv, chosen)
+        manifest.input_checks.extend(checks)
+        manifest.warnings.extend(c.message for c in checks)
         for s in chosen:
             used_by[s.uid] = key
         for s, why in skipped:
@@ -343,3 +366,170 @@ def assemble_study(
     if missing:
         manifest.warnings.append("views not found: " + ", ".join(missing))
     return study
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks: problems of an assembled view that its images cannot show but a reader of the results must know.
+# Each failed check names its view and series, and goes into the manifest (``input_checks`` and ``warnings``).
+
+# The adult LV measures about 70-120 mm from base to apex at end-diastole, and a short-axis stack is planned to
+# span it. A stack covering less than 60 mm (its slices' extent plus one slice thickness) cannot hold a whole
+# adult LV: the base or the apex is missing, and volumes or wall motion read from it are incomplete.
+SAX_MIN_COVERAGE_MM = 60.0
+# Cine short-axis stacks use 6-8 mm slices with gaps of 0-4 mm (steps of 6-12 mm between slice centres). Beyond
+# 15 mm, more of the ventricle lies between the slices than in them: a thin apex or a focal finding can fall
+# in between.
+SAX_MAX_STEP_MM = 15.0
+# A step over 1.5x the median step: a slice position is missing (one missing slice doubles a step; 1.5 sits
+# halfway between a regular step and a doubled one).
+SLICE_GAP_FACTOR = 1.5
+# Steps that differ from the median by more than 20% and by more than 1 mm (positions are grouped within
+# 0.5 mm, so smaller differences are rounding) are uneven: a scanner places one stack on a regular grid, so
+# uneven steps mean slices of different plannings were merged, and sums over slices (volumes) are biased.
+UNEVEN_SPACING_REL = 0.2
+UNEVEN_SPACING_MIN_MM = 1.0
+# Images whose plane is tilted, or whose in-plane axes are rotated, by more than 3 degrees from the stack's
+# orientation (just beyond the 2.6 degrees of geometry.PARALLEL_DOT under which planes count as parallel) are
+# another orientation: one pixel grid no longer maps the same anatomy through the stack.
+MIXED_ORIENTATION_DEG = 3.0
+# Cine guidelines ask for about 45 ms or less per phase (20-30 phases at usual heart rates). With fewer than 15
+# phases (60 ms or more per phase at 60 bpm) end-systole is easily missed and motion is under-sampled.
+CINE_MIN_PHASES = 15
+
+
+def _series_names(series: Sequence[Series], limit: int = 3) -> str:
+    """``series #3 'CINE_SAX', #4 'CINE_SAX_b2' and 7 more``: numbers and descriptions (plain text, from DICOM)."""
+    names = [f"#{s.number if s.number is not None else '?'} '{s.description or '(no description)'}'" for s in series]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return "series " + ", ".join(names[:limit]) + more
+
+
+def _check(out: list[InputCheck], rule: str, key: str, series: Sequence[Series], problem: str) -> None:
+    out.append(InputCheck(rule=rule, view=key, series_uids=[s.uid for s in series],
+                          message=f"{key} ({_series_names(series)}): {problem}"))
+
+
+def _series_at(chosen: Sequence[Series], normal: np.ndarray, positions: Sequence[float]) -> list[Series]:
+    """The chosen series with a frame at one of ``positions`` (mm along ``normal``)."""
+    out = []
+    for s in chosen:
+        d = positions_along(s.frames, normal)
+        if any(np.any(np.abs(d - p) <= POSITION_TOL_MM) for p in positions):
+            out.append(s)
+    return out or list(chosen)
+
+
+def input_checks(sv: StudyView, chosen: Sequence[Series]) -> list[InputCheck]:
+    """The input checks of one assembled view built from ``chosen``: short-axis coverage and slice step, gaps and
+    uneven spacing, mixed orientations, different images at one position and time, too few cine phases."""
+    out: list[InputCheck] = []
+    key = sv.key
+    frames = [f for s in chosen for f in s.frames]
+    normal = reference_normal(frames)
+    pos = np.asarray(sv.slice_positions, dtype=np.float64)
+    if normal is not None and pos.size and np.all(np.isfinite(pos)):
+        _spacing_checks(out, sv, chosen, normal, pos)
+    _orientation_check(out, key, chosen)
+    if sv.role == "cine":
+        _duplicate_check(out, key, chosen, normal, pos)
+        if sv.n_phases < CINE_MIN_PHASES:
+            per = f" of {sv.rr_interval / sv.n_phases:.0f} ms" if sv.rr_interval else ""
+            _check(out, "few-phases", key, chosen,
+                   f"only {sv.n_phases} phases{per} (fewer than {CINE_MIN_PHASES}): the cardiac cycle is under-sampled, "
+                   "end-systole may be missed")
+    return out
+
+
+def _spacing_checks(out: list[InputCheck], sv: StudyView, chosen: Sequence[Series], normal: np.ndarray,
+                    pos: np.ndarray) -> None:
+    key = sv.key
+    steps = np.diff(pos)
+    med = float(np.median(steps)) if steps.size else 0.0
+    thick = [f.slice_thickness for s in chosen for f in s.frames if f.slice_thickness and f.slice_thickness > 0]
+    thickness = float(np.median(thick)) if thick else med
+    if sv.view == "SAX":
+        coverage = float(pos[-1] - pos[0]) + thickness
+        if coverage < SAX_MIN_COVERAGE_MM:
+            apart = f", {med:.1f} mm apart" if steps.size else ""
+            _check(out, "sax-coverage", key, chosen,
+                   f"covers {coverage:.0f} mm ({pos.size} slice{'s' if pos.size != 1 else ''}{apart}): a short-axis "
+                   f"stack should span the LV from base to apex (about 70-120 mm), at least {SAX_MIN_COVERAGE_MM:.0f} mm")
+        if steps.size and med > SAX_MAX_STEP_MM:
+            _check(out, "sax-sparse", key, chosen,
+                   f"slices {med:.1f} mm apart (more than {SAX_MAX_STEP_MM:.0f} mm): too few slices for the ventricle, "
+                   "parts of it lie between them")
+    if steps.size < 2 or med <= 0:
+        return
+    gaps = [k for k in range(steps.size) if steps[k] > SLICE_GAP_FACTOR * med]
+    for k in gaps:
+        _check(out, "slice-gap", key, _series_at(chosen, normal, [pos[k], pos[k + 1]]),
+               f"gap of {steps[k]:.1f} mm between slices {k} and {k + 1} (median step {med:.1f} mm): "
+               "a slice position is missing")
+    tol = max(UNEVEN_SPACING_REL * med, UNEVEN_SPACING_MIN_MM)
+    uneven = [k for k in range(steps.size) if k not in gaps and abs(steps[k] - med) > tol]
+    if uneven:
+        odd = steps[uneven]
+        _check(out, "uneven-spacing", key, _series_at(chosen, normal, [p for k in uneven for p in (pos[k], pos[k + 1])]),
+               f"uneven slice spacing: {len(uneven)} step(s) of {odd.min():.1f}-{odd.max():.1f} mm around a median "
+               f"of {med:.1f} mm (slices of different plannings merged?)")
+
+
+def _orientation_check(out: list[InputCheck], key: str, chosen: Sequence[Series]) -> None:
+    owned = [(s, f.orientation, f.normal) for s in chosen for f in s.frames
+             if f.orientation is not None and f.normal is not None]
+    if len(owned) < 2:
+        return
+    # The stack's orientation is its most common one (rounded), so that the odd images are the ones named.
+    common = Counter(tuple(np.round(o, 2)) for _, o, _ in owned).most_common(1)[0][0]
+    ref_o, ref_n = next((o, n) for _, o, n in owned if tuple(np.round(o, 2)) == common)
+    r0 = ref_o[:3] / max(float(np.linalg.norm(ref_o[:3])), 1e-9)
+    worst = 0.0
+    odd: dict[str, Series] = {}
+    n_odd = 0
+    for s, o, n in owned:
+        r = o[:3] / max(float(np.linalg.norm(o[:3])), 1e-9)
+        tilt = angle_between_deg(ref_n, n)
+        turn = float(np.degrees(np.arccos(np.clip(float(np.dot(r0, r)), -1.0, 1.0))))
+        if max(tilt, turn) > MIXED_ORIENTATION_DEG:
+            n_odd += 1
+            odd[s.uid] = s
+            worst = max(worst, tilt, turn)
+    if n_odd:
+        _check(out, "mixed-orientation", key, list(odd.values()),
+               f"{n_odd} of {len(owned)} images in another orientation (up to {worst:.0f} degrees from the stack's "
+               "plane or in-plane axes): mixed orientations in one stack")
+
+
+def _duplicate_check(out: list[InputCheck], key: str, chosen: Sequence[Series], normal: np.ndarray | None,
+                     pos: np.ndarray) -> None:
+    """Within one series, two different images at the same position and time (a re-acquisition stored in the same
+    series, or two objects in conflict). The headers tell images apart: a frame of a multi-frame object by its
+    index, a single-frame file by instance number, acquisition time, rescale and matrix (two files that agree on
+    all of these are copies of one image, not a conflict). The assembly keeps the latest acquisition."""
+    for s in chosen:
+        n_pairs = 0
+        example = ""
+        for g in group_by_position(s.frames):
+            by_time: dict[float, list[Frame]] = {}
+            for f in g:
+                t = f.trigger_time if f.trigger_time is not None else (
+                    float(f.temporal_index) if f.temporal_index is not None else None)
+                if t is not None:
+                    by_time.setdefault(round(t, 1), []).append(f)
+            for t, fs in by_time.items():
+                ids = {(str(f.ref), f.index) if f.index is not None else
+                       (f.instance_number, f.acquisition_time, f.rescale, f.rows, f.cols) for f in fs}
+                if len(ids) < 2:
+                    continue
+                n_pairs += 1
+                if not example:
+                    where = ""
+                    if normal is not None and pos.size and g[0].position is not None:
+                        k = int(np.argmin(np.abs(pos - float(np.dot(normal, g[0].position)))))
+                        where = f"slice {k}, "
+                    inst = sorted({f.instance_number for f in fs if f.instance_number is not None})
+                    example = f"{where}{t:g} ms: {len(ids)} images" + (f", instances {', '.join(map(str, inst))}" if inst else "")
+        if n_pairs:
+            _check(out, "duplicate-images", key, [s],
+                   f"different images at the same position and time in {n_pairs} place(s) (e.g. {example}): "
+                   "the latest acquisition is used")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrdx.dicom.series import ReadWarnings
 from cmrdx.vocab import VIEW_KEYS, view_key
 
 # The vocabulary is defined once in cmrdx.vocab; STANDARD_VIEWS is the nine view keys a complete study has.
@@ -124,13 +125,34 @@ class SeriesDecision:
 
 
 @dataclass
+class InputCheck:
+    """One input check that failed on an assembled view: which rule, which view and series, and why (``message``
+    is also in the manifest's ``warnings``)."""
+
+    rule: str  # e.g. "sax-coverage", "slice-gap", "uneven-spacing", "mixed-orientation", "duplicate-images", "few-phases"
+    view: str  # view key, e.g. "cine:SAX"
+    series_uids: list[str]
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "view": self.view, "series_uids": list(self.series_uids), "message": self.message}
+
+
+@dataclass
 class AssemblyManifest:
-    """What went into a Study and what was left out, with reasons."""
+    """What went into a Study and what was left out, with reasons.
+
+    ``warnings``: human-readable, one per problem (repairs worth knowing, missing views, failed input checks).
+    ``input_checks``: the failed input checks as data. ``read_warnings``: what pydicom complained about in the
+    study's files (kind -> files, examples), from the header scan and, as views are decoded, from pixel decoding.
+    """
 
     decisions: list[SeriesDecision] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files_scanned: int = 0
     files_skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    input_checks: list[InputCheck] = field(default_factory=list)
+    read_warnings: ReadWarnings = field(default_factory=ReadWarnings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +160,8 @@ class AssemblyManifest:
             "warnings": list(self.warnings),
             "files_scanned": self.files_scanned,
             "files_skipped": dict(self.files_skipped),
+            "input_checks": [c.to_dict() for c in self.input_checks],
+            "read_warnings": self.read_warnings.to_dict(),
         }
 
 

@@ -8,11 +8,13 @@ layer is checked against files it did not write itself.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.config
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -173,6 +175,12 @@ def build_cine_study(
     file_names: str = "sequential",  # or "uid"
     matrix: int | None = None,  # upsample the 64x64 source to matrix x matrix (realistic file sizes)
     compress: str | None = None,  # a transfer syntax UID to re-encode every file with
+    slice_step: float = 10.0,  # mm between short-axis slice centres (slices are 8 mm thick)
+    skip_slices: tuple[int, ...] = (),  # SAX cine slice positions left out (a gap in the stack)
+    slice_offsets: dict[int, float] | None = None,  # mm added to a SAX cine slice's position (uneven spacing)
+    rotate_slice: tuple[int, float] | None = None,  # (slice, degrees): that SAX cine slice's axes turned in-plane
+    duplicate_slice: int | None = None,  # that SAX cine slice stored twice in its series, different images
+    edit: Callable[[Dataset], None] | None = None,  # applied to every written file, values not validated
 ) -> Built:
     """Write a cine study under ``root``; returns what a reader should find."""
     root = Path(root)
@@ -188,7 +196,7 @@ def build_cine_study(
     study_uid = generate_uid()
     row, col, n = _basis(seed)
     origin = np.array([-40.0, -60.0, 30.0])
-    gap = 10.0
+    gap = slice_step
     spacing = 1.5 * spacing_scale
     built = Built(root=root, study_uid=study_uid, n_slices=n_slices, n_phases=n_phases, sax_normal=n)
     counter = [0]
@@ -220,21 +228,28 @@ def build_cine_study(
                 number += 1
             else:
                 uid, desc, num = sax_uid, names["sax"].format(k="", n=number), number
+            if k in skip_slices:  # never acquired (or lost): with one series per slice, its number stays unused
+                continue
             built.series[desc] = "cine:SAX"
             shape = (base.shape[0] * 3 // 4,) * 2 if (mixed_matrix and k % 2) else base.shape
             sp = spacing * base.shape[0] / shape[0]
-            for ph in range(n_phases):
-                if drop_phase == (k, ph):
-                    continue
-                ipp = origin + k * gap * n
-                px = _frame_pixels(base, k, ph, n_phases, shape)
-                ds = _classic(tmpl, study_uid=study_uid, series_uid=uid, number=num, desc=desc, ipp=ipp, row=row, col=col,
-                              spacing=sp, pixels=px, trigger=ph * rr / n_phases, n_phases=n_phases, rr=rr, seq=names["seq"],
-                              manufacturer=names["manufacturer"], instance=ph + 1)
-                folder = desc if vendor != "kaggle" else desc
-                p = out_path(folder, ph)
-                _write(ds, p)
-                built.files.append(p)
+            krow, kcol = row, col
+            if rotate_slice is not None and rotate_slice[0] == k:  # same plane, row/column axes turned about the normal
+                a = np.deg2rad(rotate_slice[1])
+                krow, kcol = np.cos(a) * row + np.sin(a) * col, -np.sin(a) * row + np.cos(a) * col
+            copies = 2 if duplicate_slice == k else 1
+            for copy_k in range(copies):
+                for ph in range(n_phases):
+                    if drop_phase == (k, ph):
+                        continue
+                    ipp = origin + (k * gap + (slice_offsets or {}).get(k, 0.0)) * n
+                    px = _frame_pixels(base, k + 150 * copy_k, ph, n_phases, shape)
+                    ds = _classic(tmpl, study_uid=study_uid, series_uid=uid, number=num, desc=desc, ipp=ipp, row=krow,
+                                  col=kcol, spacing=sp, pixels=px, trigger=ph * rr / n_phases, n_phases=n_phases, rr=rr,
+                                  seq=names["seq"], manufacturer=names["manufacturer"], instance=copy_k * n_phases + ph + 1)
+                    p = out_path(desc, ph)
+                    _write(ds, p)
+                    built.files.append(p)
         if not names["split_sax"]:
             number += 1
         if repeat_slice is not None:
@@ -301,6 +316,14 @@ def build_cine_study(
             number += 1
     if distractors:
         number = _distractors(tmpl, built, root, study_uid, number, row, col, n, origin, spacing, rr, base, names)
+    if skip_slices:
+        built.n_slices = n_slices - len({k for k in skip_slices if 0 <= k < n_slices})
+    if edit is not None:
+        for p in built.files:
+            ds = pydicom.dcmread(p)
+            with pydicom.config.disable_value_validation():  # permissive: the edit may plant invalid values
+                edit(ds)
+                ds.save_as(p, enforce_file_format=True)
     if compress:
         for p in built.files:
             ds = pydicom.dcmread(p)
