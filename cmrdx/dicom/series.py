@@ -62,6 +62,13 @@ class Frame:
     instance_number: int | None
     acquisition_time: float | None  # seconds since midnight
     rescale: tuple[float, float]  # (slope, intercept)
+    # Values that vary image by image inside one series and tell series types apart: the inversion times of a
+    # MOLLI, the echo times of a multi-echo T2*, the magnitude and real images of a PSIR pair kept in one series.
+    image_type: tuple[str, ...] = ()  # ImageType (classic) or FrameType (Enhanced MR), upper case
+    inversion_time: float | None = None  # ms
+    echo_time: float | None = None  # ms
+    complex_component: str | None = None  # Enhanced MR: MAGNITUDE, PHASE, REAL or IMAGINARY
+    acquisition_contrast: str | None = None  # Enhanced MR: T1, T2, PERFUSION, FLOW_ENCODED, TAGGING, ...
 
     @cached_property
     def normal(self) -> np.ndarray | None:
@@ -103,6 +110,11 @@ class Series:
     photometric: str
     transfer_syntax: str
     phase_contrast: bool = False
+    mr_acquisition_type: str = ""  # MRAcquisitionType: "2D" or "3D"
+    # MR pulse-sequence attributes that name a technique (SaturationRecovery, T2Preparation, Tagging, AngioFlag,
+    # AcquisitionContrast, ...): keyword -> upper-case value, only those present.
+    mr_flags: dict[str, str] = field(default_factory=dict)
+    contrast_agent: str = ""  # ContrastBolusAgent: filled on images acquired after contrast
     frames: list[Frame] = field(default_factory=list)
     phi: dict[str, str] = field(default_factory=dict)
     role: str = "other"
@@ -286,7 +298,10 @@ def _fg(per_frame: Dataset | None, shared: Dataset | None, seq_kw: str) -> Datas
 HEADER_KEYWORDS = (
     "SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SeriesNumber",
     "SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName", "ScanningSequence", "SequenceVariant",
-    "ScanOptions", "ImageType", "InversionTime", "InversionRecovery", "PhaseContrast", "Manufacturer",
+    "ScanOptions", "ImageType", "InversionTime", "InversionRecovery", "PhaseContrast", "Manufacturer", "EchoTime",
+    "MRAcquisitionType", "AngioFlag", "ContrastBolusAgent", "AcquisitionContrast", "ComplexImageComponent",
+    "SaturationRecovery", "SteadyStatePulseSequence", "EchoPulseSequence", "T2Preparation", "Tagging",
+    "BloodSignalNulling",
     "NominalInterval", "HeartRate", "CardiacNumberOfImages", "TriggerTime", "SeriesTime", "AcquisitionTime",
     "AcquisitionDateTime", "InstanceNumber", "TemporalPositionIdentifier", "ImagePositionPatient",
     "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope", "RescaleIntercept", "Rows",
@@ -561,6 +576,9 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
                 instance_number=int(inst) if inst is not None else None,
                 acquisition_time=acq,
                 rescale=(_fast_float(ds, "RescaleSlope") or 1.0, _fast_float(ds, "RescaleIntercept") or 0.0),
+                image_type=_image_type(ds),
+                inversion_time=_fast_float(ds, "InversionTime"),
+                echo_time=_fast_float(ds, "EchoTime"),
             )
         ]
     shared = _first(ds, "SharedFunctionalGroupsSequence")
@@ -575,6 +593,9 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
         card = _fg(pf, shared, "CardiacSynchronizationSequence")
         content = _fg(pf, shared, "FrameContentSequence")
         pvt = _fg(pf, shared, "PixelValueTransformationSequence")
+        ftype = _fg(pf, shared, "MRImageFrameTypeSequence")
+        echo = _fg(pf, shared, "MREchoSequence")
+        modifier = _fg(pf, shared, "MRModifierSequence") or _fg(pf, shared, "MRTimingAndRelatedParametersSequence")
         tidx = _int(content.get("TemporalPositionIndex")) if content is not None else None
         if tidx is None and content is not None and temporal_dim is not None:
             div = content.get("DimensionIndexValues")
@@ -599,9 +620,71 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
                     if pvt is not None
                     else (_float(ds.get("RescaleSlope")) or 1.0, _float(ds.get("RescaleIntercept")) or 0.0)
                 ),
+                image_type=_shared_tuple(ftype.get("FrameType")) if ftype is not None else (),
+                inversion_time=_float(modifier.get("InversionTimes")) if modifier is not None else None,
+                echo_time=_float(echo.get("EffectiveEchoTime")) if echo is not None else None,
+                complex_component=_cs(ftype, "ComplexImageComponent"),
+                acquisition_contrast=_cs(ftype, "AcquisitionContrast"),
             )
         )
     return frames
+
+
+# One series has one or two ImageTypes over thousands of files: equal tuples are shared, not copied per frame,
+# and a file's raw ImageType bytes are looked up before they are parsed (the scan reads it from every file).
+_SHARED_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_RAW_IMAGE_TYPES: dict[bytes, tuple[str, ...]] = {}
+
+
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    elem = ds.get_item("ImageType")
+    if elem is None:
+        return ()
+    raw = elem.value
+    if isinstance(raw, bytes):
+        hit = _RAW_IMAGE_TYPES.get(raw)
+        if hit is None:
+            if len(_RAW_IMAGE_TYPES) > 4096:
+                _RAW_IMAGE_TYPES.clear()
+            hit = _RAW_IMAGE_TYPES[raw] = _shared_tuple(raw.decode("ascii", "replace").strip(" \x00").split("\\"))
+        return hit
+    return _shared_tuple(_text_values(ds, "ImageType"))
+
+
+def _shared_tuple(values: Any) -> tuple[str, ...]:
+    """A multi-valued code string (ImageType, FrameType) as an upper-case tuple, the same object for equal values."""
+    if values is None or values == "":
+        return ()
+    if isinstance(values, str):
+        values = values.split("\\")
+    key = tuple(s for s in (str(v).strip().upper() for v in values) if s)
+    if len(_SHARED_TUPLES) > 4096:  # distinct values are few; a bound keeps a long batch run from growing it
+        _SHARED_TUPLES.clear()
+    return _SHARED_TUPLES.setdefault(key, key)
+
+
+def _cs(item: Dataset | None, keyword: str) -> str | None:
+    """An upper-case single code string from a functional-group item, or None."""
+    if item is None:
+        return None
+    v = str(item.get(keyword, "") or "").strip().upper()
+    return v or None
+
+
+# Attributes that name a technique, read from the top level (classic MR, the Enhanced MR Pulse Sequence and
+# Image modules) and, for Enhanced MR, from the shared MR Modifier functional group.
+MR_FLAG_KEYWORDS = ("SaturationRecovery", "SteadyStatePulseSequence", "EchoPulseSequence", "T2Preparation", "Tagging",
+                    "BloodSignalNulling", "AngioFlag", "AcquisitionContrast", "ComplexImageComponent")
+
+
+def _mr_flags(ds: Dataset) -> dict[str, str]:
+    modifier = _first(_first(ds, "SharedFunctionalGroupsSequence"), "MRModifierSequence")
+    out = {}
+    for kw in MR_FLAG_KEYWORDS:
+        v = _cs(ds, kw) or _cs(modifier, kw)
+        if v:
+            out[kw] = v
+    return out
 
 
 def _temporal_dimension_index(ds: Dataset) -> int | None:
@@ -680,6 +763,9 @@ def series_from_dataset(ds: Dataset, ref: FileRef) -> Series:
         photometric=_s(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
         transfer_syntax=ts,
         phase_contrast=str(ds.get("PhaseContrast", "")).upper() == "YES",
+        mr_acquisition_type=_s(ds, "MRAcquisitionType").upper(),
+        mr_flags=_mr_flags(ds),
+        contrast_agent=_s(ds, "ContrastBolusAgent"),
         frames=frames_from_dataset(ds, ref) if "Rows" in ds else [],
         phi=phi,
     )
