@@ -15,11 +15,13 @@ from cmrdx.errors import NoCineError, PixelDecodeError
 from cmrdx.study.assemble import assemble_study, inspect_study
 from helpers.cine_factory import build_cine_study
 
+# The factory labels its distractors by kind ("other:localizer", ...); each kind is a series type of its own.
+DISTRACTOR_ROLES = {"localizer": "localizer", "T1/T2 map": "t1_map", "flow": "flow", "TI scout": "ti_scout"}
+
 
 def _expected_ok(expected: str, s) -> bool:
     if expected.startswith("other"):
-        want = expected.split(":", 1)[1].split()[0].lower()
-        return s.role == "other" and want in s.reason.lower()
+        return s.role == DISTRACTOR_ROLES[expected.split(":", 1)[1]] and s.view is None
     return f"{s.role}:{s.view}" == expected
 
 

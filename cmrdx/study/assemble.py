@@ -31,7 +31,7 @@ from cmrdx.dicom.series import Frame, ReadWarnings, Series, capture_read_warning
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
 from cmrdx.study.roles import classify_study_series
 from cmrdx.study.types import AssemblyManifest, InputCheck, SeriesDecision, Study, StudyView
-from cmrdx.vocab import ROLES, view_key
+from cmrdx.vocab import MODEL_ROLES, view_key
 from cmrdx.vocab import VIEW_KEYS as STANDARD_VIEWS
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class StudyInspection:
     def views_found(self) -> dict[str, list[Series]]:
         out: dict[str, list[Series]] = {}
         for s in self.series:
-            if s.role in ROLES and s.view:
+            if s.role in MODEL_ROLES and s.view:
                 out.setdefault(view_key(s.role, s.view), []).append(s)
         return out
 
@@ -340,7 +340,7 @@ def assemble_study(
             reason = s.reason
         elif s.uid in why_skipped:
             reason = why_skipped[s.uid]
-        elif s.role in ROLES and not s.view:
+        elif s.role in MODEL_ROLES and not s.view:
             reason = f"{s.role} of unknown view: {s.view_reason}"
         else:
             reason = s.reason
