@@ -29,9 +29,9 @@ from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.scan import ScanResult, scan
 from cmrdx.dicom.series import Frame, ReadWarnings, Series, capture_read_warnings
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
-from cmrdx.study.roles import classify_study_series
+from cmrdx.study.roles import classify_study_series, frame_is_psir_real, lge_image_kind
 from cmrdx.study.types import AssemblyManifest, InputCheck, SeriesDecision, Study, StudyView
-from cmrdx.vocab import MODEL_ROLES, view_key
+from cmrdx.vocab import MODEL_ROLES, Role, view_key
 from cmrdx.vocab import VIEW_KEYS as STANDARD_VIEWS
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
     photometric: dict[int, str] = {}
     owner: dict[int, Series] = {}
     for s in chosen:
-        for f in s.frames:
+        for f in _view_frames(role, s, notes):
             frames.append(f)
             photometric[id(f)] = s.photometric
             owner[id(f)] = s
@@ -288,6 +288,39 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
     )
 
 
+# PSIR LGE gives two images of one acquisition: the phase-sensitive real image and its magnitude companion, as two
+# series (Siemens '_MAG' / '_PSIR', GE 'MAG:' / 'PS:') or as magnitude and real images in one series (Philips). The
+# assembly uses the magnitude image, in every view and study: the model's LGE input is magnitude inversion
+# recovery, the image every LGE technique produces, so one contrast reaches the model whatever the site saved.
+
+
+def _one_psir_image(key: str, cands: list[Series]) -> tuple[list[Series], list[tuple[Series, str]], list[str]]:
+    """The candidates of an LGE view without the phase-sensitive (real) series whose magnitude companion is there
+    too; (kept, set aside with the reason, notes for the view)."""
+    kind = {s.uid: lge_image_kind(s)[0] for s in cands}
+    psir = [s for s in cands if kind[s.uid] == "psir"]
+    mags = [s for s in cands if kind[s.uid] != "psir"]
+    if not psir:
+        return cands, [], []
+    if not mags:
+        return cands, [], [f"only the phase-sensitive (PSIR real) image was found for {key}: it is used"]
+    used = ", ".join(f"#{s.number}" for s in mags)
+    skipped = [(s, f"PSIR pair: the magnitude image ({used}) is used for {key}; this phase-sensitive (real) image "
+                   "is set aside") for s in psir]
+    note = f"PSIR pair: magnitude image {used} used, phase-sensitive image {', '.join(f'#{s.number}' for s in psir)} set aside"
+    return mags, skipped, [note]
+
+
+def _view_frames(role: str, s: Series, notes: list[str]) -> list[Frame]:
+    """The frames of ``s`` that go into a view: all of them, except for an LGE series that holds a PSIR pair
+    (magnitude and real images together), whose magnitude images alone are used."""
+    if role != Role.LGE or lge_image_kind(s)[0] != "pair":
+        return s.frames
+    notes.append(f"PSIR pair in series #{s.number}: its magnitude images are used, the phase-sensitive real images "
+                 "set aside")
+    return [f for f in s.frames if not frame_is_psir_real(f)]
+
+
 def _choose(role: str, view: str, cands: list[Series]) -> tuple[list[Series], list[tuple[Series, str]]]:
     """Which series build a view. SAX merges parallel stacks (split per-slice series); other views take one."""
     if view == "SAX":
@@ -321,8 +354,13 @@ def assemble_study(
     why_skipped: dict[str, str] = {}
     for key, cands in found.items():
         role, view = key.split(":")
+        psir_skipped: list[tuple[Series, str]] = []
+        psir_notes: list[str] = []
+        if role == Role.LGE:
+            cands, psir_skipped, psir_notes = _one_psir_image(key, cands)
         chosen, skipped = _choose(role, view, cands)
-        notes: list[str] = []
+        skipped = psir_skipped + skipped
+        notes: list[str] = list(psir_notes)
         if view == "SAX" and len(chosen) > 1:
             notes.append(f"short-axis stack merged from {len(chosen)} series")
         sv = _build_view(role, view, chosen, notes, manifest.read_warnings)
