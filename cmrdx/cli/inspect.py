@@ -20,7 +20,8 @@ def inspect_cmd(
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (hidden by default)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="List every kind of reading warning with example files."),
 ) -> None:
-    """List every series with its role (cine / LGE / other) and view, and the reason for each decision."""
+    """List every series with its role (cine and LGE feed the model; every other type is named) and view, and the
+    reason for each decision."""
     from cmrdx.dicom.scan import scan
     from cmrdx.errors import MultipleStudiesError
     from cmrdx.study.assemble import assemble_study, inspect_study
