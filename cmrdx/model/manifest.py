@@ -9,26 +9,39 @@ A model folder holds ONNX files, a tokenizer and ``manifest.json``::
      "text": {"file": "text.onnx", "inputs": ["input_ids", "attention_mask"], "output": "embedding"},
      "tokenizer": {"file": "tokenizer.json", "lowercase": true, "max_length": 512},
      "recipe": {"name": "cmrclip-v1", "params": {...}},
+     "reference": {"file": "reference.npz", "method": "knn-mean-cosine-distance", "k": 10, ...},
      "provenance": {...}, "licence": "..."}
 
 Every file listed is checked against its sha256 on load; a changed file is refused by name.
+
+A model's identity (``Manifest.sha256``) is the sha256 of a canonical JSON of what determines its embeddings
+and nothing else: name, version, embedding_dim, the ``video``, ``text``, ``tokenizer`` and ``recipe`` sections,
+and the sha256 of every file those sections name (``identity_document`` is the JSON hashed). The reference of
+training-study embeddings (``cmrdx.model.reference``), benchmark metrics, provenance, licence and a model card
+are about the model, not part of it: adding or changing them leaves the identity, and so every calibration,
+cache, prototype set and search store keyed by it, valid. A changed ONNX file, tokenizer or recipe changes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import ModelError
+from cmrdx.fileio import atomic_write
 
 if TYPE_CHECKING:
     from cmrdx.recipe import RecipeParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
+IDENTITY_SCHEMA = "cmrdx-model-identity/1"
+# The sections that say how a study or a text becomes an embedding; the files they name are hashed with them.
+IDENTITY_SECTIONS = ("video", "text", "tokenizer", "recipe")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -54,13 +67,30 @@ class Manifest:
     recipe: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
+    reference: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def identity_document(self) -> dict[str, Any]:
+        """What the identity hashes: name, version, embedding_dim, the sections of ``IDENTITY_SECTIONS`` and the
+        sha256 of each listed file those sections name (any string value equal to a file name)."""
+        sections = {k: getattr(self, k) for k in IDENTITY_SECTIONS}
+        named = sorted({v for sec in sections.values() for v in _strings(sec) if v in self.files})
+        return {
+            "schema": IDENTITY_SCHEMA,
+            "name": self.name,
+            "version": self.version,
+            "embedding_dim": self.embedding_dim,
+            **sections,
+            "files": {rel: self.files[rel].get("sha256") for rel in named},
+        }
 
     @property
     def sha256(self) -> str:
-        """The model's identity: the sha256 of its ``manifest.json``, which holds every file's sha256. Caches,
-        calibrations, prototypes, search stores and batch journals are keyed by it."""
-        return hashlib.sha256((Path(self.root) / MANIFEST_NAME).read_bytes()).hexdigest()
+        """The model's identity: the sha256 of ``identity_document()`` as canonical JSON (sorted keys, no
+        whitespace, UTF-8). Caches, calibrations, prototypes, search stores and batch journals are keyed by it;
+        it does not change when a reference, metrics, provenance or a licence is added to the manifest."""
+        doc = json.dumps(self.identity_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(doc.encode("utf-8")).hexdigest()
 
     # ------------------------------------------------------------------ paths
     def path(self, rel: str) -> Path:
@@ -105,7 +135,7 @@ class Manifest:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT,
             "name": self.name,
             "version": self.version,
@@ -118,6 +148,9 @@ class Manifest:
             "provenance": self.provenance,
             "licence": self.licence,
         }
+        if self.reference:
+            d["reference"] = self.reference
+        return d
 
     def recipe_params(self) -> RecipeParams:
         """The manifest's input recipe as ``cmrdx.recipe.RecipeParams``."""
@@ -126,14 +159,53 @@ class Manifest:
         return RecipeParams.from_dict(self.recipe.get("params", {}))
 
 
+def _strings(x: Any) -> list[str]:
+    """Every string value inside a JSON-like value (dict values and list items, recursively)."""
+    if isinstance(x, str):
+        return [x]
+    if isinstance(x, dict):
+        return [s for v in x.values() for s in _strings(v)]
+    if isinstance(x, (list, tuple)):
+        return [s for v in x for s in _strings(v)]
+    return []
+
+
+def _file_entry(root: Path, rel: str) -> dict[str, Any]:
+    return {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+
+
 def write_manifest(root: Path, data: dict[str, Any], files: list[str]) -> Manifest:
     """Hash ``files`` (relative to ``root``), write ``root/manifest.json`` and return the Manifest."""
     root = Path(root)
     data = dict(data)
     data["format"] = FORMAT
-    data["files"] = {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in files}
-    (root / MANIFEST_NAME).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    data["files"] = {rel: _file_entry(root, rel) for rel in files}
+    atomic_write(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return load_manifest(root, verify=False)
+
+
+def update_manifest(root: Path | str, sections: dict[str, Any], files: Sequence[str] = ()) -> Manifest:
+    """Set top-level ``sections`` of ``root/manifest.json`` and (re)hash ``files`` into its file list, keeping
+    everything else as it is; written atomically. Refuses (ModelError) a change of the model's identity: this
+    is for what describes a model (a reference, metrics, provenance), not for what makes its embeddings."""
+    root = Path(root)
+    before = load_manifest(root, verify=False)
+    data = dict(before.raw)
+    bad = sorted(set(sections) & {"name", "version", "embedding_dim", "files", "format", *IDENTITY_SECTIONS})
+    if bad:
+        raise ModelError(f"{root / MANIFEST_NAME}: {bad} define the model itself and are not updated in place",
+                         hint="export the model again (`cmrdx models export`)")
+    for rel in files:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ModelError(f"{rel!r} must be a plain relative path inside the model folder {root}")
+    data.update(sections)
+    data["files"] = {**data["files"], **{rel: _file_entry(root, rel) for rel in files}}
+    after = _from_dict(root, data)
+    if after.sha256 != before.sha256:
+        raise ModelError(f"{root / MANIFEST_NAME}: the update would change the model's identity",
+                         hint="a file the video, text, tokenizer or recipe section names cannot be replaced in place")
+    atomic_write(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return after
 
 
 def load_manifest(root: Path | str, *, verify: bool = True) -> Manifest:
@@ -154,7 +226,14 @@ def load_manifest(root: Path | str, *, verify: bool = True) -> Manifest:
     for rel in d["files"]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ModelError(f"{mpath}: file {rel!r} must be a plain relative path inside the model folder")
-    m = Manifest(
+    m = _from_dict(root, d)
+    if verify:
+        m.verify()
+    return m
+
+
+def _from_dict(root: Path, d: dict[str, Any]) -> Manifest:
+    return Manifest(
         root=root,
         name=d["name"],
         version=str(d["version"]),
@@ -166,8 +245,6 @@ def load_manifest(root: Path | str, *, verify: bool = True) -> Manifest:
         recipe=d["recipe"],
         provenance=d.get("provenance", {}),
         licence=d.get("licence", ""),
+        reference=d.get("reference") or {},
         raw=d,
     )
-    if verify:
-        m.verify()
-    return m
