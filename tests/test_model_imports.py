@@ -31,3 +31,29 @@ def test_models_list_info_verify_load_no_session(tmp_path):
         tmp_path,
     )
     assert out.strip() == "False False"
+
+
+def test_reference_and_identity_load_no_session(tmp_path):
+    """The model's identity, its reference and a study's assessment need numpy only: `cmrdx models info` and
+    `verify` print both, and `load_reference` + `assess` run without onnxruntime or torch."""
+    out = run_py(
+        "import sys, json\n"
+        "import numpy as np\n"
+        "from typer.testing import CliRunner\n"
+        "from cmrdx.cli import app\n"
+        "from cmrdx.model.registry import get_manifest\n"
+        "from cmrdx.model.reference import load_reference, Typicality\n"
+        "m = get_manifest('cmrdx-phantom-small')\n"
+        "r = CliRunner().invoke(app, ['models', 'info', 'cmrdx-phantom-small'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "d = json.loads(r.output)\n"
+        "assert d['sha256'] == m.sha256 and d['reference']['file'] == 'reference.npz'\n"
+        "r = CliRunner().invoke(app, ['models', 'verify', 'cmrdx-phantom-small'])\n"
+        "assert r.exit_code == 0 and m.sha256 in r.output and 'reference: ' in r.output, r.output\n"
+        "ref = load_reference(m)\n"
+        "t = ref.assess(ref.embeddings[0])\n"
+        "assert isinstance(t, Typicality) and t.status == 'typical'\n"
+        "print('onnxruntime' in sys.modules, 'torch' in sys.modules)",
+        tmp_path,
+    )
+    assert out.strip() == "False False"

@@ -1,4 +1,5 @@
-"""``cmrdx models``: list, info, verify (no model loaded, no onnxruntime) and import-cmrclip (torch)."""
+"""``cmrdx models``: list, info, verify (no model loaded, no onnxruntime), reference (the model's encoder) and
+import-cmrclip (torch)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def info_cmd(name: str = typer.Argument(..., help="Model name or folder.")) -> N
     m = get_manifest(name, verify=False)
     d = m.to_dict()
     d["root"] = str(m.root)
+    d["sha256"] = m.sha256
     typer.echo(json.dumps(d, indent=2))
 
 
@@ -50,7 +52,53 @@ def verify_cmd(name: str = typer.Argument(..., help="Model name or folder.")) ->
     from cmrdx.model.registry import get_manifest
 
     m = get_manifest(name, verify=True)
-    typer.echo(f"{m.name} {m.version}: {len(m.files)} files intact ({m.root})")
+    typer.echo(f"{m.name} {m.version}: {len(m.files)} files intact ({m.root}); identity {m.sha256}")
+    if m.reference:
+        typer.echo(f"  reference: {m.reference.get('n')} studies, threshold {m.reference.get('threshold')} "
+                   f"({m.reference.get('data')})")
+    else:
+        typer.echo(f"  no reference: build one with `cmrdx models reference {m.name} --data ARCHIVE`")
+
+
+@app.command("reference")
+def reference_cmd(
+    name: str = typer.Argument(..., help="Model name or folder."),
+    data: Path = typer.Option(..., "--data", help="Archive folder: one folder per study (DICOM inside)."),
+    k: int = typer.Option(10, "--k", min=1, help="Nearest reference studies a study's distance is averaged over."),
+    quantile: float = typer.Option(0.99, "--quantile", min=0.5, max=1.0,
+                                   help="Quantile of the reference's own scores that is the threshold."),
+    min_studies: int = typer.Option(20, "--min-studies", min=2, help="Refuse an archive with fewer readable studies."),
+    replace: bool = typer.Option(False, "--replace", help="Replace the reference the model already has."),
+    source: str | None = typer.Option(None, "--source", help="How to describe the studies (default: their count and folder name)."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Build the model's reference of typical studies from an archive and write it into the model folder (the
+    manifest lists it; the model's identity, and so its calibrations and caches, stay as they are)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cmrdx.model.reference import install_reference, reference_from_archive
+    from cmrdx.model.registry import get_manifest
+
+    m = get_manifest(name, verify=True)
+    if m.reference and not replace:  # before reading a whole archive
+        from cmrdx.errors import ModelError
+
+        raise ModelError(f"{m.name} in {m.root} already has a reference ({m.reference.get('n')} studies: "
+                         f"{m.reference.get('data')})", hint="pass --replace to build a new one in its place")
+    con = Console(stderr=True)
+    with Progress(console=con, transient=True) as prog:
+        task = prog.add_task("reading + encoding studies", total=None)
+        built = reference_from_archive(m.root, data, k=k, quantile=quantile, min_studies=min_studies, device=device,
+                                       source=source, progress=lambda i, n: prog.update(task, completed=i, total=n))
+    ref = built.reference
+    es = built.embedded
+    left = ", ".join(f"{n} {kind}" for kind, n in es.failure_kinds.items())
+    con.print(f"{built.folders} folders: {ref.n} studies used ({es.cached} from the cache)"
+              + (f"; left out: {left}" if left else "") + (f"; {built.duplicates} duplicates" if built.duplicates else ""))
+    m2 = install_reference(m, ref, replace=replace)
+    typer.echo(f"wrote {m2.root / m2.reference['file']}: {ref.n} studies, k={ref.k}, threshold {ref.threshold:.4f} "
+               f"(the {ref.quantile:.0%} quantile of the reference's own leave-one-out scores)")
 
 
 @app.command("import-cmrclip")
