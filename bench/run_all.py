@@ -2,8 +2,9 @@
 
 Each bench script writes its own table (with the command that reproduces it and the machine it ran on) to
 bench/results/NAME.md; this script runs them one after another (never two at once: they measure the same cores)
-and concatenates. The zero-shot table (bench/results/zeroshot.md) comes from `cmrdx eval` and training, long
-commands of their own named in that file; it is included as it stands.
+and concatenates. The zero-shot table (bench/results/zeroshot.md) comes from `cmrdx eval` and training, and the
+typicality table (bench/results/typicality.md) from bench/build_reference.py, long commands of their own named in
+those files; they are included as they stand.
 
     python bench/run_all.py                 run every benchmark, then assemble BENCHMARKS.md
     python bench/run_all.py dicom batch     run only these, then assemble
@@ -22,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Page order: model quality first, then what a user waits for, then the building blocks.
-ORDER = ["zeroshot", "classify", "batch", "dicom", "synth", "encoder", "recipe_window"]
+ORDER = ["zeroshot", "typicality", "classify", "batch", "dicom", "synth", "encoder", "recipe_window"]
 SCRIPTS = {  # result name -> the script (and arguments) that regenerate it under `make bench`
     "dicom": ["bench_dicom.py"],
     "synth": ["bench_synth.py"],
