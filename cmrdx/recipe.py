@@ -142,6 +142,7 @@ class RecipeResult:
     substitutions: list[str] = field(default_factory=list)
     montage_length: int = 0
     sampled: list[int] = field(default_factory=list)
+    departures: list[Departure] = field(default_factory=list)
 
 
 def get_recipe(name: str, **overrides: Any) -> RecipeParams:
@@ -275,6 +276,21 @@ def recipe_view_keys(p: RecipeParams) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Departure:
+    """One place where the montage could not follow its recipe, as data: the view a segment wanted, the view
+    it used instead (None: the segment is left out) and the message shown. Findings that depend on ``wanted``
+    say so (``cmrdx.pipeline.classify``)."""
+
+    segment: str
+    wanted: str  # view key the recipe asks for first
+    used: str | None  # view key used in its place; None when the segment is omitted
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "wanted": self.wanted, "used": self.used, "message": self.message}
+
+
+@dataclass(frozen=True)
 class PlanEntry:
     """One montage segment as planned: which view it takes, which of its images, and how often each.
 
@@ -311,6 +327,7 @@ class MontagePlan:
 
     entries: list[PlanEntry] = field(default_factory=list)
     substitutions: list[str] = field(default_factory=list)
+    departures: list[Departure] = field(default_factory=list)
 
     def frames(self) -> list[tuple[int, int]]:
         return [(ei, ii) for ei, e in enumerate(self.entries) for ii in range(len(e.images)) for _ in range(e.repeats)]
@@ -331,20 +348,35 @@ def montage_plan(p: RecipeParams, views: Mapping[str, Any]) -> MontagePlan:
     """
     plan = MontagePlan()
     subs = plan.substitutions
+
+    def depart(seg: str, wanted: str, used: str | None, message: str) -> None:
+        subs.append(message)
+        plan.departures.append(Departure(seg, wanted, used, message))
+
     sa_key = view_key("lge", "SAX")
     lge_sa = views[sa_key] if "lge_sa" in p.segments and sa_key in views else None
     repeats = lge_sa.n_slices if lge_sa is not None else p.lge_repeats_default
-    if lge_sa is None and any(SEGMENTS[s].kind == "one_image_repeated" for s in p.segments):
+    chosen = {seg: next((v for v in SEGMENTS[seg].views if view_key(SEGMENTS[seg].role, v) in views), None)
+              for seg in p.segments}
+    repeated = [s for s in p.segments if SEGMENTS[s].kind == "one_image_repeated" and chosen[s] is not None]
+    if lge_sa is None and repeated:  # only said when some long-axis LGE image is actually repeated
         subs.append(f"no lge:SAX stack: LGE long-axis images repeated {repeats} times (recipe default)")
+    omitted_roles = {SEGMENTS[s].role for s in p.segments if chosen[s] is None}
+    for role in sorted(omitted_roles):
+        segs = [s for s in p.segments if SEGMENTS[s].role == role]
+        if all(chosen[s] is None for s in segs):  # one message for a role the study lacks entirely
+            subs.append(f"no {role} view in the study: segments {', '.join(segs)} omitted")
+            plan.departures += [Departure(s, view_key(role, SEGMENTS[s].views[0]), None, subs[-1]) for s in segs]
     for seg in p.segments:
         role, prefs, kind = SEGMENTS[seg]
-        view = next((v for v in prefs if view_key(role, v) in views), None)
+        view = chosen[seg]
         if view is None:
-            subs.append(f"{seg}: no {role} view among {list(prefs)}: segment omitted")
+            if any(chosen[s] is not None for s in p.segments if SEGMENTS[s].role == role):
+                depart(seg, view_key(role, prefs[0]), None, f"{seg}: no {role} view among {list(prefs)}: segment omitted")
             continue
         key = view_key(role, view)
         if view != prefs[0]:
-            subs.append(f"{seg}: no {role}:{prefs[0]}; used {key}")
+            depart(seg, view_key(role, prefs[0]), key, f"{seg}: no {role}:{prefs[0]}; used {key}")
         grid = views[key]
         mid = grid.n_slices // 2
         if kind == "mid_slice_all_phases":
@@ -456,4 +488,5 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     montage = np.stack([done[e] for e in picked]).astype(np.float32) if picked else np.zeros((0, 1, 1), np.float32)
     # with store_size=None the frames are already at crop size; Resize(crop) on them is the identity
     arr = frames_to_input(montage, p if p.store_size is not None else replace(p, resize=p.crop))
-    return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(entries), sampled=idx.tolist())
+    return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(entries), sampled=idx.tolist(),
+                        departures=list(plan.departures))
