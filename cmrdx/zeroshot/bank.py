@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 
 from cmrdx.config import DATA_DIR
 from cmrdx.errors import PromptBankError
-from cmrdx.vocab import SEVERITY_LEVELS, VIEW_KEYS
+from cmrdx.vocab import MODEL_ROLES, SEVERITY_LEVELS, VIEW_KEYS
 
 SCHEMA = "cmrdx-prompt-bank/1"
 SEVERITIES = SEVERITY_LEVELS
@@ -41,6 +42,27 @@ class Calibration:
     line: int | None = None
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """Images a finding needs before it can be assessed: met when the study has any one of ``any_of`` (view
+    keys such as ``cine:3CH``, or ``lge:*`` for any view of a role). ``what`` names the need for people."""
+
+    any_of: tuple[str, ...]
+    what: str = ""
+
+    def met_by(self, views: Collection[str]) -> bool:
+        have = set(views)
+        for want in self.any_of:
+            role, _, view = want.partition(":")
+            if (view == "*" and any(v.partition(":")[0] == role for v in have)) or want in have:
+                return True
+        return False
+
+    def describe(self) -> str:
+        alts = " or ".join(self.any_of)
+        return f"{self.what} ({alts})" if self.what else alts
+
+
 @dataclass
 class Finding:
     id: str
@@ -54,7 +76,12 @@ class Finding:
     calibrations: list[Calibration] = field(default_factory=list)
     notes: str = ""
     references: list[str] = field(default_factory=list)
+    requires: list[Requirement] = field(default_factory=list)
     line: int | None = None
+
+    def missing(self, views: Collection[str]) -> list[Requirement]:
+        """The requirements ``views`` (a study's view keys) do not meet; empty when the finding can be assessed."""
+        return [r for r in self.requires if not r.met_by(views)]
 
     def calibration_for(self, model_name: str, model_sha256: str | None) -> Calibration | None:
         """The calibration written for this model: same name and (when recorded) the same sha256."""
@@ -220,8 +247,21 @@ def _calibration(ctx: _Ctx, node: yaml.Node, where: str) -> Calibration:
 
 FINDING_KEYS = {
     "id": True, "label": True, "description": False, "prompts": True, "negative_prompts": False, "severity": False,
-    "views": False, "code": False, "thresholds": False, "notes": False, "references": False,
+    "views": False, "code": False, "thresholds": False, "notes": False, "references": False, "requires": False,
 }
+REQUIREMENT_KEYS = {"any": True, "what": False}
+ROLE_WILDCARDS = tuple(f"{r}:*" for r in MODEL_ROLES)
+
+
+def _requirement(ctx: _Ctx, node: yaml.Node, where: str) -> Requirement:
+    m = _mapping(ctx, node, where, REQUIREMENT_KEYS)
+    views = _str_list(ctx, m["any"][1], f"{where}.any")
+    for i, v in enumerate(views):
+        if v not in VIEW_KEYS and v not in ROLE_WILDCARDS:
+            raise ctx.fail(m["any"][1], f"{where}.any[{i}]", f"unknown view {v!r}",
+                           f"use one of {', '.join(VIEW_KEYS + ROLE_WILDCARDS)}")
+    what = _str(ctx, m["what"][1], f"{where}.what") if "what" in m else ""
+    return Requirement(tuple(views), what)
 BANK_KEYS = {
     "schema": True, "name": True, "version": True, "authors": True, "reviewers": False, "date": False,
     "description": False, "scoring": False, "findings": True,
@@ -261,6 +301,8 @@ def _finding(ctx: _Ctx, node: yaml.Node, where: str) -> Finding:
         calibrations=cals,
         notes=_str(ctx, m["notes"][1], f"{where}.notes", nonempty=False) if "notes" in m else "",
         references=_str_list(ctx, m["references"][1], f"{where}.references") if "references" in m else [],
+        requires=[_requirement(ctx, n, f"{where}.requires[{i}]")
+                  for i, n in enumerate(_list(ctx, m["requires"][1], f"{where}.requires"))] if "requires" in m else [],
         line=node.start_mark.line + 1,
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 
 from cmrdx import config
 from cmrdx.fileio import atomic_write
+from cmrdx.vocab import Call
 from cmrdx.zeroshot.bank import Calibration, Finding, PromptBank
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ class FindingScore:
     ``score`` is the mean cosine similarity with the prompts (reference protocol), or, when the finding has
     negative prompts, the softmax probability of positive over negative at the bank's temperature (0-1).
     ``probability`` is the calibrated probability when the bank holds a Platt or isotonic map for the model.
-    ``call``: present / absent / uncertain (|margin| < the bank's uncertain_margin) / "no threshold".
+    ``call``: present / absent / uncertain (|margin| < the bank's uncertain_margin) / "no threshold" /
+    "not assessable" (the study lacks images the finding ``requires``: the score is kept for the record, but no
+    call, probability or severity is made). ``reason`` says why a call is not assessable or was made
+    uncertain; ``notes`` list the recipe's departures that concern the finding's views.
     """
 
     id: str
@@ -91,9 +95,17 @@ class FindingScore:
     prompt_similarities: dict[str, float] = field(default_factory=dict)
     code: dict[str, str] | None = None
     bank: str = ""
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def assessable(self) -> bool:
+        return self.call != Call.NOT_ASSESSABLE
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["call"] = str(self.call)
+        return d
 
 
 def _probability(cal: Calibration, score: float) -> float | None:
@@ -113,8 +125,11 @@ def score_finding(
     bank: PromptBank,
     model_name: str,
     model_sha256: str | None,
+    views: Collection[str] | None = None,
 ) -> FindingScore:
-    """Score one finding for one L2-normalised study embedding (D,)."""
+    """Score one finding for one L2-normalised study embedding (D,). ``views``: the study's view keys; when given,
+    a finding whose ``requires`` they do not meet is "not assessable" (None: not checked, e.g. benchmarks on
+    complete phantom studies)."""
     sims = {t: float(np.dot(study_emb, text_emb[t])) for t in finding.all_texts}
     pos = float(np.mean([sims[t] for t in finding.prompts]))
     if finding.negative_prompts:
@@ -126,13 +141,20 @@ def score_finding(
         score, kind = pos, "mean-cosine"
     sev_scores = {lvl: float(np.mean([sims[t] for t in ps])) for lvl, ps in finding.severity.items()}
     cal = finding.calibration_for(model_name, model_sha256)
+    missing = finding.missing(views) if views is not None else []
+    reason = None
+    call: str
     if cal is None:
         threshold = margin = None
-        call = "no threshold"
+        call = Call.NO_THRESHOLD
     else:
         threshold = cal.threshold
         margin = score - threshold
-        call = "uncertain" if abs(margin) < bank.uncertain_margin else ("present" if margin > 0 else "absent")
+        call = Call.UNCERTAIN if abs(margin) < bank.uncertain_margin else (Call.PRESENT if margin > 0 else Call.ABSENT)
+    if missing:
+        call, margin, threshold = Call.NOT_ASSESSABLE, None, None
+        reason = "needs " + "; and ".join(r.describe() for r in missing) + ": not in this study"
+        cal = None
     return FindingScore(
         id=finding.id,
         label=finding.label,
@@ -142,11 +164,12 @@ def score_finding(
         margin=margin,
         call=call,
         probability=_probability(cal, score) if cal is not None else None,
-        severity=max(sev_scores, key=lambda k: sev_scores[k]) if sev_scores and call in ("present", "uncertain") else None,
+        severity=max(sev_scores, key=lambda k: sev_scores[k]) if sev_scores and call in (Call.PRESENT, Call.UNCERTAIN) else None,
         severity_scores=sev_scores,
         prompt_similarities=sims,
         code=finding.code,
         bank=bank.name,
+        reason=reason,
     )
 
 
@@ -159,14 +182,42 @@ def bank_text_embeddings(bank: PromptBank, encode_texts: Callable[[list[str]], n
 
 
 def score_bank(study_emb: np.ndarray, bank: PromptBank, text_emb: dict[str, np.ndarray],
-               model_name: str, model_sha256: str | None) -> list[FindingScore]:
-    """Every finding of ``bank`` for one study, in bank order."""
-    return [score_finding(study_emb, f, text_emb, bank, model_name, model_sha256) for f in bank.findings]
+               model_name: str, model_sha256: str | None, views: Collection[str] | None = None) -> list[FindingScore]:
+    """Every finding of ``bank`` for one study, in bank order (``views``: see ``score_finding``)."""
+    return [score_finding(study_emb, f, text_emb, bank, model_name, model_sha256, views) for f in bank.findings]
+
+
+def note_departures(scores: Sequence[FindingScore], bank: PromptBank, departures: Sequence[tuple[str, str]]) -> None:
+    """Attach to each finding of ``bank`` the montage departures (``(wanted view key, message)`` pairs, e.g. from
+    ``RecipeResult.departures``) that concern the views it requires or concerns (in place)."""
+    by_id = {f.id: f for f in bank.findings}
+    for s in scores:
+        f = by_id.get(s.id)
+        if f is None or s.bank != bank.name:
+            continue
+        wants = {v for r in f.requires for v in r.any_of} | set(f.views)
+        for wanted, message in departures:
+            role = wanted.partition(":")[0]
+            if wanted in wants or f"{role}:*" in wants:
+                s.notes.append(message)
+        s.notes = list(dict.fromkeys(s.notes))
+
+
+def make_uncertain(s: FindingScore, reason: str) -> None:
+    """Turn a present / absent call into "uncertain" with ``reason`` (in place; the score and threshold stay); a call
+    already uncertain gets the reason too."""
+    if s.call in (Call.PRESENT, Call.ABSENT, Call.UNCERTAIN):
+        s.call = Call.UNCERTAIN
+        s.reason = reason if not s.reason else f"{reason}; {s.reason}"
+        s.probability = None
 
 
 def rank(scores: Sequence[FindingScore]) -> list[FindingScore]:
-    """Findings ranked for display: by calibrated probability, else by margin over the threshold, else score."""
+    """Findings ranked for display: by calibrated probability, else by margin over the threshold, else score;
+    findings that cannot be assessed come last."""
     def key(s: FindingScore) -> tuple:
+        if not s.assessable:
+            return (-1, s.score)
         if s.probability is not None:
             return (2, s.probability)
         if s.margin is not None:
