@@ -37,6 +37,7 @@ def test_example_study_matches_golden_json():
     assert [f["id"] for f in d["findings"]] == [f["id"] for f in g["findings"]]  # the ranking
     assert {k: v["view"] for k, v in d["views_used"].items()} == g["views_used"]
     assert d["run"]["series_uids_used"] == g["series_uids_used"]
+    assert d["typicality"]["status"] == g["typicality"] == "typical"  # the example is like the training phantoms
     assert "PHANTOM" not in r.output  # the example's synthetic patient name stays out of the output
 
 

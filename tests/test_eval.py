@@ -129,7 +129,7 @@ def test_benchmarks_and_authoring_share_one_study_embedding_cache(small_archive,
     from cmrdx.evaluation.benchmarks import load_eval_set
 
     enc, cache_dir = FakeEncoder(), tmp_path / "cache"
-    sha = enc.manifest.sha256  # the model's identity: the sha256 of manifest.json
+    sha = enc.manifest.sha256  # the model's identity
     # the authoring / few-shot path fills the cache (labels.csv gives each study's UID)...
     es = embed_labelled(read_archive(small_archive), enc, StudyEmbeddingCache(sha, cache_dir))
     assert enc.calls == 3 and es.cached == 0 and len(es.encode_seconds) == 3

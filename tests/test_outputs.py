@@ -32,7 +32,7 @@ from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.outputs import DEMO_NOTICE, RESEARCH_NOTICE, OutputError, StudySource, write_outputs
 from cmrdx.pipeline.classify import classify
 from helpers.cine_factory import build_cine_study
-from helpers.data import findings_bank_without_thresholds, require_tool
+from helpers.data import dciodvfy_errors, findings_bank_without_thresholds, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"
 SCT_CALL = {"present": "52101004", "absent": "272519000", "uncertain": "82334004"}
@@ -146,15 +146,6 @@ def test_sr_references_observer_and_identity(example):
     assert ds.PatientID == pydicom.dcmread(next(EXAMPLE.rglob("*.dcm")), stop_before_pixels=True).PatientID  # IOD
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's error lines for ``path`` (its warnings are allowed); fails if it did not recognise the SR IOD."""
-    tool = require_tool("dciodvfy")
-    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    text = out.stdout + out.stderr
-    assert "Comprehensive3DSR" in text, text[-2000:]
-    return [ln for ln in text.splitlines() if ln.startswith("Error")]
-
-
 def test_sr_passes_dciodvfy(example):
     assert not dciodvfy_errors(example.sr)
 
@@ -247,7 +238,7 @@ def test_html_report_is_self_contained_and_complete(example):
         else:  # LGE: the stack side by side
             assert im.width >= v.n_slices * min(v.shape) * 0.5 and im.height > 0
         assert np.asarray(im.convert("L")).std() > 5  # an image, not a blank
-    rows = re.findall(r'<tr class="finding-row" data-id="([^"]+)">', html)
+    rows = re.findall(r'<tr class="finding-row" data-id="([^"]+)" data-call="[^"]+">', html)
     assert rows == [f.id for f in example.res.findings]  # ranked as the result ranks them
     bars = re.findall(r'<g class="finding" data-id="([^"]+)" data-call="([^"]+)">', html)
     assert sorted(bars) == sorted((f.id, f.call) for f in example.res.findings)

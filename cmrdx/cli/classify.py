@@ -7,11 +7,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cmrdx.vocab import Call
 
-CALL_STYLE: dict[str, str] = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim"}
+CALL_STYLE: dict[str, str] = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim",
+                              Call.NOT_ASSESSABLE: "dim italic"}
 
 
 def classify_cmd(
@@ -57,18 +59,27 @@ def classify_cmd(
     demo = res.model["name"] == DEFAULT_MODEL
     if demo:
         console.print("[bold yellow]Demonstration model trained on synthetic phantoms: not for clinical use.[/]")
-    table = Table(title=f"Study {res.study_uid}", header_style="bold")
-    for col in ("finding", "score", "threshold / probability", "call", "margin"):
-        table.add_column(col)
+    typ = res.typicality
+    if typ.get("status") == "atypical":
+        console.print(f"[bold white on red] ATYPICAL STUDY [/] [bold red]{escape(typ['reason'])}[/]\n"
+                      "[red]Calls are shown as uncertain: the model has not seen studies like this one.[/]")
+    elif typ.get("status") == "unknown":
+        console.print(f"[yellow]typicality unknown:[/] {escape(typ['reason'])}", highlight=False)
+    # Strings from files (UIDs, descriptions in warnings) and banks are data: escaped, never read as markup.
+    table = Table(title=f"Study {escape(res.study_uid)}", header_style="bold")
+    for col in ("finding", "score", "threshold / probability", "call", "margin", "why"):
+        table.add_column(col, overflow="fold")
     for f in res.findings:
         ref = f"p = {f.probability:.2f}" if f.probability is not None else (f"{f.threshold:.3f}" if f.threshold is not None else "-")
         call = f.call + (f" ({f.severity})" if f.severity else "")
+        why = "; ".join(([f.reason] if f.reason else []) + list(f.notes))
         table.add_row(
-            f.label,
+            escape(f.label),
             f"{f.score:.3f}" + (" (softmax)" if f.kind == "softmax" else ""),
-            ref,
-            f"[{CALL_STYLE.get(f.call, '')}]{call}[/]",
+            ref if f.assessable else "-",
+            f"[{CALL_STYLE.get(f.call, '')}]{escape(call)}[/]",
             f"{f.margin:+.3f}" if f.margin is not None else "-",
+            escape(why),
         )
     console.print(table)
     if res.fewshot:
@@ -76,16 +87,19 @@ def classify_cmd(
         for col in ("finding", "score", "call", "shots absent/present"):
             ft.add_column(col)
         for fid, r in sorted(res.fewshot.items(), key=lambda kv: -kv[1]["score"]):
-            ft.add_row(fid, f"{r['score']:+.3f}", f"[{CALL_STYLE.get(r['call'], '')}]{r['call']}[/]", f"{r['shots'][0]}/{r['shots'][1]}")
+            ft.add_row(escape(fid), f"{r['score']:+.3f}", f"[{CALL_STYLE.get(r['call'], '')}]{escape(r['call'])}[/]",
+                       f"{r['shots'][0]}/{r['shots'][1]}")
         console.print(ft)
     used = ", ".join(f"{seg}: {rec['view']}" for seg, rec in res.views_used.items())
-    console.print(f"[bold]views used:[/] {used}")
+    console.print(f"[bold]views used:[/] {escape(used)}")
     console.print(f"[bold]series used:[/] {len(res.series_used)}; skipped: {len(res.skipped_series)} (see --json)")
+    if res.read_summary:  # once per study; the kinds and example files are in --json
+        console.print(f"[dim]reading:[/] {escape(res.read_summary)}", highlight=False)
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if any(f.call == "no threshold" for f in res.findings):
         console.print("[dim]no threshold for this model in the bank: scores are shown ranked without calls "
                       "(`cmrdx prompts calibrate` writes thresholds)[/]")
     banks = ", ".join(f"{b['name']} {b['version']} ({b['sha256'][:12]})" for b in res.banks)
-    console.print(f"[dim]model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
-                  f"banks {banks}; {sum(res.timings_ms.values()):.0f} ms[/]")
+    console.print(escape(f"model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
+                         f"banks {banks}; {sum(res.timings_ms.values()):.0f} ms"), style="dim")

@@ -348,9 +348,9 @@ def evaluate_all(es: EvalSet, bank, encoder, *, data: str | Path, n_boot: int = 
 def record_metrics(model_root: str | Path, results: EvalReport | dict[str, Any]) -> None:
     """Add the headline benchmark figures to ``provenance.metrics`` of a model's manifest.
 
-    The manifest hashes the model's files, not itself, so the model still verifies afterwards; its own sha256,
-    the model's identity, changes, so caches and calibrations keyed by it start afresh. The encoder time is
-    recorded only when this run measured it (an all-cached run did not)."""
+    The model still verifies afterwards and keeps its identity (``Manifest.sha256`` covers what determines the
+    embeddings, not metrics), so caches and calibrations keyed by it stay valid. The encoder time is recorded only
+    when this run measured it (an all-cached run did not)."""
     if isinstance(results, EvalReport):
         results = results.to_dict()
     mpath = Path(model_root) / "manifest.json"

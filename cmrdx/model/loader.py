@@ -1,6 +1,6 @@
 """The one place a model is loaded: resolves a name or folder to a model (``registry``), builds its Encoder once
-per (folder, device) per process, and says what the model *is* (``model_sha256``: the manifest's hash, the
-identity every cache, calibration, prototype set, search store and batch journal is keyed by)."""
+per (folder, device) per process, and says what the model *is* (``model_sha256``: the identity every cache,
+calibration, prototype set, search store and batch journal is keyed by)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ _ENCODERS: dict[tuple[str, str], Encoder] = {}
 
 
 def model_sha256(manifest: Manifest) -> str:
-    """A model's identity: the sha256 of its manifest (which holds every file's sha256)."""
+    """A model's identity (``Manifest.sha256``): the hash of what determines its embeddings (its ONNX files, tokenizer,
+    recipe and sizes), unchanged by metrics, a reference or a model card added to its folder."""
     return manifest.sha256
 
 

@@ -94,10 +94,17 @@ def build_bundle(result: ClassifyResult, *, now: dt.datetime | None = None):
             code, display = CALLS[f.call]
             obs["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": code, "display": display}],
                                            "text": f.call + (f" ({f.severity})" if f.severity else "")}
+        elif f.call == "not assessable":  # the images the finding needs are not in the study
+            obs["dataAbsentReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                                   "code": "not-performed", "display": "Not Performed"}],
+                                       "text": f"not assessable: {f.reason}"}
         else:  # scores without a threshold for this model: ranked, but not called
             obs["dataAbsentReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                                    "code": "not-applicable", "display": "Not Applicable"}],
                                        "text": "no threshold for this model in the prompt bank: not called"}
+        notes = ([f.reason] if f.reason and f.call != "not assessable" else []) + list(f.notes)
+        if notes:
+            obs["note"] = [{"text": n} for n in notes]
         obs_entries.append((oid, Observation(**obs)))
     present = [f.label + (f" ({f.severity})" if f.severity else "") for f in result.findings if f.call == "present"]
     conclusion = ("Present: " + ", ".join(present) + "." if present else "No finding called present.")

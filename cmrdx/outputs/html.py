@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PREVIEW_PX = 160  # longest edge of a preview frame; larger matrices are downsampled
 STRIP_PX = 112  # edge of one LGE slice in the strip
 VIEW_ORDER = ("SAX", "2CH", "3CH", "4CH", "LVOT", "LAX")
-CALL_COLOUR = {"present": "#c62828", "absent": "#2e7d32", "uncertain": "#ef8f00", "no threshold": "#757575"}
+CALL_COLOUR = {"present": "#c62828", "absent": "#2e7d32", "uncertain": "#ef8f00", "no threshold": "#757575",
+               "not assessable": "#757575"}
 KIND_AXIS = {"mean-cosine": "mean cosine similarity with the finding's prompts",
              "softmax": "softmax probability, positive vs negative prompts"}
 
@@ -50,6 +51,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 color:#1b1b1b;background:#fff}
 h1{font-size:22px;margin:8px 0 2px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .notice{background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;font-weight:600;border-radius:6px}
+.atypical{background:#fdecea;border:2px solid #c62828;color:#8e0000;padding:10px 14px;font-weight:700;border-radius:6px}
 .muted{color:#666;font-size:13px}table{border-collapse:collapse;width:100%;font-size:14px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eee;vertical-align:top}th{background:#f6f6f6}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.call{font-weight:700}
@@ -193,17 +195,31 @@ def findings_chart(findings: list, kind: str) -> str:
 # Page
 
 
+def _typicality_banner(typ: dict[str, Any]) -> str:
+    """A banner when the study is unlike the model's training studies (or when nobody can tell)."""
+    if typ.get("status") == "atypical":
+        return (f'<p class="atypical" id="typicality" data-status="atypical">Atypical study: {_e(typ.get("reason"))} '
+                "Calls are shown as uncertain: the model has not seen studies like this one.</p>")
+    if typ.get("status") == "unknown":
+        return f'<p class="muted" id="typicality" data-status="unknown">Typicality unknown: {_e(typ.get("reason"))}</p>'
+    return ""
+
+
 def _findings_table(findings: list) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("#", "finding", "score", "kind", "threshold", "margin", "probability", "call"))
+    head = "".join(f"<th>{h}</th>" for h in ("#", "finding", "score", "kind", "threshold", "margin", "probability", "call",
+                                             "why"))
     rows = []
     for i, f in enumerate(findings, 1):
         call = f.call + (f" ({f.severity})" if f.severity else "")
+        why = "; ".join(([f.reason] if f.reason else []) + list(f.notes))
         rows.append(
-            f'<tr class="finding-row" data-id="{_e(f.id)}"><td class="num">{i}</td><td class="label">{_e(f.label)}</td>'
+            f'<tr class="finding-row" data-id="{_e(f.id)}" data-call="{_e(f.call)}"><td class="num">{i}</td>'
+            f'<td class="label">{_e(f.label)}</td>'
             f'<td class="num">{f.score:.3f}</td><td>{_e(f.kind)}</td><td class="num">{_fmt(f.threshold)}</td>'
             f'<td class="num">{"-" if f.margin is None else f"{f.margin:+.3f}"}</td>'
             f'<td class="num">{_fmt(f.probability, 2)}</td>'
-            f'<td class="call" style="color:{CALL_COLOUR.get(f.call, "#757575")}">{_e(call)}</td></tr>')
+            f'<td class="call" style="color:{CALL_COLOUR.get(f.call, "#757575")}">{_e(call)}</td>'
+            f'<td class="why">{_e(why)}</td></tr>')
     return f'<table id="findings"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -271,6 +287,7 @@ def render_report(result: ClassifyResult, source: StudySource | str | os.PathLik
         "<h1>cmrdx zero-shot CMR findings</h1>",
         f'<p class="muted">study <code>{_e(result.study_uid)}</code> &middot; generated {_e(when)} by cmrdx {_e(__version__)}</p>',
         f'<p class="notice" id="notice">{_e(DEMO_NOTICE + " " if demo else "")}{_e(RESEARCH_NOTICE)}</p>',
+        _typicality_banner(result.typicality),
         "<h2>Findings</h2>",
         '<p class="muted">Ranked by calibrated probability, else by margin over the threshold, else by score. '
         "Bars: score; black tick: this model's threshold; colour: the call.</p>",

@@ -68,6 +68,7 @@ def _codes():
         "probability": CodedConcept("probability", PRIVATE_SCHEME, "Calibrated probability"),
         "unit": CodedConcept("1", "UCUM", "no units"),
         "procedure": codes.SCT.CardiacMRI,
+        "comment": codes.DCM.Comment,
     }
 
 
@@ -124,7 +125,8 @@ def _group(f, result: ClassifyResult, c: dict[str, Any]):
     from pydicom.uid import generate_uid
 
     code = finding_code(f)
-    evaluations = [hsr.QualitativeEvaluation(name=code, value=c[f.call])]
+    # A finding that cannot be assessed asserts no evaluation at all; its reason is a text item (below).
+    evaluations = [hsr.QualitativeEvaluation(name=code, value=c[f.call])] if f.call in c else []
     if f.severity in ("mild", "moderate", "severe"):
         evaluations.append(hsr.QualitativeEvaluation(name=c["severity"], value=c[f.severity]))
     measurements = [hsr.Measurement(name=c["score"], value=float(f.score), unit=c["unit"])]
@@ -136,16 +138,21 @@ def _group(f, result: ClassifyResult, c: dict[str, Any]):
     params = [f"model sha256 {result.model.get('sha256', '')}"]
     if bank is not None:
         params.append(f"prompt bank {bank['name']} {bank['version']} sha256 {bank['sha256']}")
-    return hsr.MeasurementsAndQualitativeEvaluations(
+    group = hsr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hsr.TrackingIdentifier(uid=generate_uid(), identifier=f"{f.bank}/{f.id}"),
         finding_type=code,
         method=hsr.CodedConcept(f.kind, PRIVATE_SCHEME, SCORE_KINDS.get(f.kind, f.kind)[:64]),
         algorithm_id=hsr.AlgorithmIdentification(
             name=str(result.model.get("name")), version=str(result.model.get("version")), parameters=params
         ),
-        qualitative_evaluations=evaluations,
+        qualitative_evaluations=evaluations or None,
         measurements=measurements,
     )
+    for text in ([f.reason] if f.reason else []) + list(f.notes):
+        # TID 1501 groups may hold text; "Comment" (DCM 121106) carries why a call is missing or uncertain.
+        group[0].ContentSequence.append(hsr.TextContentItem(
+            name=c["comment"], value=text[:1024], relationship_type=hsr.RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def build_sr(result: ClassifyResult, source: StudySource | str | os.PathLike[str]):
@@ -201,16 +208,22 @@ def write_sr(result: ClassifyResult, source: StudySource | str | os.PathLike[str
     """Build the SR and write it (DICOM Part 10 file) atomically to ``path``."""
     from pydicom import dcmwrite
 
+    from cmrdx.dicom.series import capture_read_warnings
+
     check_target(path)
-    sr = build_sr(result, source)
-    buf = BytesIO()
-    dcmwrite(buf, sr, enforce_file_format=True)
+    # Re-reading the source headers repeats pydicom's complaints about them; they were counted when the study
+    # was read (the result's read_warnings), so here they are collected and dropped, never printed per file.
+    with capture_read_warnings():
+        sr = build_sr(result, source)
+        buf = BytesIO()
+        dcmwrite(buf, sr, enforce_file_format=True)
     return write_atomic(path, buf.getvalue())
 
 
 def read_sr_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The findings of an SR that ``write_sr`` wrote, read back with ``highdicom.sr.srread``, in report order:
-    ``{"bank", "id", "label", "code", "call", "severity", "score", "threshold", "probability", "kind"}``."""
+    ``{"bank", "id", "label", "code", "call", "severity", "score", "threshold", "probability", "kind", "comments"}``;
+    a group that asserts no call is "not assessable", its reason among the comments."""
     import highdicom.sr as hsr
 
     try:
@@ -226,7 +239,7 @@ def read_sr_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for g in sr.content.get_image_measurement_groups():  # type: ignore[attr-defined]  # a TID 1500 report's content
         bank, _, fid = (g.tracking_identifier or "").partition("/")
         rec: dict[str, Any] = {"bank": bank, "id": fid, "label": None, "code": None, "call": None, "severity": None,
-                               "score": None, "threshold": None, "probability": None, "kind": None}
+                               "score": None, "threshold": None, "probability": None, "kind": None, "comments": []}
         ft = g.finding_type
         if ft is not None:
             rec["label"] = ft.meaning
@@ -242,5 +255,10 @@ def read_sr_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         for m in g.get_measurements():
             if m.name.scheme_designator == PRIVATE_SCHEME and m.name.value in kinds:
                 rec[m.name.value] = float(m.value)
+        comment = _codes()["comment"]
+        rec["comments"] = [str(item.TextValue) for item in g[0].ContentSequence
+                           if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == comment.value]
+        if rec["call"] is None:
+            rec["call"] = "not assessable"
         out.append(rec)
     return out

@@ -17,14 +17,23 @@ import numpy as np
 
 from cmrdx import __version__
 from cmrdx.model.loader import get_encoder, model_sha256
+from cmrdx.model.manifest import Manifest
+from cmrdx.model.reference import Typicality, load_reference
 from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.study.types import Study
-from cmrdx.vocab import DEFAULT_BANKS
+from cmrdx.vocab import DEFAULT_BANKS, Call
 from cmrdx.zeroshot.bank import get_bank
-from cmrdx.zeroshot.scoring import FindingScore, TextEmbeddingCache, bank_text_embeddings, rank, score_bank
+from cmrdx.zeroshot.scoring import (
+    FindingScore,
+    TextEmbeddingCache,
+    bank_text_embeddings,
+    make_uncertain,
+    note_departures,
+    rank,
+    score_bank,
+)
 
 RESULT_SCHEMA = "cmrdx-classify/1"
-FEW_PHASES = 15  # a cine with fewer phases than this is under-sampled for the model
 
 
 @dataclass
@@ -45,6 +54,11 @@ class ClassifyResult:
     timings_ms: dict[str, float]
     files_scanned: int = 0
     files_skipped: dict[str, int] = field(default_factory=dict)
+    # pydicom's complaints while reading, counted by kind (``ReadWarnings.to_dict()``); never values
+    read_warnings: dict[str, Any] = field(default_factory=dict)
+    read_summary: str | None = None
+    # how typical the study is of the model's training studies (``cmrdx.model.reference``)
+    typicality: dict[str, Any] = field(default_factory=dict)
     # few-shot: finding -> {"score": cos(present) - cos(absent), "call": "present"/"absent", "shots": [n0, n1]}
     fewshot: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -52,6 +66,7 @@ class ClassifyResult:
         d: dict[str, Any] = {
             "schema": RESULT_SCHEMA,
             "study_uid": self.study_uid,
+            "typicality": self.typicality,
             "findings": [f.to_dict() for f in self.findings],
             "fewshot": self.fewshot,
             "warnings": list(self.warnings),
@@ -65,6 +80,7 @@ class ClassifyResult:
                 "series_uids_used": self.series_used,
                 "files_scanned": self.files_scanned,
                 "files_skipped": self.files_skipped,
+                "read_warnings": self.read_warnings,
                 "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             },
         }
@@ -73,13 +89,16 @@ class ClassifyResult:
         return d
 
 
+def assess_typicality(manifest: Manifest, embedding: np.ndarray) -> Typicality:
+    """How typical a study's embedding is of the model's training studies; "unknown" without a reference."""
+    ref = load_reference(manifest)
+    return ref.assess(embedding) if ref is not None else Typicality.unknown(manifest.name)
+
+
 def _input_warnings(study: Study, recipe_result) -> list[str]:
     out = list(study.manifest.warnings)
     out += [f"recipe: {s}" for s in recipe_result.substitutions]
-    for seg, rec in recipe_result.used.items():
-        view = study.views.get(rec.get("view", ""))
-        if view is not None and view.role == "cine" and view.n_phases < FEW_PHASES:
-            out.append(f"{view.key}: only {view.n_phases} phases (fewer than {FEW_PHASES}): motion is under-sampled")
+    for seg, rec in recipe_result.used.items():  # too few phases: the study's input checks say so
         win = rec.get("window")
         if win and len(win) == 2 and not win[1] > win[0]:
             out.append(f"{seg}: flat intensities in {rec.get('view')} (window {win[0]:g}..{win[1]:g}): blank or corrupt images?")
@@ -122,15 +141,32 @@ def classify(
     scores: list[FindingScore] = []
     for bank in loaded_banks:
         temb = bank_text_embeddings(bank, enc.encode_texts, cache)
-        scores += score_bank(emb, bank, temb, enc.manifest.name, msha)
+        found = score_bank(emb, bank, temb, enc.manifest.name, msha, views=set(study.views))
+        note_departures(found, bank, [(d.wanted, d.message) for d in rr.departures])
+        scores += found
     fewshot: dict[str, dict[str, Any]] = {}
     if prototypes is not None:
         from cmrdx.zeroshot.fewshot import Prototypes
 
         protos = Prototypes.load(Path(prototypes))
         protos.check_model(enc.manifest.name, msha)
+        findings = {f.id: f for b in loaded_banks for f in b.findings}
         for (fid, sc), shots in zip(protos.score(emb).items(), protos.shots):
-            fewshot[fid] = {"score": sc, "call": "present" if sc > 0 else "absent", "shots": [int(x) for x in shots]}
+            rec: dict[str, Any] = {"score": sc, "call": Call.PRESENT if sc > 0 else Call.ABSENT,
+                                   "shots": [int(x) for x in shots]}
+            missing = findings[fid].missing(set(study.views)) if fid in findings else []
+            if missing:  # the same evidence rule as the zero-shot call
+                rec["call"] = Call.NOT_ASSESSABLE
+                rec["reason"] = "needs " + "; and ".join(r.describe() for r in missing) + ": not in this study"
+            rec["call"] = str(rec["call"])
+            fewshot[fid] = rec
+    typ = assess_typicality(enc.manifest, emb)
+    if typ.status == "atypical":  # the model has seen nothing like this study: no confident call stands
+        for s in scores:
+            make_uncertain(s, "atypical study: " + typ.reason)
+        for rec in fewshot.values():
+            if rec["call"] in (Call.PRESENT, Call.ABSENT):
+                rec["call"], rec["reason"] = str(Call.UNCERTAIN), "atypical study"
     t["score_ms"] = (time.perf_counter() - t4) * 1000
     used_series = list(dict.fromkeys(u for rec in rr.used.values() for u in rec.get("series_uids", [])))
     skipped = [d.to_dict() for d in study.manifest.decisions if d.used_as is None]
@@ -150,5 +186,8 @@ def classify(
         timings_ms=t,
         files_scanned=study.manifest.files_scanned,
         files_skipped=dict(study.manifest.files_skipped),
+        read_warnings=study.manifest.read_warnings.to_dict(),
+        read_summary=study.manifest.read_warnings.summary(),
+        typicality=typ.to_dict(),
         fewshot=fewshot,
     )

@@ -24,6 +24,7 @@ def golden() -> dict:
         "findings": [{k: f[k] for k in keep} for f in d["findings"]],
         "views_used": {k: v["view"] for k, v in d["views_used"].items()},
         "series_uids_used": d["run"]["series_uids_used"],
+        "typicality": d["typicality"]["status"],
     }
 
 

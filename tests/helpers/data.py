@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,12 @@ def findings_bank_without_thresholds() -> str:
     buf = io.StringIO()
     yaml.dump(doc, buf)
     return buf.getvalue()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's error lines for ``path`` (its warnings are allowed); fails if it did not recognise the SR IOD."""
+    tool = require_tool("dciodvfy")
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert "Comprehensive3DSR" in text, text[-2000:]
+    return [ln for ln in text.splitlines() if ln.startswith("Error")]

@@ -98,11 +98,12 @@ class RecordContext:
     model_sha256: str
     banks: Sequence[Any]  # PromptBank
     text_emb: Sequence[dict[str, np.ndarray]]  # per bank: prompt text -> (D,) embedding
+    reference: Any = None  # cmrdx.model.reference.Reference of the model, or None (typicality unknown)
 
 
 def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
     """The journal record of one study, ok or failed: the only place a record is made (keys in this order)."""
-    from cmrdx.zeroshot.scoring import score_bank
+    from cmrdx.zeroshot.scoring import note_departures, score_bank
 
     uid = study.uid
     files = ctx.discovery.studies[uid]
@@ -116,8 +117,23 @@ def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
         return rec
     e = np.asarray(study.embedding, np.float32)
     findings = {}
+    from cmrdx.model.reference import Typicality
+    from cmrdx.zeroshot.scoring import make_uncertain
+
+    typ = ctx.reference.assess(np.asarray(study.embedding, np.float32)) if ctx.reference is not None \
+        else Typicality.unknown(ctx.model)
+    views = study.meta.get("views")  # None: the preparer gave no view list, so requirements are not checked
+    departures = [(w, m) for w, m in study.meta.get("departures", [])]
     for bank, temb in zip(ctx.banks, ctx.text_emb):
-        for fs in score_bank(e, bank, temb, ctx.model, ctx.model_sha256):
-            findings[fs.id] = {"score": round(fs.score, 6), "call": fs.call, "bank": bank.name}
-    rec.update(status="ok", findings=findings, embedding=encode_embedding(e), **study.meta)
+        scored = score_bank(e, bank, temb, ctx.model, ctx.model_sha256, views=views)
+        note_departures(scored, bank, departures)
+        for fs in scored:
+            if typ.status == "atypical":  # the same rule as classify: no confident call on an atypical study
+                make_uncertain(fs, "atypical study")
+            findings[fs.id] = {"score": round(fs.score, 6), "call": str(fs.call), "bank": bank.name}
+            if fs.reason or fs.notes:
+                findings[fs.id]["reason"] = "; ".join(([fs.reason] if fs.reason else []) + fs.notes)
+    meta = {k: v for k, v in study.meta.items() if k != "departures"}  # already in the findings' reasons
+    rec.update(status="ok", findings=findings, embedding=encode_embedding(e),
+               typicality={"status": typ.status, "score": typ.score}, **meta)
     return rec

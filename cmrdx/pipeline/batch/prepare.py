@@ -60,6 +60,9 @@ def prepare_study(uid: str, files: Sequence[str], recipe: dict[str, Any], header
         warnings_ = list(dict.fromkeys(list(study.manifest.warnings) + [f"recipe: {s}" for s in rr.substitutions]))
         meta = {
             "views_used": {seg: rec.get("view") for seg, rec in rr.used.items()},
+            # what findings are assessed on (the bank's ``requires``) and the montage's departures from its recipe
+            "views": sorted(study.views),
+            "departures": [[d.wanted, d.message] for d in rr.departures],
             "series_used": list(dict.fromkeys(u for rec in rr.used.values() for u in rec.get("series_uids", []))),
             "warnings": warnings_,
             "files_skipped": sum(study.manifest.files_skipped.values()),

@@ -30,9 +30,13 @@ def flat_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row["error"] = f"{r['error']['type']}: {r['error']['message']}" if r["status"] == "failed" else ""
         row["warnings"] = " | ".join(r.get("warnings", []))
         row["series_used"] = " ".join(r.get("series_used", []))
+        typ = r.get("typicality") or {}
+        row["typicality"] = typ.get("status", "")  # typical / atypical / unknown ("" for failed studies)
+        row["typicality_score"] = typ.get("score")
         for fid, f in sorted(r.get("findings", {}).items()):
             row[f"{fid}_score"] = f["score"]
             row[f"{fid}_call"] = f["call"]
+            row[f"{fid}_reason"] = f.get("reason", "")
         rows.append(row)
     return rows
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import CmrdxError
+from cmrdx.model.reference import load_reference
 from cmrdx.pipeline.batch.discover import load_or_discover
 from cmrdx.pipeline.batch.engine import Engine, EngineJob
 from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir
@@ -90,7 +91,8 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     if opts.limit is not None:
         todo = todo[: opts.limit]
     total = len(disc.studies)
-    ctx = RecordContext(archive, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb)
+    ctx = RecordContext(archive, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb,
+                        load_reference(model.encoder.manifest))
     job = EngineJob(disc.studies, model.recipe, model.encoder, headers)
     done = total - len(todo)
     encoded = engine.run(todo, job) if todo else iter(())
