@@ -56,8 +56,8 @@ def test_records_keep_their_bytes(tmp_path):
     line = json.dumps(build_record(ok, ctx), separators=(",", ":"))
     assert line == ('{"schema":"cmrdx-batch-journal/1","study_uid":"1.2.3","source":"s1","n_files":2,"duplicate_files":1,'
                     '"model":"m","model_sha256":"' + "ab" * 32 + '","status":"ok","findings":{},'
-                    '"embedding":"AACAPwAAAAA=","views_used":{"sax":"SAX"},"series_used":["9.8"],"warnings":[],'
-                    '"files_skipped":0}')
+                    '"embedding":"AACAPwAAAAA=","typicality":{"status":"unknown","score":null},'
+                    '"views_used":{"sax":"SAX"},"series_used":["9.8"],"warnings":[],"files_skipped":0}')
 
 
 def test_both_engines_hand_the_builder_the_same_study(tmp_path):
