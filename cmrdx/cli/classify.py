@@ -67,20 +67,21 @@ def classify_cmd(
         console.print(f"[yellow]typicality unknown:[/] {escape(typ['reason'])}", highlight=False)
     # Strings from files (UIDs, descriptions in warnings) and banks are data: escaped, never read as markup.
     table = Table(title=f"Study {escape(res.study_uid)}", header_style="bold")
-    for col in ("finding", "score", "threshold / probability", "call", "margin", "why"):
+    whys = {f.id: "; ".join(([f.reason] if f.reason else []) + list(f.notes)) for f in res.findings}
+    cols = ("finding", "score", "threshold / probability", "call", "margin") + (("why",) if any(whys.values()) else ())
+    for col in cols:
         table.add_column(col, overflow="fold")
     for f in res.findings:
         ref = f"p = {f.probability:.2f}" if f.probability is not None else (f"{f.threshold:.3f}" if f.threshold is not None else "-")
         call = f.call + (f" ({f.severity})" if f.severity else "")
-        why = "; ".join(([f.reason] if f.reason else []) + list(f.notes))
-        table.add_row(
+        cells = [
             escape(f.label),
             f"{f.score:.3f}" + (" (softmax)" if f.kind == "softmax" else ""),
             ref if f.assessable else "-",
             f"[{CALL_STYLE.get(f.call, '')}]{escape(call)}[/]",
             f"{f.margin:+.3f}" if f.margin is not None else "-",
-            escape(why),
-        )
+        ]
+        table.add_row(*cells, *((escape(whys[f.id]),) if "why" in cols else ()))
     console.print(table)
     if res.fewshot:
         ft = Table(title="Few-shot (prototypes)", header_style="bold")
