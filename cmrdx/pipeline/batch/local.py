@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cmrdx import config
+from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.engine import EncodedStudy, EngineJob
 from cmrdx.pipeline.batch.prepare import prepare_study
 
@@ -20,6 +21,10 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, workers: int | None = None, batch_size: int = 4, max_in_flight: int | None = None):
+        if batch_size < 1 or (workers is not None and workers < 1) or (max_in_flight is not None and max_in_flight < 1):
+            # a run with no study per encoder call, or no reader, would never end
+            raise CmrdxError(f"LocalEngine: batch_size, workers and max_in_flight must be at least 1 "
+                             f"(got {batch_size}, {workers}, {max_in_flight})", hint="give counts of 1 or more")
         self.workers = workers  # reader processes; default: one per core (the encoder thread mostly waits)
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight  # default 2 x workers + batch

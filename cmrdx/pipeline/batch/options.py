@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.engine import Engine
 from cmrdx.vocab import DEFAULT_BANKS
 
@@ -23,6 +24,24 @@ class BatchOptions:
     engine: str | Engine = "local"  # "local", "ray", or an Engine
     ray_address: str | None = None
     limit: int | None = None  # stop after this many new studies (tests, trial runs)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Counts a run could never finish with (no study per encoder call, no reader) are refused here, at
+        construction, and again when a run starts (a field may have been set since)."""
+        for name, least, optional in (("batch_size", 1, False), ("workers", 1, True), ("max_in_flight", 1, True),
+                                      ("limit", 0, True)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            # bool is an int to Python, never a count here
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                flag = "--" + name.replace("_", "-")
+                raise CmrdxError(f"BatchOptions.{name} must be a whole number of at least {least}, not {value!r}",
+                                 hint=f"give {flag} {least} or more" + (" (or leave it out for the default)"
+                                                                         if optional else ""))
 
 
 @dataclass

@@ -67,6 +67,7 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
               progress: Callable[[int, int, str], None] | None = None) -> BatchSummary:
     """Score every study under ``archive`` into ``out`` (.parquet, .csv or .jsonl). Resumable."""
     opts = opts or BatchOptions()
+    opts.validate()
     archive, out = Path(archive), Path(out)
     if not archive.exists():
         from cmrdx.errors import InputNotFoundError
