@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +78,77 @@ def _read_line(p: subprocess.Popen, timeout: float) -> str:
         p.wait()
         pytest.fail(f"the child exited ({p.returncode}) early: {p.stderr.read() if p.stderr else ''}")
     return line.strip()
+
+
+# --- workers die with their run --------------------------------------------------------------------------------
+
+
+_KILLED = textwrap.dedent("""
+    import sys
+    from cmrdx.pipeline.batch import BatchOptions, run_batch
+
+    def progress(done, total, uid):
+        print("progress", flush=True)  # the reader pool is alive: the run is between two studies
+        sys.stdin.readline()
+
+    run_batch(sys.argv[1], sys.argv[2], BatchOptions(model=sys.argv[3], device="cpu", workers=2, batch_size=1),
+              progress=progress)
+""")
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, session) of a live process, or None when it is gone (zombies count as gone: their init
+    may not reap them in a container)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    state, ppid, session = fields[0], int(fields[1]), int(fields[3])
+    return None if state in ("Z", "X") else (state, ppid, session)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            st = _proc_stat(int(d.name))
+            if st is not None and st[1] == pid:
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_exit_when_a_killed_batch_leaves_them(phantom_archive, tiny_model, tmp_path):
+    arch = tmp_path / "archive"
+    for name in ("study_0001", "study_0002", "study_0003"):
+        shutil.copytree(phantom_archive / name, arch / name)
+    out = tmp_path / "r.jsonl"
+    run = subprocess.Popen([sys.executable, "-c", _KILLED, str(arch), str(out), str(tiny_model)], env=_env(tmp_path),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    workers: list[int] = []
+    try:
+        assert _read_line(run, 300) == "progress"
+        workers = _children(run.pid)
+        assert len(workers) >= 2, workers
+        os.kill(run.pid, signal.SIGKILL)  # the run only: its workers are left to themselves
+        run.wait(60)
+        deadline = time.monotonic() + 120  # generous: the bound is on correctness, not speed
+        while time.monotonic() < deadline and any(_proc_stat(w) for w in workers):
+            time.sleep(0.2)
+        alive = [w for w in workers if _proc_stat(w)]
+        assert alive == [], f"reader workers outlived their killed run: {alive}"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(60)
+        for w in workers:
+            if _proc_stat(w):
+                os.kill(w, signal.SIGKILL)
+    # the resumed run needs nothing of the killed one
+    s = run_batch(arch, out, _opts(tiny_model))
+    assert (s.total, s.ok) == (3, 3)
 
 
 # --- options that would never finish -----------------------------------------------------------------------------

@@ -29,6 +29,43 @@ class Discovery:
     files: int = 0
 
 
+def exit_with_parent() -> None:
+    """Initializer of every worker process of a batch run (discovery's and the local engine's): the worker ends
+    when the run's process ends, however it ends. A run killed with SIGKILL runs no cleanup, and its idle workers
+    would otherwise wait for work forever (each holds its own end of the work queue open), re-parented to init.
+
+    On Linux the kernel kills the worker when its parent dies (``PR_SET_PDEATHSIG``), even while the worker is
+    busy in a decoder; everywhere, a thread waits on multiprocessing's parent sentinel (a pipe the parent holds
+    open until it ends) and exits the worker when it closes. A parent that died before this ran is noticed too.
+    (It lives in this module, the package's lowest, so that every pool of the package can use it.)"""
+    import multiprocessing
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the sentinel thread still does it
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing: nothing to watch
+        return
+    if not parent.is_alive():
+        os._exit(1)
+    threading.Thread(target=_exit_when_gone, args=(parent,), name="cmrdx-exit-with-parent", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_when_gone(parent) -> None:
+    parent.join()  # returns when the parent's sentinel closes: the parent has ended
+    os._exit(1)
+
+
 def headers_path(headers: Path, uid: str, chunk_id: int) -> Path:
     """Where discovery leaves one chunk's parsed series of study ``uid`` (the folder is named by a hash)."""
     import hashlib
@@ -101,7 +138,7 @@ def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk:
     jobs = [(k, refs[i:i + chunk], str(headers) if headers else None) for k, i in enumerate(range(0, len(refs), chunk))]
     workers = workers or config.cpu_count()
     if workers > 1 and len(jobs) > 1:
-        with cf.ProcessPoolExecutor(max_workers=workers) as ex:
+        with cf.ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent) as ex:
             results = list(ex.map(_discover_chunk, jobs))
     else:
         results = [_discover_chunk(j) for j in jobs]

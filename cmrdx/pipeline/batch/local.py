@@ -14,7 +14,7 @@ import numpy as np
 from cmrdx import config
 from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.engine import EncodedStudy, EngineJob
-from cmrdx.pipeline.batch.prepare import prepare_study
+from cmrdx.pipeline.batch.prepare import exit_with_parent, prepare_study
 
 
 class LocalEngine:
@@ -50,7 +50,7 @@ class LocalEngine:
         max_in_flight = self.max_in_flight or (2 * workers + self.batch_size)
         ready: list[dict[str, Any]] = []
         it: Iterator[str] = iter(todo)
-        ex = cf.ProcessPoolExecutor(max_workers=workers)
+        ex = cf.ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
         inflight: dict[cf.Future, str] = {}
         try:
             while True:
@@ -76,7 +76,7 @@ class LocalEngine:
                             inflight.pop(other)
                             it = iter([ouid, *it])
                         ex.shutdown(cancel_futures=True)
-                        ex = cf.ProcessPoolExecutor(max_workers=workers)
+                        ex = cf.ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
                     self.prepare_seconds += p["seconds"]
                     ready.append(p)
                 yield from self._encode(ready, job, force=not inflight)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cmrdx.errors import CmrdxError
+from cmrdx.pipeline.batch.discover import exit_with_parent as exit_with_parent  # every engine's worker initializer
 from cmrdx.pipeline.batch.discover import file_ref, headers_path
 
 
