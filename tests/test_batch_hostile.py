@@ -80,6 +80,74 @@ def _read_line(p: subprocess.Popen, timeout: float) -> str:
     return line.strip()
 
 
+# --- one run per output ------------------------------------------------------------------------------------------
+
+
+_HOLDER = textwrap.dedent("""
+    import sys
+    from cmrdx.pipeline.batch import BatchOptions, run_batch
+
+    class Held:
+        # an engine that stops mid-run until told to go on: the run holds its output meanwhile
+        name = "held"
+        prepare_seconds = encode_seconds = 0.0
+
+        def run(self, todo, job):
+            print("running", flush=True)
+            sys.stdin.readline()
+            yield from ()
+
+    run_batch(sys.argv[1], sys.argv[2], BatchOptions(model=sys.argv[3], device="cpu", workers=1, engine=Held()))
+    print("done", flush=True)
+""")
+
+
+def test_a_second_concurrent_run_on_one_output_is_refused(phantom_archive, tiny_model, tmp_path):
+    arch = tmp_path / "archive"
+    shutil.copytree(phantom_archive / "study_0001", arch / "study_0001")
+    out = tmp_path / "r.jsonl"
+    env = _env(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(arch), str(out), str(tiny_model)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _read_line(holder, 300) == "running"
+        with pytest.raises(CmrdxError, match="another cmrdx batch") as ei:
+            run_batch(arch, out, _opts(tiny_model))
+        assert str(holder.pid) in ei.value.message and ei.value.hint
+        cli = subprocess.run([sys.executable, "-m", "cmrdx", "batch", str(arch), "--out", str(out), "--model",
+                              str(tiny_model), "--device", "cpu", "--workers", "1"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert cli.returncode == CmrdxError.exit_code, cli.stdout + cli.stderr
+        assert "another cmrdx batch" in cli.stdout + cli.stderr and "Traceback" not in cli.stdout + cli.stderr
+        # the lock dies with its process: a killed run never locks its output out
+        holder.kill()
+        holder.wait(60)
+        s = run_batch(arch, out, _opts(tiny_model))
+        assert (s.total, s.ok) == (1, 1)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(60)
+
+
+def test_a_run_inside_a_run_on_one_output_is_refused(phantom_archive, tiny_model, tmp_path):
+    """Two runs in one process (threads, or a callback) are refused too: the lock is not only per process."""
+    arch = tmp_path / "archive"
+    shutil.copytree(phantom_archive / "study_0001", arch / "study_0001")
+    out = tmp_path / "r.jsonl"
+    inner: list[BaseException] = []
+
+    def progress(done, total, uid):
+        try:
+            run_batch(arch, out, _opts(tiny_model))
+        except CmrdxError as exc:
+            inner.append(exc)
+
+    s = run_batch(arch, out, _opts(tiny_model), progress=progress)
+    assert s.ok == 1 and len(inner) == 1 and "another cmrdx batch" in str(inner[0])
+    assert run_batch(arch, out, _opts(tiny_model)).done_before == 1  # released when the run ended
+
+
 # --- workers die with their run --------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from cmrdx.pipeline.batch.journal import (
     encode_embedding,
     journal_path,
     state_dir,
+    state_lock,
 )
 from cmrdx.pipeline.batch.options import ENGINES, BatchOptions, BatchSummary
 from cmrdx.pipeline.batch.prepare import prepare_study
@@ -46,5 +47,5 @@ __all__ = [
     "BatchOptions", "BatchSummary", "Discovery", "ENGINES", "EncodedStudy", "Engine", "EngineJob", "FLAT_COLUMNS",
     "JOURNAL_SCHEMA", "Journal", "RecordContext", "build_record", "decode_embedding", "discover", "embeddings_path",
     "encode_embedding", "flat_rows", "get_engine", "journal_path", "prepare_study", "read_results", "run_batch",
-    "source_folder", "state_dir", "write_reports", "write_results",
+    "source_folder", "state_dir", "state_lock", "write_reports", "write_results",
 ]

@@ -12,13 +12,16 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.discover import source_folder
 from cmrdx.pipeline.batch.engine import EncodedStudy
 
@@ -37,6 +40,58 @@ def state_dir(out: Path) -> Path:
 
 def journal_path(out: Path) -> Path:
     return state_dir(out) / "journal.jsonl"
+
+
+# State folders a run of this process holds: a POSIX record lock never excludes its own process, so a second run
+# in the same process (another thread, a progress callback) is refused here.
+_HELD: set[str] = set()
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def state_lock(sd: Path) -> Iterator[None]:
+    """Hold the state folder ``sd`` for one run: a second run on the same results, from any process, is refused
+    with a clear error instead of interleaving its records and rewriting the results under the first.
+
+    The lock is a POSIX record lock (``lockf``) on ``sd/lock``: the system releases it when its process ends,
+    SIGKILL included, so a killed run never locks its results out, and a record lock belongs to its process only,
+    so reader workers forked from the run (which inherit the open file) never hold it after the run is gone. The
+    file holds the holder's process id, for the message."""
+    sd = Path(sd)
+    sd.mkdir(parents=True, exist_ok=True)
+    path = sd / "lock"
+    key = str(path.resolve())
+    with _HELD_GUARD:
+        if key in _HELD:
+            raise _locked(sd, os.getpid())
+        _HELD.add(key)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no record locks (Windows): runs of one process are still kept apart
+            yield
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                raise _locked(sd, int(holder) if holder.isdigit() else None) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    finally:
+        with _HELD_GUARD:
+            _HELD.discard(key)
+
+
+def _locked(sd: Path, pid: int | None) -> CmrdxError:
+    who = f"process {pid}" if pid is not None else "another process"
+    return CmrdxError(f"{sd}: another cmrdx batch ({who}) is running on these results",
+                      hint="wait for that run to end (a run that was killed holds nothing), or give another --out")
 
 
 class Journal:

@@ -16,7 +16,7 @@ from cmrdx.errors import CmrdxError
 from cmrdx.model.reference import load_reference
 from cmrdx.pipeline.batch.discover import load_or_discover
 from cmrdx.pipeline.batch.engine import Engine, EngineJob
-from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir
+from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir, state_lock
 from cmrdx.pipeline.batch.options import BatchOptions, BatchSummary
 from cmrdx.pipeline.batch.results import FORMATS, write_results
 
@@ -76,6 +76,12 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     if out.suffix.lower() not in FORMATS:
         raise CmrdxError(f"{out}: unknown results format {out.suffix!r}", hint="use .parquet, .csv or .jsonl")
     engine = get_engine(opts)  # an unknown engine, or Ray missing, fails before any work
+    with state_lock(state_dir(out)):
+        return _run(archive, out, opts, engine, progress)
+
+
+def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
+         progress: Callable[[int, int, str], None] | None) -> BatchSummary:
     t_start = time.perf_counter()
     sd = state_dir(out)
     disc = load_or_discover(archive, sd, opts.workers)
