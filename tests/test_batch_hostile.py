@@ -4,6 +4,7 @@ that would never finish. Each test is named after the defect it keeps fixed."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -78,6 +79,66 @@ def _read_line(p: subprocess.Popen, timeout: float) -> str:
         p.wait()
         pytest.fail(f"the child exited ({p.returncode}) early: {p.stderr.read() if p.stderr else ''}")
     return line.strip()
+
+
+# --- journal recovery keeps good records -----------------------------------------------------------------------
+
+
+def test_a_corrupt_middle_journal_line_keeps_the_records_after_it(phantom_archive, tiny_model, tmp_path):
+    arch = tmp_path / "archive"
+    for name in ("study_0001", "study_0002", "study_0003", "study_0004"):
+        shutil.copytree(phantom_archive / name, arch / name)
+    out = tmp_path / "r.csv"
+    run_batch(arch, out, _opts(tiny_model))
+    before = _by_source(out)
+    jp = journal_path(out)
+    lines = jp.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    lost = json.loads(lines[1])["study_uid"]
+    lines[1] = b'{"schema":"cmrdx-batch-journal/1","study_uid":"' + b"\x00" * 40 + b"\n"  # a corrupt line
+    jp.write_bytes(b"".join(lines) + b'{"schema":"cmrdx-batch-journal/1","study_u')  # and a torn last record
+
+    j = Journal(jp)
+    j.close()
+    assert sorted(j.records) == sorted(json.loads(lines[i])["study_uid"] for i in (0, 2, 3))
+    assert j.skipped_lines == [2] and j.torn_bytes > 0
+    assert jp.read_bytes() == b"".join(lines)  # only the torn tail is cut; the corrupt line stays, reported
+
+    scored: list[str] = []
+    s = run_batch(arch, out, _opts(tiny_model), progress=lambda d, t, uid: scored.append(uid))
+    assert scored == [lost] and s.done_before == 3 and s.journal_skipped == 1
+    _same_rows(_by_source(out), before)
+
+
+def test_malformed_journal_or_state_files_give_a_clear_error(phantom_archive, tiny_model, tmp_path):
+    arch = tmp_path / "archive"
+    shutil.copytree(phantom_archive / "study_0001", arch / "study_0001")
+    out = tmp_path / "r.jsonl"
+    run_batch(arch, out, _opts(tiny_model))
+    studies = state_dir(out) / "studies.json"
+    good = studies.read_bytes()
+    for bad in (b"{not json", b"[1, 2, 3]", b'{"archive": 3, "index": "x"}', b"\xff\xfe\x00"):
+        studies.write_bytes(bad)
+        with pytest.raises(CmrdxError) as ei:
+            run_batch(arch, out, _opts(tiny_model))
+        assert str(studies) in ei.value.message and ei.value.hint and "delete" in ei.value.hint
+    studies.write_bytes(good)
+
+    jp = journal_path(out)
+    record = jp.read_bytes()
+    for bad in (b"\x89PNG\r\n\x1a\n" * 3 + b"\n", b"[]\n{}\n[]\n", b'"x"\n'):
+        jp.write_bytes(bad)
+        with pytest.raises(CmrdxError) as ei:
+            Journal(jp)
+        assert str(jp) in ei.value.message and ei.value.hint
+    jp.unlink()
+    jp.mkdir()
+    with pytest.raises(CmrdxError) as ei:
+        run_batch(arch, out, _opts(tiny_model))
+    assert str(jp) in ei.value.message and ei.value.hint
+    jp.rmdir()
+    jp.write_bytes(record)
+    assert run_batch(arch, out, _opts(tiny_model)).done_before == 1
 
 
 # --- one run per output ------------------------------------------------------------------------------------------

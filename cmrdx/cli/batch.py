@@ -52,6 +52,8 @@ def batch_cmd(
     t.add_row("failed", ", ".join(f"{n} {k}" for k, n in s.failed.items()) or "0")
     t.add_row("duplicate files dropped", str(s.duplicates))
     t.add_row("files skipped", ", ".join(f"{n} {k}" for k, n in s.files_skipped.items()) or "0")
+    if s.journal_skipped:
+        t.add_row("corrupt journal lines skipped", f"{s.journal_skipped} (their studies were scored again)")
     t.add_row("throughput", f"{s.studies_per_s:.2f} studies/s in {s.seconds:.1f} s "
                             f"(reading {s.prepare_seconds:.1f} s summed over workers, encoding {s.encode_seconds:.1f} s)")
     console.print(t)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmrdx import config
+from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
 
 
@@ -160,18 +161,37 @@ def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk:
     return Discovery({u: sorted(f) for u, f in sorted(studies.items())}, dict(dup), dict(skipped), len(refs))
 
 
+def read_discovery(state: Path) -> tuple[str, Discovery] | None:
+    """The discovery saved in a run's state folder (``STATE/studies.json``) and the archive it was made of, or
+    None when there is none. A file that is not what a run saved is a clear error, naming it and the fix."""
+    f = Path(state) / "studies.json"
+    if not f.exists():
+        return None
+    try:
+        d = json.loads(f.read_bytes())
+        if not (isinstance(d, dict) and isinstance(d.get("archive"), str) and isinstance(d.get("studies"), dict)
+                and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in d["studies"].values())
+                and isinstance(d.get("duplicates", {}), dict) and isinstance(d.get("skipped", {}), dict)
+                and isinstance(d.get("files", 0), int)):
+            raise ValueError("not the discovery of a batch run")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CmrdxError(f"{f}: unreadable discovery state ({exc})",
+                         hint=f"delete {f} to read the archive's headers again (studies in the journal are kept), "
+                              f"or delete {Path(state)} to start the run again") from None
+    return d["archive"], Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
+
+
 def load_or_discover(archive: Path, state: Path, workers: int | None = None) -> Discovery:
     """Discovery is saved with the journal (``STATE/studies.json``), so a resumed run does not re-read every
     header."""
-    f = state / "studies.json"
-    if f.is_file():
-        d = json.loads(f.read_text())
-        if d.get("archive") == str(archive.resolve()):
-            return Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
+    saved = read_discovery(state)
+    if saved is not None and saved[0] == str(archive.resolve()):
+        return saved[1]
     import shutil
 
     shutil.rmtree(state / "headers", ignore_errors=True)  # left by a discovery that was interrupted
     disc = discover(archive, workers, headers=state / "headers")
-    atomic_write(f, json.dumps({"archive": str(archive.resolve()), "studies": disc.studies, "duplicates": disc.duplicates,
-                                "skipped": disc.skipped, "files": disc.files}))
+    atomic_write(state / "studies.json", json.dumps({
+        "archive": str(archive.resolve()), "studies": disc.studies, "duplicates": disc.duplicates,
+        "skipped": disc.skipped, "files": disc.files}))
     return disc

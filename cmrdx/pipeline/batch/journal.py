@@ -95,34 +95,52 @@ def _locked(sd: Path, pid: int | None) -> CmrdxError:
 
 
 class Journal:
-    """Append-only JSONL commit log of finished studies. Survives SIGKILL: a torn last line is dropped."""
+    """Append-only JSONL commit log of finished studies. Survives SIGKILL: a torn last line is dropped.
+
+    Only the last line can be torn by a kill (each record is one write ending in its newline), so only a last
+    line without its newline is cut off. A complete line that is not a record (a disk or an editor damaged it)
+    is skipped and reported (``skipped_lines``, 1-based) and left where it is: the records after it stand, and
+    the study it held, if any, is scored again and its new record appended. A file of which no line is a
+    record is not a journal: a clear error, never a silent new start."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
-        self._recover()
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run's appends
+        self.skipped_lines: list[int] = []
+        self.torn_bytes = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._recover()
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run's appends
+        except OSError as exc:
+            raise CmrdxError(f"{self.path}: cannot open the batch journal ({exc.strerror or exc})",
+                             hint=f"make it a writable file, or delete {self.path.parent} to start the run again"
+                             ) from None
 
     def _recover(self) -> None:
-        if not self.path.is_file():
+        if not self.path.exists():
             return
-        good = 0
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # torn by a kill mid-write
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            self.records[rec["study_uid"]] = rec
-            good += len(line)
-        if good < len(data):
-            log.warning("%s: dropped a torn last record (%d bytes) from an interrupted run", self.path, len(data) - good)
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # what follows the last newline: nothing, or a record torn by a kill
+        for number, line in enumerate(lines, 1):
+            rec = _record(line)
+            if rec is not None:
+                self.records[rec["study_uid"]] = rec
+            elif line.strip():
+                self.skipped_lines.append(number)
+        if self.skipped_lines and not self.records:
+            raise CmrdxError(f"{self.path}: not a cmrdx batch journal (none of its {len(lines)} lines is a record)",
+                             hint=f"give another --out, or delete {self.path.parent} to start the run again")
+        if self.skipped_lines:
+            shown = ", ".join(map(str, self.skipped_lines[:10])) + (", ..." if len(self.skipped_lines) > 10 else "")
+            log.warning("%s: skipped %d corrupt line(s) (line %s): the studies they held are scored again",
+                        self.path, len(self.skipped_lines), shown)
+        if tail:
+            self.torn_bytes = len(tail)
+            log.warning("%s: dropped a torn last record (%d bytes) from an interrupted run", self.path, len(tail))
             with open(self.path, "r+b") as fh:
-                fh.truncate(good)
+                fh.truncate(len(data) - len(tail))
 
     def commit(self, rec: dict[str, Any]) -> None:
         self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
@@ -132,6 +150,17 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """A journal line as its record, or None when it is not one."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser
+        return None
+    if isinstance(rec, dict) and isinstance(rec.get("study_uid"), str) and isinstance(rec.get("status"), str):
+        return rec
+    return None
 
 
 def encode_embedding(emb: np.ndarray) -> str:

@@ -56,6 +56,7 @@ class BatchSummary:
     out: Path
     duplicates: int = 0
     files_skipped: dict[str, int] = field(default_factory=dict)
+    journal_skipped: int = 0  # corrupt journal lines skipped (their studies scored again)
 
     @property
     def studies_per_s(self) -> float:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
-from cmrdx.pipeline.batch.discover import file_ref
+from cmrdx.pipeline.batch.discover import file_ref, read_discovery
 from cmrdx.pipeline.batch.journal import Journal, decode_embedding, journal_path, state_dir
 from cmrdx.pipeline.batch.options import BatchOptions
 
@@ -103,7 +104,11 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
     from cmrdx.study.assemble import assemble_study, inspect_study
 
     out = Path(out)
-    disc = json.loads((state_dir(out) / "studies.json").read_text())
+    saved = read_discovery(state_dir(out))
+    if saved is None:
+        raise CmrdxError(f"{state_dir(out)}: no batch run has discovered an archive for {out}",
+                         hint="run `cmrdx batch ARCHIVE --out` first")
+    studies = saved[1].studies
     records = Journal(journal_path(out))
     records.close()
     written = kept = 0
@@ -114,7 +119,7 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
         if target.is_file():
             kept += 1
             continue
-        insp = inspect_study(scan_refs((file_ref(f) for f in disc["studies"][uid]), root=rec["source"]), uid)
+        insp = inspect_study(scan_refs((file_ref(f) for f in studies[uid]), root=rec["source"]), uid)
         src = StudySource(inspection=insp, study=assemble_study(insp))
         res = classify(src.study, model=opts.model, banks=opts.banks, device=opts.device)
         write_report(res, src, target)

@@ -124,4 +124,5 @@ def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
         total=total, done_before=done_before, ok=sum(r["status"] == "ok" for r in journal.records.values()),
         failed=dict(failed), seconds=time.perf_counter() - t_start, prepare_seconds=engine.prepare_seconds,
         encode_seconds=engine.encode_seconds, out=out, duplicates=sum(disc.duplicates.values()), files_skipped=disc.skipped,
+        journal_skipped=len(journal.skipped_lines),
     )
