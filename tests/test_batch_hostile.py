@@ -15,17 +15,21 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
 from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch import (
     BatchOptions,
     Journal,
+    decode_embedding,
     journal_path,
     read_results,
     run_batch,
     state_dir,
 )
+from helpers.cine_factory import build_cine_study
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,6 +83,37 @@ def _read_line(p: subprocess.Popen, timeout: float) -> str:
         p.wait()
         pytest.fail(f"the child exited ({p.returncode}) early: {p.stderr.read() if p.stderr else ''}")
     return line.strip()
+
+
+# --- series belong to their study ----------------------------------------------------------------------------
+
+
+def test_two_studies_sharing_series_uids_each_get_their_own_cine(tiny_model, tmp_path):
+    """After an anonymisation that changes only StudyInstanceUID, two studies can carry the same SeriesInstanceUID:
+    each study keeps its own series (the batch embedding of each equals the one classify gives on its folder)."""
+    from cmrdx.pipeline.classify import classify
+
+    arch = tmp_path / "archive"
+    a = build_cine_study(arch / "a", vendor="ge", n_slices=5, n_phases=8, seed=0)
+    sax = next(p for p in a.files if p.parent.name == "SAX_FIESTA_BH")
+    shared = str(pydicom.dcmread(sax, stop_before_pixels=True).SeriesInstanceUID)
+
+    def share(ds):
+        if ds.SeriesDescription == "SAX_FIESTA_BH":
+            ds.SeriesInstanceUID = shared
+
+    b = build_cine_study(arch / "b", vendor="ge", n_slices=7, n_phases=10, seed=1, edit=share)
+    out = tmp_path / "r.jsonl"
+    s = run_batch(arch, out, _opts(tiny_model))
+    assert (s.total, s.ok) == (2, 2)
+    recs = _records(out)
+    for built in (a, b):
+        rec = recs[built.study_uid]
+        alone = classify(built.root, model=str(tiny_model), banks=[], device="cpu")
+        assert shared in rec["series_used"], built.root.name
+        assert rec["series_used"] == alone.series_used, built.root.name
+        np.testing.assert_allclose(decode_embedding(rec["embedding"]), alone.embedding, atol=1e-5,
+                                   err_msg=built.root.name)
 
 
 # --- journal recovery keeps good records -----------------------------------------------------------------------

@@ -119,11 +119,34 @@ def _discover_chunk(job: tuple[int, list[str], str | None]) -> list[tuple[str, s
     except Exception:  # noqa: BLE001 - a crash in one chunk must not stop the run: fall back per file
         return [(r, "", "unreadable") for r in refs]
     if headers is not None:
-        for uid, series in res.studies.items():
+        for uid, series in _series_by_study(res, out).items():
             for x in series:
                 x.phi = {}  # patient identifiers never reach the state folder
             # a kill never leaves a torn header file
             atomic_write(headers_path(Path(headers), uid, chunk_id), pickle.dumps(series, protocol=pickle.HIGHEST_PROTOCOL))
+    return out
+
+
+def _series_by_study(res, seen: list[tuple[str, str, str]]) -> dict[str, list]:
+    """A chunk's series per study, every series holding files of its own study only.
+
+    Series belong to their study: two studies can carry the same SeriesInstanceUID (an anonymisation that gave
+    a copy a new StudyInstanceUID and kept the rest), and a scan that put files of both in one series would
+    give one study the other's images and leave the other without them. Should any series of the scan hold
+    files of another study, the studies concerned are read again one by one (files from the chunk only)."""
+    from cmrdx.dicom.scan import scan_refs
+
+    study_of = {ref: uid for ref, uid, _ in seen if uid}
+    tangled: set[str] = set()
+    for uid, series in res.studies.items():
+        for s in series:
+            owners = {study_of.get(str(f.ref), uid) for f in s.frames}
+            if owners != {uid}:
+                tangled |= owners | {uid}
+    out = {uid: series for uid, series in res.studies.items() if uid not in tangled}
+    for uid in sorted(tangled):
+        own = [file_ref(ref) for ref, u, _ in seen if u == uid]
+        out[uid] = scan_refs(own, root="discovery").studies.get(uid, [])
     return out
 
 

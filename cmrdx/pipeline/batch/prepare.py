@@ -24,20 +24,23 @@ def _study_headers(uid: str, files: Sequence[str], headers: Path):
     if not parts:
         return None
     keep = set(files)
-    merged: dict[str, Any] = {}
+    merged: dict[tuple[str, str], Any] = {}  # (StudyInstanceUID, SeriesInstanceUID): a series belongs to its study
     for p in parts:
         try:
             chunk = pickle.loads(p.read_bytes())
         except Exception:  # noqa: BLE001 - unreadable: the caller reads the study's headers itself
             return None
         for s in chunk:
+            if s.study_uid != uid:
+                continue
             s.frames = [f for f in s.frames if str(f.ref) in keep]
             s._geom = None
-            if s.uid in merged:
-                merged[s.uid].frames.extend(s.frames)
-                merged[s.uid]._geom = None
+            key = (s.study_uid, s.uid)
+            if key in merged:
+                merged[key].frames.extend(s.frames)
+                merged[key]._geom = None
             else:
-                merged[s.uid] = s
+                merged[key] = s
     series = sorted((s for s in merged.values() if s.frames),
                     key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
     res = ScanResult(root=f"study {uid}", studies={uid: series}, files_scanned=len(files))
