@@ -116,6 +116,35 @@ def test_two_studies_sharing_series_uids_each_get_their_own_cine(tiny_model, tmp
                                    err_msg=built.root.name)
 
 
+# --- a file that crashes the header reader ----------------------------------------------------------------------
+
+
+def test_a_file_that_crashes_the_header_reader_costs_only_itself(phantom_archive, tmp_path, monkeypatch):
+    """Discovery reads headers in chunks of files: a file on which the reader raises is skipped with its reason,
+    and the other files of its chunk are discovered as usual (not all called unreadable)."""
+    import importlib
+
+    from cmrdx.pipeline.batch import discover
+
+    scan_mod = importlib.import_module("cmrdx.dicom.scan")
+    arch = tmp_path / "archive"
+    shutil.copytree(phantom_archive / "study_0001", arch / "study_0001")
+    files = sorted(str(f) for f in arch.rglob("*.dcm"))
+    victim = files[5]
+    real = scan_mod.scan_refs
+
+    def fragile(refs, root, on_file=None):
+        refs = list(refs)
+        if any(str(r) == victim for r in refs):
+            raise RecursionError("a header nested beyond the parser")
+        return real(refs, root, on_file)
+
+    monkeypatch.setattr(scan_mod, "scan_refs", fragile)
+    disc = discover(arch, workers=1)
+    assert disc.skipped == {"unreadable (the header reader failed)": 1}
+    assert [sorted(v) for v in disc.studies.values()] == [[f for f in files if f != victim]]
+
+
 # --- journal recovery keeps good records -----------------------------------------------------------------------
 
 

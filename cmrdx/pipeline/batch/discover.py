@@ -116,8 +116,20 @@ def _discover_chunk(job: tuple[int, list[str], str | None]) -> list[tuple[str, s
 
     try:
         res = scan_refs((file_ref(r) for r in refs), root="discovery", on_file=seen)
-    except Exception:  # noqa: BLE001 - a crash in one chunk must not stop the run: fall back per file
-        return [(r, "", "unreadable") for r in refs]
+    except Exception:  # noqa: BLE001 - a file that crashes the reader must not take its chunk's other files along
+        crashing = set()
+        for r in refs:
+            try:
+                scan_refs([file_ref(r)], root="discovery")
+            except Exception:  # noqa: BLE001 - the file is reported as skipped, with the reason
+                crashing.add(r)
+        out.clear()
+        rest = [r for r in refs if r not in crashing]
+        try:
+            res = scan_refs((file_ref(r) for r in rest), root="discovery", on_file=seen)
+        except Exception:  # noqa: BLE001 - only files that crash together: give up on the chunk
+            return [(r, "", "unreadable (the header reader failed)") for r in refs]
+        out.extend((r, "", "unreadable (the header reader failed)") for r in sorted(crashing))
     if headers is not None:
         for uid, series in _series_by_study(res, out).items():
             for x in series:
