@@ -145,6 +145,125 @@ def test_a_file_that_crashes_the_header_reader_costs_only_itself(phantom_archive
     assert [sorted(v) for v in disc.studies.values()] == [[f for f in files if f != victim]]
 
 
+# --- a resumed run looks at the archive again ----------------------------------------------------------------
+
+
+def test_resume_after_adding_removing_and_changing_studies(phantom_archive, tiny_model, tmp_path):
+    arch = tmp_path / "archive"
+    for name in ("study_0001", "study_0002", "study_0003", "study_0005"):
+        shutil.copytree(phantom_archive / name, arch / name)
+    late = sorted((arch / "study_0003" / "DICOM").iterdir())[-1]  # a series that reaches the archive late
+    held = tmp_path / "held"
+    shutil.move(late, held)
+    out = tmp_path / "r.parquet"
+    first = run_batch(arch, out, _opts(tiny_model))
+    assert (first.total, first.ok) == (4, 4)
+    journal_before = journal_path(out).read_bytes()
+
+    shutil.copytree(phantom_archive / "study_0004", arch / "study_0004")  # added
+    shutil.rmtree(arch / "study_0002")  # removed
+    shutil.move(held, late)  # changed: a series more
+    f = sorted((arch / "study_0001").rglob("*.dcm"))[40]  # changed: one file rewritten in place, same size
+    ds = pydicom.dcmread(f)
+    px = ds.pixel_array
+    ds.PixelData = (px.max() - px).astype(px.dtype).tobytes()
+    size = f.stat().st_size
+    ds.save_as(f)
+    assert f.stat().st_size == size
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 5_000_000_000))
+
+    scored: list[str] = []
+    again = run_batch(arch, out, _opts(tiny_model), progress=lambda d, t, uid: scored.append(uid))
+    rows = _by_source(out)
+    assert sorted(rows) == ["study_0001/DICOM", "study_0003/DICOM", "study_0004/DICOM", "study_0005/DICOM"]
+    assert sorted(scored) == sorted(rows[k]["study_uid"] for k in ("study_0001/DICOM", "study_0003/DICOM",
+                                                                  "study_0004/DICOM"))
+    assert (again.total, again.done_before, again.ok) == (4, 1, 4)  # study_0005 was not touched: kept
+    assert (again.added, again.changed, again.removed) == (1, 2, 1)
+    # the resumed results are those of a fresh run on the archive as it is now
+    fresh = tmp_path / "fresh.parquet"
+    run_batch(arch, fresh, _opts(tiny_model))
+    _same_rows(rows, _by_source(fresh))
+    emb = np.load(out.with_name("r.embeddings.npz"))
+    assert sorted(emb["source"]) == sorted(rows)
+    # the journal is an append-only log: what was committed stays, later records supersede
+    assert journal_path(out).read_bytes().startswith(journal_before)
+
+    scored.clear()
+    idle = run_batch(arch, out, _opts(tiny_model), progress=lambda d, t, uid: scored.append(uid))
+    assert (idle.resumed, idle.added, idle.changed, idle.removed, idle.done_before, scored) == (True, 0, 0, 0, 4, [])
+    _same_rows(_by_source(out), rows)
+    assert not first.resumed and (first.added, first.changed, first.removed) == (0, 0, 0)
+
+
+class _Crash:
+    """An engine that fails as soon as it is asked for a study: a run stopped after its discovery was saved."""
+
+    name = "crash"
+    prepare_seconds = encode_seconds = 0.0
+
+    def run(self, todo, job):
+        raise RuntimeError("stopped")
+
+
+def test_resume_of_an_unfinished_run_after_the_archive_changed(phantom_archive, tiny_model, tmp_path):
+    """A study scored by a run that stopped early, then changed, is scored again, even when the run that saw the
+    change was stopped before it scored anything; the parsed headers an unfinished run left are used for the
+    studies that did not change, never for those that did."""
+    arch = tmp_path / "archive"
+    names = ("study_0001", "study_0002", "study_0003")
+    for name in names:
+        shutil.copytree(phantom_archive / name, arch / name)
+
+    def uid(name):
+        return str(pydicom.dcmread(next((arch / name).rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+
+    first = min(names, key=uid)  # the study a run limited to one scores
+    late = sorted((arch / first / "DICOM").iterdir())[-1]
+    shutil.move(late, tmp_path / "held")
+    out = tmp_path / "r.jsonl"
+    s = run_batch(arch, out, _opts(tiny_model, limit=1))
+    assert (s.total, s.ok) == (3, 1) and _by_source(out)[f"{first}/DICOM"]["status"] == "ok"
+    assert (state_dir(out) / "headers").is_dir()  # unfinished: the parsed headers are kept for the next run
+
+    shutil.move(tmp_path / "held", late)  # the scored study changes
+    shutil.copytree(phantom_archive / "study_0004", arch / "study_0004")
+    gone = next(n for n in names if n != first)
+    shutil.rmtree(arch / gone)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_batch(arch, out, _opts(tiny_model, engine=_Crash()))
+    s = run_batch(arch, out, _opts(tiny_model))
+    assert (s.total, s.ok, s.done_before) == (3, 3, 0)
+    fresh = tmp_path / "fresh.jsonl"
+    run_batch(arch, fresh, _opts(tiny_model))
+    _same_rows(_by_source(out), _by_source(fresh))
+
+
+def test_a_discovery_saved_without_a_file_index_is_brought_up_to_date(phantom_archive, tiny_model, tmp_path):
+    """State folders of runs that saved only the studies' file lists resume: the headers are read again once, and
+    a study whose file list is unchanged keeps its result."""
+    arch = tmp_path / "archive"
+    for name in ("study_0001", "study_0002"):
+        shutil.copytree(phantom_archive / name, arch / name)
+    out = tmp_path / "r.jsonl"
+    run_batch(arch, out, _opts(tiny_model))
+    before = _by_source(out)
+    f = state_dir(out) / "studies.json"
+    d = json.loads(f.read_text())
+    studies: dict[str, list[str]] = {}
+    for ref, _, _, study, _ in d["index"]:
+        if study:
+            studies.setdefault(study, []).append(ref)
+    f.write_text(json.dumps({"archive": d["archive"], "studies": studies, "duplicates": {}, "skipped": {},
+                             "files": len(d["index"])}))
+    shutil.rmtree(arch / "study_0002")
+    scored: list[str] = []
+    s = run_batch(arch, out, _opts(tiny_model), progress=lambda d, t, uid: scored.append(uid))
+    assert (s.resumed, s.added, s.changed, s.removed, s.done_before, scored) == (True, 0, 0, 1, 1, [])
+    assert _by_source(out) == {"study_0001/DICOM": before["study_0001/DICOM"]}
+    assert "index" in json.loads(f.read_text())
+
+
 # --- journal recovery keeps good records -----------------------------------------------------------------------
 
 

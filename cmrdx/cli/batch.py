@@ -47,6 +47,10 @@ def batch_cmd(
         s = run_batch(archive, out, opts, progress=on_progress)
     t = Table(title=f"{archive} -> {s.out}", header_style="bold", show_header=False)
     t.add_row("studies", str(s.total))
+    if s.resumed:
+        changes = [f"{s.added} added", f"{s.changed} changed (scored again)",
+                   f"{s.removed} removed (dropped from the results)"]
+        t.add_row("archive since the last run", ", ".join(changes) if s.added or s.changed or s.removed else "unchanged")
     t.add_row("already done (resumed)", str(s.done_before))
     t.add_row("ok", str(s.ok))
     t.add_row("failed", ", ".join(f"{n} {k}" for k, n in s.failed.items()) or "0")

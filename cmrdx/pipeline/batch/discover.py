@@ -2,7 +2,9 @@
 
 Discovery also leaves the parsed series of each study in the run's state folder (``headers/``), patient
 identifiers removed, so the worker that later prepares a study reads no header a second time; and it saves
-its result (``studies.json``), so a resumed run does not read the archive's headers again.
+its result (``studies.json``): every file listed with its size, modification time, study and instance. A
+resumed run lists the archive again (no header is read for that) and reads the headers of new and modified
+files only, so it sees the studies added, changed (a file more, fewer, or rewritten) and removed since.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from cmrdx import config
 from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
 
+# One listed file: (str(FileRef), size, modification time in ns, StudyInstanceUID or "", SOPInstanceUID or, for a
+# file that joined no study, the reason it was skipped). Size and time are the file's, or its zip's.
+Entry = tuple[str, int, int, str, str]
+
+DISCOVERY_SCHEMA = "cmrdx-batch-discovery/2"
+
 
 @dataclass
 class Discovery:
@@ -28,6 +36,44 @@ class Discovery:
     duplicates: dict[str, int] = field(default_factory=dict)  # study -> files dropped as duplicate SOP instances
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> files
     files: int = 0
+    index: list[Entry] = field(default_factory=list)  # every listed file, in listing order (empty: not known)
+
+    def fingerprints(self, root: str) -> dict[str, str]:
+        """StudyInstanceUID -> a hash of its files (paths relative to ``root``, the archive as the listing was
+        given, sizes and modification times; dropped duplicates included): equal while the study is unchanged,
+        wherever the archive was moved. A zip member has its zip's size and time: a zip rewritten changes every
+        study in it."""
+        import hashlib
+
+        per: dict[str, list[str]] = {}
+        for ref, size, mtime, uid, _ in self.index:
+            if uid:
+                per.setdefault(uid, []).append(f"{_relative(ref, root)}\0{size}\0{mtime}")
+        return {uid: hashlib.sha256("\n".join(sorted(v)).encode("utf-8", "surrogateescape")).hexdigest()
+                for uid, v in per.items()}
+
+
+@dataclass
+class DiscoveryUpdate:
+    """A run's discovery and what changed in the archive since the discovery of an earlier run on the same
+    results (``previous``: there was one). ``added``, ``changed`` and ``removed`` are StudyInstanceUIDs."""
+
+    discovery: Discovery
+    previous: bool = False
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    chunks: int = 0  # header files' chunk numbers used so far (the next discovery of new files starts here)
+
+
+def _relative(ref: str, root: str) -> str:
+    """A file's name relative to the archive ``root`` (a zip member: its zip's, then ``!member``)."""
+    r = file_ref(ref)
+    try:
+        rel = os.path.relpath(r.path, root)
+    except ValueError:  # another drive (Windows)
+        rel = r.path
+    return rel if r.member is None else f"{rel}!{r.member}"
 
 
 def exit_with_parent() -> None:
@@ -162,49 +208,95 @@ def _series_by_study(res, seen: list[tuple[str, str, str]]) -> dict[str, list]:
     return out
 
 
-def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk: int = 512,
-             headers: Path | None = None) -> Discovery:
-    """Group an archive's files by StudyInstanceUID, reading every header once, in ``workers`` processes (on a big
-    archive this pass is a large part of the run). With ``headers``, the parsed series are kept there on disk
-    (memory stays bounded) for the study workers. A study whose files are spread over folders is one study; a
-    second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
+def _listing(archive: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
+    """The archive's candidate files, in listing order, each with its size and modification time (a zip
+    member's are its zip's): what tells a resumed run which files are new or modified, without reading any."""
     from cmrdx.dicom.source import iter_refs
 
-    refs = [str(r) for r in iter_refs(archive)]
-    jobs = [(k, refs[i:i + chunk], str(headers) if headers else None) for k, i in enumerate(range(0, len(refs), chunk))]
+    stats: dict[str, tuple[int, int]] = {}
+    out = []
+    for ref in iter_refs(archive):
+        st = stats.get(ref.path)
+        if st is None:
+            try:
+                s = os.stat(ref.path)
+                st = stats[ref.path] = (s.st_size, s.st_mtime_ns)
+            except OSError:  # gone since it was listed: read (and skipped) as any unreadable file
+                st = (-1, -1)
+        out.append((str(ref), *st))
+    return out
+
+
+def _read_headers(listing: Sequence[tuple[str, int, int]], workers: int | None, chunk: int, headers: Path | None,
+                  first_chunk: int = 0) -> tuple[list[Entry], int]:
+    """Read the headers of ``listing``'s files in chunks (in ``workers`` processes); the entries, in listing
+    order, and the number of chunks (their header files are numbered from ``first_chunk``)."""
+    refs = [r for r, _, _ in listing]
+    jobs = [(first_chunk + k, refs[i:i + chunk], str(headers) if headers else None)
+            for k, i in enumerate(range(0, len(refs), chunk))]
     workers = workers or config.cpu_count()
     if workers > 1 and len(jobs) > 1:
         with cf.ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent) as ex:
             results = list(ex.map(_discover_chunk, jobs))
     else:
         results = [_discover_chunk(j) for j in jobs]
+    read = {r: (uid, sop) for part in results for r, uid, sop in part}
+    return [(r, size, mtime, *read.get(r, ("", "unreadable"))) for r, size, mtime in listing], len(jobs)
+
+
+def _group(index: list[Entry]) -> Discovery:
+    """Files grouped by study, in listing order; a second copy of an instance (same SOPInstanceUID) dropped."""
     studies: dict[str, list[str]] = {}
     seen: dict[str, set[str]] = {}
     dup: Counter = Counter()
     skipped: Counter = Counter()
-    for part in results:
-        for r, uid, sop in part:
-            if not uid:
-                skipped[sop] += 1
-                continue
-            s = seen.setdefault(uid, set())
-            if sop and sop in s:
-                dup[uid] += 1
-                continue
-            s.add(sop)
-            studies.setdefault(uid, []).append(r)
-    return Discovery({u: sorted(f) for u, f in sorted(studies.items())}, dict(dup), dict(skipped), len(refs))
+    for r, _, _, uid, sop in index:
+        if not uid:
+            skipped[sop] += 1
+            continue
+        s = seen.setdefault(uid, set())
+        if sop and sop in s:
+            dup[uid] += 1
+            continue
+        s.add(sop)
+        studies.setdefault(uid, []).append(r)
+    return Discovery({u: sorted(f) for u, f in sorted(studies.items())}, dict(dup), dict(skipped), len(index), index)
 
 
-def read_discovery(state: Path) -> tuple[str, Discovery] | None:
-    """The discovery saved in a run's state folder (``STATE/studies.json``) and the archive it was made of, or
-    None when there is none. A file that is not what a run saved is a clear error, naming it and the fix."""
+def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk: int = 512,
+             headers: Path | None = None) -> Discovery:
+    """Group an archive's files by StudyInstanceUID, reading every header once, in ``workers`` processes (on a big
+    archive this pass is a large part of the run). With ``headers``, the parsed series are kept there on disk
+    (memory stays bounded) for the study workers. A study whose files are spread over folders is one study; a
+    second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
+    index, _ = _read_headers(_listing(archive), workers, chunk, headers)
+    return _group(index)
+
+
+def _is_entry(e: object) -> bool:
+    return (isinstance(e, list) and len(e) == 5 and isinstance(e[0], str) and isinstance(e[1], int)
+            and isinstance(e[2], int) and isinstance(e[3], str) and isinstance(e[4], str))
+
+
+def read_discovery(state: Path) -> tuple[str, str, Discovery, int] | None:
+    """The discovery saved in a run's state folder (``STATE/studies.json``): (the archive's resolved path, the
+    archive as it was given, the discovery, the header files' chunks used), or None when there is none. A
+    discovery saved by an earlier version (no file index) is read too. A file that is not what a run saved is a
+    clear error, naming it and the fix."""
     f = Path(state) / "studies.json"
     if not f.exists():
         return None
     try:
         d = json.loads(f.read_bytes())
-        if not (isinstance(d, dict) and isinstance(d.get("archive"), str) and isinstance(d.get("studies"), dict)
+        if not isinstance(d, dict) or not isinstance(d.get("archive"), str):
+            raise ValueError("not the discovery of a batch run")
+        if "index" in d:
+            if not (isinstance(d["index"], list) and all(map(_is_entry, d["index"]))
+                    and isinstance(d.get("root"), str) and isinstance(d.get("chunks"), int)):
+                raise ValueError("its file index is damaged")
+            disc = _group([(e[0], e[1], e[2], e[3], e[4]) for e in d["index"]])
+            return d["archive"], d["root"], disc, d["chunks"]
+        if not (isinstance(d.get("studies"), dict)
                 and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in d["studies"].values())
                 and isinstance(d.get("duplicates", {}), dict) and isinstance(d.get("skipped", {}), dict)
                 and isinstance(d.get("files", 0), int)):
@@ -213,20 +305,80 @@ def read_discovery(state: Path) -> tuple[str, Discovery] | None:
         raise CmrdxError(f"{f}: unreadable discovery state ({exc})",
                          hint=f"delete {f} to read the archive's headers again (studies in the journal are kept), "
                               f"or delete {Path(state)} to start the run again") from None
-    return d["archive"], Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
+    disc = Discovery(d["studies"], d.get("duplicates", {}), d.get("skipped", {}), d.get("files", 0))
+    return d["archive"], d["archive"], disc, 0
 
 
-def load_or_discover(archive: Path, state: Path, workers: int | None = None) -> Discovery:
-    """Discovery is saved with the journal (``STATE/studies.json``), so a resumed run does not re-read every
-    header."""
-    saved = read_discovery(state)
-    if saved is not None and saved[0] == str(archive.resolve()):
-        return saved[1]
+def save_discovery(state: Path, archive: Path, update: DiscoveryUpdate) -> None:
+    """Save a run's discovery (``STATE/studies.json``), atomically: the baseline the next run compares with."""
+    atomic_write(Path(state) / "studies.json", json.dumps({
+        "schema": DISCOVERY_SCHEMA, "archive": str(archive.resolve()), "root": str(archive), "chunks": update.chunks,
+        "index": update.discovery.index}, separators=(",", ":")))
+
+
+def _prune_headers(headers: Path, keep: set[str], chunks: int) -> None:
+    """Leave in ``headers`` only what the saved discovery wrote: the folders of studies ``keep``, header files of
+    chunks below ``chunks``. What an interrupted discovery of new files left goes, so it is never merged twice."""
     import shutil
 
-    shutil.rmtree(state / "headers", ignore_errors=True)  # left by a discovery that was interrupted
-    disc = discover(archive, workers, headers=state / "headers")
-    atomic_write(state / "studies.json", json.dumps({
-        "archive": str(archive.resolve()), "studies": disc.studies, "duplicates": disc.duplicates,
-        "skipped": disc.skipped, "files": disc.files}))
-    return disc
+    if not headers.is_dir():
+        return
+    folders = {headers_path(headers, uid, 0).parent.name for uid in keep}
+    for d in headers.iterdir():
+        if d.name not in folders:
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        for f in d.glob("*.pkl"):
+            if not f.stem.isdigit() or int(f.stem) >= chunks:
+                f.unlink(missing_ok=True)
+
+
+def refresh_discovery(archive: Path, state: Path, workers: int | None = None, chunk: int = 512) -> DiscoveryUpdate:
+    """The archive's discovery for a run on results whose state folder is ``state``, and what changed since the
+    discovery an earlier run saved there. The archive is listed again; only the headers of files that are new
+    or modified (size or modification time) are read. Nothing is saved (``save_discovery``, once the journal
+    knows what changed)."""
+    import shutil
+
+    saved = read_discovery(state)
+    headers = Path(state) / "headers"
+    listing = _listing(archive)
+    if saved is None or saved[0] != str(archive.resolve()) or not saved[2].index:
+        # first run, another archive, or a discovery without a file index: read every header
+        shutil.rmtree(headers, ignore_errors=True)  # left by a discovery that was interrupted
+        index, chunks = _read_headers(listing, workers, chunk, headers)
+        update = DiscoveryUpdate(_group(index), previous=saved is not None, chunks=chunks)
+        if saved is not None:
+            _compare(update, saved[2], saved[1], str(archive))
+        return update
+    _, root, old, chunks = saved
+    known = {e[0]: e for e in old.index}
+    fresh = [x for x in listing if (k := known.get(x[0])) is None or (k[1], k[2]) != (x[1], x[2])]
+    got: dict[str, Entry] = {}
+    if fresh:
+        _prune_headers(headers, set(old.studies), chunks)
+        entries, n = _read_headers(fresh, workers, chunk, headers, first_chunk=chunks)
+        got = {e[0]: e for e in entries}
+        chunks += n
+    index = [got.get(r) or known[r] for r, _, _ in listing]
+    update = DiscoveryUpdate(_group(index), previous=True, chunks=chunks)
+    _compare(update, old, root, str(archive))
+    for uid in update.changed + update.removed:
+        # header files of a changed study mix its old and new files: its worker reads the study's headers itself
+        shutil.rmtree(headers_path(headers, uid, 0).parent, ignore_errors=True)
+    return update
+
+
+def _compare(update: DiscoveryUpdate, old: Discovery, old_root: str, root: str) -> None:
+    """Fill ``update``'s added, changed and removed studies against the ``old`` discovery."""
+    new = update.discovery
+    update.added = sorted(set(new.studies) - set(old.studies))
+    update.removed = sorted(set(old.studies) - set(new.studies))
+    both = sorted(set(new.studies) & set(old.studies))
+    if old.index:
+        before, now = old.fingerprints(old_root), new.fingerprints(root)
+        update.changed = [u for u in both if before.get(u) != now.get(u)]
+    else:  # an earlier version's discovery knows the files, not their sizes and times
+        update.changed = [u for u in both if sorted(_relative(f, old_root) for f in old.studies[u])
+                          != sorted(_relative(f, root) for f in new.studies[u])]
+

@@ -2,7 +2,8 @@
 flushed and fsynced; and the one function that builds a study's record, for every engine and for failures.
 
 The journal is the commit log: a run killed at any moment (SIGKILL included) leaves at most one torn last line,
-which the next run drops. A record never holds patient identifiers: the study's UID, its folder relative to the
+which the next run drops. It is append-only: a study's later record supersedes its earlier ones, and a study
+that changed or left the archive since it was scored gets a record saying so ("changed", "removed"). A record never holds patient identifiers: the study's UID, its folder relative to the
 archive, the model, the scores, the embedding (base64 little-endian float32) and the recipe's notes.
 """
 
@@ -148,8 +149,32 @@ class Journal:
         os.fsync(self._fh.fileno())
         self.records[rec["study_uid"]] = rec
 
+    def supersede(self, uids: Sequence[str], status: str) -> None:
+        """Append a record that ends the scored record of each of ``uids`` (``status``: "changed", the study's
+        files changed and it is to be scored again; "removed", it left the archive). The log stays append-only:
+        the earlier records stay in it, the later one counts."""
+        lines = [json.dumps({"schema": JOURNAL_SCHEMA, "study_uid": u, "status": status}, separators=(",", ":"))
+                 for u in uids if is_scored(self.records.get(u))]
+        if not lines:
+            return
+        self._fh.write("\n".join(lines) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for u in uids:
+            if is_scored(self.records.get(u)):
+                self.records[u] = {"schema": JOURNAL_SCHEMA, "study_uid": u, "status": status}
+
+    def scored(self, uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current records of ``uids`` that score them (ok or failed), in the order of ``uids``."""
+        return {u: self.records[u] for u in uids if is_scored(self.records.get(u))}
+
     def close(self) -> None:
         self._fh.close()
+
+
+def is_scored(rec: dict[str, Any] | None) -> bool:
+    """Whether a journal record is a study's result (ok or failed), not a mark that its result no longer holds."""
+    return rec is not None and rec.get("status") in ("ok", "failed")
 
 
 def _record(line: bytes) -> dict[str, Any] | None:

@@ -57,6 +57,12 @@ class BatchSummary:
     duplicates: int = 0
     files_skipped: dict[str, int] = field(default_factory=dict)
     journal_skipped: int = 0  # corrupt journal lines skipped (their studies scored again)
+    # The archive since the earlier run on the same results (``resumed``): studies added and changed (both scored
+    # in this run) and removed (dropped from the results).
+    resumed: bool = False
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
 
     @property
     def studies_per_s(self) -> float:

@@ -108,7 +108,7 @@ def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, in
     if saved is None:
         raise CmrdxError(f"{state_dir(out)}: no batch run has discovered an archive for {out}",
                          hint="run `cmrdx batch ARCHIVE --out` first")
-    studies = saved[1].studies
+    studies = saved[2].studies
     records = Journal(journal_path(out))
     records.close()
     written = kept = 0

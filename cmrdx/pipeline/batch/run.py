@@ -1,6 +1,7 @@
-"""``run_batch``: discovery, then an engine prepares and encodes the studies not yet in the journal, and each
-encoded study becomes its record (``journal.build_record``), committed before the next; then the results file
-is rewritten from the journal."""
+"""``run_batch``: discovery (on a resumed run, what changed in the archive since), then an engine prepares and
+encodes the studies without a result in the journal (new, changed, or not reached before), and each encoded
+study becomes its record (``journal.build_record``), committed before the next; then the results file is
+rewritten from the journal, for the studies the archive holds now."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import CmrdxError
 from cmrdx.model.reference import load_reference
-from cmrdx.pipeline.batch.discover import load_or_discover
+from cmrdx.pipeline.batch.discover import refresh_discovery, save_discovery
 from cmrdx.pipeline.batch.engine import Engine, EngineJob
-from cmrdx.pipeline.batch.journal import Journal, RecordContext, build_record, journal_path, state_dir, state_lock
+from cmrdx.pipeline.batch.journal import (
+    Journal,
+    RecordContext,
+    build_record,
+    is_scored,
+    journal_path,
+    state_dir,
+    state_lock,
+)
 from cmrdx.pipeline.batch.options import BatchOptions, BatchSummary
 from cmrdx.pipeline.batch.results import FORMATS, write_results
 
@@ -84,17 +93,23 @@ def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
          progress: Callable[[int, int, str], None] | None) -> BatchSummary:
     t_start = time.perf_counter()
     sd = state_dir(out)
-    disc = load_or_discover(archive, sd, opts.workers)
-    headers = str(sd / "headers") if (sd / "headers").is_dir() else None
+    update = refresh_discovery(archive, sd, opts.workers)
+    disc = update.discovery
     journal = Journal(journal_path(out))
+    # Results that no longer hold are marked in the journal before the new discovery is saved: a run killed in
+    # between finds the same changes again, one killed after finds the marks.
+    journal.supersede(update.changed, "changed")
+    journal.supersede(update.removed, "removed")
+    save_discovery(sd, archive, update)
+    headers = str(sd / "headers") if (sd / "headers").is_dir() else None
     model = _Model.load(opts)
-    mismatched = {r["model_sha256"] for r in journal.records.values()} - {model.sha}
+    mismatched = {r["model_sha256"] for r in journal.records.values() if is_scored(r)} - {model.sha}
     if mismatched:
         journal.close()
         raise CmrdxError(f"{sd}: this run was started with another model ({', '.join(m[:12] for m in mismatched)})",
                          hint=f"use the same --model, or delete {sd} (and {out}) to start again")
-    done_before = len(journal.records)
-    todo = [u for u in disc.studies if u not in journal.records]
+    done_before = len(journal.scored(list(disc.studies)))
+    todo = [u for u in disc.studies if not is_scored(journal.records.get(u))]
     if opts.limit is not None:
         todo = todo[: opts.limit]
     total = len(disc.studies)
@@ -114,15 +129,17 @@ def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
         if close is not None:  # a generator engine: stop its workers now, even on an error or Ctrl-C
             close()
         journal.close()
-    write_results(journal.records, out)
-    if headers and all(u in journal.records for u in disc.studies):
+    records = journal.scored(list(disc.studies))  # the archive's studies only: a removed study's result is gone
+    write_results(records, out)
+    if headers and len(records) == total:
         import shutil
 
         shutil.rmtree(headers, ignore_errors=True)  # the run is complete: the parsed headers are no longer needed
-    failed = Counter(r["error"]["type"] for r in journal.records.values() if r["status"] == "failed")
+    failed = Counter(r["error"]["type"] for r in records.values() if r["status"] == "failed")
     return BatchSummary(
-        total=total, done_before=done_before, ok=sum(r["status"] == "ok" for r in journal.records.values()),
+        total=total, done_before=done_before, ok=sum(r["status"] == "ok" for r in records.values()),
         failed=dict(failed), seconds=time.perf_counter() - t_start, prepare_seconds=engine.prepare_seconds,
         encode_seconds=engine.encode_seconds, out=out, duplicates=sum(disc.duplicates.values()), files_skipped=disc.skipped,
-        journal_skipped=len(journal.skipped_lines),
+        journal_skipped=len(journal.skipped_lines), resumed=update.previous, added=len(update.added),
+        changed=len(update.changed), removed=len(update.removed),
     )
