@@ -8,7 +8,10 @@
 The journal (``OUT.cmrdx-batch/journal.jsonl``) is the commit log: a run killed at any moment (SIGKILL
 included) leaves at most one torn last line, which the next run drops; studies already in the journal are
 skipped, so running the same command again finishes the job with exactly the results of an uninterrupted
-run. The results file (Parquet, CSV or JSONL, by suffix) is rewritten atomically from the journal at the end.
+run. A resumed run lists the archive again: studies added or changed since are scored, removed ones leave
+the results (the journal stays append-only; a later record supersedes). One run at a time holds the state
+folder (a lock the system releases when the run's process ends), and reader workers end with their run.
+The results file (Parquet, CSV or JSONL, by suffix) is rewritten atomically from the journal at the end.
 Memory stays bounded: only the file lists of the archive and a bounded number of prepared studies are held.
 
 Modules import downwards only: discover <- prepare; discover, engine <- journal; engine <- options;
