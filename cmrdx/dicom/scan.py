@@ -1,12 +1,19 @@
 """Scan a folder / zip into studies and series, reading headers only.
 
-Files that are not DICOM, or whose header is unreadable, are skipped and counted by reason: never fatal.
-pydicom's complaints about the files that are read (non-conformant values, ...) are counted by kind per study
-(``ScanResult.read_warnings``), never printed per file.
+Files that are not DICOM, or whose header is unreadable, are skipped and counted by reason: never fatal. So are
+entries that are never opened (named pipes, devices, zip members over the limits: ``cmrdx.dicom.source``).
+pydicom's complaints about the files that are read (non-conformant values, ...) and the reader's own (a frame
+count the pixel data does not hold) are counted by kind per study (``ScanResult.read_warnings``), never printed
+per file.
+
+A second file with the SOPInstanceUID of one already read (in the same series) is not read again: with the same
+pixel data it is a copy, counted as skipped; with other pixel data the two are in conflict, the file first in path
+order is used and the series records the conflict (``Series.issues``), which the assembly reports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -19,10 +26,13 @@ from cmrdx.dicom.series import (
     MEDIA_STORAGE_DIRECTORY,
     ReadWarnings,
     Series,
+    StoredPixels,
+    _text_values,
     capture_read_warnings,
     frames_from_dataset,
     read_series_header,
     series_from_dataset,
+    stored_pixels,
 )
 from cmrdx.dicom.source import FileRef, iter_refs
 
@@ -55,13 +65,35 @@ class ScanResult:
         return sum(len(s.frames) if not s.is_enhanced else s.n_files for v in self.studies.values() for s in v)
 
 
+# Skip reasons of files that were read but not taken (the others come from ``source`` and ``pixeldata``).
+SKIP_NO_SERIES_UID = "no SeriesInstanceUID"
+SKIP_NO_SOP_CLASS = "no SOPClassUID or Modality"
+SKIP_CUT_SHORT = "header cut short (truncated file)"
+SKIP_COPY = "copy of another file (same SOPInstanceUID and pixel data)"
+SKIP_CONFLICT = "conflicting copy (same SOPInstanceUID, different pixel data)"
+
+
 def scan(path: str | os.PathLike[str]) -> ScanResult:
     """Read every object's header under ``path`` and group by StudyInstanceUID, then SeriesInstanceUID.
 
     Series within a study are ordered by SeriesNumber then UID. Frames keep their file order; geometry-based
-    ordering is the assembly's job.
+    ordering is the assembly's job. Entries that are not read at all (not regular files, zip members over the
+    limits, corrupt archives) are counted as scanned and skipped, with their reason.
     """
-    return scan_refs(iter_refs(path), str(path))
+    not_read: list[tuple[str, str]] = []
+    res = scan_refs(iter_refs(path, on_skip=lambda where, why: not_read.append((where, why))), str(path))
+    for where, why in not_read:
+        res.files_scanned += 1
+        _skip(res, why, where)
+    return res
+
+
+@dataclass
+class _Instances:
+    """The SOPInstanceUIDs read so far (per series), and conflicts between copies."""
+
+    first: dict[tuple[str, str], tuple[FileRef, StoredPixels]] = field(default_factory=dict)
+    conflicts: dict[str, list[tuple[FileRef, FileRef]]] = field(default_factory=dict)  # series -> (kept, dropped)
 
 
 def scan_refs(refs: Iterable[FileRef], root: str,
@@ -71,12 +103,18 @@ def scan_refs(refs: Iterable[FileRef], root: str,
     t0 = time.perf_counter()
     res = ScanResult(root=root)
     by_series: dict[str, Series] = {}
+    instances = _Instances()
     for ref in refs:
         res.files_scanned += 1
         with capture_read_warnings() as kinds:
-            study_uid = _read_one(res, by_series, ref, on_file)
+            study_uid = _read_one(res, by_series, ref, on_file, instances)
         if kinds:
             res.read_warnings.setdefault(study_uid or "", ReadWarnings()).add(kinds, ref)
+    for series_uid, pairs in instances.conflicts.items():
+        kept, dropped = pairs[0]
+        by_series[series_uid].issues.append(
+            f"{len(pairs)} SOPInstanceUID{'s' if len(pairs) != 1 else ''} stored twice with different pixel data "
+            f"(e.g. {_rel(kept, root)} and {_rel(dropped, root)}): the file first in path order is used")
     for s in by_series.values():
         res.studies.setdefault(s.study_uid, []).append(s)
     for uid in res.studies:
@@ -86,7 +124,7 @@ def scan_refs(refs: Iterable[FileRef], root: str,
 
 
 def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
-              on_file: Callable[[FileRef, Dataset | None], None] | None) -> str | None:
+              on_file: Callable[[FileRef, Dataset | None], None] | None, instances: _Instances) -> str | None:
     """Read one file's header into ``by_series``; its StudyInstanceUID, or None when it was skipped."""
     ds, why = read_series_header(ref)
     if on_file is not None:
@@ -98,12 +136,27 @@ def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
     if sop == MEDIA_STORAGE_DIRECTORY or ds.get("DirectoryRecordSequence") is not None:
         _skip(res, "DICOMDIR (directory index)", ref)
         return None
-    if "SeriesInstanceUID" not in ds or ("SOPClassUID" not in ds and "Modality" not in ds):
-        # A file cut short inside its header parses as a few elements and then nothing.
-        _skip(res, "incomplete header (truncated file?)", ref)
+    stored = stored_pixels(ds)
+    if not (_text_values(ds, "SeriesInstanceUID") or [""])[0]:
+        _skip(res, _incomplete(stored, SKIP_NO_SERIES_UID), ref)
+        return None
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        _skip(res, _incomplete(stored, SKIP_NO_SOP_CLASS), ref)
         return None
     try:
         series_uid = str(ds.SeriesInstanceUID)
+        sop_uid = (_text_values(ds, "SOPInstanceUID") or [""])[0]
+        if sop_uid:
+            key = (series_uid, sop_uid)
+            first = instances.first.get(key)
+            if first is not None:
+                if _same_pixels(first, (ref, stored), single_frame=_single_frame(ds)):
+                    _skip(res, SKIP_COPY, ref)
+                else:
+                    _skip(res, SKIP_CONFLICT, ref)
+                    instances.conflicts.setdefault(series_uid, []).append((first[0], ref))
+                return str(ds.get("StudyInstanceUID", "") or "") or None
+            instances.first[key] = (ref, stored)
         have = by_series.get(series_uid)
         if have is None:
             have = by_series[series_uid] = series_from_dataset(ds, ref)
@@ -119,6 +172,69 @@ def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
     return have.study_uid
 
 
-def _skip(res: ScanResult, reason: str, ref: FileRef) -> None:
+def _incomplete(stored: StoredPixels, missing: str) -> str:
+    """Why a file without the elements that place it in a series is skipped. A file cut short inside its header
+    parses as a few elements and then nothing, without a word from pydicom: cut short when one of its elements runs
+    past the end of the file; possibly cut short when it ends without pixel data; else it lacks the element."""
+    if stored.cut_short:
+        return SKIP_CUT_SHORT
+    if stored.known and stored.pixel_data is None:
+        return f"{missing} and no pixel data (cut short?)"
+    return missing
+
+
+def _skip(res: ScanResult, reason: str, ref: FileRef | str) -> None:
     res.files_skipped[reason] += 1
     res.skipped_examples.setdefault(reason, str(ref))
+
+
+def _pixel_digest(ref: FileRef, stored: StoredPixels) -> str | None:
+    """SHA-256 of the stored pixel data of ``ref`` (None when it cannot be located or read)."""
+    info = stored.pixel_data
+    if info is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        with ref.open() as fp:
+            fp.seek(info.value_offset)
+            left = info.available if info.length is not None else -1
+            while left != 0:
+                chunk = fp.read(1 << 20 if left < 0 else min(1 << 20, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                if left > 0:
+                    left -= len(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _same_pixels(a: tuple[FileRef, StoredPixels], b: tuple[FileRef, StoredPixels], single_frame: bool) -> bool:
+    """Whether two files hold the same image: the same stored pixel data or, for single-frame objects stored
+    differently (another transfer syntax), the same decoded pixels. Unknown counts as different: the conflict is
+    reported rather than hidden."""
+    da, db = _pixel_digest(*a), _pixel_digest(*b)
+    if da is not None and da == db:
+        return True
+    if not single_frame:
+        return False
+    from cmrdx.dicom.pixels import pixel_digest
+
+    pa, pb = pixel_digest(a[0]), pixel_digest(b[0])
+    return pa is not None and pa == pb
+
+
+def _single_frame(ds: Dataset) -> bool:
+    v = str(ds.get("NumberOfFrames", "") or "").strip()
+    return v in ("", "1")
+
+
+def _rel(ref: FileRef, root: str) -> str:
+    """``ref`` relative to the scanned folder when it lies under it (shorter in messages), else as it is."""
+    text = str(ref)
+    if os.path.isdir(root):
+        rel = os.path.relpath(text, root)
+        if not rel.startswith(".."):
+            return rel
+    return text

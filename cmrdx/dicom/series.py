@@ -24,7 +24,15 @@ import pydicom.datadict
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from cmrdx.dicom.source import FileRef
+from cmrdx.dicom.geometry import orientation_problem
+from cmrdx.dicom.pixeldata import (
+    MAX_FRAMES_PER_OBJECT,
+    PixelDataInfo,
+    frames_present,
+    read_pixel_data_info,
+    sniff,
+)
+from cmrdx.dicom.source import FileRef, UnreadableFileError, stream_size
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,9 @@ class Frame:
     echo_time: float | None = None  # ms
     complex_component: str | None = None  # Enhanced MR: MAGNITUDE, PHASE, REAL or IMAGINARY
     acquisition_contrast: str | None = None  # Enhanced MR: T1, T2, PERFUSION, FLOW_ENCODED, TAGGING, ...
+    # Why ``position`` or ``orientation`` is None (missing, not finite, not unit vectors, ...), for the assembly's
+    # warnings; None when both are usable.
+    geometry_issue: str | None = None
 
     @cached_property
     def normal(self) -> np.ndarray | None:
@@ -117,6 +128,10 @@ class Series:
     contrast_agent: str = ""  # ContrastBolusAgent: filled on images acquired after contrast
     frames: list[Frame] = field(default_factory=list)
     phi: dict[str, str] = field(default_factory=dict)
+    # Problems the scan found in this series' files that change what is read (plain text naming files, never a
+    # value from them): e.g. two files with one SOPInstanceUID and different pixel data. The assembly reports
+    # them for the series it uses.
+    issues: list[str] = field(default_factory=list)
     role: str = "other"
     view: str | None = None
     reason: str = ""
@@ -305,7 +320,7 @@ HEADER_KEYWORDS = (
     "NominalInterval", "HeartRate", "CardiacNumberOfImages", "TriggerTime", "SeriesTime", "AcquisitionTime",
     "AcquisitionDateTime", "InstanceNumber", "TemporalPositionIdentifier", "ImagePositionPatient",
     "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope", "RescaleIntercept", "Rows",
-    "Columns", "NumberOfFrames", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
+    "Columns", "NumberOfFrames", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence", "DimensionIndexSequence", "DirectoryRecordSequence", *PHI_KEYWORDS,
 )
 def _tags(keywords: tuple[str, ...]) -> list[int]:
@@ -319,28 +334,90 @@ def _tags(keywords: tuple[str, ...]) -> list[int]:
 _HEADER_TAGS = _tags(HEADER_KEYWORDS)
 
 
+SNIFF_BYTES = 140  # preamble, "DICM" and the first element's tag: all ``sniff`` needs to decide
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+@dataclass(frozen=True)
+class StoredPixels:
+    """What the file holds beyond its header: the pixel data element as stored (None when there is none) and
+    whether the header ran past the end of the file (a file cut short inside its header)."""
+
+    pixel_data: PixelDataInfo | None
+    known: bool  # False when the pixel data could not be located (deflated data sets): nothing is checked
+    cut_short: bool = False
+
+
+def stored_pixels(ds: Dataset) -> StoredPixels:
+    """What ``read_series_header`` found beyond the header of ``ds`` (unknown for a data set read otherwise)."""
+    got = getattr(ds, "_cmrdx_stored", None)
+    return got if isinstance(got, StoredPixels) else StoredPixels(None, known=False)
+
+
+def _locate_pixels(ds: Dataset, fp: Any) -> StoredPixels:
+    """The pixel data element after a ``stop_before_pixels`` read (which leaves ``fp`` at it)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts == DEFLATED:  # the data set was inflated by pydicom from the whole file: positions are its own
+        return StoredPixels(None, known=False)
+    size = stream_size(fp)
+    pos = fp.tell()
+    if size is not None and pos > size:  # pydicom skipped over an element longer than the rest of the file
+        return StoredPixels(None, known=True, cut_short=True)
+    if size is not None and pos >= size:  # no pixel data: was an element it kept cut short?
+        for elem in ds.elements():
+            tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
+            if isinstance(tell, int) and isinstance(length, int) and length != 0xFFFFFFFF and tell + length > size:
+                return StoredPixels(None, known=True, cut_short=True)
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return StoredPixels(None, known=False)
+    info = read_pixel_data_info(fp, implicit=bool(implicit), little=bool(little), size=size)
+    return StoredPixels(info, known=True)
+
+
 def read_series_header(ref: FileRef) -> tuple[Dataset | None, str | None]:
-    """Read one object's header (only HEADER_KEYWORDS). Returns (dataset, None) or (None, skip-reason)."""
+    """Read one object's header (only HEADER_KEYWORDS). Returns (dataset, None) or (None, skip-reason).
+
+    A file is handed to pydicom only if its first bytes look like DICOM (``pixeldata.sniff``): pydicom told to
+    read anything would walk a large non-DICOM file to its end. Where the pixel data starts and how much of it the
+    file holds is recorded with the data set (``stored_pixels``), so that no frame count is trusted beyond it."""
     try:
         # Only HEADER_KEYWORDS are parsed and values are converted (and validated) as the reader uses them: run
         # this under ``capture_read_warnings`` so that pydicom's complaints are counted, not printed. pydicom's
         # validation switch is process-wide, so it is left alone (toggling it per file races between threads).
         with ref.open() as fp:
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            except InvalidDicomError:
-                # No preamble: old-style or raw data set. Accept it only if it looks like an image object.
-                fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
-                if "SOPClassUID" not in ds and "Modality" not in ds:
-                    return None, "not DICOM"
+            head = fp.read(SNIFF_BYTES)
+            why = sniff(head)
+            if why is not None:
+                return None, why
+            fp.seek(0)
+            preamble = head[128:132] == b"DICM"
+            # Without a preamble: an old-style or raw data set, read with ``force`` (its first element was checked).
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble, specific_tags=_HEADER_TAGS)
+            if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
+                return None, "not DICOM"
+            ds._cmrdx_stored = _locate_pixels(ds, fp)
+    except UnreadableFileError as exc:
+        log.debug("%s: %s", ref, exc.reason)
+        return None, exc.reason
     except (InvalidDicomError, EOFError) as exc:
         log.debug("%s: not DICOM (%s)", ref, exc)
         return None, "not DICOM"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; a file is skipped, never fatal
         log.warning("%s: unreadable DICOM header (%s), skipped", ref, exc.__class__.__name__)
         return None, "unreadable header"
     return ds, None
+
+
+def note_read_warning(kind: str, ref: FileRef) -> None:
+    """Record a problem of ``ref`` the reader found itself (a kind, never a value) like pydicom's complaints: into
+    the enclosing ``capture_read_warnings`` (counted per study), else logged."""
+    sink = _SINK.get()
+    if sink is not None:
+        sink.append(kind)
+    else:
+        log.warning("%s: %s", ref.name, kind)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -547,28 +624,115 @@ def _fast_float(ds: Dataset, keyword: str) -> float | None:
     return _float(v[0]) if v else None
 
 
-def _fast_vec(ds: Dataset, keyword: str, n: int) -> np.ndarray | None:
-    return _vec(_text_values(ds, keyword), n)
+def _geo_vec(v: Any, n: int) -> tuple[np.ndarray | None, str | None]:
+    """(vector, None), or (None, what is wrong with it)."""
+    if v is None or (isinstance(v, (str, bytes)) and not v.strip()):
+        return None, "missing"
+    try:
+        vals = [float(x) for x in (v if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v])]
+    except (TypeError, ValueError, OverflowError):
+        return None, f"not {n} numbers"
+    if not vals:
+        return None, "missing"
+    if len(vals) != n:
+        return None, f"not {n} numbers"
+    arr = np.array(vals, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        return None, "not finite (NaN or infinite)"
+    return arr, None
+
+
+_ISSUES: dict[str, str] = {}  # one string object per distinct issue, shared by the frames that have it
+
+
+def _plane(ipp: Any, iop: Any) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(position, orientation, issue): a value that is missing, not finite or (orientation) not two perpendicular
+    unit vectors is None, and the issue says which and why."""
+    pos, p_why = _geo_vec(ipp, 3)
+    ori, o_why = _geo_vec(iop, 6)
+    if ori is not None:
+        o_why = orientation_problem(ori)
+        if o_why is not None:
+            ori = None
+    if p_why is None and o_why is None:
+        return pos, ori, None
+    parts = ([f"ImageOrientationPatient {o_why}"] if o_why else []) + ([f"ImagePositionPatient {p_why}"] if p_why else [])
+    issue = "; ".join(parts)
+    return pos, ori, _ISSUES.setdefault(issue, issue)
+
+
+# Reading warnings (kinds) for frame counts the reader does not take from the header as they are.
+FRAMES_INVALID = "NumberOfFrames not a positive whole number (frames counted from the pixel data)"
+FRAMES_BEYOND_DATA = "NumberOfFrames beyond the pixel data (only the frames present are listed)"
+FRAMES_OVER_LIMIT = f"over {MAX_FRAMES_PER_OBJECT} frames in one object (the first {MAX_FRAMES_PER_OBJECT} are listed)"
+PIXELS_SHORT = "pixel data shorter than one frame (truncated or corrupt; decoding fails)"
+PIXELS_MISSING = "no pixel data (decoding fails)"
+MATRIX_INVALID = "Rows or Columns not a positive number (decoding fails)"
+
+
+def frame_count(ds: Dataset, ref: FileRef, rows: int | None = None, cols: int | None = None) -> int:
+    """How many frames of ``ds`` are listed: NumberOfFrames, never more than the stored pixel data holds nor
+    MAX_FRAMES_PER_OBJECT. An object whose pixel data cannot hold one frame lists one frame (so that it is seen;
+    decoding it fails and says why). Each departure from the header is a reading warning of the file."""
+    raw = _text_values(ds, "NumberOfFrames")
+    claimed: int | None = 1
+    if raw:
+        f = _float(raw[0])
+        claimed = int(f) if f is not None and f >= 1 and f == int(f) else None
+    rows = rows if rows is not None else _int(ds.get("Rows")) or 0
+    cols = cols if cols is not None else _int(ds.get("Columns")) or 0
+    if rows <= 0 or cols <= 0:
+        note_read_warning(MATRIX_INVALID, ref)
+        return 1
+    stored = stored_pixels(ds)
+    present: int | None = None
+    if stored.known:
+        if stored.pixel_data is None:
+            note_read_warning(PIXELS_MISSING, ref)
+            return 1
+        bits = _int(ds.get("BitsAllocated"))
+        spp = _int(ds.get("SamplesPerPixel")) or 1
+        # Unknown or odd BitsAllocated: one bit a pixel, the fewest bytes any frame takes, still bounds the count.
+        bits = bits if bits in (1, 8, 16, 32, 64) else 1
+        photometric = (_text_values(ds, "PhotometricInterpretation") or [""])[0]
+        present = frames_present(stored.pixel_data, rows, cols, bits, max(spp, 1), photometric)
+    n = claimed if claimed is not None else (present or 1)
+    if claimed is None and n > 1:  # (an invalid count with one frame present is read as 1: nothing changes)
+        note_read_warning(FRAMES_INVALID, ref)
+    if present is not None and present < n:
+        if present == 0:
+            note_read_warning(PIXELS_SHORT, ref)
+            return 1
+        if claimed is not None:
+            note_read_warning(FRAMES_BEYOND_DATA, ref)
+        n = present
+    if n > MAX_FRAMES_PER_OBJECT:
+        note_read_warning(FRAMES_OVER_LIMIT, ref)
+        n = MAX_FRAMES_PER_OBJECT
+    return n
 
 
 def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
-    """Per-frame geometry and timing of one object (classic: one frame; Enhanced: NumberOfFrames)."""
+    """Per-frame geometry and timing of one object (classic: one frame; Enhanced: NumberOfFrames, as far as the
+    pixel data holds them: ``frame_count``)."""
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
-    n_frames = int(_fast_float(ds, "NumberOfFrames") or 1)
+    n_frames = frame_count(ds, ref, rows, cols)
     sop = str(ds.get("SOPClassUID", ""))
     acq_tm = _text_values(ds, "AcquisitionTime")
     acq = _time_seconds(acq_tm[0] if acq_tm else None) or _time_seconds(ds.get("AcquisitionDateTime"))
     if sop not in ENHANCED_SOP_CLASSES and n_frames == 1:
         inst = _fast_float(ds, "InstanceNumber")
         tidx = _fast_float(ds, "TemporalPositionIdentifier")
+        position, orientation, issue = _plane(_text_values(ds, "ImagePositionPatient"),
+                                              _text_values(ds, "ImageOrientationPatient"))
         return [
             Frame(
                 ref=ref,
                 index=None,
                 rows=rows,
                 cols=cols,
-                position=_fast_vec(ds, "ImagePositionPatient", 3),
-                orientation=_fast_vec(ds, "ImageOrientationPatient", 6),
+                position=position,
+                orientation=orientation,
                 pixel_spacing=_spacing(_text_values(ds, "PixelSpacing")),
                 slice_thickness=_fast_float(ds, "SliceThickness"),
                 trigger_time=_fast_float(ds, "TriggerTime"),
@@ -579,6 +743,7 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
                 image_type=_image_type(ds),
                 inversion_time=_fast_float(ds, "InversionTime"),
                 echo_time=_fast_float(ds, "EchoTime"),
+                geometry_issue=issue,
             )
         ]
     shared = _first(ds, "SharedFunctionalGroupsSequence")
@@ -601,14 +766,17 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
             div = content.get("DimensionIndexValues")
             if div is not None and isinstance(div, (list, pydicom.multival.MultiValue)) and temporal_dim < len(div):
                 tidx = int(div[temporal_dim])
+        position, orientation, issue = _plane(
+            pos.get("ImagePositionPatient") if pos is not None else ds.get("ImagePositionPatient"),
+            ori.get("ImageOrientationPatient") if ori is not None else ds.get("ImageOrientationPatient"))
         frames.append(
             Frame(
                 ref=ref,
                 index=i,
                 rows=rows,
                 cols=cols,
-                position=_vec(pos.get("ImagePositionPatient"), 3) if pos is not None else _vec(ds.get("ImagePositionPatient"), 3),
-                orientation=_vec(ori.get("ImageOrientationPatient"), 6) if ori is not None else _vec(ds.get("ImageOrientationPatient"), 6),
+                position=position,
+                orientation=orientation,
                 pixel_spacing=_spacing(meas.get("PixelSpacing")) if meas is not None else _spacing(ds.get("PixelSpacing")),
                 slice_thickness=_float(meas.get("SliceThickness")) if meas is not None else None,
                 trigger_time=_float(card.get("NominalCardiacTriggerDelayTime")) if card is not None else None,
@@ -625,6 +793,7 @@ def frames_from_dataset(ds: Dataset, ref: FileRef) -> list[Frame]:
                 echo_time=_float(echo.get("EffectiveEchoTime")) if echo is not None else None,
                 complex_component=_cs(ftype, "ComplexImageComponent"),
                 acquisition_contrast=_cs(ftype, "AcquisitionContrast"),
+                geometry_issue=issue,
             )
         )
     return frames
