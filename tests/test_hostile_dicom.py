@@ -14,6 +14,7 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pydicom.config
 import pytest
@@ -22,7 +23,7 @@ from pydicom.dataset import Dataset
 from cmrdx.dicom import FileRef, scan
 from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.series import read_series_header, series_from_dataset
-from cmrdx.errors import NoDicomError, PixelDecodeError
+from cmrdx.errors import NoCineError, NoDicomError, PixelDecodeError
 from cmrdx.study.assemble import assemble_study
 from helpers.cine_factory import build_cine_study
 from helpers.hostile import (
@@ -356,3 +357,180 @@ def test_file_cut_inside_its_header_is_called_cut_short(tmp_path):
     (d / "IM0002.dcm").write_bytes(real_file("MR_small.dcm").read_bytes()[:700])  # inside an element
     res = scan(d)
     assert dict(res.files_skipped) == {"header cut short (truncated file)": 1}
+
+
+# --- item 9: damaged geometry and timing never silently change the model's input ----------------------------------
+
+SAX = "CINE_segmented_SAX_b"  # cine_factory's Siemens-style short-axis cine: one series per slice
+GEOMETRY = {"n_slices": 6, "n_phases": 16, "lax_views": ("4CH",), "vendor": "siemens"}
+
+
+def _checks(study, rule: str) -> list:
+    found = [c for c in study.manifest.input_checks if c.rule == rule]
+    for c in found:
+        assert c.message in study.manifest.warnings
+    return found
+
+
+def _names(b, uids) -> set[str]:
+    by_uid = {s.uid: s.description for v in scan(b.root).studies.values() for s in v}
+    return {by_uid[u] for u in uids}
+
+
+BAD_ORIENTATION = {
+    "nan": (["nan"] * 6, "ImageOrientationPatient not finite (NaN or infinite)"),
+    "zero": ([0.0] * 6, "ImageOrientationPatient with a zero-length direction"),
+    "parallel": ([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], "ImageOrientationPatient with parallel row and column directions"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ORIENTATION))
+def test_nan_orientation_is_reported_not_silently_dropped(tmp_path, kind):
+    value, issue = BAD_ORIENTATION[kind]
+
+    def damage(ds: Dataset) -> None:
+        ds.ImageOrientationPatient = value
+
+    clean = assemble_study(build_cine_study(tmp_path / "clean", **GEOMETRY).root)
+    b = build_cine_study(tmp_path / kind, edit=damage, **GEOMETRY)
+    study = assemble_study(b.root)
+    for key in ("cine:SAX", "lge:SAX"):  # every slice is still there, 10 mm apart
+        sv, ref = study.views[key], clean.views[key]
+        assert (sv.n_slices, sv.n_phases) == (ref.n_slices, ref.n_phases) == (6, 16 if key == "cine:SAX" else 1)
+        np.testing.assert_allclose(np.abs(np.diff(sv.slice_positions)), 10.0, atol=0.01)
+        got, want = sv.pixels(phases=[0]), ref.pixels(phases=[0])
+        assert np.array_equal(got, want) or np.array_equal(got, want[::-1])  # the stack's sign is not known
+    (cine,) = [c for c in _checks(study, "orientation-unusable") if c.view == "cine:SAX"]
+    assert f"{issue} in 96 of 96 images: slices ordered along the direction their positions spread" in cine.message
+    assert _names(b, cine.series_uids) == {f"{SAX}{k}" for k in range(1, 7)}
+
+
+def test_orientation_damaged_in_some_images_places_them_with_the_others(tmp_path):
+    def damage(ds: Dataset) -> None:
+        if ds.SeriesDescription == f"{SAX}3":
+            ds.ImageOrientationPatient = ["nan"] * 6
+
+    study = assemble_study(build_cine_study(tmp_path / "s", edit=damage, **GEOMETRY).root)
+    assert study.views["cine:SAX"].n_slices == 6
+    (c,) = _checks(study, "orientation-unusable")
+    assert c.view == "cine:SAX" and "in 16 of 96 images: placed along the stack's normal from the other images" \
+        in c.message and f"'{SAX}3'" in c.message
+
+
+@pytest.mark.parametrize("value", ["missing", "nan"])
+def test_missing_position_leaves_the_short_axis_out_with_its_reason(tmp_path, value):
+    def damage(ds: Dataset) -> None:
+        if ds.SeriesDescription.startswith(SAX):
+            if value == "missing":
+                del ds.ImagePositionPatient
+            else:
+                ds.ImagePositionPatient = ["nan"] * 3
+
+    b = build_cine_study(tmp_path / "s", edit=damage, **GEOMETRY)
+    study = assemble_study(b.root)
+    assert "cine:SAX" not in study.views and "cine:4CH" in study.views and study.views["lge:SAX"].n_slices == 6
+    (c,) = _checks(study, "position-unusable")
+    what = "missing" if value == "missing" else "not finite (NaN or infinite)"
+    assert c.view == "cine:SAX" and (f"ImagePositionPatient {what} in all 96 images, which hold several slices: the "
+                                     "slices cannot be placed, the view is left out") in c.message
+    for d in study.manifest.decisions:
+        if d.description.startswith(SAX):
+            assert d.used_as is None and d.reason.startswith("cine:SAX left out: ImagePositionPatient")
+
+
+def test_a_study_whose_only_cine_cannot_be_placed_is_a_clear_error(tmp_path):
+    def damage(ds: Dataset) -> None:
+        del ds.ImagePositionPatient
+
+    b = build_cine_study(tmp_path / "s", **{**GEOMETRY, "lax_views": ()}, lge=False, edit=damage)
+    with pytest.raises(NoCineError) as ei:
+        assemble_study(b.root)
+    assert "no usable cine series" in ei.value.message and "ImagePositionPatient missing" in ei.value.message
+
+
+def test_position_missing_in_some_images_leaves_those_out_with_a_warning(tmp_path):
+    def damage(ds: Dataset) -> None:
+        if ds.SeriesDescription == f"{SAX}4":
+            del ds.ImagePositionPatient
+
+    study = assemble_study(build_cine_study(tmp_path / "s", edit=damage, **GEOMETRY).root)
+    assert study.views["cine:SAX"].n_slices == 5
+    (c,) = _checks(study, "position-unusable")
+    assert c.view == "cine:SAX" and f"'{SAX}4'" in c.message
+    assert "ImagePositionPatient missing in 16 of 96 images: those images are left out" in c.message
+
+
+def test_identical_positions_are_reported_not_silently_collapsed(tmp_path):
+    def damage(ds: Dataset) -> None:
+        if ds.SeriesDescription.startswith(SAX) or ds.SeriesDescription == "DE_TI_300_SAX_MAG":
+            ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+
+    study = assemble_study(build_cine_study(tmp_path / "s", edit=damage, **GEOMETRY).root)
+    assert "cine:SAX" not in study.views and "lge:SAX" not in study.views
+    checks = {c.view: c.message for c in _checks(study, "positions-collapsed")}
+    assert "all 96 images at one position (6 series): ImagePositionPatient does not separate the slices" \
+        in checks["cine:SAX"]
+    assert "all 6 images at one position (6 images of one series at one time)" in checks["lge:SAX"]
+
+
+def test_duplicate_sop_instance_uid_with_different_pixels_is_reported(tmp_path):
+    b = build_cine_study(tmp_path / "s", **{**GEOMETRY, "vendor": "ge"})
+    victim = sorted((b.root / "SAX_FIESTA_BH").iterdir())[3]
+    ds = pydicom.dcmread(victim)
+    px = ds.pixel_array.copy()
+    px[:8] = 0
+    ds.PixelData = px.tobytes()
+    (b.root / "again").mkdir()
+    ds.save_as(b.root / "again" / victim.name)
+    study = assemble_study(b.root)
+    assert study.manifest.files_skipped == {"conflicting copy (same SOPInstanceUID, different pixel data)": 1}
+    (c,) = _checks(study, "duplicate-instances")
+    assert c.view == "cine:SAX" and (f"1 SOPInstanceUID stored twice with different pixel data (e.g. SAX_FIESTA_BH/"
+                                     f"{victim.name} and again/{victim.name}): the file first in path order is used") \
+        in c.message
+    used = pydicom.dcmread(victim).pixel_array  # the kept copy is the one first in path order
+    sv = study.views["cine:SAX"]
+    assert any(np.array_equal(sv.pixels(slices=[k], phases=[p])[0, 0], used)
+               for k in range(sv.n_slices) for p in range(sv.n_phases))
+
+
+def test_identical_copy_of_an_instance_is_read_once(tmp_path):
+    b = build_cine_study(tmp_path / "s", **{**GEOMETRY, "vendor": "ge"})
+    victim = sorted((b.root / "SAX_FIESTA_BH").iterdir())[3]
+    (b.root / "again").mkdir()
+    shutil.copy(victim, b.root / "again" / victim.name)
+    res = scan(b.root)
+    assert res.files_skipped == {"copy of another file (same SOPInstanceUID and pixel data)": 1}
+    (sax,) = [s for v in res.studies.values() for s in v if s.description == "SAX_FIESTA_BH"]
+    assert len(sax.frames) == 6 * 16 and not sax.issues
+
+
+def test_cine_with_constant_trigger_time_keeps_its_phases(tmp_path):
+    def damage(ds: Dataset) -> None:
+        if "TriggerTime" in ds:  # the cines: every image at 0 ms, the order kept in TemporalPositionIdentifier
+            ds.TemporalPositionIdentifier = int(ds.InstanceNumber)
+            ds.TriggerTime = 0
+
+    b = build_cine_study(tmp_path / "s", edit=damage, **{**GEOMETRY, "vendor": "ge"}, lge=False)
+    study = assemble_study(b.root)
+    sv = study.views["cine:SAX"]
+    assert (sv.n_slices, sv.n_phases) == (6, 16)
+    first = sorted((b.root / "SAX_FIESTA_BH").iterdir())[:16]  # slice 0's phases, in instance order
+    want = np.stack([pydicom.dcmread(p).pixel_array for p in first]).astype(np.float32)
+    assert np.array_equal(sv.pixels(slices=[0])[0], want) or np.array_equal(sv.pixels(slices=[5])[0], want)
+    c = [c for c in _checks(study, "phase-order") if c.view == "cine:SAX"]
+    assert len(c) == 1 and ("TriggerTime the same for every image of a position: phases ordered by "
+                            "TemporalPositionIdentifier") in c[0].message
+    assert not _checks(study, "duplicate-images")
+
+
+def test_cine_without_usable_trigger_time_is_a_clear_error_that_says_so(tmp_path):
+    def damage(ds: Dataset) -> None:
+        if "TriggerTime" in ds:
+            ds.TriggerTime = "nan"
+
+    b = build_cine_study(tmp_path / "s", edit=damage, **{**GEOMETRY, "vendor": "ge"}, lge=False)
+    with pytest.raises(NoCineError) as ei:
+        assemble_study(b.root)
+    assert "16 images at one position, but no usable cardiac timing (TriggerTime missing, not a number" \
+        in ei.value.message

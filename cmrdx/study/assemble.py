@@ -4,6 +4,12 @@ Repairs real archives need (DICOM.md): a short-axis stack split into one series 
 repeated position keeps the latest acquisition; missing phases are detected and reported; slices with
 differing phase counts are resampled on normalised time (TriggerTime / RR); mixed matrix sizes are
 resampled to the most common one. Only headers are read here; pixels are decoded by the views' loaders.
+
+Damaged headers never silently change what a view holds: images whose ImagePositionPatient or
+ImageOrientationPatient is unusable, a stack whose positions collapse to one, cine phases that TriggerTime cannot
+order, and two files of one SOPInstanceUID with different pixels are each handled by a stated rule (``_placeable``,
+``PHASE_KEYS``) and reported as an input check naming the view and series; a view that cannot be placed is left
+out, and a study left without a cine is a NoCineError that says why (docs/bad-input.md).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +30,7 @@ from cmrdx.dicom.geometry import (
     group_by_position,
     positions_along,
     reference_normal,
+    stack_axis,
 )
 from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.scan import ScanResult, scan
@@ -143,18 +150,41 @@ def _frame_time_key(f: Frame) -> tuple:
     return (f.acquisition_time if f.acquisition_time is not None else -1.0, f.instance_number or 0, str(f.ref), f.index or 0)
 
 
-def _order_phases(frames: list[Frame]) -> list[Frame]:
-    """Frames of one position ordered by trigger time (or temporal index); a repeated time keeps the latest."""
-    def t(f: Frame) -> float:
-        if f.trigger_time is not None:
-            return f.trigger_time
-        if f.temporal_index is not None:
-            return float(f.temporal_index)
-        return float(f.instance_number or 0)
+# How the phases of a cine position are ordered: the first of these header values that every image of every position
+# of the view has, with more than one value at each position holding several images. TriggerTime (ms after the R
+# wave) is the cardiac phase itself; the others give the order only, so a fallback is reported. Values are rounded
+# to the ``ndigits`` given (a repeated value keeps the latest acquisition).
+PHASE_KEYS: tuple[tuple[str, Callable[[Frame], float | None], int], ...] = (
+    ("TriggerTime", lambda f: f.trigger_time, 1),
+    ("TemporalPositionIdentifier", lambda f: None if f.temporal_index is None else float(f.temporal_index), 0),
+    ("InstanceNumber", lambda f: None if f.instance_number is None else float(f.instance_number), 0),
+    ("AcquisitionTime", lambda f: f.acquisition_time, 4),
+)
 
+
+def _phase_key(groups: Sequence[Sequence[Frame]]) -> tuple[str, Callable[[Frame], float | None], int] | None:
+    """The first PHASE_KEYS entry usable at every position (None when none is)."""
+    for name, get, nd in PHASE_KEYS:
+        ok = True
+        for g in groups:
+            vals = [get(f) for f in g]
+            if any(v is None for v in vals) or (len(g) > 1 and len({round(float(v), nd) for v in vals if v is not None}) < 2):
+                ok = False
+                break
+        if ok:
+            return name, get, nd
+    return None
+
+
+def _order_phases(frames: list[Frame], key: tuple[str, Callable[[Frame], float | None], int] | None) -> list[Frame]:
+    """Frames of one position ordered by the view's phase key; a repeated value keeps the latest acquisition.
+    Without a key, the frames keep their file order (one phase each)."""
+    if key is None:
+        return sorted(frames, key=lambda f: (str(f.ref), f.index or 0))
+    _, get, nd = key
     by_time: dict[float, Frame] = {}
     for f in sorted(frames, key=_frame_time_key):
-        by_time[round(t(f), 1)] = f  # later acquisition overwrites
+        by_time[round(float(get(f) or 0.0), nd)] = f  # later acquisition overwrites
     return [by_time[k] for k in sorted(by_time)]
 
 
@@ -205,8 +235,88 @@ def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return sitk.GetArrayFromImage(res)
 
 
+# A short-axis view whose images all lie at one position while 3 or more images share a position and time: the
+# positions do not separate the slices (damaged or copied ImagePositionPatient), or one slice was imaged 3 times;
+# neither is a short-axis stack. Two images are a repeated acquisition, which the assembly resolves (the latest).
+COLLAPSED_MIN_IMAGES = 3
+
+
+def _by_series(frames: Sequence[Frame], owner: dict[int, Series]) -> list[Series]:
+    out: dict[int, Series] = {}
+    for f in frames:
+        s = owner[id(f)]
+        out.setdefault(id(s), s)
+    return list(out.values())
+
+
+def _issue_text(frames: Sequence[Frame]) -> str:
+    """The most common geometry issue of ``frames`` ("ImagePositionPatient missing", ...)."""
+    issues = Counter(f.geometry_issue for f in frames if f.geometry_issue)
+    return issues.most_common(1)[0][0] if issues else "not usable"
+
+
+def _images_per_time(frames: Sequence[Frame], owner: dict[int, Series]) -> int:
+    """Most images one series holds at one trigger time (all at one time when there is none)."""
+    count = Counter((id(owner[id(f)]), None if f.trigger_time is None else round(f.trigger_time, 1)) for f in frames)
+    return max(count.values(), default=0)
+
+
+def _placeable(view: str, key: str, frames: list[Frame], owner: dict[int, Series],
+               checks: list[InputCheck]) -> list[Frame] | None:
+    """The frames of a view that can be placed in its stack, after the geometry rules; None when the view cannot be
+    assembled. Every rule that applies adds a check naming the series:
+
+    - orientation not usable in some images: they are placed along the stack's normal from the others; in all
+      images: the slices are ordered along the direction their positions spread;
+    - position not usable in some images: those images are left out; in all images: one slice if the view holds one
+      image per time (a long-axis view), else the view is left out;
+    - a short-axis view collapsed to one position with COLLAPSED_MIN_IMAGES or more images per time: left out.
+    """
+    no_ori = [f for f in frames if f.orientation is None]
+    if no_ori:
+        if len(no_ori) < len(frames):
+            how = "placed along the stack's normal from the other images"
+        elif len(group_by_position(frames)) > 1:
+            how = "slices ordered along the direction their positions spread"
+        else:
+            how = "one slice, its plane not known"
+        _check(checks, "orientation-unusable", key, _by_series(no_ori, owner),
+               f"{_issue_text(no_ori)} in {len(no_ori)} of {len(frames)} images: {how}")
+    no_pos = [f for f in frames if f.position is None]
+    if no_pos and len(no_pos) == len(frames):
+        if _images_per_time(frames, owner) <= 1 and len(_by_series(frames, owner)) == 1:
+            _check(checks, "position-unusable", key, _by_series(no_pos, owner),
+                   f"{_issue_text(no_pos)} in all {len(frames)} images: taken as one slice (the view holds one image "
+                   "per time)")
+            return frames
+        _check(checks, "position-unusable", key, _by_series(no_pos, owner),
+               f"{_issue_text(no_pos)} in all {len(frames)} images, which hold several slices: the slices cannot be "
+               "placed, the view is left out")
+        return None
+    if no_pos:
+        _check(checks, "position-unusable", key, _by_series(no_pos, owner),
+               f"{_issue_text(no_pos)} in {len(no_pos)} of {len(frames)} images: those images are left out")
+        gone = {id(f) for f in no_pos}
+        frames = [f for f in frames if id(f) not in gone]
+    if view == "SAX" and len(group_by_position(frames)) == 1:
+        per_time = _images_per_time(frames, owner)
+        n_series = len(_by_series(frames, owner))
+        if per_time >= COLLAPSED_MIN_IMAGES or n_series >= COLLAPSED_MIN_IMAGES:
+            what = (f"{n_series} series" if n_series >= COLLAPSED_MIN_IMAGES else
+                    f"{per_time} images of one series at one time")
+            _check(checks, "positions-collapsed", key, _by_series(frames, owner),
+                   f"all {len(frames)} images at one position ({what}): ImagePositionPatient does not separate the "
+                   "slices, the view is left out")
+            return None
+    return frames
+
+
 def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
-                read_warnings: ReadWarnings | None = None) -> StudyView:
+                read_warnings: ReadWarnings | None = None,
+                checks: list[InputCheck] | None = None) -> StudyView | None:
+    """The view's stack from ``chosen``; None when the geometry rules leave it out (``checks`` says why)."""
+    checks = checks if checks is not None else []
+    key = view_key(role, view)
     frames: list[Frame] = []
     photometric: dict[int, str] = {}
     owner: dict[int, Series] = {}
@@ -215,7 +325,24 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
             frames.append(f)
             photometric[id(f)] = s.photometric
             owner[id(f)] = s
+    if not frames:
+        _check(checks, "no-images", key, chosen, "no image to assemble: the view is left out")
+        return None
+    placed = _placeable(view, key, frames, owner, checks)
+    if placed is None:
+        return None
+    frames = placed
     groups = group_by_position(frames)
+    phase_key = None
+    if role == "cine":
+        phase_key = _phase_key(groups)
+        if phase_key is None or phase_key[0] != "TriggerTime":
+            bad = [f for f in frames if f.trigger_time is None]
+            why = (f"missing or not a number in {len(bad)} of {len(frames)} images" if bad else
+                   "the same for every image of a position")
+            how = f"phases ordered by {phase_key[0]}" if phase_key else \
+                "no other header orders them either: each position's images are kept in file order"
+            _check(checks, "phase-order", key, _by_series(bad or frames, owner), f"TriggerTime {why}: {how}")
     rr = next((s.rr_interval for s in chosen if s.rr_interval), None)
     slices: list[list[Frame]] = []
     for g in groups:
@@ -229,7 +356,7 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
                 f"dropped {', '.join('#' + str(s.number) for s in dropped)}"
             )
             g = [f for f in g if owner[id(f)] is keep]
-        ordered = _order_phases(g) if role == "cine" else sorted(g, key=_frame_time_key)[-1:]
+        ordered = _order_phases(g, phase_key) if role == "cine" else sorted(g, key=_frame_time_key)[-1:]
         if role == "lge" and len(g) > 1:
             notes.append(f"{len(g)} images at one LGE position: kept the latest")
         slices.append(ordered)
@@ -266,8 +393,10 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
     if len(shapes) > 1:
         notes.append(f"mixed matrix sizes {sorted(shapes)}: resampled to {shape[0]}x{shape[1]}")
     ref_frame = next(f for row in grid for f in row if (f.rows, f.cols) == shape)
-    normal = reference_normal([row[0] for row in grid])
+    normal = stack_axis([f for row in grid for f in row])
     positions = positions_along([row[0] for row in grid], normal) if normal is not None else np.arange(len(grid), dtype=float)
+    if not np.all(np.isfinite(positions)):  # a single slice without a position (its check says so)
+        positions = np.arange(len(grid), dtype=float)
     spacing = ref_frame.pixel_spacing or (1.0, 1.0)
     mid = grid[len(grid) // 2]
     trig = np.array([f.trigger_time if f.trigger_time is not None else np.nan for f in mid], dtype=np.float64)
@@ -321,6 +450,24 @@ def _view_frames(role: str, s: Series, notes: list[str]) -> list[Frame]:
     return [f for f in s.frames if not frame_is_psir_real(f)]
 
 
+# Checks whose failure leaves a view out of the study.
+LEFT_OUT_RULES = frozenset({"position-unusable", "positions-collapsed", "no-images"})
+
+
+def _left_out_reason(checks: Sequence[InputCheck]) -> str:
+    bad = [c for c in checks if c.rule in LEFT_OUT_RULES]
+    return bad[-1].message.split("): ", 1)[-1] if bad else "not assembled"
+
+
+def _series_issue_checks(key: str, chosen: Sequence[Series]) -> list[InputCheck]:
+    """The problems the scan recorded in the chosen series' files (``Series.issues``), as checks of the view."""
+    out: list[InputCheck] = []
+    for s in chosen:
+        for issue in getattr(s, "issues", ()):  # (series pickled by an older version have none)
+            _check(out, "duplicate-instances", key, [s], issue)
+    return out
+
+
 def _choose(role: str, view: str, cands: list[Series]) -> tuple[list[Series], list[tuple[Series, str]]]:
     """Which series build a view. SAX merges parallel stacks (split per-slice series); other views take one."""
     if view == "SAX":
@@ -352,6 +499,7 @@ def assemble_study(
     found = insp.views_found
     used_by: dict[str, str] = {}
     why_skipped: dict[str, str] = {}
+    left_out: list[str] = []  # views the geometry rules left out, with why
     for key, cands in found.items():
         role, view = key.split(":")
         psir_skipped: list[tuple[Series, str]] = []
@@ -363,9 +511,19 @@ def assemble_study(
         notes: list[str] = list(psir_notes)
         if view == "SAX" and len(chosen) > 1:
             notes.append(f"short-axis stack merged from {len(chosen)} series")
-        sv = _build_view(role, view, chosen, notes, manifest.read_warnings)
+        checks = _series_issue_checks(key, chosen)
+        sv = _build_view(role, view, chosen, notes, manifest.read_warnings, checks)
+        if sv is None:  # the geometry rules left the view out; the checks say why
+            manifest.input_checks.extend(checks)
+            manifest.warnings.extend(c.message for c in checks)
+            left_out.extend(c.message for c in checks if c.rule in LEFT_OUT_RULES)
+            for s in chosen:
+                why_skipped[s.uid] = f"{key} left out: {_left_out_reason(checks)}"
+            for s, why in skipped:
+                why_skipped[s.uid] = why
+            continue
         study.views[key] = sv
-        checks = input_checks(sv, chosen)
+        checks.extend(input_checks(sv, chosen))
         manifest.input_checks.extend(checks)
         manifest.warnings.extend(c.message for c in checks)
         for s in chosen:
@@ -394,6 +552,13 @@ def assemble_study(
             )
         )
     if require_cine and not any(k.startswith("cine:") for k in study.views):
+        cine_left_out = [m for m in left_out if m.startswith("cine:")]
+        if cine_left_out:
+            raise NoCineError(
+                f"{insp.scan.root}: no usable cine series in study {insp.study_uid}: " + "; ".join(cine_left_out),
+                hint="the images' geometry headers (ImagePositionPatient, ImageOrientationPatient) are damaged: "
+                     "re-export the study from the scanner or PACS",
+            )
         roles = Counter(s.reason if s.role == "other" else s.role for s in insp.series)
         listing = ", ".join(f"{n} {r}" for r, n in roles.most_common())
         raise NoCineError(
@@ -462,8 +627,8 @@ def input_checks(sv: StudyView, chosen: Sequence[Series]) -> list[InputCheck]:
     uneven spacing, mixed orientations, different images at one position and time, too few cine phases."""
     out: list[InputCheck] = []
     key = sv.key
-    frames = [f for s in chosen for f in s.frames]
-    normal = reference_normal(frames)
+    frames = [f for s in chosen for f in s.frames if f.position is not None]
+    normal = stack_axis(frames)
     pos = np.asarray(sv.slice_positions, dtype=np.float64)
     if normal is not None and pos.size and np.all(np.isfinite(pos)):
         _spacing_checks(out, sv, chosen, normal, pos)
@@ -547,13 +712,17 @@ def _duplicate_check(out: list[InputCheck], key: str, chosen: Sequence[Series], 
     for s in chosen:
         n_pairs = 0
         example = ""
-        for g in group_by_position(s.frames):
+        groups = group_by_position([f for f in s.frames if f.position is not None])
+        phase = _phase_key(groups)  # the key the assembly ordered the phases by (its fallback has its own check)
+        if phase is None:
+            continue
+        _, get, nd = phase
+        for g in groups:
             by_time: dict[float, list[Frame]] = {}
             for f in g:
-                t = f.trigger_time if f.trigger_time is not None else (
-                    float(f.temporal_index) if f.temporal_index is not None else None)
+                t = get(f)
                 if t is not None:
-                    by_time.setdefault(round(t, 1), []).append(f)
+                    by_time.setdefault(round(t, nd), []).append(f)
             for t, fs in by_time.items():
                 ids = {(str(f.ref), f.index) if f.index is not None else
                        (f.instance_number, f.acquisition_time, f.rescale, f.rows, f.cols) for f in fs}
@@ -566,7 +735,8 @@ def _duplicate_check(out: list[InputCheck], key: str, chosen: Sequence[Series], 
                         k = int(np.argmin(np.abs(pos - float(np.dot(normal, g[0].position)))))
                         where = f"slice {k}, "
                     inst = sorted({f.instance_number for f in fs if f.instance_number is not None})
-                    example = f"{where}{t:g} ms: {len(ids)} images" + (f", instances {', '.join(map(str, inst))}" if inst else "")
+                    at = f"{t:g} ms" if phase[0] == "TriggerTime" else f"{phase[0]} {t:g}"
+                    example = f"{where}{at}: {len(ids)} images" + (f", instances {', '.join(map(str, inst))}" if inst else "")
         if n_pairs:
             _check(out, "duplicate-images", key, [s],
                    f"different images at the same position and time in {n_pairs} place(s) (e.g. {example}): "

@@ -728,6 +728,12 @@ def _by_tags(s: Series, e: Evidence) -> Decision:
     if PHASE_TYPES & e.itype:
         return Role.OTHER, "phase image (ImageType P) without velocity encoding or cardiac phases (a field map?)"
     if e.named(RE_CINE):
+        if e.images_per_position >= CINE_MIN_PHASES:
+            # The images of a cine without the header that orders them in the cardiac cycle: not taken as a cine
+            # (its phases would be guessed), and said so rather than called single-phase.
+            return Role.OTHER, (f"named like a cine ('{e.named(RE_CINE)}') with {e.images_per_position} images at one "
+                                "position, but no usable cardiac timing (TriggerTime missing, not a number or the "
+                                "same in every image)")
         return Role.OTHER, f"single-phase image named like a cine ('{e.named(RE_CINE)}'): incomplete cine?"
     return Role.OTHER, "single-phase MR without inversion recovery (not cine, not LGE)"
 
