@@ -2,9 +2,16 @@
 
 Every cmrdx error carries an exit code so the CLI can map failures to documented codes
 without parsing messages. Messages name the file (or folder) and the fix.
+
+``EXIT_CODES`` is the whole table the ``cmrdx`` command exits with (the README's "Exit codes" lists the same):
+the error classes here, and the three outcomes that are not cmrdx errors: a command line that cannot be parsed
+(``UsageError``, also what click reports), an unexpected exception (``InternalError``) and an interrupt.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 
 class CmrdxError(Exception):
@@ -16,6 +23,14 @@ class CmrdxError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if not hint else f"{message}\n  fix: {hint}")
+
+
+class UsageError(CmrdxError):
+    """The command line is wrong: an unknown command or option, a missing argument, a value of the wrong type or
+    out of range. The parser's own usage errors (printed with the command's usage) exit with this code too; this
+    class is for a value found wrong after parsing (e.g. an AE title with control characters)."""
+
+    exit_code = 2
 
 
 class InputNotFoundError(CmrdxError):
@@ -84,10 +99,50 @@ class StoreFailedError(CmrdxError):
     exit_code = 12
 
 
+class OutputError(CmrdxError):
+    """A file cannot be written (or read) where asked: a folder where a file is expected, a folder that is not
+    writable, a read-only or full disk, standard output closed or full. Outputs are checked before any work."""
+
+    exit_code = 13
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: str | os.PathLike[str] | None = None, *,
+                      doing: str = "cannot write here") -> OutputError:
+        """The system's refusal as an OutputError naming ``path`` (else the error's own file name), with the fix
+        that fits its cause."""
+        where = path if path is not None else exc.filename
+        what = f"{doing} ({exc.strerror or exc})"
+        return cls(f"{os.fsdecode(where)}: {what}" if where is not None else what,
+                   hint=_OS_HINTS.get(exc.errno or 0, "choose another path"))
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space, or write to another disk",
+    errno.EDQUOT: "free some space within your disk quota, or write to another disk",
+    errno.EROFS: "the disk is read-only: choose a folder on a writable disk",
+    errno.EACCES: "check the permissions of the file and its folder, or choose a folder you can write to",
+    errno.EPERM: "check the permissions of the file and its folder, or choose a folder you can write to",
+    errno.EISDIR: "give a file name, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output path",
+    errno.ENAMETOOLONG: "choose a shorter file name",
+    errno.ELOOP: "the path goes round a loop of symbolic links: choose another output path",
+    errno.EPIPE: "the program reading the output stopped early",
+}
+
+
+class InternalError(CmrdxError):
+    """An exception cmrdx did not expect: a bug. The CLI names it in one line; ``cmrdx -v`` shows the traceback."""
+
+    exit_code = 70
+
+
+INTERRUPTED = 130  # Ctrl-C (SIGINT): the shell's 128 + signal number
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
         CmrdxError,
+        UsageError,
         InputNotFoundError,
         NoDicomError,
         NoMRError,
@@ -99,5 +154,7 @@ EXIT_CODES = {
         SendError,
         AssociationRejectedError,
         StoreFailedError,
+        OutputError,
+        InternalError,
     )
-}
+} | {"Interrupted": INTERRUPTED}

@@ -179,6 +179,51 @@ def test_outputs_are_atomic_and_errors_name_the_file(example, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.dcm"]
 
 
+
+def test_output_errors_name_the_cause_and_the_fix_with_exit_13(tmp_path):
+    """A full disk, a folder, a path under a file, a name too long: OutputError (exit 13) naming the file and a fix
+    that fits the cause, before or instead of a traceback."""
+    import errno
+
+    from cmrdx.errors import EXIT_CODES
+    from cmrdx.outputs import check_target, write_atomic
+
+    if Path("/dev/full").exists():
+        with pytest.raises(OutputError, match="/dev/full: cannot write here .No space left") as ei:
+            write_atomic("/dev/full", "{}")
+        assert ei.value.exit_code == EXIT_CODES["OutputError"] == 13 and "disk space" in ei.value.hint
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "folder")
+    with pytest.raises(OutputError, match="link: is a folder"):  # a link is judged by its target
+        check_target(tmp_path / "link")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_target(tmp_path / "file" / "deeper" / "out.json")
+    with pytest.raises(OutputError) as ei:
+        check_target(tmp_path / ("n" * 300))
+    assert "File name too long" in ei.value.message and ei.value.hint == "choose a shorter file name"
+    assert OutputError.from_os_error(OSError(errno.EROFS, "Read-only file system", "/x")).hint.startswith("the disk is")
+
+
+def test_write_atomic_writes_a_pipe_behind_a_link_in_place(tmp_path):
+    """/dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], a name that cannot be opened: the link itself is
+    opened and written, and no temporary file is made next to anything."""
+    import os
+
+    from cmrdx.outputs import write_atomic
+
+    r, w = os.pipe()
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/proc/self/fd/{w}")
+    try:
+        assert write_atomic(link, "through the pipe\n") == link
+        os.close(w)
+        assert os.read(r, 100) == b"through the pipe\n"
+    finally:
+        os.close(r)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["stdout"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # FHIR
 

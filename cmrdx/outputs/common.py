@@ -4,11 +4,12 @@ study read once for all outputs (``StudySource``)."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cmrdx.errors import CmrdxError
+from cmrdx.errors import OutputError  # defined with the other exit codes; callers import it from here too
 from cmrdx.fileio import atomic_write
 from cmrdx.vocab import DEFAULT_MODEL
 
@@ -34,12 +35,6 @@ for _names, _dcm, _uri in [
         CODE_SYSTEMS[_n.upper()] = (_dcm, _uri)
 
 
-class OutputError(CmrdxError):
-    """An output cannot be built or written (the message names the file and the fix)."""
-
-    exit_code = 1
-
-
 def code_system(system: str) -> tuple[str, str] | None:
     """(DICOM designator, FHIR URI) of a bank code's system, or None for a system cmrdx does not know."""
     return CODE_SYSTEMS.get(str(system).strip().upper())
@@ -50,27 +45,93 @@ def is_demo_model(result: ClassifyResult) -> bool:
 
 
 def check_target(path: str | os.PathLike[str]) -> Path:
-    """Fail before any work when ``path`` cannot be an output file (a folder, or under a file)."""
+    """Fail before any work when ``path`` cannot be an output file: a folder, a path under a file, a folder that
+    cannot be written, a name the system refuses. A device or a pipe (``/dev/stdout``, ``/dev/null``) is a valid
+    target: it is written in place. A symbolic link is judged by its target, which is what gets written."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder", hint="give a file name, e.g. out/report.html")
-    for parent in path.parents:
+    try:
+        try:
+            st = os.stat(path)  # through links: /dev/stdout -> /proc/self/fd/1 -> a pipe that has no path of its own
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{path}: is a folder", hint="give a file name, e.g. out/report.html")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            if not os.access(path, os.W_OK):
+                raise OutputError(f"{path}: cannot be written", hint="choose another output path")
+            return path
+        _check_parent(path, Path(os.path.realpath(path)))
+    except OSError as exc:  # a name too long, a loop of symbolic links
+        raise OutputError.from_os_error(exc, path) from exc
+    return path
+
+
+def _check_parent(path: Path, real: Path) -> None:
+    """The nearest existing folder above ``real`` is a folder and writable (a new file and its temporary file go
+    there, and missing folders are made there)."""
+    for parent in real.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(f"{path}: {parent} is a file, not a folder", hint="choose another output path")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise OutputError(f"{path}: {parent} is not writable", hint="choose a writable folder")
-            break
+                raise OutputError(f"{path}: {parent} is not writable", hint="choose a folder you can write to")
+            return
+
+
+def check_targets(**paths: str | os.PathLike[str] | None) -> None:
+    """Every output file of a command (by option name; None: not asked for), checked before any work with
+    ``check_target``, and no file named for two outputs (the second would replace the first)."""
+    seen: dict[Path, str] = {}
+    for name, p in paths.items():
+        if p is None:
+            continue
+        check_target(p)
+        key = Path(os.path.realpath(p))
+        if key in seen and not key.is_char_device():  # /dev/stdout twice is two writes to one stream, not one file
+            first, second = (f"--{n.replace('_', '-')}" for n in (seen[key], name))
+            raise OutputError(f"{p}: named for both {first} and {second}", hint="give each output its own file")
+        seen[key] = name
+
+
+def check_folder_target(path: str | os.PathLike[str]) -> Path:
+    """Fail before any work when ``path`` cannot be an output folder (a store, a folder of reports): an existing
+    file, a folder that cannot be written, or no writable folder to make it in."""
+    path = Path(path)
+    try:
+        real = Path(os.path.realpath(path))
+        if real.exists():
+            if not real.is_dir():
+                raise OutputError(f"{path}: is a file, not a folder", hint="give a folder, or remove the file")
+            if not os.access(real, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: the folder is not writable", hint="choose a folder you can write to")
+            return path
+        _check_parent(path, real)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, path) from exc
     return path
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` with ``cmrdx.fileio.atomic_write``; a failure is an OutputError naming the file."""
+    """Write ``data`` to ``path`` with ``cmrdx.fileio.atomic_write``; a failure is an OutputError naming the file
+    and the fix for its cause (a full disk, a read-only folder, ...)."""
     path = check_target(path)
     try:
+        if _is_stream(path):  # written in place, through the link: the link's own target may have no path
+            with open(path, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            return path
         return atomic_write(path, data)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc.strerror})", hint="choose a writable folder") from exc
+        raise OutputError.from_os_error(exc, path) from exc
+
+
+def _is_stream(path: Path) -> bool:
+    """A device or a pipe, reached directly or through symbolic links (``/dev/stdout`` when it is a pipe resolves
+    to ``/proc/PID/fd/pipe:[N]``, which cannot be opened by that name)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass

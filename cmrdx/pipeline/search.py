@@ -142,7 +142,10 @@ class Store:
 
 def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: str | None = None) -> dict[str, Any]:
     """Build a store from a batch run's ``OUT.embeddings.npz`` (no re-encoding)."""
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.pipeline.batch import embeddings_path, state_dir
+
+    check_folder_target(db)  # a file, or a folder that cannot be written, before anything is read
 
     p = embeddings_path(Path(batch_out))
     disc = state_dir(Path(batch_out)) / "studies.json"
@@ -159,9 +162,11 @@ def index_archive(archive: str | os.PathLike[str], db: str | os.PathLike[str], *
                   device: str = "auto", ann: str = "auto") -> tuple[dict[str, Any], BatchSummary]:
     """Embed an archive with a batch run kept in the store (``DB/batch.jsonl``, resumable like any batch run)
     and build the store from it. Returns the store's ``index.json`` and the batch run's summary."""
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.pipeline.batch import BatchOptions, run_batch
 
     archive, db = Path(archive), Path(db)
+    check_folder_target(db)  # before the archive is read and encoded
     out = db / "batch.jsonl"
     summary = run_batch(archive, out, BatchOptions(model=model, device=device))
     return store_from_batch(out, db, ann=ann, archive=str(archive.resolve())), summary
