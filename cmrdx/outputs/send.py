@@ -8,8 +8,11 @@ association (wrong AE titles), a storage SOP class the peer does not accept, a f
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cmrdx.errors import (  # noqa: F401 - re-exported for callers of this module
     AssociationRejectedError,
@@ -18,6 +21,7 @@ from cmrdx.errors import (  # noqa: F401 - re-exported for callers of this modul
     NoDicomError,
     SendError,
     StoreFailedError,
+    UsageError,
 )
 
 
@@ -34,6 +38,43 @@ class StoreOutcome:
     @property
     def ok(self) -> bool:
         return self.status is not None and (self.status == 0x0000 or (self.status >> 12) == 0xB)
+
+
+class _Deadline:
+    """Ends an exchange with the peer that takes longer than ``seconds`` by closing the association's socket.
+
+    pynetdicom reads a PDU until every byte its header announced has arrived, with no time limit once connected:
+    a peer that answers with bytes that are not DICOM (a 4 GB "length" in its first six bytes) or trickles them
+    would hold the command, and grow its buffer, for ever. Closing the socket ends the read; the association then
+    reports itself aborted and the caller names the cause (``expired``). ``assocs``: the associations to end
+    (filled by the caller, e.g. from pynetdicom's connection-open event while ``associate`` is still running)."""
+
+    def __init__(self, seconds: float, assocs: list[Any]):
+        self.expired = False
+        self._assocs = assocs
+        self._timer = threading.Timer(max(seconds, 0.1), self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        self.expired = True
+        for assoc in self._assocs:
+            sock = getattr(assoc.dul, "socket", None)
+            if sock is not None:
+                sock.close()
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _size_mb(path: Path) -> float:
+    try:
+        return path.stat().st_size / 1e6
+    except OSError:
+        return 0.0
 
 
 def read_for_send(files: list[str | os.PathLike[str]]):
@@ -79,11 +120,11 @@ def send(
     lists them; ``.outcomes`` holds all), NoDicomError / InputNotFoundError (bad input, before connecting).
     """
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
 
-    for opt, title in (("--aet", aet), ("--calling-aet", calling_aet)):
-        if not 1 <= len(title.strip()) <= 16 or "\\" in title:
-            raise CmrdxError(f"{opt} {title!r}: an AE title has 1 to 16 characters and no backslash",
+    for opt, title in (("--aet", aet), ("--calling-aet", calling_aet)):  # DICOM's AE value representation
+        if not 1 <= len(title.strip()) <= 16 or "\\" in title or not (title.isascii() and title.isprintable()):
+            raise UsageError(f"{opt} {title!r}: an AE title has 1 to 16 printable ASCII characters and no backslash",
                              hint="use the AE title configured on the PACS")
     items = read_for_send(files)
     where = f"{aet}@{host}:{port}"
@@ -103,7 +144,23 @@ def send(
                          hint="send the files in smaller groups")
     for sop_class, t in contexts:
         ae.add_requested_context(sop_class, t)
-    assoc = ae.associate(host, int(port), ae_title=aet)
+    try:
+        opened: list[Any] = []  # the association, as soon as its connection is open
+        with _Deadline(timeout, opened) as deadline:
+            assoc = ae.associate(host, int(port), ae_title=aet,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: opened.append(event.assoc))])
+    except socket.gaierror as exc:
+        raise SendError(f"{where}: the host name {host!r} does not resolve ({exc.strerror or exc})",
+                        hint="check --host (a name this machine's DNS knows, or an IP address)") from exc
+    except OSError as exc:  # no route, a refused or reset connection before pynetdicom's own handling
+        raise SendError(f"{where}: cannot connect ({exc.strerror or exc})",
+                        hint="check --host and --port, and that no firewall is in between") from exc
+    if deadline.expired and not assoc.is_established:
+        raise SendError(
+            f"{where}: no valid DICOM answer within {timeout:g} s (the peer sent something that is not DICOM, "
+            "or stalled part-way)",
+            hint="check that --port is the PACS's DICOM port (not, e.g., its web or HL7 port)",
+        )
     if assoc.is_rejected:
         prim = assoc.acceptor.primitive
         why = f"{prim.result_str}, {prim.source_str}: {prim.reason_str}" if prim is not None else "rejected"
@@ -121,7 +178,8 @@ def send(
     try:
         for path, ds in items:
             try:
-                status = assoc.send_c_store(ds)
+                with _Deadline(ae.dimse_timeout + timeout + _size_mb(path), [assoc]):  # at least 1 MB/s
+                    status = assoc.send_c_store(ds)
             except ValueError as exc:  # pynetdicom: no accepted presentation context for this SOP class
                 outcomes.append(StoreOutcome(path, ds.SOPClassUID, ds.SOPInstanceUID, None, f"not accepted by the peer: {exc}"))
                 continue
@@ -131,7 +189,8 @@ def send(
                                          comment or ("no answer: the association dropped" if code is None else "")))
     finally:
         if assoc.is_established:
-            assoc.release()
+            with _Deadline(timeout, [assoc]):
+                assoc.release()
     failed = [o for o in outcomes if not o.ok]
     if failed:
         listing = "; ".join(f"{o.path}: " + (f"status 0x{o.status:04X}" if o.status is not None else "no status")
