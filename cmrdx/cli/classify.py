@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from cmrdx.cli.text import console as _console
+from cmrdx.cli.text import plain, safe
 from cmrdx.vocab import Call
 
 CALL_STYLE: dict[str, str] = {Call.PRESENT: "bold red", Call.ABSENT: "green", Call.UNCERTAIN: "yellow", Call.NO_THRESHOLD: "dim",
@@ -34,7 +34,10 @@ def classify_cmd(
     from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
 
     if device not in ("auto", "cuda", "cpu"):
-        raise typer.BadParameter("--device must be auto, cuda or cpu")
+        raise typer.BadParameter(f"{device!r}: use auto, cuda or cpu", param_hint="--device")
+    from cmrdx.outputs.common import check_targets
+
+    check_targets(output=output, report=report, sr=sr, fhir=fhir)  # all-or-nothing: no work for an unwritable output
     src = None
     if report or sr:  # these outputs need the study's headers and pixels: read it once, shared with classify
         from cmrdx.outputs import StudySource
@@ -51,22 +54,23 @@ def classify_cmd(
         from cmrdx.outputs import write_outputs
 
         for kind, w in write_outputs(res, src, report=report, sr=sr, fhir=fhir).items():
-            typer.echo(f"wrote {kind}: {w['path']} ({w['bytes']} bytes, {w['ms']:.0f} ms)", err=True)
+            typer.echo(f"wrote {kind}: {plain(w['path'])} ({w['bytes']} bytes, {w['ms']:.0f} ms)", err=True)
     if as_json:
         typer.echo(payload)
         return
-    console = Console()
+    console = _console()
     demo = res.model["name"] == DEFAULT_MODEL
     if demo:
         console.print("[bold yellow]Demonstration model trained on synthetic phantoms: not for clinical use.[/]")
     typ = res.typicality
     if typ.get("status") == "atypical":
-        console.print(f"[bold white on red] ATYPICAL STUDY [/] [bold red]{escape(typ['reason'])}[/]\n"
+        console.print(f"[bold white on red] ATYPICAL STUDY [/] [bold red]{safe(typ['reason'])}[/]\n"
                       "[red]Calls are shown as uncertain: the model has not seen studies like this one.[/]")
     elif typ.get("status") == "unknown":
-        console.print(f"[yellow]typicality unknown:[/] {escape(typ['reason'])}", highlight=False)
-    # Strings from files (UIDs, descriptions in warnings) and banks are data: escaped, never read as markup.
-    table = Table(title=f"Study {escape(res.study_uid)}", header_style="bold")
+        console.print(f"[yellow]typicality unknown:[/] {safe(typ['reason'])}", highlight=False)
+    # Strings from files (UIDs, descriptions in warnings) and banks are data: markup and control characters
+    # escaped, never interpreted by the terminal.
+    table = Table(title=f"Study {safe(res.study_uid)}", header_style="bold")
     whys = {f.id: "; ".join(([f.reason] if f.reason else []) + list(f.notes)) for f in res.findings}
     cols = ("finding", "score", "threshold / probability", "call", "margin") + (("why",) if any(whys.values()) else ())
     for col in cols:
@@ -75,32 +79,32 @@ def classify_cmd(
         ref = f"p = {f.probability:.2f}" if f.probability is not None else (f"{f.threshold:.3f}" if f.threshold is not None else "-")
         call = f.call + (f" ({f.severity})" if f.severity else "")
         cells = [
-            escape(f.label),
+            safe(f.label),
             f"{f.score:.3f}" + (" (softmax)" if f.kind == "softmax" else ""),
             ref if f.assessable else "-",
-            f"[{CALL_STYLE.get(f.call, '')}]{escape(call)}[/]",
+            f"[{CALL_STYLE.get(f.call, '')}]{safe(call)}[/]",
             f"{f.margin:+.3f}" if f.margin is not None else "-",
         ]
-        table.add_row(*cells, *((escape(whys[f.id]),) if "why" in cols else ()))
+        table.add_row(*cells, *((safe(whys[f.id]),) if "why" in cols else ()))
     console.print(table)
     if res.fewshot:
         ft = Table(title="Few-shot (prototypes)", header_style="bold")
         for col in ("finding", "score", "call", "shots absent/present"):
             ft.add_column(col)
         for fid, r in sorted(res.fewshot.items(), key=lambda kv: -kv[1]["score"]):
-            ft.add_row(escape(fid), f"{r['score']:+.3f}", f"[{CALL_STYLE.get(r['call'], '')}]{escape(r['call'])}[/]",
+            ft.add_row(safe(fid), f"{r['score']:+.3f}", f"[{CALL_STYLE.get(r['call'], '')}]{safe(r['call'])}[/]",
                        f"{r['shots'][0]}/{r['shots'][1]}")
         console.print(ft)
     used = ", ".join(f"{seg}: {rec['view']}" for seg, rec in res.views_used.items())
-    console.print(f"[bold]views used:[/] {escape(used)}")
+    console.print(f"[bold]views used:[/] {safe(used)}")
     console.print(f"[bold]series used:[/] {len(res.series_used)}; skipped: {len(res.skipped_series)} (see --json)")
     if res.read_summary:  # once per study; the kinds and example files are in --json
-        console.print(f"[dim]reading:[/] {escape(res.read_summary)}", highlight=False)
+        console.print(f"[dim]reading:[/] {safe(res.read_summary)}", highlight=False)
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        console.print(f"[yellow]warning:[/] {safe(w)}", highlight=False)
     if any(f.call == "no threshold" for f in res.findings):
         console.print("[dim]no threshold for this model in the bank: scores are shown ranked without calls "
                       "(`cmrdx prompts calibrate` writes thresholds)[/]")
     banks = ", ".join(f"{b['name']} {b['version']} ({b['sha256'][:12]})" for b in res.banks)
-    console.print(escape(f"model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
+    console.print(safe(f"model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
                          f"banks {banks}; {sum(res.timings_ms.values()):.0f} ms"), style="dim")

@@ -22,44 +22,52 @@ _MD = typer.Option(None, "--markdown", help="Also write the tables as Markdown t
 
 
 def _load(model: str, data: Path, device: str, *, refresh: bool = False):
-    from rich.console import Console
     from rich.progress import Progress
 
+    from cmrdx.cli.text import console, safe
     from cmrdx.evaluation.benchmarks import load_eval_set
     from cmrdx.model.encoder import Encoder
 
     enc = Encoder(model, device=device)
-    con = Console(stderr=True)
+    con = console(stderr=True)
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("reading + encoding studies", total=None)
         es = load_eval_set(data, enc, progress=lambda i, n: prog.update(task, completed=i, total=n), refresh=refresh)
     skipped = ", ".join(f"{k}: {v}" for k, v in es.skipped.items()) or "none"
-    con.print(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}, {es.cached} from the cache); "
-              f"skipped: {skipped}")
+    con.print(safe(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}, {es.cached} from the cache); "
+                   f"skipped: {skipped}"))
     return enc, es
 
 
+def _check(*, json_out: Path | None = None, md_out: Path | None = None) -> None:
+    """The output files, checked before a benchmark spends minutes encoding an archive."""
+    from cmrdx.outputs.common import check_targets
+
+    check_targets(json=json_out, markdown=md_out)
+
+
 def _emit(results: dict[str, Any], md: str, json_out: Path | None, md_out: Path | None) -> None:
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    from cmrdx.fileio import atomic_write
+    from cmrdx.cli.text import console, plain
+    from cmrdx.outputs.common import write_atomic
 
-    Console().print(Markdown(md))
+    console().print(Markdown(plain(md, lines=True)))  # finding labels come from the bank file: data
     if json_out:
-        atomic_write(json_out, json.dumps(results, indent=1, default=float) + "\n")
+        write_atomic(json_out, json.dumps(results, indent=1, default=float) + "\n")
     if md_out:
-        atomic_write(md_out, md + "\n")
+        write_atomic(md_out, md + "\n")
 
 
 @app.command("zeroshot")
 def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
-                 boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI."),
+                 boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CI."),
                  json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """AUC per finding with a bootstrap 95% CI, and by severity level."""
     from cmrdx.evaluation.benchmarks import markdown_tables, zeroshot
     from cmrdx.zeroshot.bank import load_bank
 
+    _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
     enc, es = _load(model, data, device)
     r = zeroshot(es, b, enc, n_boot=boot)
@@ -72,6 +80,7 @@ def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", 
     """Report <-> study recall@1/5/10 and median rank."""
     from cmrdx.evaluation.benchmarks import markdown_tables, retrieval
 
+    _check(json_out=json_out, md_out=md_out)
     enc, es = _load(model, data, device)
     r = retrieval(es, enc)
     _emit(r, markdown_tables(None, r, None), json_out, md_out)
@@ -79,11 +88,12 @@ def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", 
 
 @app.command("fewshot")
 def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", bank: str = _BANK,
-                episodes: int = typer.Option(100, "--episodes"), json_out: Path = _JSON, md_out: Path = _MD) -> None:
+                episodes: int = typer.Option(100, "--episodes", min=1), json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """SimpleShot prototype AUC at 1/2/4/8/16 shots (mean over episodes), for the bank's findings."""
     from cmrdx.evaluation.benchmarks import fewshot, markdown_tables
     from cmrdx.zeroshot.bank import load_bank
 
+    _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
     enc, es = _load(model, data, device)
     r = fewshot(es, [f.id for f in b.findings], episodes=episodes)
@@ -92,7 +102,7 @@ def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", ba
 
 @app.command("all")
 def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
-            episodes: int = typer.Option(100, "--episodes"), boot: int = typer.Option(1000, "--bootstrap"),
+            episodes: int = typer.Option(100, "--episodes", min=1), boot: int = typer.Option(1000, "--bootstrap", min=0),
             json_out: Path = _JSON, md_out: Path = _MD,
             record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest "
                                         "provenance (studies are then encoded afresh, so the encoder time is measured).")) -> None:
@@ -100,6 +110,7 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
     from cmrdx.evaluation.benchmarks import evaluate_all, record_metrics
     from cmrdx.zeroshot.bank import load_bank
 
+    _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
     enc, es = _load(model, data, device, refresh=record)
     r = evaluate_all(es, b, enc, data=data, n_boot=boot, episodes=episodes)
@@ -111,14 +122,15 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
 @app.command("speed")
 def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/phantom-study"), "--study", help="A study folder."),
               device: str = "cpu", repeats: int = typer.Option(20, "--repeats", min=1),
-              threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: cores available)."),
+              threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads (default: cores available)."),
               json_out: Path = _JSON) -> None:
     """Time one study's embedding: read + recipe once, then the encoder (median of repeats after a warm-up)."""
     from cmrdx.evaluation.benchmarks import speed
-    from cmrdx.fileio import atomic_write
     from cmrdx.model.encoder import Encoder
+    from cmrdx.outputs.common import write_atomic
 
+    _check(json_out=json_out)
     r = speed(study, Encoder(model, device=device, threads=threads), repeats=repeats).to_dict()
     typer.echo(json.dumps(r, indent=1))
     if json_out:
-        atomic_write(json_out, json.dumps(r, indent=1) + "\n")
+        write_atomic(json_out, json.dumps(r, indent=1) + "\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from cmrdx.cli.text import console, safe
 
 app = typer.Typer(help="Few-shot prototypes from a handful of labelled studies.", no_args_is_help=True)
 
@@ -16,20 +17,25 @@ def fit_cmd(
     out: Path = typer.Option(..., "--out", help="Prototype file to write (.npz)."),
     data: Path | None = typer.Option(None, "--data", help="Archive folder the `study` column is relative to."),
     finding: list[str] | None = typer.Option(None, "--finding", help="Only these finding columns (repeatable)."),
-    shots: int | None = typer.Option(None, "--shots", help="Use at most k examples per class (the first k rows)."),
+    shots: int | None = typer.Option(None, "--shots", min=1, help="Use at most k examples per class (the first k rows)."),
     model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
     from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
     from cmrdx.model.loader import get_encoder, model_sha256
+    from cmrdx.outputs.common import OutputError, check_target
     from cmrdx.zeroshot.fewshot import fit_from_labelled
 
+    check_target(out)  # before any study is read
     enc = get_encoder(model, device)
     sha = model_sha256(enc.manifest)
     rows = load_labels(labels, data, finding)
     es = embed_labelled(rows, enc, StudyEmbeddingCache(sha))
     protos = fit_from_labelled(es, finding or None, shots, enc.manifest.name, sha)
-    protos.save(out)
-    Console().print(f"wrote {out}: {len(protos.findings)} finding(s), shots (absent/present): "
-                    + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots)))
+    try:
+        protos.save(out)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, out) from exc
+    console().print(safe(f"wrote {out}: {len(protos.findings)} finding(s), shots (absent/present): "
+                         + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots))))

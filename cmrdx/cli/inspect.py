@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from cmrdx.cli.text import console as _console
+from cmrdx.cli.text import safe
 
 
 def inspect_cmd(
@@ -42,56 +43,58 @@ def inspect_cmd(
         d["warnings"] = list(manifest.warnings)
         typer.echo(json.dumps(d, indent=2))
         return
-    console = Console()
-    title = f"Study {insp.study_uid}  ({res.files_scanned} files, {len(insp.series)} series)"
+    console = _console()
+    # Everything from the files (UIDs, descriptions, reasons quoting them, file names) is data: escaped for the
+    # terminal (markup and control characters), never interpreted.
+    title = f"Study {safe(insp.study_uid)}  ({res.files_scanned} files, {len(insp.series)} series)"
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in ("#", "description", "role", "view", "slices x phases", "matrix", "spacing mm", "reason"):
         table.add_column(col, overflow="fold")
     style = {"cine": "green", "lge": "magenta", "other": "dim"}
     for s in insp.series:
         sp = s.pixel_spacing
-        table.add_row(  # text from the files is data: escaped, never read as markup
+        table.add_row(
             str(s.number if s.number is not None else "-"),
-            escape(s.description) or "(none)",
-            f"[{style.get(s.role, 'dim')}]{s.role}[/]",
-            s.view or "-",
+            safe(s.description) or "(none)",
+            f"[{style.get(s.role, 'dim')}]{safe(s.role)}[/]",
+            safe(s.view or "-"),
             f"{s.n_positions} x {s.n_phases}",
             f"{s.matrix[0]}x{s.matrix[1]}" if s.matrix else "-",
             f"{sp[0]:.2f}x{sp[1]:.2f}" if sp else "-",
-            escape(s.reason + (f"; {s.view_reason}" if s.view_reason else "")),
+            safe(s.reason + (f"; {s.view_reason}" if s.view_reason else "")),
         )
     console.print(table)
     found = insp.views_found
-    console.print("[bold]views found:[/] " + (", ".join(f"{k} ({len(v)} series)" for k, v in sorted(found.items())) or "none"))
+    console.print("[bold]views found:[/] " + (safe(", ".join(f"{k} ({len(v)} series)" for k, v in sorted(found.items()))) or "none"))
     if insp.views_missing:
-        console.print("[bold yellow]views missing:[/] " + ", ".join(insp.views_missing))
+        console.print("[bold yellow]views missing:[/] " + safe(", ".join(insp.views_missing)))
     if res.files_skipped:
-        console.print("[bold]files skipped:[/] " + ", ".join(f"{n} {r}" for r, n in res.files_skipped.items()))
+        console.print("[bold]files skipped:[/] " + safe(", ".join(f"{n} {r}" for r, n in res.files_skipped.items())))
     missing_line = "views not found: " + ", ".join(insp.views_missing)  # already said above
     for w in manifest.warnings:
         if w != missing_line:
-            console.print(f"[yellow]warning:[/] {escape(w)}")
+            console.print(f"[yellow]warning:[/] {safe(w)}")
     rw = insp.read_warnings
     if rw:
         verbose = verbose or logging.getLogger().isEnabledFor(logging.INFO)  # `cmrdx -v inspect` too
-        console.print(f"[yellow]reading:[/] {escape(rw.summary() or '')}" + ("" if verbose else " [dim](-v lists them)[/]"))
+        console.print(f"[yellow]reading:[/] {safe(rw.summary() or '')}" + ("" if verbose else " [dim](-v lists them)[/]"))
         if verbose:
             for kind, n in rw.counts.items():
                 ex = ", ".join(rw.examples.get(kind, []))
-                console.print(f"  {escape(kind)}: {n} file{'s' if n != 1 else ''}" + (f" (e.g. {escape(ex)})" if ex else ""))
+                console.print(f"  {safe(kind)}: {n} file{'s' if n != 1 else ''}" + (f" (e.g. {safe(ex)})" if ex else ""))
     if insp.other_studies:
-        console.print(f"[yellow]{len(insp.other_studies)} other study(ies) in this folder:[/] " + ", ".join(insp.other_studies))
+        console.print(f"[yellow]{len(insp.other_studies)} other study(ies) in this folder:[/] " + safe(", ".join(insp.other_studies)))
     if show_phi:
         phi = next((s.phi for s in insp.series if s.phi), {})
-        console.print("[bold red]patient:[/] " + escape(", ".join(f"{k}={v}" for k, v in phi.items())))
+        console.print("[bold red]patient:[/] " + safe(", ".join(f"{k}={v}" for k, v in phi.items())))
 
 
 def _print_studies(res) -> None:
-    console = Console(stderr=True)
-    table = Table(title=f"{len(res.studies)} studies in {res.root}")
+    console = _console(stderr=True)
+    table = Table(title=f"{len(res.studies)} studies in {safe(res.root)}")
     table.add_column("StudyInstanceUID")
     table.add_column("series")
     table.add_column("descriptions", overflow="fold")
     for uid, ss in res.studies.items():
-        table.add_row(escape(uid), str(len(ss)), escape(", ".join(s.description for s in ss[:6]) + (" ..." if len(ss) > 6 else "")))
+        table.add_row(safe(uid), str(len(ss)), safe(", ".join(s.description for s in ss[:6]) + (" ..." if len(ss) > 6 else "")))
     console.print(table)

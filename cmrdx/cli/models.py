@@ -8,29 +8,31 @@ from pathlib import Path
 
 import typer
 
+from cmrdx.cli.text import plain, safe
+
 app = typer.Typer(help="Installed models: list, inspect, verify, import.", no_args_is_help=True)
 
 
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List bundled and user models (reads manifests only)."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cmrdx.cli.text import console
     from cmrdx.model.registry import list_models, search_dirs
 
     models = list_models()
     if as_json:
         typer.echo(json.dumps([{**e.__dict__, "root": str(e.root)} for e in models], indent=2))
         return
-    con = Console()
+    con = console()  # names, versions and folders come from manifests on disk: data (cmrdx.cli.text)
     if not models:
-        con.print("no models found in " + ", ".join(str(d) for _, d in search_dirs()))
+        con.print("no models found in " + safe(", ".join(str(d) for _, d in search_dirs())))
         con.print("import one: cmrdx models import-cmrclip --checkpoint pytorch_model.bin --config config.json --vocab vocab.txt --out DIR")
         return
     t = Table("name", "version", "source", "dim", "recipe", "folder")
     for e in models:
-        t.add_row(e.name, e.version, e.source, str(e.embedding_dim), e.recipe, str(e.root))
+        t.add_row(safe(e.name), safe(e.version), safe(e.source), str(e.embedding_dim), safe(e.recipe), safe(e.root))
     con.print(t)
 
 
@@ -52,12 +54,12 @@ def verify_cmd(name: str = typer.Argument(..., help="Model name or folder.")) ->
     from cmrdx.model.registry import get_manifest
 
     m = get_manifest(name, verify=True)
-    typer.echo(f"{m.name} {m.version}: {len(m.files)} files intact ({m.root}); identity {m.sha256}")
+    typer.echo(plain(f"{m.name} {m.version}: {len(m.files)} files intact ({m.root}); identity {m.sha256}"))
     if m.reference:
-        typer.echo(f"  reference: {m.reference.get('n')} studies, threshold {m.reference.get('threshold')} "
-                   f"({m.reference.get('data')})")
+        typer.echo(plain(f"  reference: {m.reference.get('n')} studies, threshold {m.reference.get('threshold')} "
+                         f"({m.reference.get('data')})"))
     else:
-        typer.echo(f"  no reference: build one with `cmrdx models reference {m.name} --data ARCHIVE`")
+        typer.echo(plain(f"  no reference: build one with `cmrdx models reference {m.name} --data ARCHIVE`"))
 
 
 @app.command("reference")
@@ -74,9 +76,9 @@ def reference_cmd(
 ) -> None:
     """Build the model's reference of typical studies from an archive and write it into the model folder (the
     manifest lists it; the model's identity, and so its calibrations and caches, stay as they are)."""
-    from rich.console import Console
     from rich.progress import Progress
 
+    from cmrdx.cli.text import console
     from cmrdx.model.reference import install_reference, reference_from_archive
     from cmrdx.model.registry import get_manifest
 
@@ -86,7 +88,7 @@ def reference_cmd(
 
         raise ModelError(f"{m.name} in {m.root} already has a reference ({m.reference.get('n')} studies: "
                          f"{m.reference.get('data')})", hint="pass --replace to build a new one in its place")
-    con = Console(stderr=True)
+    con = console(stderr=True)
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("reading + encoding studies", total=None)
         built = reference_from_archive(m.root, data, k=k, quantile=quantile, min_studies=min_studies, device=device,
@@ -95,10 +97,10 @@ def reference_cmd(
     es = built.embedded
     left = ", ".join(f"{n} {kind}" for kind, n in es.failure_kinds.items())
     con.print(f"{built.folders} folders: {ref.n} studies used ({es.cached} from the cache)"
-              + (f"; left out: {left}" if left else "") + (f"; {built.duplicates} duplicates" if built.duplicates else ""))
+              + (f"; left out: {safe(left)}" if left else "") + (f"; {built.duplicates} duplicates" if built.duplicates else ""))
     m2 = install_reference(m, ref, replace=replace)
-    typer.echo(f"wrote {m2.root / m2.reference['file']}: {ref.n} studies, k={ref.k}, threshold {ref.threshold:.4f} "
-               f"(the {ref.quantile:.0%} quantile of the reference's own leave-one-out scores)")
+    typer.echo(plain(f"wrote {m2.root / m2.reference['file']}: {ref.n} studies, k={ref.k}, threshold {ref.threshold:.4f} "
+                     f"(the {ref.quantile:.0%} quantile of the reference's own leave-one-out scores)"))
 
 
 @app.command("import-cmrclip")
@@ -129,8 +131,8 @@ def import_cmrclip_cmd(
         rep = import_cmrclip(checkpoint, config, vocab, out, name=name, version=version, options=opts)
     except ExportError as exc:
         raise ModelError(f"export failed its check: {exc}", hint="report this with `cmrdx --version` and the checkpoint's sha256") from exc
-    typer.echo(f"wrote {out}: " + ", ".join(rep.files))
+    typer.echo(plain(f"wrote {out}: " + ", ".join(rep.files)))
     for k, v in rep.checks.items():
-        typer.echo(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}")
+        typer.echo(plain(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}"))
     for n in rep.notes:
-        typer.echo(f"  note: {n}")
+        typer.echo(plain(f"  note: {n}"))

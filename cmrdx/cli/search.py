@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from cmrdx.cli.text import console, safe
 
 
 def index_cmd(
@@ -25,10 +26,10 @@ def index_cmd(
         raise typer.BadParameter("give an ARCHIVE or --from-batch RESULTS (one of them)")
     if archive is not None:
         info, s = index_archive(archive, db, model=model, device=device, ann=ann)
-        Console().print(f"embedded {s.ok} studies ({sum(s.failed.values())} failed) in {s.seconds:.1f} s")
+        console().print(f"embedded {s.ok} studies ({sum(s.failed.values())} failed) in {s.seconds:.1f} s")
     elif from_batch is not None:
         info = store_from_batch(from_batch, db, ann=ann)
-    Console().print(f"{db}: {info['count']} studies, {info['dim']}-d, model {info['model']}, "
+    console().print(f"{safe(db)}: {info['count']} studies, {info['dim']}-d, model {safe(info['model'])}, "
                     f"{'FAISS IVF' if info['ann'] else 'exact'} search")
 
 
@@ -37,18 +38,20 @@ def _show(hits, title: str, show_phi: bool, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title=title, header_style="bold")
+    t = Table(title=safe(title), header_style="bold")
     for c in ["rank", "score", "study UID", "source"] + (["patient"] if show_phi else []):
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["study_uid"], r["source"], *([r["patient"]] if show_phi else []))
-    Console().print(t)
+        # UIDs, folders and names come from the files: data, never markup or terminal control
+        t.add_row(str(r["rank"]), f"{r['score']:.4f}", safe(r["study_uid"]), safe(r["source"]),
+                  *([safe(r["patient"])] if show_phi else []))
+    console().print(t)
 
 
 def search_cmd(
     query: str = typer.Argument(..., help="Free text, e.g. 'moderately dilated left ventricle with reduced function'."),
     db: Path = typer.Option(..., "--db"),
-    k: int = typer.Option(10, "-k", help="How many studies."),
+    k: int = typer.Option(10, "-k", min=1, help="How many studies."),
     model: str | None = typer.Option(None, "--model", "-m", help="Default: the index's model."),
     device: str = typer.Option("auto", "--device"),
     exact: bool = typer.Option(False, "--exact", help="Exact search even when the store has an ANN index."),
@@ -65,7 +68,7 @@ def search_cmd(
 def similar_cmd(
     study_dir: Path = typer.Argument(..., help="A study folder."),
     db: Path = typer.Option(..., "--db"),
-    k: int = typer.Option(10, "-k"),
+    k: int = typer.Option(10, "-k", min=1),
     model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     show_phi: bool = typer.Option(False, "--show-phi"),

@@ -18,12 +18,11 @@ def send_cmd(
     timeout: float = typer.Option(10.0, "--timeout", min=0.5, help="Seconds to wait for the connection and answers."),
 ) -> None:
     """Store DICOM files on a PACS by C-STORE (one association for all files)."""
-    from rich.console import Console
-
+    from cmrdx.cli.text import console, safe
     from cmrdx.outputs.send import send
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # our errors say it better; -v shows pynetdicom's
     for o in send(list(files), host, port, aet, calling_aet=calling_aet, timeout=timeout):
         warn = f" (warning status 0x{o.status:04X})" if o.status else ""
-        Console().print(f"stored {o.path.name} on {aet}@{host}:{port}{warn}", highlight=False)
+        console().print(f"stored {safe(o.path.name)} on {safe(aet)}@{safe(host)}:{port}{warn}", highlight=False)

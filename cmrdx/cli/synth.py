@@ -56,32 +56,33 @@ def study_cmd(
     compress: str = typer.Option(None, "--compress", help="rle | jpegls | j2k (lossless)."),
     prevalence: str = typer.Option("0", "--prevalence", help="Chance each unspecified finding is drawn present."),
     report_style: str = typer.Option(None, "--report-style", help="narrative | structured | terse | telegraphic (held out)."),
-    phases: int = typer.Option(None, "--phases", help="Cine phases (20-30 drawn if omitted)."),
-    matrix: int = typer.Option(None, "--matrix", help="Square matrix size (160-256 drawn if omitted)."),
+    phases: int = typer.Option(None, "--phases", min=2, max=200, help="Cine phases (20-30 drawn if omitted)."),
+    matrix: int = typer.Option(None, "--matrix", min=32, max=1024, help="Square matrix size (160-256 drawn if omitted)."),
     no_distractors: bool = typer.Option(False, "--no-distractors", help="Skip localizer, T1 map, flow, TI scout."),
 ) -> None:
     """Write one phantom study."""
-    from rich.console import Console
-
+    from cmrdx.cli.text import console, safe
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.synth import VENDORS, sample_params, write_study
 
     if vendor is not None and vendor not in VENDORS:
         raise typer.BadParameter(f"--vendor {vendor!r}: use one of {', '.join(VENDORS)}")
     _check_compress(compress)
+    check_folder_target(out)
     t0 = time.perf_counter()
     p = sample_params(seed, _findings(finding), vendor=vendor, prevalence=_prevalence(prevalence),
                       report_style=report_style, n_phases=phases, matrix=matrix)
     w = write_study(out, p, enhanced=enhanced, compress=compress, distractors=not no_distractors)
-    con = Console()
+    con = console()
     present = ", ".join(f"{f}={p.findings[f]}" for f in p.present) or "none"
-    con.print(f"[bold]{out}[/]: {w.n_files} files, {w.n_bytes / 1e6:.1f} MB, {len(w.series)} series "
+    con.print(f"[bold]{safe(out)}[/]: {w.n_files} files, {w.n_bytes / 1e6:.1f} MB, {len(w.series)} series "
               f"({p.acq.vendor}), findings: {present} [dim]({time.perf_counter() - t0:.1f} s)[/]")
 
 
 @app.command("archive")
 def archive_cmd(
     out: Path = typer.Argument(..., help="Archive folder (study_0001/..., labels.csv)."),
-    n: int = typer.Option(200, "--n", help="Number of studies."),
+    n: int = typer.Option(200, "--n", min=1, help="Number of studies."),
     seed: int = typer.Option(0, "--seed", help="Archive seed."),
     prevalence: str = typer.Option("0.3", "--prevalence", help="0.3 for all findings, or lge=0.4,lv_dilation=0.2,..."),
     vendors: str = typer.Option("siemens,ge,philips", "--vendors", help="Comma-separated vendor styles to draw from."),
@@ -89,14 +90,15 @@ def archive_cmd(
                                      help="Comma-separated report styles to draw from (telegraphic is held out)."),
     enhanced: bool = typer.Option(False, "--enhanced"),
     compress: str = typer.Option(None, "--compress", help="rle | jpegls | j2k"),
-    workers: int = typer.Option(1, "--workers", help="Processes writing studies in parallel."),
-    phases: int = typer.Option(None, "--phases"),
-    matrix: int = typer.Option(None, "--matrix"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes writing studies in parallel."),
+    phases: int = typer.Option(None, "--phases", min=2, max=200),
+    matrix: int = typer.Option(None, "--matrix", min=32, max=1024),
 ) -> None:
     """Write many studies plus labels.csv."""
-    from rich.console import Console
     from rich.progress import Progress
 
+    from cmrdx.cli.text import console, safe
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.synth import STYLES, VENDORS, write_archive
 
     vs = [v.strip() for v in vendors.split(",") if v.strip()]
@@ -108,7 +110,8 @@ def archive_cmd(
         if s not in STYLES:
             raise typer.BadParameter(f"--report-style: {s!r} is not one of {', '.join(STYLES)}")
     _check_compress(compress)
-    con = Console()
+    check_folder_target(out)
+    con = console()
     t0 = time.perf_counter()
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("writing studies", total=n)
@@ -116,5 +119,5 @@ def archive_cmd(
                              enhanced=enhanced, compress=compress, workers=workers, n_phases=phases, matrix=matrix,
                              on_done=lambda r: prog.advance(task))
     size = sum(int(r["bytes"]) for r in rows)
-    con.print(f"[bold]{out}[/]: {len(rows)} studies, {size / 1e9:.2f} GB, labels.csv "
+    con.print(f"[bold]{safe(out)}[/]: {len(rows)} studies, {size / 1e9:.2f} GB, labels.csv "
               f"[dim]({time.perf_counter() - t0:.0f} s)[/]")

@@ -18,19 +18,19 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Model folder to export to (e.g. models/cmrdx-phantom-small)."),
     data: Path = typer.Option(None, "--data", help="Archive of study folders (DICOM + report.txt). Omit to render "
                                                    "phantom studies straight to arrays (--phantoms, --seed)."),
-    phantoms: int = typer.Option(None, "--phantoms", help="Phantom studies to render (default from the config)."),
+    phantoms: int = typer.Option(None, "--phantoms", min=1, help="Phantom studies to render (default from the config)."),
     seed: int = typer.Option(None, "--seed", help="Source and training seed."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
     work: Path = typer.Option(None, "--work", help="Cache + checkpoint folder (default $CMRDX_HOME/train/NAME). "
                                                    "Rerunning with the same folder resumes."),
-    epochs: int = typer.Option(None, "--epochs"),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many more steps (no export unless done)."),
-    threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
+    epochs: int = typer.Option(None, "--epochs", min=1),
+    batch_size: int = typer.Option(None, "--batch-size", min=1),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many more steps (no export unless done)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
     init_from: Path = typer.Option(None, "--init-from", help="Start from this checkpoint.pt's weights (and its vocab.txt)."),
     device: str = typer.Option(None, "--device", help="auto (a CUDA GPU when torch sees one), cpu or cuda."),
-    workers: int = typer.Option(None, "--workers", help="Processes that render phantom studies into the cache."),
-    max_train_seconds: float = typer.Option(None, "--max-train-seconds",
+    workers: int = typer.Option(None, "--workers", min=1, help="Processes that render phantom studies into the cache."),
+    max_train_seconds: float = typer.Option(None, "--max-train-seconds", min=1.0,
                                             help="Fit the schedule (cosine decay included) to this wall-clock budget."),
     export_trained: Path = typer.Option(None, "--export-trained", hidden=True,
                                         help="Moved: `cmrdx models export TRAINED --out DIR`."),
@@ -38,16 +38,16 @@ def train_cmd(
 ) -> None:
     """Train on (study, report) pairs and export the model with its manifest."""
     if export_trained is not None:  # the command line of earlier versions keeps working, and names the new one
-        from rich.console import Console
+        from cmrdx.cli.text import console
 
-        Console(stderr=True).print("note: `cmrdx train --export-trained` is now `cmrdx models export TRAINED --out DIR`",
+        console(stderr=True).print("note: `cmrdx train --export-trained` is now `cmrdx models export TRAINED --out DIR`",
                                    highlight=False)
         _export(export_trained, out)
         return
     _need_torch("cmrdx train")
-    from rich.console import Console
-
     from cmrdx import config as cfgmod
+    from cmrdx.cli.text import console, safe
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.train.trainer import TrainConfig, train
 
     over = {"phantoms": phantoms, "seed": seed, "epochs": epochs, "batch_size": batch_size, "threads": threads,
@@ -64,19 +64,21 @@ def train_cmd(
             logging.basicConfig(format="%(asctime)s %(message)s")
         logging.getLogger("cmrdx.train.trainer").setLevel(logging.INFO)
     work = work or cfgmod.home() / "train" / cfg.name
-    con = Console()
+    for folder in (out, work):  # before hours of training
+        check_folder_target(folder)
+    con = console()
     try:
         res = train(cfg, out=out, work=work, progress=not no_progress, max_steps=max_steps)
     except ValueError as exc:  # options that do not fit the data, the work folder or the machine
         raise CmrdxError(str(exc), hint="check --config/--init-from/--device, or use another --work folder") from None
     con.print(f"trained {res.steps} steps ({res.epochs_done} epochs) on {res.n_train} pairs "
-              f"(+{res.n_val} validation) in {res.seconds / 60:.1f} min; skipped: {res.skipped or 'none'}")
+              f"(+{res.n_val} validation) in {res.seconds / 60:.1f} min; skipped: {safe(res.skipped or 'none')}")
     if res.losses:
         con.print(f"loss {sum(res.losses[:10]) / min(10, len(res.losses)):.3f} -> {sum(res.losses[-10:]) / min(10, len(res.losses)):.3f}")
     if res.export:
-        con.print(f"exported to {out}: {', '.join(res.export['files'])}")
+        con.print(f"exported to {safe(out)}: {safe(', '.join(res.export['files']))}")
     else:
-        con.print(f"not finished: rerun with --work {work} to resume")
+        con.print(f"not finished: rerun with --work {safe(work)} to resume")
 
 
 def export_cmd(
@@ -100,14 +102,15 @@ def _need_torch(what: str) -> None:
 
 def _export(trained: Path, out: Path, *, int8: bool = True, float16: bool = True) -> None:
     _need_torch("cmrdx models export")
-    from rich.console import Console
-
+    from cmrdx.cli.text import console, safe
+    from cmrdx.outputs.common import check_folder_target
     from cmrdx.train.trainer import export_trained
 
     if not trained.is_file():
         raise CmrdxError(f"{trained}: no such file", hint="give the trained.pt that training wrote")
+    check_folder_target(out)
     try:
         rep = export_trained(trained, out, int8=int8, float16=float16)
     except ValueError as exc:
         raise CmrdxError(str(exc), hint="give a trained.pt written by training (Trainer.save_trained)") from None
-    Console().print(f"exported {trained} to {out}: {', '.join(rep['files'])}")
+    console().print(safe(f"exported {trained} to {out}: {', '.join(rep['files'])}"))
