@@ -15,7 +15,7 @@ import numpy as np
 
 from cmrdx.errors import CmrdxError, PromptBankError
 from cmrdx.fileio import atomic_write
-from cmrdx.zeroshot.bank import PromptBank, parse_bank
+from cmrdx.zeroshot.bank import PromptBank, parse_bank, read_bank_text
 from cmrdx.zeroshot.calibration import AUC, Fit, auc_ci, fit, sens_spec
 from cmrdx.zeroshot.scoring import normalise_text, score_finding
 
@@ -38,8 +38,8 @@ def lint_bank(path: Path, encoder: Encoder | None = None, model_sha: str | None 
     """Schema errors (file:line), then, with a model: exact / near duplicates, over-long prompts, words the
     tokenizer shatters, and findings without a threshold for the model."""
     issues: list[LintIssue] = []
-    try:
-        bank = parse_bank(Path(path).read_text(encoding="utf-8"), Path(path))
+    try:  # a file that cannot be read (missing, a folder, not UTF-8) is an error of this bank, like its schema
+        bank = parse_bank(read_bank_text(Path(path)), Path(path))
     except PromptBankError as exc:
         return None, [LintIssue("error", str(path), exc.message + (f" (fix: {exc.hint})" if exc.hint else ""))]
     loc = {f.id: f"{path}:{f.line} {f.id}" for f in bank.findings}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -194,6 +195,8 @@ def _float(ctx: _Ctx, node: yaml.Node, where: str) -> float:
     v = _scalar(ctx, node, where)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ctx.fail(node, where, f"expected a number, found {v!r}", "write a number such as 0.52")
+    if not math.isfinite(v):  # YAML's .nan / .inf: every comparison with NaN is false, so a call would be "absent"
+        raise ctx.fail(node, where, f"expected a finite number, found {node.value!r}", "write a number such as 0.52")
     return float(v)
 
 
@@ -380,11 +383,31 @@ def resolve_bank(name_or_path: str | Path) -> Path:
 def load_bank(name_or_path: str | Path) -> PromptBank:
     """Load and validate a bank by path or shipped name (e.g. "cmr-findings")."""
     path = resolve_bank(name_or_path)
+    return parse_bank(read_bank_text(path), path)
+
+
+def read_bank_text(path: Path) -> str:
+    """A bank file's text; a file that cannot be read (missing, a folder, no permission, not UTF-8) is a
+    PromptBankError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptBankError(f"{path}: not UTF-8 text", hint="save the bank as UTF-8") from exc
-    return parse_bank(text, path)
+        raise PromptBankError(f"{path}:{_line_of(path, exc.start)}: not UTF-8 text (byte {exc.start})",
+                              hint="save the bank as UTF-8") from exc
+    except IsADirectoryError as exc:
+        raise PromptBankError(f"{path}: is a folder, not a bank file", hint="give the bank's YAML file") from exc
+    except FileNotFoundError as exc:
+        raise PromptBankError(f"{path}: no such file", hint="check the path (it is case-sensitive)") from exc
+    except OSError as exc:
+        raise PromptBankError(f"{path}: cannot be read ({exc.strerror or exc})", hint="check the file's permissions") from exc
+
+
+def _line_of(path: Path, offset: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.read(offset).count(b"\n") + 1
+    except OSError:
+        return 1
 
 
 _BANKS: dict[str, PromptBank] = {}

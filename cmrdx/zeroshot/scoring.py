@@ -1,7 +1,10 @@
 """Zero-shot scores from study and prompt embeddings: the reference mean cosine, negative-prompt softmax,
 calibrated probabilities and present / absent / uncertain calls. numpy only.
 
-Prompt embeddings are computed once per (model, text) and cached on disk (``TextEmbeddingCache``).
+Prompt embeddings are computed once per (model, text) and cached on disk (``TextEmbeddingCache``), encoded
+``TEXT_BATCH`` prompts at a time. A prompt longer than the model reads is refused (``check_prompt_lengths``), as
+``cmrdx prompts lint`` calls it an error: the model would score only its first tokens, a text the author did not
+write.
 """
 
 from __future__ import annotations
@@ -10,17 +13,27 @@ import hashlib
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrdx import config
+from cmrdx.errors import PromptBankError
 from cmrdx.fileio import atomic_write
 from cmrdx.vocab import Call
 from cmrdx.zeroshot.bank import Calibration, Finding, PromptBank
 
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.model.manifest import Manifest
+
 log = logging.getLogger(__name__)
+
+# Prompts per call of the text encoder. A call pads every prompt to the longest of the call and the encoder's
+# activations grow with prompts x length, so one call for a whole bank grows without bound (10,000 prompts took
+# 8 GB); 64 keeps a call to tens of MB and the per-call overhead negligible.
+TEXT_BATCH = 64
 
 
 def normalise_text(text: str) -> str:
@@ -54,7 +67,7 @@ class TextEmbeddingCache:
         keys = [self.key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self._mem))
         if missing:
-            emb = np.asarray(encode([normalise_text(t) for t in missing]), dtype=np.float32)
+            emb = encode_batched([normalise_text(t) for t in missing], encode)
             for t, e in zip(missing, emb):
                 self._mem[self.key(t)] = e
             self._save()
@@ -173,11 +186,56 @@ def score_finding(
     )
 
 
+def encode_batched(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray],
+                   batch: int = TEXT_BATCH) -> np.ndarray:
+    """(N, D) float32 embeddings of ``texts``, ``encode`` called on at most ``batch`` texts at a time."""
+    parts = [np.asarray(encode(list(texts[i:i + batch])), dtype=np.float32) for i in range(0, len(texts), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _counting_tokenizer(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(path)
+    tok.no_padding()
+    tok.no_truncation()  # the encoder truncates; counting must see the whole prompt
+    return tok
+
+
+def check_prompt_lengths(bank: PromptBank, manifest: Manifest) -> None:
+    """Refuse (PromptBankError naming the file, line, finding and prompt) a prompt longer than the model's
+    tokenizer reads (``max_length`` tokens, special tokens included): the encoder would truncate it silently."""
+    limit = int(manifest.tokenizer.get("max_length", 512))
+    tok = _counting_tokenizer(str(manifest.tokenizer_file))
+    for f in bank.findings:
+        texts = f.all_texts
+        for text, enc in zip(texts, tok.encode_batch(texts)):
+            n = len(enc.ids)
+            if n > limit:
+                short = text if len(text) <= 60 else text[:57] + "..."
+                raise PromptBankError(
+                    f"{bank.path or bank.name}:{f.line or 1}: findings[{f.id}]: prompt {short!r} is {n} tokens, over "
+                    f"the {limit} that model {manifest.name!r} reads",
+                    hint=f"shorten it (`cmrdx prompts lint {bank.path or bank.name}` lists every over-long prompt)",
+                )
+
+
 def bank_text_embeddings(bank: PromptBank, encode_texts: Callable[[list[str]], np.ndarray],
-                         cache: TextEmbeddingCache | None) -> dict[str, np.ndarray]:
-    """text -> (D,) embedding for every prompt of the bank, through the cache when given."""
+                         cache: TextEmbeddingCache | None, *, manifest: Manifest | None = None) -> dict[str, np.ndarray]:
+    """text -> (D,) embedding for every prompt of the bank, through the cache when given, encoded ``TEXT_BATCH``
+    prompts at a time.
+
+    ``manifest``: the model's, for the prompt-length check (``check_prompt_lengths``); by default it is taken from
+    ``encode_texts`` when that is a model encoder's bound method (``Encoder.encode_texts``), which is how every
+    caller passes it, so no caller can skip the check by accident.
+    """
+    if manifest is None:
+        manifest = getattr(getattr(encode_texts, "__self__", None), "manifest", None)
+    if manifest is not None:
+        check_prompt_lengths(bank, manifest)
     texts = bank.texts
-    emb = cache.get(texts, encode_texts) if cache is not None else np.asarray(encode_texts(texts), dtype=np.float32)
+    emb = cache.get(texts, encode_texts) if cache is not None else encode_batched(texts, encode_texts)
     return {t: e for t, e in zip(texts, emb)}
 
 
