@@ -64,18 +64,20 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Writer, *, mk
     callers turn it into their own error with a hint.
     """
     path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     try:
-        st = path.stat()
+        st = path.stat()  # through any link: what will actually be written
     except FileNotFoundError:
         st = None
     if st is not None and not stat.S_ISREG(st.st_mode):
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(21, "Is a directory", str(path))
-        with open(path, "wb") as f:  # a device or a pipe: written in place, never replaced
+        # A device or a pipe: written in place, never replaced. Opened by the name given: /dev/stdout on a pipe
+        # resolves to /proc/PID/fd/pipe:[N], which cannot be opened by its resolved name.
+        with open(path, "wb") as f:
             _emit(f, data)
         return path
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -94,3 +94,14 @@ def test_concurrent_writers_never_share_a_temp_file(tmp_path):
         t.join()
     assert target.read_text() in payloads  # one whole payload, never a mix
     assert _leftovers(tmp_path) == []
+
+
+def test_dev_stdout_on_a_pipe_is_written_through_the_link():
+    """/dev/stdout links to /proc/PID/fd/pipe:[N] when stdout is a pipe; that resolved name cannot be opened."""
+    import subprocess
+    import sys
+
+    code = "from cmrdx.fileio import atomic_write; atomic_write('/dev/stdout', 'through the pipe\\n')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "through the pipe\n"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,11 @@ def test_reference_and_identity_load_no_session(tmp_path):
         tmp_path,
     )
     assert out.strip() == "False False"
+
+
+def test_a_model_name_like_an_unknown_home_folder_is_a_name_not_a_crash():
+    from cmrdx.errors import ModelError
+    from cmrdx.model.registry import resolve
+
+    with pytest.raises(ModelError, match="no model named '~nobody-here/x'"):
+        resolve("~nobody-here/x")

@@ -61,7 +61,10 @@ def list_models() -> list[ModelEntry]:
 
 def resolve(name_or_path: str | Path) -> Path:
     """A model name or folder path -> the model folder. ModelError lists the known names when not found."""
-    p = Path(name_or_path).expanduser()
+    try:
+        p = Path(name_or_path).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist: not a folder, so a name
+        p = Path(name_or_path)
     if (p / MANIFEST_NAME).is_file():
         return p
     for e in list_models():
