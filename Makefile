@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CMRDX := $(VENV)/bin/cmrdx
 EXAMPLE ?= examples/phantom-study
 
-.PHONY: demo test test-fast lint bench install install-dev clean
+.PHONY: demo test test-fast lint fuzz bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(VENV)/.installed-dev
 # The edit loop: every test that needs no torch (no training, no export; about a third of the suite's time).
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not torch"
+
+# The long fuzz runs (hostile headers and the whole CLI over bad inputs); CI runs their short versions in `make test`.
+fuzz: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m fuzz tests/test_fuzz_cli.py tests/test_fuzz_headers.py
 
 # The gate CI runs before the tests: ruff (rules in pyproject.toml) and mypy (config in pyproject.toml).
 lint: $(VENV)/.installed-dev

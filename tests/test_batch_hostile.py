@@ -489,3 +489,21 @@ def test_batch_size_0_never_reaches_an_engine(phantom_archive, tiny_model, tmp_p
     with pytest.raises(CmrdxError, match="batch_size"):
         run_batch(phantom_archive, tmp_path / "r.jsonl", opts)
     assert not state_dir(tmp_path / "r.jsonl").exists()
+
+
+def test_batch_cli_counts_below_one_are_usage_errors_and_outputs_are_checked_first(tmp_path):
+    """`--workers -1` / `--batch-size 0` print usage and exit 2; an --out that is a folder is refused (exit 13)
+    before the archive is read."""
+    import subprocess
+    import sys
+
+    arch = tmp_path / "archive"
+    arch.mkdir()
+    for opt in (["--workers", "-1"], ["--batch-size", "0"], ["--limit", "-1"]):
+        r = subprocess.run([sys.executable, "-m", "cmrdx", "batch", str(arch), "--out", str(tmp_path / "r.csv"), *opt],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Usage" in r.stderr and "Traceback" not in r.stderr, (opt, r.stderr)
+    (tmp_path / "outdir.csv").mkdir()
+    r = subprocess.run([sys.executable, "-m", "cmrdx", "batch", str(tmp_path / "missing-archive"), "--out",
+                        str(tmp_path / "outdir.csv")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 13 and "outdir.csv" in r.stderr and "Traceback" not in r.stderr, r.stderr
