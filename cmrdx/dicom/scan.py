@@ -165,7 +165,7 @@ def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
             have.frames.extend(frames_from_dataset(ds, ref) if "Rows" in ds else [])
             if have.rr_interval is None:
                 have.rr_interval = series_from_dataset(ds, ref).rr_interval
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom converts values as they are read, raising many types
         log.warning("%s: header could not be interpreted (%s), skipped", ref, exc.__class__.__name__)
         _skip(res, "uninterpretable header", ref)
         return None
