@@ -332,6 +332,7 @@ def _element(keyword: str, how: str, value: Any = None) -> dict[str, Any]:
 @example(name="emri_small.dcm", m=_element("NumberOfFrames", "typed", "999999999"))
 @example(name="MR_small.dcm", m=_element("NumberOfFrames", "typed", "-1"))
 @example(name="MR_small_RLE.dcm", m=_element("BitsAllocated", "typed", 0))
+@example(name="MR_small.dcm", m=_element("Rows", "raw", b"\x00\x00\x00"))  # a length no US value has
 @given(name=st.sampled_from(REAL_FILES), m=mutations())
 @_settings(CI_EXAMPLES * 2, ci=True)
 def test_mutated_real_files_end_cleanly(name, m):
