@@ -24,7 +24,7 @@ from cmrdx.dicom import FileRef, scan
 from cmrdx.dicom.pixels import decode_frame
 from cmrdx.dicom.series import read_series_header, series_from_dataset
 from cmrdx.errors import NoCineError, NoDicomError, PixelDecodeError
-from cmrdx.study.assemble import assemble_study
+from cmrdx.study.assemble import assemble_study, inspect_study
 from helpers.cine_factory import build_cine_study
 from helpers.hostile import (
     CountingReader,
@@ -488,6 +488,8 @@ def test_duplicate_sop_instance_uid_with_different_pixels_is_reported(tmp_path):
     assert c.view == "cine:SAX" and (f"1 SOPInstanceUID stored twice with different pixel data (e.g. SAX_FIESTA_BH/"
                                      f"{victim.name} and again/{victim.name}): the file first in path order is used") \
         in c.message
+    listed = [i for s in inspect_study(b.root).to_dict()["series"] for i in s.get("issues", [])]
+    assert listed == [c.message.split("): ", 1)[1]]  # inspect lists it with its series
     used = pydicom.dcmread(victim).pixel_array  # the kept copy is the one first in path order
     sv = study.views["cine:SAX"]
     assert any(np.array_equal(sv.pixels(slices=[k], phases=[p])[0, 0], used)

@@ -218,6 +218,9 @@ class Series:
             "reason": self.reason,
             "view_reason": self.view_reason,
         }
+        issues = getattr(self, "issues", [])  # (series pickled by an older version have none)
+        if issues:
+            d["issues"] = list(issues)
         if show_phi:
             d["phi"] = dict(self.phi)
         return d

@@ -107,12 +107,14 @@ def open_regular(path: str) -> BinaryIO:
 
     The open is non-blocking so that a named pipe without a writer cannot hang it, and the check is made on the
     open descriptor, so a file replaced after it was listed is refused too."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # (POSIX; elsewhere pipes are not files in folders)
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         problem = file_kind_problem(os.fstat(fd).st_mode)
         if problem is not None:
             raise UnreadableFileError(path, problem)
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
