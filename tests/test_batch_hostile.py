@@ -507,3 +507,20 @@ def test_batch_cli_counts_below_one_are_usage_errors_and_outputs_are_checked_fir
     r = subprocess.run([sys.executable, "-m", "cmrdx", "batch", str(tmp_path / "missing-archive"), "--out",
                         str(tmp_path / "outdir.csv")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 13 and "outdir.csv" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_pipes_and_devices_in_a_batch_archive_are_counted_as_skipped(tiny_model, tmp_path):
+    """The reader never opens a named pipe or a link to a device; batch counts them by reason in its summary."""
+    import os
+    import shutil
+
+    from cmrdx.pipeline.batch import BatchOptions, run_batch
+
+    arch = tmp_path / "archive"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "phantom-study", arch / "study")
+    os.mkfifo(arch / "study" / "pipe.dcm")
+    (arch / "study" / "zero.dcm").symlink_to("/dev/zero")
+    s = run_batch(arch, tmp_path / "r.jsonl", BatchOptions(model=str(tiny_model), device="cpu", workers=1))
+    assert s.ok == 1
+    assert s.files_skipped.get("not a regular file (named pipe)") == 1
+    assert s.files_skipped.get("not a regular file (character device)") == 1

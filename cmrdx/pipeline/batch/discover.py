@@ -208,14 +208,20 @@ def _series_by_study(res, seen: list[tuple[str, str, str]]) -> dict[str, list]:
     return out
 
 
-def _listing(archive: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
+def _listing(archive: str | os.PathLike[str], not_read: Counter[str] | None = None) -> list[tuple[str, int, int]]:
     """The archive's candidate files, in listing order, each with its size and modification time (a zip
-    member's are its zip's): what tells a resumed run which files are new or modified, without reading any."""
+    member's are its zip's): what tells a resumed run which files are new or modified, without reading any.
+    Entries never opened (pipes, devices, broken links, zip members over the limits) are counted by reason in
+    ``not_read``."""
     from cmrdx.dicom.source import iter_refs
+
+    def on_skip(where: str, why: str) -> None:
+        if not_read is not None:
+            not_read[why] += 1
 
     stats: dict[str, tuple[int, int]] = {}
     out = []
-    for ref in iter_refs(archive):
+    for ref in iter_refs(archive, on_skip=on_skip):
         st = stats.get(ref.path)
         if st is None:
             try:
@@ -269,8 +275,16 @@ def discover(archive: str | os.PathLike[str], workers: int | None = None, chunk:
     archive this pass is a large part of the run). With ``headers``, the parsed series are kept there on disk
     (memory stays bounded) for the study workers. A study whose files are spread over folders is one study; a
     second copy of an instance (same SOPInstanceUID) is dropped. The result does not depend on workers."""
-    index, _ = _read_headers(_listing(archive), workers, chunk, headers)
-    return _group(index)
+    not_read: Counter[str] = Counter()
+    index, _ = _read_headers(_listing(archive, not_read), workers, chunk, headers)
+    return _with_not_read(_group(index), not_read)
+
+
+def _with_not_read(disc: Discovery, not_read: Counter[str]) -> Discovery:
+    """Add the listing's never-opened entries to the discovery's skipped files, by reason."""
+    for why, n in not_read.items():
+        disc.skipped[why] = disc.skipped.get(why, 0) + n
+    return disc
 
 
 def _is_entry(e: object) -> bool:
@@ -342,12 +356,13 @@ def refresh_discovery(archive: Path, state: Path, workers: int | None = None, ch
 
     saved = read_discovery(state)
     headers = Path(state) / "headers"
-    listing = _listing(archive)
+    not_read: Counter[str] = Counter()
+    listing = _listing(archive, not_read)
     if saved is None or saved[0] != str(archive.resolve()) or not saved[2].index:
         # first run, another archive, or a discovery without a file index: read every header
         shutil.rmtree(headers, ignore_errors=True)  # left by a discovery that was interrupted
         index, chunks = _read_headers(listing, workers, chunk, headers)
-        update = DiscoveryUpdate(_group(index), previous=saved is not None, chunks=chunks)
+        update = DiscoveryUpdate(_with_not_read(_group(index), not_read), previous=saved is not None, chunks=chunks)
         if saved is not None:
             _compare(update, saved[2], saved[1], str(archive))
         return update
@@ -361,7 +376,7 @@ def refresh_discovery(archive: Path, state: Path, workers: int | None = None, ch
         got = {e[0]: e for e in entries}
         chunks += n
     index = [got.get(r) or known[r] for r, _, _ in listing]
-    update = DiscoveryUpdate(_group(index), previous=True, chunks=chunks)
+    update = DiscoveryUpdate(_with_not_read(_group(index), not_read), previous=True, chunks=chunks)
     _compare(update, old, root, str(archive))
     for uid in update.changed + update.removed:
         # header files of a changed study mix its old and new files: its worker reads the study's headers itself
