@@ -29,6 +29,14 @@ def philips_mprage(real_dirs, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory):
+    """CMRDX_HOME (caches of prompt and study embeddings) in a folder of the test module's own, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random-weight CMR-CLIP-layout model exported to an ONNX model folder (small recipe: 8 frames of

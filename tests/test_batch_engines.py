@@ -28,13 +28,8 @@ from cmrdx.pipeline.batch import (
 from cmrdx.pipeline.batch.local import LocalEngine
 from cmrdx.pipeline.batch.ray_engine import _encoded
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _home(tmp_path_factory):
-    """Caches (prompt and study embeddings) in a folder of the test's own, not the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
-        yield
+# caches (prompt and study embeddings) in a folder of this module's own, not the user's
+pytestmark = pytest.mark.usefixtures("module_home")
 
 
 def _ctx(tmp_path: Path, banks=(), text_emb=()) -> RecordContext:

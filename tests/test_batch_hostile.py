@@ -31,13 +31,8 @@ from cmrdx.pipeline.batch import (
 )
 from helpers.cine_factory import build_cine_study
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _home(tmp_path_factory):
-    """Caches (prompt embeddings) in a folder of the tests' own, not the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
-        yield
+# caches (prompt and study embeddings) in a folder of this module's own, not the user's
+pytestmark = pytest.mark.usefixtures("module_home")
 
 
 def _opts(model: Path, **kw) -> BatchOptions:
@@ -196,14 +191,21 @@ def test_resume_after_adding_removing_and_changing_studies(phantom_archive, tiny
     assert not first.resumed and (first.added, first.changed, first.removed) == (0, 0, 0)
 
 
-class _Crash:
-    """An engine that fails as soon as it is asked for a study: a run stopped after its discovery was saved."""
+class _FailingEngine:
+    """An engine that raises ``exc`` as soon as it is asked for a study."""
 
-    name = "crash"
     prepare_seconds = encode_seconds = 0.0
 
+    def __init__(self, name: str, exc: BaseException):
+        self.name, self.exc = name, exc
+
     def run(self, todo, job):
-        raise RuntimeError("stopped")
+        raise self.exc
+
+
+def _crash():
+    """A run stopped after its discovery was saved."""
+    return _FailingEngine("crash", RuntimeError("stopped"))
 
 
 def test_resume_of_an_unfinished_run_after_the_archive_changed(phantom_archive, tiny_model, tmp_path):
@@ -231,7 +233,7 @@ def test_resume_of_an_unfinished_run_after_the_archive_changed(phantom_archive, 
     gone = next(n for n in names if n != first)
     shutil.rmtree(arch / gone)
     with pytest.raises(RuntimeError, match="stopped"):
-        run_batch(arch, out, _opts(tiny_model, engine=_Crash()))
+        run_batch(arch, out, _opts(tiny_model, engine=_crash()))
     s = run_batch(arch, out, _opts(tiny_model))
     assert (s.total, s.ok, s.done_before) == (3, 3, 0)
     fresh = tmp_path / "fresh.jsonl"
@@ -475,16 +477,13 @@ def test_batch_size_0_is_an_error(bad):
     assert ei.value.hint
 
 
-class _Never:
-    name = "never"
-    prepare_seconds = encode_seconds = 0.0
-
-    def run(self, todo, job):
-        raise AssertionError("an engine was started with batch_size 0")
+def _never():
+    """An engine that must never be started."""
+    return _FailingEngine("never", AssertionError("an engine was started with batch_size 0"))
 
 
 def test_batch_size_0_never_reaches_an_engine(phantom_archive, tiny_model, tmp_path):
-    opts = _opts(tiny_model, engine=_Never())
+    opts = _opts(tiny_model, engine=_never())
     opts.batch_size = 0  # set after construction: run_batch checks again
     with pytest.raises(CmrdxError, match="batch_size"):
         run_batch(phantom_archive, tmp_path / "r.jsonl", opts)

@@ -12,13 +12,8 @@ import pytest
 from cmrdx.errors import CmrdxError
 from cmrdx.zeroshot.fewshot import Prototypes, fit_from_labelled, fit_prototypes, labels_for_prototypes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _home(tmp_path_factory):
-    """Caches (prompt and study embeddings) in a folder of the test's own, not the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
-        yield
+# caches (prompt and study embeddings) in a folder of this module's own, not the user's
+pytestmark = pytest.mark.usefixtures("module_home")
 
 
 @dataclass

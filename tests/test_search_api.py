@@ -14,13 +14,8 @@ from cmrdx.cli import app
 from cmrdx.errors import ModelError
 from cmrdx.pipeline.search import Hit, Store, build_store, index_archive, search, similar
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _home(tmp_path_factory):
-    """Caches (prompt and study embeddings) in a folder of the test's own, not the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMRDX_HOME", str(tmp_path_factory.mktemp("home")))
-        yield
+# caches (prompt and study embeddings) in a folder of this module's own, not the user's
+pytestmark = pytest.mark.usefixtures("module_home")
 
 
 @pytest.fixture(scope="module")
