@@ -99,6 +99,13 @@ class StoreFailedError(CmrdxError):
     exit_code = 12
 
 
+class PacsError(CmrdxError):
+    """A PACS answered, but not with what was asked: a study it does not hold, a query or retrieve it refused,
+    an HTTP error status from a DICOMweb service, a retrieve that brought back fewer instances than asked."""
+
+    exit_code = 14
+
+
 class OutputError(CmrdxError):
     """A file cannot be written (or read) where asked: a folder where a file is expected, a folder that is not
     writable, a read-only or full disk, standard output closed or full. Outputs are checked before any work."""
@@ -155,6 +162,7 @@ EXIT_CODES = {
         AssociationRejectedError,
         StoreFailedError,
         OutputError,
+        PacsError,
         InternalError,
     )
 } | {"Interrupted": INTERRUPTED}
