@@ -10,6 +10,8 @@ import pytest
 
 from helpers.data import real_data_dirs
 
+EXAMPLE_STUDY = Path(__file__).resolve().parents[1] / "examples" / "phantom-study"
+
 
 @pytest.fixture(scope="session")
 def real_dirs() -> dict[str, Path]:
@@ -79,6 +81,29 @@ def phantom_archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms") / "archive"
     write_archive(out, n=12, seed=3, prevalence=0.5, n_phases=8, matrix=64)
     return out
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory, phantom_archive):
+    """A real Orthanc (tests/helpers/orthanc.py) holding the example study and the phantom archive's studies; one
+    per session. Skips with the reason where Orthanc is not installed (fails under CI)."""
+    from helpers.orthanc import Orthanc
+
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        pacs.upload_tree(EXAMPLE_STUDY / "DICOM")
+        pacs.upload_tree(phantom_archive)
+        yield pacs
+    finally:
+        pacs.stop()
+
+
+@pytest.fixture
+def pacs_config(orthanc, tmp_path) -> Path:
+    """A pacs.yaml naming the session's Orthanc twice: ``web`` (DICOMweb) and ``dimse`` (C-FIND / C-GET)."""
+    from helpers.orthanc import write_pacs_config
+
+    return write_pacs_config(orthanc, tmp_path / "pacs.yaml")
 
 
 # Fixtures that export or train a model with torch: a test using any of them is marked `torch`.

@@ -146,3 +146,14 @@ class Orthanc:
         web = len(re.findall(r"REST GET call on URI /instances/[0-9a-f-]+/file", text))
         dimse = len(re.findall(r"Store SCU RQ", text))
         return web + dimse
+
+
+def write_pacs_config(pacs: Orthanc, path: Path, extra_nodes: list[dict] | None = None) -> Path:
+    """A cmrdx pacs.yaml with nodes ``web`` (DICOMweb) and ``dimse`` (C-FIND / C-GET) on ``pacs``."""
+    import yaml
+
+    nodes = [{"name": "web", "dicomweb": pacs.dicomweb, "timeout": 30},
+             {"name": "dimse", "aet": pacs.aet, "host": "127.0.0.1", "port": pacs.port, "calling_aet": "CMRDX",
+              "timeout": 30}]
+    path.write_text(yaml.safe_dump({"nodes": nodes + list(extra_nodes or [])}, sort_keys=False))
+    return path
