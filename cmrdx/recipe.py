@@ -40,6 +40,7 @@ import numpy as np
 from cmrdx.vocab import view_key
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.dicom.source import FileRef
     from cmrdx.study.types import Study, StudyView
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -401,6 +402,17 @@ def read_entry(view: StudyView, entry: PlanEntry) -> np.ndarray:
     phases = sorted({t for _, t in entry.images})
     px = view.pixels(slices=slices, phases=phases)  # (len(slices), len(phases), H, W)
     return px[[slices.index(s) for s, _ in entry.images], [phases.index(t) for _, t in entry.images]]
+
+
+def plan_refs(study: Study, plan: MontagePlan) -> list[FileRef]:
+    """The objects ``read_plan`` will read for ``plan`` (each once, in plan order): what a source that fetches
+    files on demand (a PACS) must bring before the recipe runs."""
+    out: dict[FileRef, None] = {}
+    for e in plan.entries:
+        view = study.views[e.key]
+        for ref in view.image_refs(sorted({s for s, _ in e.images}), sorted({t for _, t in e.images})):
+            out.setdefault(ref, None)
+    return list(out)
 
 
 def read_plan(study: Study, plan: MontagePlan) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:

@@ -115,12 +115,45 @@ def scan_refs(refs: Iterable[FileRef], root: str,
         by_series[series_uid].issues.append(
             f"{len(pairs)} SOPInstanceUID{'s' if len(pairs) != 1 else ''} stored twice with different pixel data "
             f"(e.g. {_rel(kept, root)} and {_rel(dropped, root)}): the file first in path order is used")
+    _group(res, by_series)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def scan_datasets(headers: Iterable[tuple[Dataset, FileRef]], root: str) -> ScanResult:
+    """``scan`` over headers that were not read from files here: data sets a PACS answered with (WADO-RS metadata,
+    C-FIND at image level), each with the ``FileRef`` its object will be read from once it is retrieved.
+
+    The same grouping and rules as for files, except the copy check: a second data set of one SOPInstanceUID is
+    counted as a copy without comparing pixels (a PACS holds one object per SOPInstanceUID; there are none here to
+    compare). Frame counts are the headers' own (no stored pixel data bounds them yet; decoding checks them)."""
+    t0 = time.perf_counter()
+    res = ScanResult(root=root)
+    by_series: dict[str, Series] = {}
+    seen: set[tuple[str, str]] = set()
+    for ds, ref in headers:
+        res.files_scanned += 1
+        with capture_read_warnings() as kinds:
+            sop_uid = (_text_values(ds, "SOPInstanceUID") or [""])[0]
+            key = (str(ds.get("SeriesInstanceUID", "") or ""), sop_uid)
+            if sop_uid and key in seen:
+                _skip(res, SKIP_COPY, ref)
+                study_uid: str | None = None
+            else:
+                seen.add(key)
+                study_uid = _add_header(res, by_series, ref, ds, None)
+        if kinds:
+            res.read_warnings.setdefault(study_uid or "", ReadWarnings()).add(kinds, ref)
+    _group(res, by_series)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _group(res: ScanResult, by_series: dict[str, Series]) -> None:
     for s in by_series.values():
         res.studies.setdefault(s.study_uid, []).append(s)
     for uid in res.studies:
         res.studies[uid].sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
-    res.seconds = time.perf_counter() - t0
-    return res
 
 
 def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
@@ -132,6 +165,13 @@ def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
     if ds is None:
         _skip(res, why or "unreadable", ref)
         return None
+    return _add_header(res, by_series, ref, ds, instances)
+
+
+def _add_header(res: ScanResult, by_series: dict[str, Series], ref: FileRef, ds: Dataset,
+                instances: _Instances | None) -> str | None:
+    """One header into ``by_series`` (copies of a SOPInstanceUID checked against ``instances`` when given); its
+    StudyInstanceUID, or None when it was skipped."""
     sop = str(ds.get("SOPClassUID", ""))
     if sop == MEDIA_STORAGE_DIRECTORY or ds.get("DirectoryRecordSequence") is not None:
         _skip(res, "DICOMDIR (directory index)", ref)
@@ -146,7 +186,7 @@ def _read_one(res: ScanResult, by_series: dict[str, Series], ref: FileRef,
     try:
         series_uid = str(ds.SeriesInstanceUID)
         sop_uid = (_text_values(ds, "SOPInstanceUID") or [""])[0]
-        if sop_uid:
+        if sop_uid and instances is not None:
             key = (series_uid, sop_uid)
             first = instances.first.get(key)
             if first is not None:

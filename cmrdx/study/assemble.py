@@ -414,6 +414,7 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
         series_uids=[s.uid for s in chosen],
         notes=notes,
         _loader=loader.load,
+        _refs=[[f.ref for f in row] for row in grid],
     )
 
 

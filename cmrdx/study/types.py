@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cmrdx.dicom.series import ReadWarnings
+from cmrdx.dicom.source import FileRef
 from cmrdx.vocab import VIEW_KEYS, view_key
 
 # The vocabulary is defined once in cmrdx.vocab; STANDARD_VIEWS is the nine view keys a complete study has.
@@ -53,6 +54,8 @@ class StudyView:
     notes: list[str] = field(default_factory=list)
     # loader(slices, phases) -> float32 (len(slices), len(phases), H, W)
     _loader: Callable[[Sequence[int], Sequence[int]], np.ndarray] | None = field(default=None, repr=False)
+    # the files of each image of the grid (slices x phases), for a source that must fetch them before decoding
+    _refs: list[list[FileRef]] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -72,6 +75,14 @@ class StudyView:
         assert self._loader is not None, "StudyView built without a loader"
         out = self._loader(s, p)
         return np.asarray(out, dtype=np.float32)
+
+    def image_refs(self, slices: Sequence[int], phases: Sequence[int]) -> list[FileRef]:
+        """The objects ``pixels(slices, phases)`` reads (each once; several images may share a multi-frame
+        object). Empty for a view over an array."""
+        if self._refs is None:
+            return []
+        out = {self._refs[int(i)][int(j)]: None for i in slices for j in phases}
+        return list(out)
 
     @classmethod
     def from_array(
