@@ -14,6 +14,12 @@ from cmrdx.fileio import atomic_write
 from cmrdx.vocab import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+
+    from pydicom.dataset import Dataset
+
+    from cmrdx.dicom.source import FileRef
+    from cmrdx.pacs.study import PacsStudy
     from cmrdx.pipeline.classify import ClassifyResult
     from cmrdx.study.assemble import StudyInspection
     from cmrdx.study.types import Study
@@ -141,6 +147,13 @@ class StudySource:
 
     inspection: StudyInspection
     study: Study
+    # header data sets by file reference, for a study whose files are not all here (a PACS study: only the images
+    # the recipe reads were retrieved); outputs that cite every instance (the SR) take headers from here first
+    headers: Mapping[FileRef, Dataset] | None = None
+
+    @classmethod
+    def from_pacs(cls, ps: PacsStudy) -> StudySource:
+        return cls(inspection=ps.inspection, study=ps.study, headers=ps.headers)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str], study_uid: str | None = None) -> StudySource:

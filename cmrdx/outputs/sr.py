@@ -97,6 +97,10 @@ def source_headers(src: StudySource, series_uids: list[str]) -> list[pydicom.Dat
         if s is None:
             continue
         for ref in sorted({f.ref for f in s.frames}):
+            known = src.headers.get(ref) if src.headers is not None else None
+            if known is not None:  # a header the PACS answered with (the file itself was not retrieved)
+                out.append(known)
+                continue
             try:
                 with ref.open() as fh:
                     out.append(pydicom.dcmread(fh, stop_before_pixels=True))
