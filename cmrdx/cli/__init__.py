@@ -20,6 +20,7 @@ from cmrdx.cli import eval as _eval
 from cmrdx.cli import fewshot as _fewshot
 from cmrdx.cli import inspect as _inspect
 from cmrdx.cli import models as _models
+from cmrdx.cli import pacs as _pacs
 from cmrdx.cli import prompts as _prompts
 from cmrdx.cli import search as _search
 from cmrdx.cli import send as _send
@@ -80,6 +81,7 @@ app.add_typer(_synth.app, name="synth")
 app.command("train")(_train.train_cmd)
 app.add_typer(_eval.app, name="eval")
 app.command("send")(_send.send_cmd)
+app.add_typer(_pacs.app, name="pacs")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,8 @@ CALL_STYLE: dict[str, str] = {Call.PRESENT: "bold red", Call.ABSENT: "green", Ca
 
 
 def classify_cmd(
-    study_dir: Path = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files."),
+    study_dir: str = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files, or a study on a "
+                                              "PACS: pacs://NODE/STUDY_INSTANCE_UID."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or folder (default: the bundled model)."),
     bank: list[str] | None = typer.Option(None, "--bank", "-b", help="Prompt bank name or YAML file (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
@@ -28,23 +29,39 @@ def classify_cmd(
     report: Path | None = typer.Option(None, "--report", help="Write a self-contained HTML report to this file."),
     sr: Path | None = typer.Option(None, "--sr", help="Write a DICOM SR (TID 1500 measurement report) to this file."),
     fhir: Path | None = typer.Option(None, "--fhir", help="Write a FHIR Bundle (DiagnosticReport + Observations) JSON."),
+    store_back: str | None = typer.Option(None, "--store-back", help="Store the DICOM SR on this PACS node (kept and "
+                                          "retried on the next run if the node cannot take it now)."),
+    pacs_config: Path | None = typer.Option(None, "--pacs-config", help="PACS nodes (default: $CMRDX_HOME/pacs.yaml)."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.pipeline.classify import classify
-    from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
+    from cmrdx.vocab import DEFAULT_BANKS
 
     if device not in ("auto", "cuda", "cpu"):
         raise typer.BadParameter(f"{device!r}: use auto, cuda or cpu", param_hint="--device")
     from cmrdx.outputs.common import check_targets
 
     check_targets(output=output, report=report, sr=sr, fhir=fhir)  # all-or-nothing: no work for an unwritable output
+    from cmrdx.pacs.config import get_node, is_address
+
+    target = get_node(store_back, pacs_config) if store_back else None  # a node not configured: before any work
     src = None
-    if report or sr:  # these outputs need the study's headers and pixels: read it once, shared with classify
+    pacs: dict = {}
+    if is_address(study_dir):  # headers first, then only the instances the recipe (and a report) reads
+        from cmrdx.model.loader import get_encoder
+        from cmrdx.outputs import StudySource
+        from cmrdx.pacs.study import read_pacs_study
+
+        ps = read_pacs_study(study_dir, get_encoder(model, device).manifest.recipe_params(), config=pacs_config,
+                             all_views=report is not None)
+        src, pacs = StudySource.from_pacs(ps), ps.to_dict()
+    elif report or sr or target:  # these outputs need the study's headers and pixels: read once, shared with classify
         from cmrdx.outputs import StudySource
 
         src = StudySource.read(study_dir, study)
     res = classify(src.study if src else study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
                    prototypes=prototypes)
+    res.pacs = pacs
     payload = json.dumps(res.to_dict(), indent=2)
     if output is not None:
         from cmrdx.outputs import write_atomic
@@ -55,6 +72,15 @@ def classify_cmd(
 
         for kind, w in write_outputs(res, src, report=report, sr=sr, fhir=fhir).items():
             typer.echo(f"wrote {kind}: {plain(w['path'])} ({w['bytes']} bytes, {w['ms']:.0f} ms)", err=True)
+    unstored = _store_back(res, src, target, sr) if target is not None and src is not None else None
+    _show(res, payload, as_json)
+    if unstored is not None:  # the findings are shown; the SR waits in the outbox
+        raise unstored
+
+
+def _show(res, payload: str, as_json: bool) -> None:
+    from cmrdx.vocab import DEFAULT_MODEL
+
     if as_json:
         typer.echo(payload)
         return
@@ -108,3 +134,29 @@ def classify_cmd(
     banks = ", ".join(f"{b['name']} {b['version']} ({b['sha256'][:12]})" for b in res.banks)
     console.print(safe(f"model {res.model['name']} {res.model['version']} ({res.model['sha256'][:12]}) on {res.device}; "
                          f"banks {banks}; {sum(res.timings_ms.values()):.0f} ms"), style="dim")
+
+
+def _store_back(res, src, node, sr: Path | None) -> Exception | None:
+    """The SR of ``res`` stored on ``node`` through the outbox (with every SR an earlier run could not store there).
+    Returns the StoreFailedError to raise after the findings are shown (exit 12) while some SR is pending."""
+    import tempfile
+
+    from cmrdx.errors import StoreFailedError
+    from cmrdx.pacs.outbox import store_back
+
+    with tempfile.TemporaryDirectory(prefix="cmrdx-sr-") as tmp:
+        path = sr
+        if path is None:
+            from cmrdx.outputs import write_outputs
+
+            path = Path(tmp) / "sr.dcm"
+            write_outputs(res, src, sr=path)
+        rep = store_back(node, [path])
+    for r in rep.stored:
+        typer.echo(f"stored on {node.name}: SR {plain(r.sop_instance_uid)}", err=True)
+    if rep.pending:
+        why = rep.error or "; ".join(f"{plain(r.sop_instance_uid)}: {plain(r.status)} {plain(r.detail)}" for r in rep.failed)
+        return StoreFailedError(f"{node.name}: {rep.pending} SR(s) not stored ({why}); kept in the outbox",
+                                hint=f"they are sent again by the next --store-back {node.name}, or by "
+                                     f"`cmrdx pacs flush {node.name}`")
+    return None

@@ -15,28 +15,37 @@ from cmrdx.cli.text import safe
 
 
 def inspect_cmd(
-    study_dir: Path = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files."),
+    study_dir: str = typer.Argument(..., help="Folder (or .zip) holding one study's DICOM files, or a study on a "
+                                              "PACS: pacs://NODE/STUDY_INSTANCE_UID (headers only are queried)."),
     study: str | None = typer.Option(None, "--study", help="StudyInstanceUID to inspect when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
     show_phi: bool = typer.Option(False, "--show-phi", help="Also show patient name / ID (hidden by default)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="List every kind of reading warning with example files."),
+    pacs_config: Path | None = typer.Option(None, "--pacs-config", help="PACS nodes (default: $CMRDX_HOME/pacs.yaml)."),
 ) -> None:
     """List every series with its role (cine and LGE feed the model; every other type is named) and view, and the
     reason for each decision."""
     from cmrdx.dicom.scan import scan
     from cmrdx.errors import MultipleStudiesError
+    from cmrdx.pacs.config import is_address
     from cmrdx.study.assemble import assemble_study, inspect_study
 
-    res = scan(study_dir)
-    try:
-        insp = inspect_study(res, study)
-    except MultipleStudiesError:
-        if as_json:
+    if is_address(study_dir):  # the PACS answers with headers; no image is retrieved
+        from cmrdx.pacs.study import inspect_pacs_study
+
+        ps = inspect_pacs_study(study_dir, config=pacs_config)
+        insp, res, manifest = ps.inspection, ps.inspection.scan, ps.study.manifest
+    else:
+        res = scan(study_dir)
+        try:
+            insp = inspect_study(res, study)
+        except MultipleStudiesError:
+            if as_json:
+                raise
+            _print_studies(res)
             raise
-        _print_studies(res)
-        raise
-    # Headers only: the assembly decodes nothing until pixels are asked for; it runs the input checks.
-    manifest = assemble_study(insp, require_cine=False).manifest
+        # Headers only: the assembly decodes nothing until pixels are asked for; it runs the input checks.
+        manifest = assemble_study(insp, require_cine=False).manifest
     if as_json:
         d = insp.to_dict(show_phi=show_phi)
         d["input_checks"] = [c.to_dict() for c in manifest.input_checks]

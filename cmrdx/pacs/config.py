@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,23 @@ def parse_address(text: str) -> PacsAddress:
         raise UsageError(f"{text!r}: {uid!r} is not a DICOM UID (digits and dots, up to 64 characters)",
                          hint="give the study's StudyInstanceUID")
     return PacsAddress(node, uid)
+
+
+def parse_query(items: Sequence[str]) -> dict[str, str]:
+    """``["StudyDate=20260101-20260131", "ModalitiesInStudy=MR"]`` -> {keyword: value}. A keyword that is not a
+    DICOM keyword, or an item without ``=``, is a UsageError naming it."""
+    from pydicom.datadict import tag_for_keyword
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--query {item!r}: not KEYWORD=VALUE", hint="e.g. --query StudyDate=20260101-20260131")
+        if tag_for_keyword(key) is None:
+            raise UsageError(f"--query {item!r}: {key!r} is not a DICOM keyword",
+                             hint="use DICOM keywords such as StudyDate, ModalitiesInStudy, AccessionNumber, StudyInstanceUID")
+        if key in out:
+            raise UsageError(f"--query {key} given twice", hint="give each keyword once (ranges: 20260101-20260131)")
+        out[key] = value.strip()
+    return out

@@ -19,6 +19,7 @@ from cmrdx import __version__
 from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.model.manifest import Manifest
 from cmrdx.model.reference import Typicality, load_reference
+from cmrdx.pacs.config import is_address
 from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.study.types import Study
 from cmrdx.vocab import DEFAULT_BANKS, Call
@@ -61,6 +62,8 @@ class ClassifyResult:
     typicality: dict[str, Any] = field(default_factory=dict)
     # few-shot: finding -> {"score": cos(present) - cos(absent), "call": "present"/"absent", "shots": [n0, n1]}
     fewshot: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a study read from a PACS: its address and what moved (``PacsStudy.to_dict``); empty for a folder
+    pacs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -84,6 +87,8 @@ class ClassifyResult:
                 "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             },
         }
+        if self.pacs:
+            d["run"]["pacs"] = self.pacs
         if include_embedding:
             d["embedding"] = [round(float(x), 6) for x in self.embedding]
         return d
@@ -114,10 +119,16 @@ def classify(
     study_uid: str | None = None,
     text_cache_dir: Path | None = None,
     prototypes: str | os.PathLike[str] | None = None,
+    pacs_config: str | os.PathLike[str] | None = None,
 ) -> ClassifyResult:
     """Classify one study zero-shot against ``banks`` with ``model``; returns a typed result.
 
-    Raises the DICOM layer's errors (NoDicomError, NoCineError, ...) and ModelError / PromptBankError.
+    ``path`` is a folder or .zip, a study already read, or a PACS address ``pacs://NODE/STUDY_UID`` (nodes from
+    ``pacs_config``, default ``$CMRDX_HOME/pacs.yaml``): its headers are queried and only the instances the
+    model's recipe reads are retrieved (``cmrdx.pacs.study``).
+
+    Raises the DICOM layer's errors (NoDicomError, NoCineError, ...), ModelError / PromptBankError, and the PACS
+    clients' errors for an address.
     """
     from cmrdx.recipe import apply_recipe
 
@@ -127,7 +138,14 @@ def classify(
     enc = get_encoder(model, device)
     t["load_ms"] = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
-    study = path if isinstance(path, Study) else assemble_study(path, study_uid)
+    pacs: dict[str, Any] = {}
+    if isinstance(path, str) and is_address(path):
+        from cmrdx.pacs.study import read_pacs_study
+
+        ps = read_pacs_study(path, enc.manifest.recipe_params(), config=pacs_config)
+        study, pacs = ps.study, ps.to_dict()
+    else:
+        study = path if isinstance(path, Study) else assemble_study(path, study_uid)
     t["read_ms"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
     rr = apply_recipe(study, enc.manifest.recipe_params())
@@ -190,4 +208,5 @@ def classify(
         read_summary=study.manifest.read_warnings.summary(),
         typicality=typ.to_dict(),
         fewshot=fewshot,
+        pacs=pacs,
     )
