@@ -7,6 +7,7 @@ C-GET / C-MOVE shows in its log (``instance_reads``)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -68,6 +69,9 @@ class Orthanc:
             "StableAge": 1,
         }
         cfg.update(extra or {})
+        # With AuthenticationEnabled, the REST helpers below log in as the first registered user.
+        users = cfg.get("RegisteredUsers") or {}
+        self.credentials: tuple[str, str] | None = next(iter(users.items())) if cfg["AuthenticationEnabled"] and users else None
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(cfg, indent=1))
         self.proc: subprocess.Popen | None = None
@@ -100,7 +104,10 @@ class Orthanc:
 
     # REST helpers
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"):
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers={"Content-Type": content_type})
+        headers = {"Content-Type": content_type}
+        if self.credentials is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=60) as r:
             data = r.read()
         return json.loads(data) if data[:1] in (b"{", b"[") else data
@@ -137,15 +144,26 @@ class Orthanc:
         return self.log_path.stat().st_size
 
     def instance_reads(self, since: int = 0) -> int:
-        """Instance files Orthanc read to serve WADO-RS, C-GET or C-MOVE since the log offset ``since``: its
-        verbose log names each (``/instances/ID/file`` for DICOMweb; a C-STORE sub-operation per instance for
-        C-GET and C-MOVE)."""
+        """Instance files Orthanc sent by WADO-RS, C-GET or C-MOVE since the log offset ``since``: its verbose log
+        names each (``/instances/ID/file`` for DICOMweb, metadata requests left out; a C-STORE sub-operation per
+        instance for C-GET; "Sending resource" per instance for C-MOVE)."""
         with open(self.log_path, "rb") as fp:
             fp.seek(since)
             text = fp.read().decode("utf-8", "replace")
-        web = len(re.findall(r"REST GET call on URI /instances/[0-9a-f-]+/file", text))
-        dimse = len(re.findall(r"Store SCU RQ", text))
-        return web + dimse
+        # WADO-RS: the DICOMweb plugin reads each file it sends; it also reads every file of a study to build
+        # full metadata (StudiesMetadata "Full"), which sends no file: reads made while serving a .../metadata
+        # request are not counted (requests are sequential in the tests, so the last request line says which).
+        web, for_metadata = 0, False
+        for line in text.splitlines():
+            request = re.search(r"\(http\) (?:GET|POST|PUT|DELETE) (\S+)", line)
+            if request:
+                for_metadata = request.group(1).split("?")[0].endswith("/metadata")
+            elif not for_metadata and re.search(r"REST GET call on URI /instances/[0-9a-f-]+/file", line):
+                web += 1
+        get = len(re.findall(r"Store SCU RQ", text))  # C-GET: each C-STORE sub-operation on the association
+        # C-MOVE: Orthanc names each instance it sends to the move destination (over its own association)
+        move = len(re.findall(r"OrthancMoveRequestHandler\.cpp:\d+\] \(dicom\) Sending resource [0-9a-f-]+ to modality", text))
+        return web + get + move
 
 
 def write_pacs_config(pacs: Orthanc, path: Path, extra_nodes: list[dict] | None = None) -> Path:
