@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import AssociationRejectedError, CmrdxError, OutputError, PacsError, SendError, UsageError
 from cmrdx.fileio import atomic_write
-from cmrdx.pacs.client import Destination, StoreResult, StudyHit, TransferStats
 from cmrdx.pacs.config import PacsNode
+from cmrdx.pacs.types import Destination, StoreResult, StudyHit, TransferStats
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests

@@ -45,8 +45,8 @@ from cmrdx.errors import (
     UsageError,
 )
 from cmrdx.fileio import atomic_write
-from cmrdx.pacs.client import Destination, StoreResult, StudyHit, TransferStats
 from cmrdx.pacs.config import PacsNode, check_ae_title
+from cmrdx.pacs.types import Destination, StoreResult, StudyHit, TransferStats
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
