@@ -41,7 +41,7 @@ from cmrdx.errors import (
     UsageError,
 )
 from cmrdx.fileio import atomic_write
-from cmrdx.pacs.client import StoreResult
+from cmrdx.pacs.types import StoreResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.pacs.client import PacsClient
