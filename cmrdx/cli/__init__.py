@@ -19,6 +19,7 @@ from cmrdx.cli import classify as _classify
 from cmrdx.cli import eval as _eval
 from cmrdx.cli import fewshot as _fewshot
 from cmrdx.cli import inspect as _inspect
+from cmrdx.cli import listen as _listen
 from cmrdx.cli import models as _models
 from cmrdx.cli import pacs as _pacs
 from cmrdx.cli import prompts as _prompts
@@ -82,6 +83,7 @@ app.command("train")(_train.train_cmd)
 app.add_typer(_eval.app, name="eval")
 app.command("send")(_send.send_cmd)
 app.add_typer(_pacs.app, name="pacs")
+app.command("listen")(_listen.listen_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
