@@ -5,6 +5,11 @@ identifiers removed, so the worker that later prepares a study reads no header a
 its result (``studies.json``): every file listed with its size, modification time, study and instance. A
 resumed run lists the archive again (no header is read for that) and reads the headers of new and modified
 files only, so it sees the studies added, changed (a file more, fewer, or rewritten) and removed since.
+
+A source that lists studies rather than files (a PACS query, ``query.PacsQuery``) gives one entry per study,
+its address ``pacs://NODE/STUDY_UID`` in place of a file and what the node says of its size (series and
+instance counts) in place of the SOPInstanceUID: the same index, grouping, fingerprints and comparison with the
+earlier run (``refresh_listed``), so added, changed and removed studies mean the same for both sources.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cmrdx import config
 from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
+from cmrdx.pacs.config import is_address
 
 # One listed file: (str(FileRef), size, modification time in ns, StudyInstanceUID or "", SOPInstanceUID or, for a
-# file that joined no study, the reason it was skipped). Size and time are the file's, or its zip's.
+# file that joined no study, the reason it was skipped). Size and time are the file's, or its zip's. A listed
+# study (a PACS query's hit): (its address, 0, 0, StudyInstanceUID, its fingerprint on the node).
 Entry = tuple[str, int, int, str, str]
 
 DISCOVERY_SCHEMA = "cmrdx-batch-discovery/2"
@@ -40,15 +48,15 @@ class Discovery:
 
     def fingerprints(self, root: str) -> dict[str, str]:
         """StudyInstanceUID -> a hash of its files (paths relative to ``root``, the archive as the listing was
-        given, sizes and modification times; dropped duplicates included): equal while the study is unchanged,
-        wherever the archive was moved. A zip member has its zip's size and time: a zip rewritten changes every
-        study in it."""
+        given, sizes and modification times, instances; dropped duplicates included): equal while the study is
+        unchanged, wherever the archive was moved. A zip member has its zip's size and time: a zip rewritten
+        changes every study in it. A listed study's entry holds its fingerprint on the node."""
         import hashlib
 
         per: dict[str, list[str]] = {}
-        for ref, size, mtime, uid, _ in self.index:
+        for ref, size, mtime, uid, sop in self.index:
             if uid:
-                per.setdefault(uid, []).append(f"{_relative(ref, root)}\0{size}\0{mtime}")
+                per.setdefault(uid, []).append(f"{_relative(ref, root)}\0{size}\0{mtime}\0{sop}")
         return {uid: hashlib.sha256("\n".join(sorted(v)).encode("utf-8", "surrogateescape")).hexdigest()
                 for uid, v in per.items()}
 
@@ -67,7 +75,10 @@ class DiscoveryUpdate:
 
 
 def _relative(ref: str, root: str) -> str:
-    """A file's name relative to the archive ``root`` (a zip member: its zip's, then ``!member``)."""
+    """A file's name relative to the archive ``root`` (a zip member: its zip's, then ``!member``); a study's
+    address as it is."""
+    if is_address(ref):
+        return ref
     r = file_ref(ref)
     try:
         rel = os.path.relpath(r.path, root)
@@ -130,8 +141,10 @@ def file_ref(s: str):
     return FileRef(s)
 
 
-def source_folder(files: Sequence[str], archive: Path) -> str:
-    """The study's folder relative to the archive (common parent of its files)."""
+def source_folder(files: Sequence[str], archive: str | os.PathLike[str]) -> str:
+    """The study's folder relative to the archive (common parent of its files); a listed study's address."""
+    if len(files) == 1 and is_address(files[0]):
+        return files[0]
     parents = [os.path.dirname(f.split("!", 1)[0]) for f in files]
     common = os.path.commonpath(parents) if parents else str(archive)
     try:
@@ -323,10 +336,12 @@ def read_discovery(state: Path) -> tuple[str, str, Discovery, int] | None:
     return d["archive"], d["archive"], disc, 0
 
 
-def save_discovery(state: Path, archive: Path, update: DiscoveryUpdate) -> None:
-    """Save a run's discovery (``STATE/studies.json``), atomically: the baseline the next run compares with."""
+def save_discovery(state: Path, archive: Path | str, update: DiscoveryUpdate) -> None:
+    """Save a run's discovery (``STATE/studies.json``), atomically: the baseline the next run compares with.
+    ``archive``: the archive folder, or the key of a listed source (``refresh_listed``)."""
+    key, root = (str(archive.resolve()), str(archive)) if isinstance(archive, Path) else (archive, archive)
     atomic_write(Path(state) / "studies.json", json.dumps({
-        "schema": DISCOVERY_SCHEMA, "archive": str(archive.resolve()), "root": str(archive), "chunks": update.chunks,
+        "schema": DISCOVERY_SCHEMA, "archive": key, "root": root, "chunks": update.chunks,
         "index": update.discovery.index}, separators=(",", ":")))
 
 
@@ -382,6 +397,62 @@ def refresh_discovery(archive: Path, state: Path, workers: int | None = None, ch
         # header files of a changed study mix its old and new files: its worker reads the study's headers itself
         shutil.rmtree(headers_path(headers, uid, 0).parent, ignore_errors=True)
     return update
+
+
+def refresh_listed(key: str, index: list[Entry], state: Path) -> DiscoveryUpdate:
+    """The discovery of a source that lists its studies (``index``: one entry per study, its address and its
+    fingerprint; no header to read), and what changed since the discovery an earlier run saved in ``state``:
+    a study whose fingerprint changed is scored again, one the listing lost is removed. ``key`` names the
+    source (``save_discovery``). Nothing is saved."""
+    import shutil
+
+    saved = read_discovery(state)
+    shutil.rmtree(Path(state) / "headers", ignore_errors=True)  # a listed study's worker reads its own headers
+    update = DiscoveryUpdate(_group(index), previous=saved is not None)
+    if saved is not None:
+        _compare(update, saved[2], saved[1], key)
+    return update
+
+
+class StudySource(Protocol):
+    """Where a batch run's studies come from: an archive folder (``ArchiveFolder``) or a PACS query
+    (``query.PacsQuery``). ``root``: what the records' sources are relative to; ``pacs_config``: the PACS
+    configuration the reader workers use (None: theirs by default)."""
+
+    @property
+    def root(self) -> str: ...
+
+    @property
+    def pacs_config(self) -> str | None: ...
+
+    def describe(self) -> str: ...
+
+    def refresh(self, state: Path, workers: int | None = None) -> DiscoveryUpdate:
+        """The discovery now, and what changed since the one saved in ``state``; nothing saved."""
+        ...
+
+    def save(self, state: Path, update: DiscoveryUpdate) -> None: ...
+
+
+@dataclass
+class ArchiveFolder:
+    """An archive folder's studies: its files' headers, read once (``refresh_discovery``)."""
+
+    archive: Path
+    pacs_config: str | None = None
+
+    @property
+    def root(self) -> str:
+        return str(self.archive)
+
+    def describe(self) -> str:
+        return str(self.archive)
+
+    def refresh(self, state: Path, workers: int | None = None) -> DiscoveryUpdate:
+        return refresh_discovery(self.archive, state, workers)
+
+    def save(self, state: Path, update: DiscoveryUpdate) -> None:
+        save_discovery(state, self.archive, update)
 
 
 def _compare(update: DiscoveryUpdate, old: Discovery, old_root: str, root: str) -> None:

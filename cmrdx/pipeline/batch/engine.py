@@ -50,10 +50,11 @@ class EngineJob:
     """What every engine is given: the studies' files, the model's recipe and its encoder (loaded in this
     process; an engine may load its own copies elsewhere from ``encoder.manifest.root``)."""
 
-    studies: Mapping[str, Sequence[str]]  # StudyInstanceUID -> its files
+    studies: Mapping[str, Sequence[str]]  # StudyInstanceUID -> its files (a PACS study: its address)
     recipe: dict[str, Any]
     encoder: Encoder
     headers: str | None = None  # discovery's header files, when on this machine's disk
+    pacs_config: str | None = None  # the PACS nodes' configuration file for PACS studies (None: the default)
 
 
 @runtime_checkable

@@ -3,8 +3,10 @@ flushed and fsynced; and the one function that builds a study's record, for ever
 
 The journal is the commit log: a run killed at any moment (SIGKILL included) leaves at most one torn last line,
 which the next run drops. It is append-only: a study's later record supersedes its earlier ones, and a study
-that changed or left the archive since it was scored gets a record saying so ("changed", "removed"). A record never holds patient identifiers: the study's UID, its folder relative to the
-archive, the model, the scores, the embedding (base64 little-endian float32) and the recipe's notes.
+that changed or left the archive since it was scored gets a record saying so ("changed", "removed"). A record
+never holds patient identifiers: the study's UID, its folder relative to the archive (a PACS study: its address
+``pacs://NODE/STUDY_UID``), the model, the scores, the embedding (base64 little-endian float32), the recipe's
+notes and, for a PACS study, what was transferred (``pacs``).
 """
 
 from __future__ import annotations
@@ -177,6 +179,17 @@ def is_scored(rec: dict[str, Any] | None) -> bool:
     return rec is not None and rec.get("status") in ("ok", "failed")
 
 
+# Failures to get a study from its PACS node (unreachable, association refused, an answer short of the study), not
+# failures of the study itself: the record says so for this run, and the next run tries the study again.
+RETRIED_ERRORS = frozenset({"SendError", "AssociationRejectedError", "PacsError"})
+
+
+def is_done(rec: dict[str, Any] | None) -> bool:
+    """Whether a run needs not prepare the study again: it is scored, and did not fail on reaching its node."""
+    return is_scored(rec) and not (rec is not None and rec["status"] == "failed"
+                                   and rec.get("error", {}).get("type") in RETRIED_ERRORS)
+
+
 def _record(line: bytes) -> dict[str, Any] | None:
     """A journal line as its record, or None when it is not one."""
     try:
@@ -201,7 +214,7 @@ def decode_embedding(s: str) -> np.ndarray:
 class RecordContext:
     """What a record says besides the study itself: where its files are and which model and banks scored it."""
 
-    archive: Path
+    archive: Path | str  # the archive folder, or a listed source's key (a PACS study's source is its address)
     discovery: Discovery
     model: str
     model_sha256: str

@@ -58,7 +58,8 @@ class LocalEngine:
                     uid = next(it, None)
                     if uid is None:
                         break
-                    inflight[ex.submit(prepare_study, uid, job.studies[uid], job.recipe, job.headers)] = uid
+                    inflight[ex.submit(prepare_study, uid, job.studies[uid], job.recipe, job.headers,
+                                       job.pacs_config)] = uid
                 if not inflight:
                     break
                 finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)

@@ -63,6 +63,9 @@ class BatchSummary:
     added: int = 0
     changed: int = 0
     removed: int = 0
+    source: str = ""  # the archive folder, or the PACS query (``pacs://NODE?Keyword=value&...``)
+    # a PACS source: instances the studies scored in this run needed, retrieved (not cached) and their bytes
+    transfer: dict[str, int] = field(default_factory=dict)
 
     @property
     def studies_per_s(self) -> float:

@@ -20,11 +20,14 @@ from cmrdx.errors import CmrdxError
 from cmrdx.pipeline.batch.engine import EncodedStudy, EngineJob
 
 
-def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, ...], headers: str | None) -> dict[str, Any]:
+def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, ...], headers: str | None,
+                 pacs_config: str | None = None) -> dict[str, Any]:
     from cmrdx.pipeline.batch.prepare import prepare_study
 
     # discovery's header files are on this machine's disk; on a cluster, workers elsewhere read the headers
-    p = prepare_study(row["uid"], list(row["files"]), recipe, headers if headers and os.path.isdir(headers) else None)
+    # (and a PACS study's workers need the PACS configuration at the same path, or their own default)
+    p = prepare_study(row["uid"], list(row["files"]), recipe, headers if headers and os.path.isdir(headers) else None,
+                      pacs_config if pacs_config and os.path.isfile(pacs_config) else None)
     ok = p["error"] is None
     return {
         "uid": p["uid"],
@@ -89,7 +92,8 @@ class RayEngine:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             ds: Any = ray.data.from_items([{"uid": u, "files": list(job.studies[u])} for u in todo])
             ds = ds.map(_prepare_row, fn_kwargs={"recipe": job.recipe, "shape": job.encoder.video_shape,
-                                                 "headers": job.headers}, num_cpus=1)
+                                                 "headers": job.headers, "pacs_config": job.pacs_config},
+                        num_cpus=1)
             ds = ds.map_batches(
                 _EncodeActor, fn_constructor_kwargs={"model_root": str(job.encoder.manifest.root),
                                                      "device": "cuda" if gpus else "cpu"},

@@ -7,8 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from cmrdx.fileio import atomic_write
 from cmrdx.pipeline.batch.discover import file_ref, read_discovery
 from cmrdx.pipeline.batch.journal import Journal, decode_embedding, journal_path, state_dir
 from cmrdx.pipeline.batch.options import BatchOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.outputs import StudySource
+    from cmrdx.recipe import RecipeParams
 
 FLAT_COLUMNS = ("study_uid", "status", "source", "n_files", "duplicate_files", "model", "model_sha256")
 FORMATS = (".parquet", ".csv", ".jsonl")
@@ -93,34 +98,60 @@ def read_results(out: Path) -> list[dict[str, Any]]:
     return pq.read_table(out).to_pylist()
 
 
-def write_reports(out: Path, reports: Path, opts: BatchOptions) -> tuple[int, int]:
-    """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
-    each study, about one classify per study). Existing reports are kept, so this resumes too.
-    Returns (written, kept)."""
-    from cmrdx.dicom.scan import scan_refs
+def study_source(uid: str, files: Sequence[str], source: str, recipe: RecipeParams, *,
+                 pacs_config: str | os.PathLike[str] | None = None, all_views: bool = False) -> StudySource:
+    """A scored study read again for its outputs (report, SR): from its files, or from its PACS node (the
+    instances the recipe reads, cached by the run; with ``all_views``, every instance of its views, for outputs
+    that show them). Raises what reading the study raises."""
     from cmrdx.outputs import StudySource
-    from cmrdx.outputs.html import write_report
-    from cmrdx.pipeline.classify import classify
+    from cmrdx.pacs.config import is_address
+
+    if len(files) == 1 and is_address(files[0]):
+        from cmrdx.pacs.study import read_pacs_study
+
+        return StudySource.from_pacs(read_pacs_study(files[0], recipe, config=pacs_config, all_views=all_views))
+    from cmrdx.dicom.scan import scan_refs
     from cmrdx.study.assemble import assemble_study, inspect_study
 
-    out = Path(out)
+    insp = inspect_study(scan_refs((file_ref(f) for f in files), root=source), uid)
+    return StudySource(inspection=insp, study=assemble_study(insp))
+
+
+def scored_studies(out: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The studies of the run's saved discovery (StudyInstanceUID -> files) and the journal's records of those
+    scored ok, for outputs made after a run."""
     saved = read_discovery(state_dir(out))
     if saved is None:
         raise CmrdxError(f"{state_dir(out)}: no batch run has discovered an archive for {out}",
                          hint="run `cmrdx batch ARCHIVE --out` first")
     studies = saved[2].studies
-    records = Journal(journal_path(out))
-    records.close()
+    journal = Journal(journal_path(out))
+    journal.close()
+    ok = {u: r for u, r in sorted(journal.scored(list(studies)).items()) if r["status"] == "ok"}
+    return studies, ok
+
+
+def write_reports(out: Path, reports: Path, opts: BatchOptions,
+                  pacs_config: str | os.PathLike[str] | None = None) -> tuple[int, int]:
+    """One HTML report per successfully scored study of a finished run (on request: it re-reads and re-encodes
+    each study, about one classify per study; a PACS study's views are retrieved whole, with the nodes of
+    ``pacs_config``). Existing reports are kept, so this resumes too. Returns (written, kept)."""
+    from cmrdx.model.loader import get_encoder
+    from cmrdx.outputs.html import write_report
+    from cmrdx.pacs.config import is_address
+    from cmrdx.pipeline.classify import classify
+
+    out = Path(out)
+    studies, records = scored_studies(out)
     written = kept = 0
-    for uid, rec in sorted(records.records.items()):
-        if rec["status"] != "ok":
-            continue
-        target = Path(reports) / f"{rec['source'].replace(os.sep, '_').strip('._') or 'study'}.html"
+    for uid, rec in records.items():
+        name = uid if is_address(rec["source"]) else rec["source"].replace(os.sep, "_").strip("._")
+        target = Path(reports) / f"{name or 'study'}.html"
         if target.is_file():
             kept += 1
             continue
-        insp = inspect_study(scan_refs((file_ref(f) for f in studies[uid]), root=rec["source"]), uid)
-        src = StudySource(inspection=insp, study=assemble_study(insp))
+        recipe = get_encoder(opts.model, opts.device).manifest.recipe_params()
+        src = study_source(uid, studies[uid], rec["source"], recipe, pacs_config=pacs_config, all_views=True)
         res = classify(src.study, model=opts.model, banks=opts.banks, device=opts.device)
         write_report(res, src, target)
         written += 1

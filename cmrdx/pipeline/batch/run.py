@@ -1,26 +1,28 @@
-"""``run_batch``: discovery (on a resumed run, what changed in the archive since), then an engine prepares and
-encodes the studies without a result in the journal (new, changed, or not reached before), and each encoded
-study becomes its record (``journal.build_record``), committed before the next; then the results file is
-rewritten from the journal, for the studies the archive holds now."""
+"""``run_batch`` (an archive folder) and ``run_batch_pacs`` (a PACS query): one pipeline over a study source
+(``discover.StudySource``). Discovery (on a resumed run, what changed in the source since), then an engine
+prepares and encodes the studies without a result in the journal (new, changed, not reached before, or failed on
+reaching their PACS node), and each encoded study becomes its record (``journal.build_record``), committed before
+the next; then the results file is rewritten from the journal, for the studies the source holds now."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.errors import CmrdxError
 from cmrdx.model.reference import load_reference
-from cmrdx.pipeline.batch.discover import refresh_discovery, save_discovery
+from cmrdx.pipeline.batch.discover import ArchiveFolder, StudySource
 from cmrdx.pipeline.batch.engine import Engine, EngineJob
 from cmrdx.pipeline.batch.journal import (
     Journal,
     RecordContext,
     build_record,
+    is_done,
     is_scored,
     journal_path,
     state_dir,
@@ -77,30 +79,50 @@ def run_batch(archive: str | os.PathLike[str], out: str | os.PathLike[str], opts
     """Score every study under ``archive`` into ``out`` (.parquet, .csv or .jsonl). Resumable."""
     opts = opts or BatchOptions()
     opts.validate()
-    archive, out = Path(archive), Path(out)
+    archive = Path(archive)
     if not archive.exists():
         from cmrdx.errors import InputNotFoundError
 
         raise InputNotFoundError(f"{archive}: no such archive folder", hint="check the path")
+    return _run_locked(ArchiveFolder(archive), Path(out), opts, progress)
+
+
+def run_batch_pacs(node: str, queries: Sequence[str] | Mapping[str, str], out: str | os.PathLike[str],
+                   opts: BatchOptions | None = None, config: str | os.PathLike[str] | None = None,
+                   progress: Callable[[int, int, str], None] | None = None) -> BatchSummary:
+    """Score every study the PACS node ``node`` finds for ``queries`` (``"Keyword=value"`` items, or a mapping)
+    into ``out``, each recorded by StudyInstanceUID with its address as source. Resumable as a folder run: a
+    study that gained or lost instances is scored again, one the query no longer finds leaves the results, and
+    a study that failed on reaching the node is tried again. ``config``: the nodes' file (default
+    ``$CMRDX_PACS_CONFIG``, else ``$CMRDX_HOME/pacs.yaml``). A bad query or node is a UsageError before any work."""
+    from cmrdx.pipeline.batch.query import PacsQuery
+
+    opts = opts or BatchOptions()
+    opts.validate()
+    return _run_locked(PacsQuery.create(node, queries, config), Path(out), opts, progress)
+
+
+def _run_locked(source: StudySource, out: Path, opts: BatchOptions,
+                progress: Callable[[int, int, str], None] | None) -> BatchSummary:
     if out.suffix.lower() not in FORMATS:
         raise CmrdxError(f"{out}: unknown results format {out.suffix!r}", hint="use .parquet, .csv or .jsonl")
     engine = get_engine(opts)  # an unknown engine, or Ray missing, fails before any work
     with state_lock(state_dir(out)):
-        return _run(archive, out, opts, engine, progress)
+        return _run(source, out, opts, engine, progress)
 
 
-def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
+def _run(source: StudySource, out: Path, opts: BatchOptions, engine: Engine,
          progress: Callable[[int, int, str], None] | None) -> BatchSummary:
     t_start = time.perf_counter()
     sd = state_dir(out)
-    update = refresh_discovery(archive, sd, opts.workers)
+    update = source.refresh(sd, opts.workers)
     disc = update.discovery
     journal = Journal(journal_path(out))
     # Results that no longer hold are marked in the journal before the new discovery is saved: a run killed in
     # between finds the same changes again, one killed after finds the marks.
     journal.supersede(update.changed, "changed")
     journal.supersede(update.removed, "removed")
-    save_discovery(sd, archive, update)
+    source.save(sd, update)
     headers = str(sd / "headers") if (sd / "headers").is_dir() else None
     model = _Model.load(opts)
     mismatched = {r["model_sha256"] for r in journal.records.values() if is_scored(r)} - {model.sha}
@@ -108,19 +130,22 @@ def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
         journal.close()
         raise CmrdxError(f"{sd}: this run was started with another model ({', '.join(m[:12] for m in mismatched)})",
                          hint=f"use the same --model, or delete {sd} (and {out}) to start again")
-    done_before = len(journal.scored(list(disc.studies)))
-    todo = [u for u in disc.studies if not is_scored(journal.records.get(u))]
+    done_before = sum(is_done(journal.records.get(u)) for u in disc.studies)
+    todo = [u for u in disc.studies if not is_done(journal.records.get(u))]
     if opts.limit is not None:
         todo = todo[: opts.limit]
     total = len(disc.studies)
-    ctx = RecordContext(archive, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb,
+    ctx = RecordContext(source.root, disc, model.encoder.manifest.name, model.sha, model.banks, model.text_emb,
                         load_reference(model.encoder.manifest))
-    job = EngineJob(disc.studies, model.recipe, model.encoder, headers)
+    job = EngineJob(disc.studies, model.recipe, model.encoder, headers, source.pacs_config)
     done = total - len(todo)
+    transfer: Counter[str] = Counter()
     encoded = engine.run(todo, job) if todo else iter(())
     try:
         for study in encoded:
             journal.commit(build_record(study, ctx))
+            for k in ("instances_needed", "instances_retrieved", "bytes_retrieved"):
+                transfer[k] += int(study.meta.get("pacs", {}).get(k, 0))
             done += 1
             if progress:
                 progress(done, total, study.uid)
@@ -141,5 +166,6 @@ def _run(archive: Path, out: Path, opts: BatchOptions, engine: Engine,
         failed=dict(failed), seconds=time.perf_counter() - t_start, prepare_seconds=engine.prepare_seconds,
         encode_seconds=engine.encode_seconds, out=out, duplicates=sum(disc.duplicates.values()), files_skipped=disc.skipped,
         journal_skipped=len(journal.skipped_lines), resumed=update.previous, added=len(update.added),
-        changed=len(update.changed), removed=len(update.removed),
+        changed=len(update.changed), removed=len(update.removed), source=source.describe(),
+        transfer=dict(transfer),
     )
