@@ -87,10 +87,13 @@ def phantom_archive(tmp_path_factory) -> Path:
 def orthanc(tmp_path_factory, phantom_archive):
     """A real Orthanc (tests/helpers/orthanc.py) holding the example study and the phantom archive's studies; one
     per session. Skips with the reason where Orthanc is not installed (fails under CI)."""
-    from helpers.orthanc import Orthanc
+    from helpers.orthanc import Orthanc, free_port
 
     pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     try:
+        # a real PACS answers queries only from the AE titles it knows: cmrdx's is registered (C-MOVE tests
+        # register it again with their own port)
+        pacs.add_modality("cmrdx", "CMRDX", "127.0.0.1", free_port())
         pacs.upload_tree(EXAMPLE_STUDY / "DICOM")
         pacs.upload_tree(phantom_archive)
         yield pacs

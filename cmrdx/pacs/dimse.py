@@ -155,19 +155,38 @@ def _tune_socket(timeout: float) -> Callable[[Any], None]:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             return
-        quickack = getattr(socket, "TCP_QUICKACK", None)
-        if quickack is None:
-            return
-        recv = asock.recv
-
-        def quick_recv(nr_bytes: int) -> Any:
-            with suppress(OSError):
-                raw.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-            return recv(nr_bytes)
-
-        asock.recv = quick_recv  # this association's socket only
+        quick_acks(event)
 
     return handler
+
+
+def quick_acks(event: Any) -> None:
+    """Acknowledge every read at once on an accepted connection (Linux ``TCP_QUICKACK``, re-armed after each
+    read since the kernel drops it again).
+
+    Many senders leave Nagle's algorithm on (Debian's DCMTK, and so Orthanc, does unless ``TCP_NODELAY=1`` is in
+    its environment; pynetdicom does too). A C-STORE is written as two PDUs, so the sender holds the tail of the
+    second until the first is acknowledged, and a receiver that delays its ACKs (40 ms on Linux) makes every
+    instance wait: 317 instances routed from Orthanc took 14.3 s instead of 0.9 s. Best effort: where the option
+    or pynetdicom's socket wrapper is not there, the connection works as before."""
+    opt = getattr(socket, "TCP_QUICKACK", None)
+    wrapper: Any = getattr(getattr(event.assoc, "dul", None), "socket", None)
+    sock = getattr(wrapper, "socket", None)
+    read = getattr(wrapper, "recv", None)
+    if opt is None or sock is None or read is None:
+        return
+
+    def recv(nr_bytes: int) -> Any:
+        data = read(nr_bytes)
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, opt, 1)
+        return data
+
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, opt, 1)
+    except OSError:
+        return
+    wrapper.recv = recv
 
 
 class _Receiver:

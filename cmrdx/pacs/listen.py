@@ -33,7 +33,6 @@ first study is classified.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -402,6 +401,8 @@ class Listener:
     def _start_server(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
+        from cmrdx.pacs.dimse import quick_acks
+
         ae = AE(ae_title=self.aet)
         # Every storage SOP class in every transfer syntax: a file is spooled as it was sent, never transcoded
         # (a PACS that offers JPEG-LS would otherwise decompress each image for us).
@@ -416,7 +417,7 @@ class Listener:
         try:
             self._server = ae.start_server((self.host, self.port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                         (evt.EVT_CONN_OPEN, _quick_acks)])
+                                                         (evt.EVT_CONN_OPEN, quick_acks)])
         except OSError as exc:
             raise UsageError(f"cmrdx listen: cannot listen on port {self.port} ({exc.strerror or exc})",
                              hint="choose another --port (one no other program uses; below 1024 needs privileges)"
@@ -680,37 +681,6 @@ class Listener:
     @property
     def spool_bytes(self) -> int:
         return self._spool_bytes
-
-
-def _quick_acks(event: Any) -> None:
-    """Acknowledge every read at once on an accepted connection (Linux ``TCP_QUICKACK``, re-armed after each
-    read since the kernel drops it again).
-
-    Many senders leave Nagle's algorithm on (Debian's DCMTK, and so Orthanc, does unless ``TCP_NODELAY=1`` is in
-    its environment; pynetdicom does too). A C-STORE is written as two PDUs, so the sender holds the tail of the
-    second until the first is acknowledged, and a receiver that delays its ACKs (40 ms on Linux) makes every
-    instance wait: 317 instances routed from Orthanc took 14.3 s instead of 0.9 s. Best effort: where the option
-    or pynetdicom's socket wrapper is not there, the connection works as before."""
-    import socket
-
-    opt = getattr(socket, "TCP_QUICKACK", None)
-    wrapper: Any = getattr(getattr(event.assoc, "dul", None), "socket", None)
-    sock = getattr(wrapper, "socket", None)
-    read = getattr(wrapper, "recv", None)
-    if opt is None or sock is None or read is None:
-        return
-
-    def recv(nr_bytes: int) -> Any:
-        data = read(nr_bytes)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, opt, 1)
-        return data
-
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, opt, 1)
-    except OSError:
-        return
-    wrapper.recv = recv
 
 
 def journal_events(path: Path, study_uid: str | None = None, events: Iterable[str] | None = None

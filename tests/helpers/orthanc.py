@@ -63,7 +63,6 @@ class Orthanc:
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "DicomModalities": {k: list(v) for k, v in (modalities or {}).items()},
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True,
-            "DicomAlwaysAllowFind": True,
             "DicomCheckCalledAet": True,
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
