@@ -118,10 +118,9 @@ def batch_cmd(
     if s.journal_skipped:
         t.add_row("corrupt journal lines skipped", f"{s.journal_skipped} (their studies were scored again)")
     if pacs is not None:
-        tr = s.transfer
-        t.add_row("PACS transfer", f"{tr.get('instances_needed', 0)} instances needed, "
-                                   f"{tr.get('instances_retrieved', 0)} retrieved "
-                                   f"({tr.get('bytes_retrieved', 0) / 1e6:.1f} MB), the rest from the cache")
+        needed, got = s.transfer.get("instances_needed", 0), s.transfer.get("instances_retrieved", 0)
+        t.add_row("PACS transfer", f"{needed} instances read: {got} retrieved "
+                                   f"({s.transfer.get('bytes_retrieved', 0) / 1e6:.1f} MB), {needed - got} from the cache")
     t.add_row("throughput", f"{s.studies_per_s:.2f} studies/s in {s.seconds:.1f} s "
                             f"(reading {s.prepare_seconds:.1f} s summed over workers, encoding {s.encode_seconds:.1f} s)")
     if stored is not None:
