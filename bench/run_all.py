@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Page order: model quality first, then what a user waits for, then the building blocks.
-ORDER = ["zeroshot", "typicality", "classify", "batch", "dicom", "synth", "encoder", "recipe_window"]
+ORDER = ["zeroshot", "typicality", "classify", "batch", "pacs", "dicom", "synth", "encoder", "recipe_window"]
 SCRIPTS = {  # result name -> the script (and arguments) that regenerate it under `make bench`
     "dicom": ["bench_dicom.py"],
     "synth": ["bench_synth.py"],
@@ -31,6 +31,7 @@ SCRIPTS = {  # result name -> the script (and arguments) that regenerate it unde
     "recipe_window": ["recipe_window.py", "--out", "bench/results/recipe_window.md"],
     "classify": ["bench_classify.py"],
     "batch": ["bench_batch.py"],
+    "pacs": ["bench_pacs.py"],
 }
 HEADER = [
     "# Benchmarks",
