@@ -1,7 +1,9 @@
 """CMR report text from a phantom's findings: varied phrasing, synonyms, negations, severity words, numbers.
 
 Styles: ``TRAIN_STYLES`` are for training; ``HELDOUT_STYLES`` use their own vocabulary and layout so a benchmark
-can test generalisation to wording a model never saw (exclude them from training with ``report_style``).
+can test generalisation to wording a model never saw (exclude them from training with ``report_style``). The
+randomised generator (``sample_params(variety=True)``) adds ``VARIETY_STYLES`` to the training styles and phrases
+every style more widely (``report_variety``); its studies never draw a held-out style unless asked.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ import numpy as np
 # ones, and a text tower learned them as signs of normality ("Pericardial fluid is present" scored effusion 0.31 AUC)
 WORDING = 2
 TRAIN_STYLES = ("narrative", "structured", "terse")
-HELDOUT_STYLES = ("telegraphic",)
-STYLES = TRAIN_STYLES + HELDOUT_STYLES
+# The held-out style family: layouts and vocabulary no training style uses. A study gets one of them only when an
+# archive or a caller asks for it (``report_style=`` / ``--report-style``); nothing draws them by default.
+HELDOUT_STYLES = ("telegraphic", "dictated")
+# Training styles the randomised generator (``sample_params(variety=True)``) adds to TRAIN_STYLES.
+VARIETY_STYLES = ("bulleted", "quantitative", "brief")
+VARIETY_TRAIN_STYLES = TRAIN_STYLES + VARIETY_STYLES
+# Order matters: a style's index seeds its wording (the classic four keep theirs).
+STYLES = TRAIN_STYLES + ("telegraphic",) + VARIETY_STYLES + ("dictated",)
 
 _SEV_ADJ = {"mild": ["mild", "mild", "slight"], "moderate": ["moderate"], "severe": ["severe", "marked", "significant"]}
 _SEV_ADV = {"mild": ["mildly", "mildly", "slightly"], "moderate": ["moderately"], "severe": ["severely", "markedly"]}
@@ -26,6 +34,14 @@ _WALL_NAMES = {
     "RCA": ["inferior wall", "inferoseptal and inferior walls", "RCA territory"],
     "LCx": ["lateral wall", "inferolateral and anterolateral walls", "circumflex territory"],
 }
+
+
+def report_options(seed: int) -> dict[str, object]:
+    """Phrasing options of a randomised study's report, drawn from its seed: spelling (British or American),
+    whether measurements are quoted, and the register of negations."""
+    rng = np.random.default_rng([int(seed), 0xD0A1, 0x0B7])
+    return {"spelling": str(rng.choice(["british", "american"])), "measurements": bool(rng.random() < 0.65),
+            "negation": str(rng.choice(["plain", "evidence", "absent"]))}
 
 
 class _Pick:
@@ -186,7 +202,9 @@ def _telegraphic(p: Any, m: dict[str, float], pick: _Pick) -> str:
 def make_report(p: Any, measurements: dict[str, float], style: str | None = None) -> str:
     """Report text for StudyParams ``p`` with phantom ``measurements`` (``Phantom.truth()``).
 
-    The wording is drawn from the study seed, so the same study always gets the same report.
+    The wording is drawn from the study seed, so the same study always gets the same report. A randomised study
+    (``p.variety``), or a style of ``VARIETY_STYLES`` / "dictated", takes the randomised generator's phrasing
+    (``cmrdx.synth.report_variety``).
     """
     style = style or p.report_style
     if style not in STYLES:
@@ -195,6 +213,10 @@ def make_report(p: Any, measurements: dict[str, float], style: str | None = None
     m = measurements
     if style == "telegraphic":
         return _telegraphic(p, m, pick)
+    if getattr(p, "variety", None) is not None or style not in TRAIN_STYLES:
+        from cmrdx.synth.report_variety import variety_report
+
+        return variety_report(p, m, style, pick)
     sent = _sentences(p, m, pick)
     present = [k for k in sent if p.findings[k] != "none"]
     absent = [k for k in sent if p.findings[k] == "none"]
