@@ -46,7 +46,7 @@ def phantom_study(params: StudyParams, views: Sequence[str] | None = None) -> tu
     """(Study with lazily rendered views, report text) for StudyParams ``params``.
 
     ``views``: view keys to include (default ``VIEW_KEYS``); a plane the phantom does not acquire (e.g.
-    "LAX", LGE LVOT) is left out, as in a real study. A view's loader renders only the requested (slice,
+    "LAX", LGE LVOT) is left out, as in a real study, and so is a view a randomised study is missing. A view's loader renders only the requested (slice,
     phase) frames (``render_frame``)."""
     from cmrdx.study.types import Study, StudyView
     from cmrdx.synth.phantom import Phantom
@@ -54,9 +54,10 @@ def phantom_study(params: StudyParams, views: Sequence[str] | None = None) -> tu
 
     ren = Renderer(params, Phantom(params))
     st = Study(study_uid=f"phantom-{params.seed}", source="cmrdx.synth (arrays)")
+    missing = set(params.variety.missing_views) if params.variety is not None else set()
     for key in views or VIEW_KEYS:
         role, view = key.split(":")
-        if view not in (CINE_VIEWS if role == Role.CINE else LGE_VIEWS):
+        if view not in (CINE_VIEWS if role == Role.CINE else LGE_VIEWS) or key in missing:
             continue
         vi = VIEW_KEYS.index(key)
         planes = ren.view_planes(role, view)

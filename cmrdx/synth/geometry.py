@@ -26,6 +26,9 @@ class Plane:
     shape: tuple[int, int]
     spacing: float
     thickness: float
+    # Breath-hold misregistration (randomised generator): where the anatomy imaged on this plane really was,
+    # relative to the plane's header geometry (mm, patient coordinates). None: where the header says.
+    shift: np.ndarray | None = None
 
     @property
     def normal(self) -> np.ndarray:
@@ -58,9 +61,10 @@ def make_plane(centre: np.ndarray, row: np.ndarray, col: np.ndarray, shape: tupl
                  float(thickness))
 
 
-def uid(seed: int, *parts: object) -> str:
-    """A UID derived from the study seed and a path of names (deterministic, unique per input): the DICOM
-    writer's UIDs, and the StudyInstanceUID a study rendered to arrays gets (``uid(seed, "study")``)."""
+def uid(seed: int | str, *parts: object) -> str:
+    """A UID derived from the study seed (or a randomised study's identity, ``params.uid_root``) and a path of
+    names (deterministic, unique per input): the DICOM writer's UIDs, and the StudyInstanceUID a study rendered
+    to arrays gets (``uid(seed, "study")``)."""
     from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=["cmrdx-synth", str(seed), *[str(p) for p in parts]])

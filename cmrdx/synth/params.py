@@ -6,12 +6,15 @@ study seed, so that ``sample_params(seed)`` alone fixes a study (pixels, headers
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from cmrdx.synth.variety import ISCHAEMIC, FamilyFilter, Variety, lge_contrast, sample_variety
 from cmrdx.vocab import SEVERITY_LEVELS, Severity
 
 FINDINGS = (
@@ -125,11 +128,19 @@ class StudyParams:
     acq: Acquisition
     report_style: str = "narrative"
     extra: dict[str, Any] = field(default_factory=dict)
+    variety: Variety | None = None  # the randomised appearance (``sample_params(variety=True)``); None: classic
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["wall_motion"] = {str(k): v for k, v in self.wall_motion.items()}
+        if self.variety is None:
+            d.pop("variety")  # classic studies keep the truth.json they always had
         return d
+
+    @property
+    def families(self) -> list[str]:
+        """The appearance families of a randomised study (``"scar:midwall"``, ``"lge:psir"``, ...); [] if classic."""
+        return self.variety.families() if self.variety is not None else []
 
     @property
     def present(self) -> list[str]:
@@ -174,6 +185,9 @@ def sample_params(
     report_style: str | None = None,
     n_phases: int | None = None,
     matrix: int | None = None,
+    variety: bool = False,
+    only_families: Iterable[str] | str | None = None,
+    exclude_families: Iterable[str] | str | None = None,
 ) -> StudyParams:
     """Draw a full study description from ``seed``.
 
@@ -185,6 +199,11 @@ def sample_params(
         report_style: a style of ``cmrdx.synth.report.STYLES``; None draws a training style.
         n_phases: cine phases (20-30 drawn when None); tests use fewer for speed.
         matrix: force a square cine matrix of this size (drawn 160-256 when None).
+        variety: randomise every appearance axis (``cmrdx.synth.variety``): shapes, wall and scar patterns, LGE
+            and cine contrast, noise, shading, field of view, matrix, slices, heart rate, misregistration, views.
+            False (the default) draws the classic study, unchanged.
+        only_families, exclude_families: family filters of the randomised generator (``"scar:midwall"``,
+            ``"lge:psir"``, ...; see ``cmrdx.synth.variety.FamilyFilter``); they imply ``variety``.
     """
     from cmrdx.synth.report import TRAIN_STYLES  # local: report imports this module
 
@@ -275,7 +294,7 @@ def sample_params(
     )
     acq.lge_trigger_ms = round(acq.rr_ms * float(rng.uniform(0.6, 0.75)), 1)
     style = report_style or str(rng.choice(TRAIN_STYLES))
-    return StudyParams(
+    out = StudyParams(
         seed=int(seed),
         findings=sev,
         lv_edv_ml=lv_edv,
@@ -294,3 +313,111 @@ def sample_params(
         acq=acq,
         report_style=style,
     )
+    if variety or only_families or exclude_families:
+        _randomise(out, FamilyFilter.make(only_families, exclude_families), report_style, n_phases, matrix)
+    return out
+
+
+def uid_root(p: StudyParams) -> int | str:
+    """What a study's UIDs derive from: its seed (classic), or for a randomised study the seed, the generator
+    version and a digest of all its parameters (the same seed drawn with other family filters is another
+    study, with other UIDs, and never shares a cached embedding with a classic study)."""
+    if p.variety is None:
+        return p.seed
+    digest = hashlib.sha256(json.dumps(p.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{p.seed}-v{p.variety.version}-{digest}"
+
+
+# Per-severity number of AHA segments a scar pattern covers.
+_N_SEG = {"mild": 2, "moderate": 4, "severe": 6}
+
+
+def _scar_segments(v: Variety, sev: str, rng: np.random.Generator) -> tuple[str | None, list[int], list[dict[str, float]]]:
+    """(territory, AHA segments, blobs) of the randomised scar pattern ``v.scar`` at severity ``sev``. Blobs
+    (rv_insertion, patchy) are (psi_deg, h, width_deg, height, lo, hi) in the phantom's table coordinates."""
+    from cmrdx.synth.phantom import aha_segment  # local: phantom imports this module
+
+    d = v.scar_detail
+    n = int(np.clip(_N_SEG[sev] + int(d["extent_shift"]), 1, 7))
+    pat = v.scar
+    if pat in ISCHAEMIC:
+        terr = str(d["territory"])
+        pool = list(TERRITORY_SEGMENTS[terr])
+        start = int(rng.integers(len(pool)))
+        return terr, sorted(pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))), []
+    if pat == "midwall":
+        pool = [3, 2, 9, 8, 4, 10, 5, 11] if d["midwall_site"] == "septal" else [5, 11, 4, 10, 6, 12, 16, 15]
+        return None, sorted(pool[: n + 1]), []
+    if pat == "epicardial":
+        pool = [11, 5, 12, 6, 16, 10, 4]
+        return None, sorted(pool[:n]), []
+    if pat == "diffuse_subendocardial":
+        return None, list(range(1, 17)), []
+    blobs: list[dict[str, float]] = []
+    if pat == "rv_insertion":
+        ins = float(rng.uniform(55, 75))
+        sites = [-ins] if sev == "mild" else [-ins, ins]
+        for psi in sites:
+            blobs.append({"psi": psi + float(rng.normal(0, 4)), "h": float(rng.uniform(0.55, 0.75)),
+                          "width": float(rng.uniform(10, 18)), "height": float(rng.uniform(0.2, 0.35) * (1.4 if sev == "severe" else 1.0)),
+                          "lo": 0.15, "hi": 0.9})
+    else:  # patchy: multifocal blobs anywhere, mid-wall or epicardial or transmural
+        for _ in range(int(rng.integers(2, 4)) + n // 2):
+            kind = int(rng.integers(3))
+            lo, hi = [(0.3, 0.75), (0.55, 1.3), (-1.0, 1.3)][kind]
+            blobs.append({"psi": float(rng.uniform(-180, 180)), "h": float(rng.uniform(0.2, 0.9)),
+                          "width": float(rng.uniform(10, 25)), "height": float(rng.uniform(0.08, 0.2)), "lo": lo, "hi": hi})
+    segs = sorted({int(aha_segment(np.array([b["h"]]), np.array([((b["psi"] + 180) % 360) - 180]))[0]) for b in blobs})
+    return None, segs, blobs
+
+
+def _randomise(p: StudyParams, flt: FamilyFilter, report_style: str | None, n_phases: int | None,
+               matrix: int | None) -> None:
+    """Turn the classic draw ``p`` into a randomised one (in place): its findings and targets stay; the appearance
+    axes are drawn from streams of their own (``cmrdx.synth.variety``)."""
+    from cmrdx.synth.report import VARIETY_TRAIN_STYLES, report_options  # local: report imports this module
+
+    v = sample_variety(p.seed, p.findings, flt)
+    p.variety = v
+    rng = np.random.default_rng([p.seed, 0xD0A1, 0x5CA2])
+    sev = p.findings
+    p.hypertrophy_pattern = v.hypertrophy or "none"
+    p.lge_pattern, p.lge_territory, p.lge_segments, p.wall_motion = "none", None, [], {}
+    if v.scar:
+        p.lge_pattern = v.scar
+        p.lge_territory, p.lge_segments, blobs = _scar_segments(v, sev["lge"], rng)
+        v.scar_detail["blobs"] = blobs
+        if v.scar in ISCHAEMIC:
+            kind = "akinetic" if v.scar == "transmural" else "hypokinetic"
+            p.wall_motion = {s: kind for s in p.lge_segments}
+    ra = np.random.default_rng([p.seed, 0xD0A1, 0xACC])
+    p.anatomy.contrast_jitter = tuple(float(x) for x in ra.uniform(1 - v.contrast_spread, 1 + v.contrast_spread, 12))
+    p.anatomy.lv_sphericity = float(np.clip(p.anatomy.lv_sphericity * ra.uniform(0.88, 1.12), 1.6, 3.2))
+    p.anatomy.rv_shape = tuple(float(x) for x in ra.uniform([0.85, 0.8, 0.8], [1.2, 1.2, 1.05]))  # type: ignore[assignment]
+    # acquisition: wider ranges than the classic generator's
+    a = p.acq
+    hr = float(ra.uniform(45, 110))
+    a.heart_rate_bpm = round(hr, 1)
+    a.rr_ms = round(60000.0 / hr, 1)
+    a.n_phases = int(n_phases) if n_phases else int(ra.choice([16, 20, 25, 30]))
+    m = int(matrix) if matrix else int(ra.choice([128, 144, 160, 176, 192, 208, 224, 256]))
+    rows = m if matrix or ra.random() < 0.5 else int(round(m * ra.choice([0.75, 0.8125, 0.875]) / 2) * 2)
+    fov = float(ra.uniform(280, 420))
+    a.matrix = (rows, m)
+    a.pixel_mm = round(fov / m, 4)
+    a.sax_thickness_mm = float(ra.choice([5.0, 6.0, 7.0, 8.0, 10.0]))
+    a.sax_gap_mm = float(ra.choice([0.0, 0.0, 1.0, 2.0, 3.0, 4.0]))
+    a.lax_thickness_mm = float(ra.choice([5.0, 6.0, 7.0, 8.0, 10.0]))
+    lm = int(matrix) if matrix else int(ra.choice([128, 160, 192, 208, 224, 256]))
+    a.lge_matrix = (lm, lm)
+    a.lge_pixel_mm = round(float(ra.uniform(280, 420)) / lm, 4)
+    a.lge_thickness_mm = float(ra.choice([5.0, 6.0, 8.0, 10.0]))
+    a.lge_n_slices = int(ra.integers(8, 17))
+    a.snr_cine = float(ra.uniform(10, 50)) * (0.75 if v.cine == "gre" else 1.0)
+    a.snr_lge = float(ra.uniform(8, 35))
+    a.gain = float(ra.uniform(400, 1800))
+    a.plane_jitter_deg = float(ra.uniform(0, 7))
+    a.lge_trigger_ms = round(a.rr_ms * float(ra.uniform(0.55, 0.8)), 1)
+    a.inversion_time_ms = lge_contrast(v, a.rr_ms)[1]
+    v.report = report_options(p.seed)
+    p.report_style = report_style or str(np.random.default_rng([p.seed, 0xD0A1, 0x7E47]).choice(VARIETY_TRAIN_STYLES))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmrdx.synth.params import StudyParams
+from cmrdx.synth.variety import Variety
 
 NPSI, NH = 72, 24  # angular x height bins of the LV tables
 MYO_DENSITY = 1.05  # g/mL
@@ -96,6 +97,18 @@ def _blur_table(t: np.ndarray, n: int = 2) -> np.ndarray:
     return t
 
 
+def _shape_table(v: Variety, H: np.ndarray, PSI: np.ndarray) -> np.ndarray:
+    """Relative endocardial radius per (height, angle) bin of a randomised LV: elliptical cross-sections, a more
+    conical or more globular apex, and the septum flattened into the LV (curvature > 0) or bowed into the RV."""
+    m = v.shape_modes
+    rad = np.radians(PSI)
+    t = 1.0 + m["ellipticity"] * np.cos(2 * (rad - np.radians(m["ellipticity_deg"])))
+    t = t * (1.0 + m["conicity"] * (H - 0.6))
+    if v.septal_curvature:
+        t = t * (1.0 - v.septal_curvature * np.exp(-((PSI / 45.0) ** 2)) * np.clip(0.3 + 1.4 * H, 0.0, 1.0))
+    return _blur_table(t, 1)
+
+
 class Phantom:
     """A heart built from StudyParams; ``fields(q, f, w)`` samples it at heart-frame points.
 
@@ -115,15 +128,33 @@ class Phantom:
         self.rr = p.acq.rr_ms
 
         vol = p.lv_edv_ml * 1000.0
-        self.Le = 0.0
-        self.Re = float((3 * vol / (2 * np.pi * an.lv_sphericity)) ** (1 / 3))
-        self.Le = an.lv_sphericity * self.Re
-
         hc = (np.arange(NH) + 0.5) / NH
         pc = -180 + (np.arange(NPSI) + 0.5) * 360 / NPSI
         H, PSI = np.meshgrid(hc, pc, indexing="ij")
+        self.v = p.variety
+        self.Le = 0.0
+        self._Re32: np.ndarray | None = None
+        self._LO32: np.ndarray | None = None
+        self._HI32: np.ndarray | None = None
+        if self.v is None:
+            self.Re = float((3 * vol / (2 * np.pi * an.lv_sphericity)) ** (1 / 3))
+            self.Re_t: float | np.ndarray = self.Re  # endocardial short radius per (height, angle) bin
+        else:
+            # a non-ellipsoidal LV: the radius of each (height, angle) bin is Re x Rmod, and Re is scaled so the
+            # cavity still holds the drawn volume (the table volume is that of the ellipsoid times mean(Rmod^2))
+            self.Rmod = _shape_table(self.v, H, PSI)
+            hw = 1.0 - (hc - 1.0) ** 2
+            m2 = float(np.sum(self.Rmod**2 * hw[:, None]) / (np.sum(hw) * NPSI))
+            self.Re = float((3 * vol / (2 * np.pi * an.lv_sphericity * m2)) ** (1 / 3))
+            self.Re_t = self.Re * self.Rmod
+            self._Re32 = np.ascontiguousarray(self.Re_t, np.float32).ravel()
+        self.Le = an.lv_sphericity * self.Re
+
         self.seg = aha_segment(H, PSI)
-        self._tables(H, PSI)
+        if self.v is None:
+            self._tables(H, PSI)
+        else:
+            self._tables_variety(H, PSI)
         self._solve_lv()
         self._solve_rv()
 
@@ -163,15 +194,91 @@ class Phantom:
             "transmural": {"mild": 1.3, "moderate": 1.3, "severe": 1.3},
             "diffuse_subendocardial": {"mild": 0.25, "moderate": 0.35, "severe": 0.5},
         }.get(p.lge_pattern, {}).get(sev, 0.0)
-        self.A_ed = np.pi * (2 * self.Re * self.T + self.T**2)  # ED myocardial ring area, mm^2
+        self._finish_tables()
+
+    def _finish_tables(self) -> None:
+        self.A_ed = np.pi * (2 * self.Re_t * self.T + self.T**2)  # ED myocardial ring area, mm^2
         # float32 lookup copies keep the per-point arithmetic in float32 (half the memory traffic)
         self._W32, self._A32, self._S32 = (np.ascontiguousarray(x, np.float32).ravel()
                                            for x in (self.W, self.A_ed, self.scar))
         self.h_weight = 1.0 - ((np.arange(NH) + 0.5) / NH - 1.0) ** 2  # (1 - z^2/L^2) at bin centres
 
+    def _tables_variety(self, H: np.ndarray, PSI: np.ndarray) -> None:
+        """The randomised generator's tables: wall-thickness patterns (concentric, asymmetric septal, apical) with
+        smooth regional variation, and scar as a weight plus a transmural band [lo, hi] per bin (0 = endocardium,
+        1 = epicardium), which draws subendocardial, transmural, mid-wall, epicardial, RV-insertion and patchy
+        scars alike."""
+        p = self.p
+        v = self.v
+        assert v is not None
+        rng = np.random.default_rng([p.seed, 0xA7A, 0xD0A1])
+        wall = p.lv_wall_mm
+        k = float(rng.uniform(0.6, 0.85))
+        taper = np.where(H < 1 / 3, k + (1 - k) * 3 * H, 1.0)  # thinner apex
+        rad = np.radians(PSI)
+        fld = sum(float(rng.normal()) * np.cos(m * rad + float(rng.uniform(0, 6.3))) * (1 + float(rng.normal(0, 0.5)) * H)
+                  for m in (1, 2, 3))
+        var = 1.0 + v.wall_variation * fld / max(float(np.abs(fld).max()), 1e-6)
+        pat = p.hypertrophy_pattern
+        if pat in ("septal", "apical"):
+            base_t = rng.uniform(7.5, 10.0) * taper * var
+            if pat == "septal":
+                lobe = (np.exp(-((PSI - rng.uniform(-20, 20)) / rng.uniform(40, 70)) ** 2)
+                        * np.clip((H - rng.uniform(0.15, 0.35)) / 0.35, 0, 1))
+            else:  # apical hypertrophy: the apical segments and cap thickest ("ace of spades")
+                lobe = np.clip((rng.uniform(0.4, 0.55) - H) / 0.2, 0, 1) * (1 + 0.08 * np.cos(rad + rng.uniform(0, 6.3)))
+            T = np.maximum(base_t, wall * lobe)
+        else:
+            T = wall * taper * var
+        W = np.ones_like(H) * (1.0 - 0.08 * np.exp(-(PSI / 50.0) ** 2))
+        for seg, kind in p.wall_motion.items():
+            W[self.seg == seg] = 0.45 if kind == "hypokinetic" else 0.05
+        self.W = _blur_table(W, 2)
+
+        scar = np.zeros_like(H)
+        lo = np.full_like(H, -1.0)
+        hi = np.full_like(H, 1.3)
+        sp = p.lge_pattern
+        d = v.scar_detail
+        srng = np.random.default_rng([p.seed, 0x5CA8])
+        noise = _blur_table(srng.normal(0, 1, H.shape), 3)
+        noise = noise / max(float(np.abs(noise).max()), 1e-6)
+        if sp in ("rv_insertion", "patchy"):
+            best = np.zeros_like(H)
+            for b in d.get("blobs", []):
+                dpsi = (PSI - b["psi"] + 180.0) % 360.0 - 180.0
+                g = np.exp(-((dpsi / b["width"]) ** 4) - ((H - b["h"]) / b["height"]) ** 4)
+                take = g > best
+                best = np.maximum(best, g)
+                lo = np.where(take, b["lo"], lo)
+                hi = np.where(take, b["hi"], hi)
+            scar = np.clip(1.6 * best, 0, 1)
+        elif sp != "none":
+            for seg in p.lge_segments:
+                scar[self.seg == seg] = 1.0
+            scar = _blur_table(scar, 2) if sp != "diffuse_subendocardial" else scar
+            if sp == "subendocardial":
+                hi = d["depth"] * (1.0 + 0.3 * noise)
+            elif sp == "diffuse_subendocardial":
+                hi = 0.7 * d["depth"] * (1.0 + 0.2 * noise)
+            elif sp == "midwall":
+                c = d["band_centre"] + 0.05 * noise
+                lo, hi = c - d["band_width"] / 2, c + d["band_width"] / 2
+            elif sp == "epicardial":
+                lo = 1.0 - d["epi_depth"] * (1.0 + 0.3 * noise)
+        self.scar = scar * d["intensity"] * (0.85 + 0.15 * noise) if sp != "none" else scar
+        if sp == "transmural":
+            T = T * (1.0 - d["thinning"] * scar)
+        T = _blur_table(T, 1)
+        self.T = T * (wall / T.max())
+        self.scar_depth = 0.0
+        self._LO32 = np.ascontiguousarray(lo, np.float32).ravel()
+        self._HI32 = np.ascontiguousarray(hi, np.float32).ravel()
+        self._finish_tables()
+
     def _lv_volume(self, f: float, a_r: float, a_l: float) -> float:
         """LV cavity volume (mL) from the tables: sum over bins of 1/2 R^2 (1 - z^2/L^2) dpsi L dh."""
-        R = self.Re * (1 - a_r * f * self.W)
+        R = self.Re_t * (1 - a_r * f * self.W)
         L = self.Le * (1 - a_l * f)
         return float(np.sum(0.5 * R**2 * self.h_weight[:, None]) * (2 * np.pi / NPSI) * (L / NH) / 1000.0)
 
@@ -181,7 +288,7 @@ class Phantom:
         self.a_l = 0.04 + 0.12 * min(p.lv_ef_pct, 65.0) / 60.0
         target = p.lv_edv_ml * (1 - ef) / (1 - self.a_l)  # volume the radial part must reach
         # V(a) = C0 - 2 a C1 + a^2 C2 with the same bin weights as _lv_volume (quadratic in a_r).
-        k = np.broadcast_to(0.5 * self.Re**2 * self.h_weight[:, None] * (2 * np.pi / NPSI) * (self.Le / NH) / 1000.0,
+        k = np.broadcast_to(0.5 * self.Re_t**2 * self.h_weight[:, None] * (2 * np.pi / NPSI) * (self.Le / NH) / 1000.0,
                             self.W.shape)
         c0, c1, c2 = np.sum(k), np.sum(k * self.W), np.sum(k * self.W**2)
         disc = max(c1 * c1 - c2 * (c0 - target), 0.0)
@@ -251,7 +358,7 @@ class Phantom:
         xs, xa = q[0], q[1]
         psi = np.arctan2(xa, xs)
         ip = ((psi + np.pi) * (NPSI / (2 * np.pi))).astype(np.int32) % NPSI
-        return {"xs": xs, "xa": xa, "za": q[2], "r2": xs * xs + xa * xa, "ip": ip}
+        return {"xs": xs, "xa": xa, "za": q[2], "r2": xs * xs + xa * xa, "ip": ip, "psi": psi}
 
     def fields(self, q: np.ndarray | dict, f: float, w: float, *, scar: bool = False,
                core: bool = False) -> dict[str, np.ndarray]:
@@ -266,7 +373,8 @@ class Phantom:
         Returns:
             dict of (N,) float32 arrays in [0, 1]: lv_cav, lv_epi (epicardial ellipsoid incl. cavity),
             rv_in (RV ellipsoid), rv_out (RV incl. free wall), la, la_wall, ra, ra_wall, ao, ao_wall,
-            env_peri, env_eff (pericardial envelopes), and scar (fraction of lv_epi) when asked.
+            env_peri, env_eff (pericardial envelopes), and scar (fraction of lv_epi) when asked; a randomised
+            study with trabeculae or papillary muscles adds lv_blood and rv_blood (the cavities less them).
         """
         if not isinstance(q, dict):
             q = self.prepare(q)
@@ -277,7 +385,8 @@ class Phantom:
         ih = np.clip((za * (NH / L)).astype(np.int32), 0, NH - 1)
         idx = ih * NPSI + ip
         Wp = self._W32[idx]
-        R = np.float32(self.Re) * (np.float32(1) - np.float32(self.a_r * f) * Wp)
+        Re = self._Re32[idx] if self._Re32 is not None else np.float32(self.Re)
+        R = Re * (np.float32(1) - np.float32(self.a_r * f) * Wp)
         T = np.sqrt(R * R + self._A32[idx] * np.float32(self.Le / (np.pi * L))) - R  # conserves ring area x L
         z2 = z * z
         re2 = r2 / (R * R) + z2 / (L * L)
@@ -291,7 +400,9 @@ class Phantom:
             d_epi = np.maximum((1 - ep2) * E * 0.5, 0)
             tau = d_endo / (d_endo + d_epi + 1e-3)
             sw = self._S32[idx]
-            if self.p.lge_pattern == "midwall":
+            if self._LO32 is not None and self._HI32 is not None:
+                out["scar"] = (sw * _soft(tau - self._LO32[idx], 0.08) * _soft(self._HI32[idx] - tau, 0.08)).astype(np.float32)
+            elif self.p.lge_pattern == "midwall":
                 band = _soft(tau - 0.35, 0.08) * _soft(0.65 - tau, 0.08)
                 out["scar"] = (sw * band).astype(np.float32)
             else:
@@ -308,6 +419,8 @@ class Phantom:
         out["rv_out"] = _soft((1 - rvo2) * (0.5 * (ay + wl)), w) * _soft(wl - z, w)
         if core:
             return out
+        if self.v is not None and (self.v.trabeculation or self.v.papillary):
+            self._endocardial_detail(out, q, f, w, R, L, re2, rv2, xr, ay)
 
         # Pericardial envelopes: LV epicardium or RV outer surface grown by the effusion depth.
         e = self.p.effusion_mm
@@ -348,6 +461,48 @@ class Phantom:
         out["ao_wall"] = _soft(inner + 2.0, w)
         return out
 
+    def _endocardial_detail(self, out: dict[str, np.ndarray], q: dict[str, np.ndarray], f: float, w: float,
+                            R: np.ndarray, L: float, re2: np.ndarray, rv2: np.ndarray, xr: np.ndarray,
+                            ay: float) -> None:
+        """Trabeculae and papillary muscles (randomised generator): myocardium inside the cavity contours. The
+        contours (``lv_cav``, ``rv_in``) stay what volumes are measured from (trabeculae and papillary muscles
+        counted in the blood pool, as CMR analysis conventionally does); ``lv_blood`` / ``rv_blood`` are what is
+        painted as blood."""
+        v = self.v
+        assert v is not None
+        za, psi = q["za"], q["psi"]
+        lv_blood, rv_blood = out["lv_cav"], out["rv_in"]
+        if v.trabeculation:
+            tr = v.trabeculation
+            n, ph, tw = tr["lobes"], tr["phase"], tr["twist"] * 2 * np.pi
+            zr = za * np.float32(1.0 / L)
+            irr = tr.get("irregular", 0.0)
+            pat = (0.6 * np.cos(n * psi + tw * zr + ph) + 0.4 * np.cos(1.7 * n * psi - 0.5 * tw * zr + 2 * ph)
+                   + irr * np.cos(0.45 * n * psi + 3.0 * zr + 3 * ph) * np.cos(2.3 * n * psi + 5.0 * zr))
+            thr = 1.0 - 2.0 * tr["fill"]
+            frac = np.clip((pat - thr) * 3.0 + 0.5, 0.0, 1.0)
+            depth = tr["depth_mm"] * (1.0 - 0.4 * f) * np.clip(1.15 - 0.8 * zr, 0.25, 1.0)
+            d_in = (1 - re2) * R * 0.5  # mm inside the LV contour
+            lv_blood = lv_blood * (1 - _soft(depth - d_in, w) * frac)
+            pr = np.cos(0.7 * q["xa"] + 0.25 * za + ph) * np.cos(0.55 * xr - 0.2 * za + 2 * ph)
+            frac_r = np.clip((pr - thr) * 3.0 + 0.5, 0.0, 1.0)
+            d_in_r = (1 - rv2) * (0.5 * ay)
+            rv_blood = rv_blood * (1 - _soft(0.8 * depth - d_in_r, w) * frac_r)
+        if v.papillary:
+            pp = v.papillary
+            rbar = self.Re * (1 - self.a_r * f)
+            rp = pp["radius_frac"] * self.Re * (1 + 0.25 * f)
+            rc = rbar * (1 - 1.2 * pp["radius_frac"])
+            z0, z1 = 0.18 * L, 0.62 * L
+            t = np.clip((za - z0) * np.float32(1.0 / (z1 - z0)), 0.0, 1.0)
+            dz = za - (z0 + t * (z1 - z0))
+            for ang in (pp["angle_deg"], -(360.0 - pp["angle_deg"] - pp["spread_deg"])):
+                cx, cy = rc * float(np.cos(np.radians(ang))), rc * float(np.sin(np.radians(ang)))
+                dist = np.sqrt((q["xs"] - cx) ** 2 + (q["xa"] - cy) ** 2 + dz * dz)
+                lv_blood = lv_blood * (1 - _soft(rp * (1 - 0.45 * t) - dist, w))
+        out["lv_blood"] = lv_blood.astype(np.float32, copy=False)
+        out["rv_blood"] = rv_blood.astype(np.float32, copy=False)
+
     def heart_signal(self, q: np.ndarray | dict[str, np.ndarray], f: float, w: float, bg: np.ndarray,
                      contrast: dict[str, float]) -> np.ndarray:
         """Paint the heart over a background signal ``bg`` (N,) at heart-frame points q (3, N) (or ``prepare(q)``
@@ -368,17 +523,17 @@ class Phantom:
         lerp(c["myo"], fl["ao_wall"])
         lerp(c["blood"], fl["ao"])
         lerp(c["myo"], fl["rv_out"])
-        lerp(c["blood"], fl["rv_in"])
+        lerp(c["blood"], fl.get("rv_blood", fl["rv_in"]))
         myo = c["myo"] + (c["scar"] - c["myo"]) * fl["scar"] if "scar" in fl else c["myo"]
         lerp(myo, fl["lv_epi"])
-        lerp(c["blood"], fl["lv_cav"])
+        lerp(c["blood"], fl.get("lv_blood", fl["lv_cav"]))
         return s
 
     # ------------------------------------------------------------------ truth
     def measure(self, f: float, step: float = 1.5) -> dict[str, float]:
         """Volumes (mL) of LV cavity, LV myocardium and RV cavity at contraction state f, by summing soft
         memberships over a heart-frame grid with spacing ``step`` mm."""
-        re_epi = self.Re + float(self.T.max())
+        re_epi = float(np.max(self.Re_t)) + float(self.T.max())
         ax = self.rv_axes * self.rv_k
         lo = np.array([-re_epi - 4, -max(re_epi, ax[1] + self.rv_wall) - 4, -float(self.T.max()) - 4])
         hi = np.array([self.rv_D + ax[0] + self.rv_wall + 4, max(re_epi, ax[1] + self.rv_wall) + 4, self.Le + 4])

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmrdx.synth.geometry import Plane, make_plane, uid
-from cmrdx.synth.params import StudyParams
+from cmrdx.synth.params import StudyParams, uid_root
 from cmrdx.synth.phantom import CONTRAST, TISSUES, Phantom, volume_curve
+from cmrdx.synth.variety import cine_contrast, lge_contrast
 from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, Role, view_key
 
 log = logging.getLogger(__name__)
 
 MAX_VALUE = 4095  # 12-bit stored values
+PSIR_OFFSET = 4096  # Siemens-style PSIR: stored = (value + 4096) / 2
 
 
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
@@ -59,7 +61,7 @@ class Rendered:
         from cmrdx.study.types import Study, StudyView
 
         # The same StudyInstanceUID the DICOM writer gives this seed, so arrays and files can be matched.
-        st = Study(study_uid=study_uid or uid(self.params.seed, "study"), source="cmrdx.synth")
+        st = Study(study_uid=study_uid or uid(uid_root(self.params), "study"), source="cmrdx.synth")
         for key, rv in self.views.items():
             pos = np.array([pl.position for pl in rv.planes])
             st.views[key] = StudyView.from_array(
@@ -82,14 +84,38 @@ class Renderer:
         rng = np.random.default_rng([params.seed, 0xB0D7])
         self.shade_g = rng.normal(0, 0.3, 3)
         self.shade_c = self.ph.to_patient(np.array([[0, 0, 0.5 * self.ph.Le]]))[0]
+        self.shade_q = 0.0
+        self.v = params.variety
+        self.psir = self.v is not None and self.v.lge == "psir"
+        base = dict(CONTRAST)
+        if self.v is not None:
+            vr = np.random.default_rng([params.seed, 0xB0D7, 0xD0A1])
+            self.shade_g = self.shade_g * self.v.shading_strength
+            self.shade_q = float(vr.uniform(-0.5, 0.3))  # centre brightening (< 0) or darkening (> 0)
+            base = {"cine": cine_contrast(self.v, CONTRAST["cine"]), "lge": lge_contrast(self.v, params.acq.rr_ms)[0]}
         jit = np.array(params.anatomy.contrast_jitter)
         self.contrast = {}
         for role in ("cine", "lge"):
-            c = dict(CONTRAST[role])
+            c = dict(base[role])
             for i, t in enumerate(TISSUES):
                 if t not in ("air", "blood"):
                     c[t] *= float(jit[i % len(jit)])
             self.contrast[role] = c
+
+    def lge_variant(self, mode: str | None = None, ti_scale: float = 1.0) -> dict[str, float]:
+        """The study's LGE contrast (randomised generator) as another image of the same acquisition (``mode``:
+        "magnitude", "psir", "dark_blood") or at another inversion time (``ti_scale`` x TI), with the study's
+        tissue jitter."""
+        from dataclasses import replace
+
+        assert self.v is not None
+        v = replace(self.v, lge=mode or self.v.lge, nulling_error=(1 + self.v.nulling_error) * ti_scale - 1)
+        c = lge_contrast(v, self.p.acq.rr_ms)[0]
+        jit = np.array(self.p.anatomy.contrast_jitter)
+        for i, t in enumerate(TISSUES):
+            if t not in ("air", "blood"):
+                c[t] *= float(jit[i % len(jit)])
+        return c
 
     # ------------------------------------------------------------------ planes
     def view_planes(self, role: str, view: str) -> list[Plane]:
@@ -112,6 +138,9 @@ class Renderer:
             t_apex = float(ph.T[0].mean())
             top = ph.Le - 0.25 * acq.sax_thickness_mm
             bottom = -0.4 * t_apex
+            if self.v is not None:  # coverage: some stacks reach into the atria, some miss the apex
+                top += self.v.sax_coverage_mm[0]
+                bottom -= self.v.sax_coverage_mm[1]
             if role == "cine":
                 spacing_z = acq.sax_thickness_mm + acq.sax_gap_mm
                 n = int(np.clip(np.floor((top - bottom) / spacing_z) + 1, 6, 18))
@@ -128,7 +157,7 @@ class Renderer:
                 make_plane(centre0 - normal * (k * spacing_z) * float(np.sign(normal @ u)), row, col, shape, spacing, thick)
                 for k in range(n)
             ]
-            return sorted(planes, key=lambda pl: pl.position)
+            return self._misregister(sorted(planes, key=lambda pl: pl.position), role, view)
         thick = acq.lax_thickness_mm
         mid = ph.apex + u * (0.55 * ph.Le)
         if view == "4CH":
@@ -145,7 +174,18 @@ class Renderer:
         else:
             raise ValueError(f"unknown view {view!r}")
         row, col = wobble(row, col)
-        return [make_plane(c, row, col, shape, spacing, thick)]
+        return self._misregister([make_plane(c, row, col, shape, spacing, thick)], role, view)
+
+    def _misregister(self, planes: list[Plane], role: str, view: str) -> list[Plane]:
+        """Each plane its own breath-hold: the anatomy displaced, mostly head-feet, by the study's
+        misregistration (randomised generator; planes unchanged otherwise)."""
+        if self.v is None or self.v.misregistration_mm <= 0:
+            return planes
+        rng = np.random.default_rng([self.p.seed, 0x5111, CINE_VIEWS.index(view), role == "lge"])
+        sd = self.v.misregistration_mm
+        for pl in planes:
+            pl.shift = np.round(sd * rng.normal(0, 1, 3) * np.array([0.2, 0.35, 1.0]), 3)
+        return planes
 
     # ------------------------------------------------------------------ static body
     def background(self, pts: np.ndarray, c: dict[str, float], w: float) -> np.ndarray:
@@ -185,26 +225,37 @@ class Renderer:
         return sig
 
     def shading(self, pts: np.ndarray) -> np.ndarray:
-        """Smooth multiplicative receive-coil sensitivity (N,) float32, ~0.6-1.6 over the chest."""
+        """Smooth multiplicative receive-coil sensitivity (N,) float32, ~0.6-1.6 over the chest (wider, with a
+        quadratic term, in the randomised generator)."""
         d = (pts - self.shade_c) @ self.shade_g / 200.0
+        if self.shade_q:
+            d = d - self.shade_q * np.sum(((pts - self.shade_c) / 200.0) ** 2, axis=1)
         return np.exp(d).astype(np.float32)
 
     # ------------------------------------------------------------------ rendering
     def render_planes(self, role: str, planes: list[Plane], times_ms: np.ndarray, *, noise: bool = True,
                       seed_key: int = 0, contrast: dict[str, float] | None = None, gain: float | None = None,
-                      snr: float | None = None, shading: bool = True) -> np.ndarray:
+                      snr: float | None = None, shading: bool = True, signed: bool | None = None) -> np.ndarray:
         """Render (len(planes), len(times_ms), rows, cols) float32 stored values (0..4095, integral).
 
         ``role`` ("cine" or "lge") picks the default contrast, SNR and gain; ``contrast`` (relative signal per
-        tissue of TISSUES) overrides it, e.g. for T1 maps or TI scouts.
+        tissue of TISSUES) overrides it, e.g. for T1 maps or TI scouts. ``signed`` keeps the sign of the signal
+        (a PSIR real image: Gaussian noise, values down to -4095); None: for a randomised PSIR study's LGE.
         """
         ph = self.ph
+        if signed is None:  # PSIR: the real image, with its sign
+            signed = self.psir and role == "lge" and contrast is None
         c = contrast or self.contrast[role]
         fs = volume_curve(np.asarray(times_ms, float), self.p.acq.rr_ms)
         h, w = planes[0].shape
         out = np.empty((len(planes), len(fs), h, w), np.float32)
         snr = snr or (self.p.acq.snr_cine if role == "cine" else self.p.acq.snr_lge)
+        if gain is None and self.v is not None and role == "lge":
+            # the randomised LGE contrast can make a tissue brighter than scar: keep the brightest in range
+            gain = self.p.acq.gain * 1.6 / max(1.0, max(abs(x) for x in c.values()))
         gain = gain or self.p.acq.gain * (1.0 if role == "cine" else 1.6)
+        inflow = self.v is not None and self.v.cine == "gre" and role == "cine" and contrast is None
+        u = ph.R[:, 2]
         rng = np.random.default_rng([self.p.seed, 0x401CE, seed_key, role == "lge"])
         # Gaussian draws cost more than the rendering itself: draw a small bank per view and give every frame
         # a different randomly shifted, sign-flipped pair from it.
@@ -213,7 +264,12 @@ class Renderer:
         for si, pl in enumerate(planes):
             wv = pl.spacing
             offs = (-pl.thickness / 4, pl.thickness / 4)
-            pts = [pl.points(o) for o in offs]
+            pts = [pl.points(o) if pl.shift is None else pl.points(o) + pl.shift for o in offs]
+            if inflow and self.v is not None and abs(float(pl.normal @ u)) < 0.5:
+                # spoiled gradient echo: blood flowing within a long-axis plane saturates (less inflow signal)
+                c = dict(self.contrast[role], blood=self.contrast[role]["blood"] * self.v.lax_inflow)
+            elif inflow:
+                c = self.contrast[role]
             bgs = [self.background(pp, c, wv) for pp in pts]
             bg_mean = 0.5 * (bgs[0] + bgs[1])
             shade = self.shading(pts[0] * 0.5 + pts[1] * 0.5).reshape(h, w) if shading else 1.0
@@ -235,7 +291,10 @@ class Renderer:
                     sig *= 0.5
                     blk[ti, r0:r1, c0:c1] = sig.reshape(r1 - r0, c1 - c0)
             blk *= shade
-            if bank is not None:  # noise on. Rician: magnitude of (signal + complex Gaussian noise), in place
+            if bank is not None and signed:  # PSIR: the real part, Gaussian noise
+                for fr in blk:
+                    fr += self._noise(rng, bank)[0]
+            elif bank is not None:  # noise on. Rician: magnitude of (signal + complex Gaussian noise), in place
                 for fr in blk:
                     n1, n2 = self._noise(rng, bank)
                     fr += n1
@@ -243,7 +302,12 @@ class Renderer:
                     fr += n2
                     np.sqrt(fr, out=fr)
         np.multiply(out, gain, out=out)
-        np.clip(out, 0, MAX_VALUE, out=out)
+        if signed and self.p.acq.vendor == "siemens":
+            # stored unsigned as (value + 4096) / 2 (RescaleSlope 2, RescaleIntercept -4096): even values only
+            np.clip(out, -PSIR_OFFSET, PSIR_OFFSET - 2, out=out)
+            np.multiply(np.rint(out * 0.5), 2.0, out=out)
+            return out
+        np.clip(out, -MAX_VALUE if signed else 0, MAX_VALUE, out=out)
         np.rint(out, out=out)
         return out
 
@@ -279,6 +343,13 @@ class Renderer:
         return r0, r1, c0, c1
 
 
+def study_view_keys(params: StudyParams) -> tuple[str, ...]:
+    """The views a study acquires: all nine, less those a randomised study is missing."""
+    keys = [view_key(Role.CINE, v) for v in CINE_VIEWS] + [view_key(Role.LGE, v) for v in LGE_VIEWS]
+    missing = set(params.variety.missing_views) if params.variety is not None else set()
+    return tuple(k for k in keys if k not in missing)
+
+
 def cine_times(params: StudyParams) -> np.ndarray:
     """Nominal trigger times (ms after the R wave) of the cine phases: P equal steps over the RR interval."""
     n = params.acq.n_phases
@@ -290,7 +361,8 @@ def render(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: 
 
     Args:
         params: from ``sample_params``.
-        views: subset of view keys ("cine:SAX", ..., "lge:4CH"); default all nine.
+        views: subset of view keys ("cine:SAX", ..., "lge:4CH"); default all nine (less the views a
+            randomised study is missing).
         noise: add Rician noise (turn off for exact measurements in tests).
     Returns:
         Rendered with per-view (slices, phases, rows, cols) float32 stored values; LGE has one phase.
@@ -298,7 +370,7 @@ def render(params: StudyParams, *, views: tuple[str, ...] | None = None, noise: 
     ph = Phantom(params)
     r = Renderer(params, ph)
     out = Rendered(params=params, phantom=ph, truth=ph.truth())
-    keys = views or tuple([view_key(Role.CINE, v) for v in CINE_VIEWS] + [view_key(Role.LGE, v) for v in LGE_VIEWS])
+    keys = views or study_view_keys(params)
     for i, key in enumerate(keys):
         role, view = key.split(":")
         planes = r.view_planes(role, view)
