@@ -46,6 +46,22 @@ class SeriesData:
     inversion_times: np.ndarray | None = None  # (phases,) ms, for IR series
     number: int = 0
     extra: dict = field(default_factory=dict)
+    # Signed images (PSIR): pixels hold values with their sign. ``rescale`` (slope, intercept) (1, 0) writes them
+    # as two's complement (PixelRepresentation 1); another stores (value - intercept) / slope unsigned, as Siemens
+    # does (2, -4096).
+    signed: bool = False
+    rescale: tuple[float, float] = (1.0, 0.0)
+    blood_nulled: bool = False  # dark-blood preparation (Enhanced MR BloodSignalNulling)
+
+    @property
+    def stored(self) -> np.ndarray:
+        """The stored values of ``pixels`` (the inverse of the rescale)."""
+        slope, intercept = self.rescale
+        return self.pixels if (slope, intercept) == (1.0, 0.0) else (self.pixels - intercept) / slope
+
+    @property
+    def pixel_representation(self) -> int:
+        return 1 if self.signed and self.rescale == (1.0, 0.0) else 0
 
 
 @dataclass
@@ -61,24 +77,29 @@ class StudyInfo:
     rr_ms: float
     hr_bpm: float
     n_phases: int
+    uid_root: int | str = 0  # what the study's UIDs derive from: the seed (classic) or a randomised study's identity
 
 
-def study_info(seed: int, rr_ms: float, hr_bpm: float, n_phases: int) -> StudyInfo:
+def study_info(seed: int, rr_ms: float, hr_bpm: float, n_phases: int, uid_root: int | str | None = None) -> StudyInfo:
+    """Identity, dates and timing of a study. ``uid_root`` (default: the seed) is what its UIDs derive from; a
+    randomised study's carries its parameters' digest, so it never shares UIDs with a classic study."""
+    root = seed if uid_root is None else uid_root
     rng = np.random.default_rng([seed, 0xDA7E])
     day = _dt.date(2019, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 2000)))
     t = _dt.time(int(rng.integers(8, 17)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
     return StudyInfo(
         seed=seed,
-        study_uid=uid(seed, "study"),
-        frame_of_reference_uid=uid(seed, "for"),
+        study_uid=uid(root, "study"),
+        frame_of_reference_uid=uid(root, "for"),
         date=day.strftime("%Y%m%d"),
         time=t.strftime("%H%M%S"),
         patient_name=f"PHANTOM^{seed:04d}",
         patient_id=f"PHANTOM-{seed:04d}",
-        accession=f"SYN{seed:07d}",
+        accession=f"SYN{seed:07d}" if uid_root is None else f"SYV{str(root).rsplit('-', 1)[-1][:12].upper()}",
         rr_ms=rr_ms,
         hr_bpm=hr_bpm,
         n_phases=n_phases,
+        uid_root=root,
     )
 
 
@@ -121,7 +142,7 @@ def _common(ds: Dataset, info: StudyInfo, vendor: VendorStyle, s: SeriesData) ->
     ds.ProtocolName = s.description
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = info.study_uid
-    ds.SeriesInstanceUID = uid(info.seed, "series", s.number)
+    ds.SeriesInstanceUID = uid(info.uid_root, "series", s.number)
     ds.StudyID = f"{info.seed % 100000}"
     ds.SeriesNumber = s.number
     ds.FrameOfReferenceUID = info.frame_of_reference_uid
@@ -130,9 +151,9 @@ def _common(ds: Dataset, info: StudyInfo, vendor: VendorStyle, s: SeriesData) ->
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = s.pixels.shape[-2:]
     ds.BitsAllocated = 16
-    ds.BitsStored = 12 if s.kind != "t1map" else 16
+    ds.BitsStored = 12 if s.kind != "t1map" and s.pixel_representation == 0 else 16
     ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = s.pixel_representation
 
 
 def _file_meta(sop_class: str, sop_uid: str, ts: str) -> FileMetaDataset:
@@ -146,38 +167,45 @@ def _file_meta(sop_class: str, sop_uid: str, ts: str) -> FileMetaDataset:
 
 
 def _window(s: SeriesData) -> tuple[float, float]:
+    if s.signed:  # over the signed range the image holds
+        lo, hi = (float(x) for x in np.percentile(s.pixels[..., ::4, ::4], [0.5, 99.5]))
+        return round((lo + hi) / 2, 1), round(max(hi - lo, 1.0), 1)
     hi = float(np.percentile(s.pixels[..., ::4, ::4], 99.5)) if s.pixels.size else 1.0  # a subsample suffices
     return round(hi / 2, 1), round(max(hi, 1.0), 1)
 
 
-def _pixels_bytes(a: np.ndarray) -> bytes:
-    return np.ascontiguousarray(a, dtype="<u2").tobytes()
+def _pixels_bytes(a: np.ndarray, signed: bool = False) -> bytes:
+    return np.ascontiguousarray(a, dtype="<i2" if signed else "<u2").tobytes()
 
 
 _ENCODERS = {"rle": "RLELosslessEncoder", "jpegls": "JPEGLSLosslessEncoder", "j2k": "JPEG2000LosslessEncoder"}
 
 
-def encode_frames(frames: np.ndarray, compress: str, bits_stored: int) -> list[bytes]:
-    """Losslessly encode (N, rows, cols) uint16 frames with the transfer syntax ``compress``."""
+def encode_frames(frames: np.ndarray, compress: str, bits_stored: int, pixel_representation: int = 0) -> list[bytes]:
+    """Losslessly encode (N, rows, cols) uint16 (int16 when ``pixel_representation`` is 1) frames with the
+    transfer syntax ``compress``."""
     import pydicom.pixels.encoders as enc
 
     e = getattr(enc, _ENCODERS[compress])
     n, h, w = frames.shape
     kw = dict(rows=h, columns=w, samples_per_pixel=1, bits_allocated=16, bits_stored=bits_stored,
-              pixel_representation=0, photometric_interpretation="MONOCHROME2", number_of_frames=1)
-    return [e.encode(np.ascontiguousarray(f, dtype=np.uint16), encoding_plugin=_ENCODER_PLUGIN[compress], **kw)
+              pixel_representation=pixel_representation, photometric_interpretation="MONOCHROME2", number_of_frames=1)
+    dtype = np.int16 if pixel_representation else np.uint16
+    return [e.encode(np.ascontiguousarray(f, dtype=dtype), encoding_plugin=_ENCODER_PLUGIN[compress], **kw)
             for f in frames]
 
 
 def _set_pixels(ds: Dataset, frames: np.ndarray, compress: str | None) -> None:
-    """PixelData from (N, rows, cols) integral frames: native little endian, or encapsulated and compressed."""
+    """PixelData from (N, rows, cols) integral stored values: native little endian, or encapsulated and
+    compressed (two's complement when the dataset's PixelRepresentation is 1)."""
+    signed = int(ds.PixelRepresentation) == 1
     if compress is None:
-        ds.PixelData = _pixels_bytes(frames)
+        ds.PixelData = _pixels_bytes(frames, signed)
         ds["PixelData"].VR = "OW"
         return
     from pydicom.encaps import encapsulate
 
-    ds.PixelData = encapsulate(encode_frames(frames, compress, int(ds.BitsStored)))
+    ds.PixelData = encapsulate(encode_frames(frames, compress, int(ds.BitsStored), int(signed)))
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
 
@@ -302,6 +330,11 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
     ds.PixelSpacing = [_ds(s.planes[0].spacing), _ds(s.planes[0].spacing)]
     ds.WindowCenter = _ds(wc, 1)
     ds.WindowWidth = _ds(ww, 1)
+    if s.signed:  # the values' meaning: rescaled to the signed range (Siemens stores them offset, unsigned)
+        ds.RescaleIntercept = _ds(s.rescale[1])
+        ds.RescaleSlope = _ds(s.rescale[0])
+        ds.RescaleType = "US"
+    stored = s.stored
     encoder = _SeriesEncoder(ds, _PER_IMAGE_TAGS)
     for si in range(n_sl):
         pl = s.planes[si]
@@ -310,7 +343,7 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
         ds.SliceLocation = _ds(pl.position, 3)
         for pi in range(n_ph):
             inst += 1
-            sop = uid(info.seed, "sop", s.number, si, pi)
+            sop = uid(info.uid_root, "sop", s.number, si, pi)
             ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
             ds.SOPInstanceUID = sop
             ds.InstanceNumber = inst
@@ -319,7 +352,7 @@ def write_classic(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyle
             if ir:
                 ti = s.inversion_times[pi if len(s.inversion_times) > 1 else 0] if s.inversion_times is not None else 300.0
                 ds.InversionTime = _ds(float(ti), 1)
-            _set_pixels(ds, s.pixels[si, pi][None], compress)
+            _set_pixels(ds, stored[si, pi][None], compress)
             p = out / f"IM{inst:05d}.dcm"
             encoder.write(p, ds)
             paths.append(p)
@@ -352,7 +385,7 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
     original = st.image_type[0] == "ORIGINAL"
     flavor = {"localizer": "LOCALIZER", "t1map": "CARDIAC", "flow": "CARDIAC_GATED"}.get(s.kind, "CARDIAC_GATED")
     image_type = [st.image_type[0], "PRIMARY", flavor, "NONE" if original else "T1_MAP"]
-    sop = uid(info.seed, "sop-enh", s.number)
+    sop = uid(info.uid_root, "sop-enh", s.number)
     ts = COMPRESSION[compress] if compress else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = _file_meta(ENHANCED_MR_STORAGE, sop, ts)
@@ -408,7 +441,7 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
     ds.CardiacNumberOfImages = n_ph
 
     # Multi-frame Dimension module
-    dim_uid = uid(info.seed, "dim", s.number)
+    dim_uid = uid(info.uid_root, "dim", s.number)
     ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=dim_uid)])
     ds.DimensionOrganizationType = "3D_TEMPORAL" if n_ph > 1 else "3D"
     dims = [(0x00209056, "Stack ID"), (0x00209057, "In-Stack Position Number"), (0x00209128, "Temporal Position Index")]
@@ -428,11 +461,12 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
             _ds(x, 6) for x in np.r_[pl0.row, pl0.col]])])
     shared.FrameAnatomySequence = Sequence([_item(
         AnatomicRegionSequence=Sequence([_code("80891009", "SCT", "Heart")]), FrameLaterality="U")])
-    shared.PixelValueTransformationSequence = Sequence([_item(RescaleIntercept="0", RescaleSlope="1", RescaleType="US")])
+    shared.PixelValueTransformationSequence = Sequence([_item(RescaleIntercept=_ds(s.rescale[1]), RescaleSlope=_ds(s.rescale[0]),
+                                                              RescaleType="US")])
     wc, ww = _window(s)
     shared.FrameVOILUTSequence = Sequence([_item(WindowCenter=_ds(wc, 1), WindowWidth=_ds(ww, 1))])
     descr = dict(PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
-                 ComplexImageComponent="PHASE" if s.kind == "flow" else "MAGNITUDE",
+                 ComplexImageComponent="PHASE" if s.kind == "flow" else "REAL" if s.signed else "MAGNITUDE",
                  AcquisitionContrast={"lge": "T1", "t1map": "T1", "flow": "FLOW_ENCODED", "tiscout": "T1"}.get(
                      s.kind, "UNKNOWN"))
     for k, v in descr.items():
@@ -451,7 +485,7 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
         MRAcquisitionPhaseEncodingStepsInPlane=h, PercentSampling=100.0, PercentPhaseFieldOfView=100.0 * h / w)])
     shared.MREchoSequence = Sequence([_item(EffectiveEchoTime=float(st.echo_ms))])
     shared.MRImagingModifierSequence = Sequence([_item(
-        MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
+        MagnetizationTransfer="NONE", BloodSignalNulling="YES" if s.blood_nulled else "NO", Tagging="NONE",
         TransmitterFrequency=round(42.577478 * vendor.field_t, 6), PixelBandwidth=930.0)])
     shared.MRReceiveCoilSequence = Sequence([_item(
         ReceiveCoilName="Cardiac", ReceiveCoilManufacturerName=vendor.manufacturer, ReceiveCoilType="MULTICOIL",
@@ -485,6 +519,7 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
 
     frames = []
     items = []
+    stored = s.stored
     for si in range(n_sl):
         pl = s.planes[si]
         for pi in range(n_ph):
@@ -503,7 +538,7 @@ def write_enhanced(out: Path, s: SeriesData, info: StudyInfo, vendor: VendorStyl
             if frame_tis is not None:
                 f.MRModifierSequence = Sequence([modifier(float(frame_tis[pi]))])
             items.append(f)
-            frames.append(s.pixels[si, pi])
+            frames.append(stored[si, pi])
     ds.PerFrameFunctionalGroupsSequence = Sequence(items)
     _set_pixels(ds, np.asarray(frames), compress)
     p = out / "EnhancedMR.dcm"

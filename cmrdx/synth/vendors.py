@@ -139,3 +139,63 @@ def expected_series(vendor: str, n_sax: int = 12, ti: float = 260) -> list[tuple
     out += [(lge_description(st, v, ti), "lge", v) for v in LGE_VIEWS]
     out += [(getattr(st, k).description, "other", None) for k in ("localizer", "t1map", "flow", "tiscout")]
     return out
+
+
+# ---------------------------------------------------------------- the randomised generator's series
+
+# Spoiled gradient-echo cine, PSIR (phase-sensitive real image) LGE and dark-blood LGE in each vendor's naming.
+# Descriptions keep each vendor's view spellings; every one is classified by cmrdx's reader like its classic twin
+# (tests/test_synth_variety.py checks it).
+_GRE_CINE = {
+    "siemens": SeriesStyle("CINE_FLASH_{view}", "*fl2d1_r12", ("GR",), ("SK", "SP"), _CINE_TYPE, ("CG",), 5.2, 2.4, 12),
+    "ge": SeriesStyle("{view}_FGRE_CINE", "fgre2d_cine", ("GR",), ("SS", "SP"), ("ORIGINAL", "PRIMARY", "OTHER"),
+                      ("CG", "FAST_GEMS"), 6.0, 2.6, 15),
+    "philips": SeriesStyle("T1-FFE_CINE_{view}", "T1FFE", ("GR",), ("SP",), ("ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"),
+                           ("CG",), 5.5, 2.5, 15),
+}
+_PSIR_LGE = {
+    "siemens": SeriesStyle("DE_PSIR_TI_{ti}_{view}", "*tfl2d1", _IR, ("SK", "SP", "MP"),
+                           ("ORIGINAL", "PRIMARY", "R", "NORM", "DIS2D"), ("CG",), 700.0, 3.3, 20),
+    "ge": SeriesStyle("PS:{view}_DELAY_TI={ti}", "irfgre2d", _IR, ("SS", "SK", "MP"), ("ORIGINAL", "PRIMARY", "OTHER", "R"),
+                      ("CG", "IR_GEMS"), 6.5, 3.1, 20),
+    "philips": SeriesStyle("PSIR_{view}", "IR_TFE", _IR, ("SS", "MP"), ("ORIGINAL", "PRIMARY", "R_IR", "R", "IR"),
+                           ("CG",), 6.1, 3.0, 25),
+}
+_DARK_BLOOD_LGE = {
+    "siemens": SeriesStyle("DE_FIDDLE_TI_{ti}_{view}", "*tfl2d1_t2p", _IR, ("SK", "SP", "MP"), _CINE_TYPE, ("CG",),
+                           700.0, 3.3, 20),
+    "ge": SeriesStyle("{view}_DELAY_T2P_TI={ti}", "irfgre2d", _IR, ("SS", "SK", "MP"), ("ORIGINAL", "PRIMARY", "OTHER"),
+                      ("CG", "IR_GEMS"), 6.5, 3.1, 20),
+    "philips": SeriesStyle("LGE_T2prep_{view}", "IR_TFE", _IR, ("SS", "MP"), ("ORIGINAL", "PRIMARY", "M_IR", "M", "IR"),
+                           ("CG",), 6.1, 3.0, 25),
+}
+# The same vendor's magnitude/real companions of a PSIR acquisition (the reader uses the magnitude image).
+_PSIR_COMPANION = {
+    "siemens": SeriesStyle("DE_TI_{ti}_{view}_PSIR", "*tfl2d1", _IR, ("SK", "SP", "MP"),
+                           ("ORIGINAL", "PRIMARY", "R", "NORM", "DIS2D"), ("CG",), 700.0, 3.3, 20),
+    "ge": SeriesStyle("PS:{view}_DELAY_TI={ti}_BH", "irfgre2d", _IR, ("SS", "SK", "MP"), ("ORIGINAL", "PRIMARY", "OTHER", "R"),
+                      ("CG", "IR_GEMS"), 6.5, 3.1, 20),
+    "philips": SeriesStyle("PSIR_real_{view}", "IR_TFE", _IR, ("SS", "MP"), ("ORIGINAL", "PRIMARY", "R_IR", "R", "IR"),
+                           ("CG",), 6.1, 3.0, 25),
+}
+
+
+def cine_style(style: VendorStyle, mode: str) -> SeriesStyle:
+    """The cine series style of ``mode`` ("bssfp": the vendor's classic cine, "gre": spoiled gradient echo)."""
+    return style.cine if mode == "bssfp" else _GRE_CINE[style.name]
+
+
+def lge_style(style: VendorStyle, mode: str) -> SeriesStyle:
+    """The LGE series style of ``mode`` ("magnitude": the classic one, "psir", "dark_blood", "psir_companion")."""
+    return {"magnitude": style.lge, "psir": _PSIR_LGE[style.name], "dark_blood": _DARK_BLOOD_LGE[style.name],
+            "psir_companion": _PSIR_COMPANION[style.name]}[mode]
+
+
+def styled_description(style: VendorStyle, ss: SeriesStyle, role: str, view: str, *, ti: float = 0.0,
+                       k: int | None = None) -> str:
+    """A description from series style ``ss`` with the vendor's view spelling (Siemens SAX cines ``_b{k}``)."""
+    names = style.view_names if role == "cine" else style.lge_view_names
+    d = ss.description.format(view=names[view], ti=int(round(ti)))
+    if role == "cine" and view == "SAX" and style.sax_one_series_per_slice and k is not None:
+        d = f"{d}_b{k}"
+    return d

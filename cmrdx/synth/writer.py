@@ -12,10 +12,18 @@ import numpy as np
 from cmrdx.fileio import atomic_write
 from cmrdx.synth import dicomio
 from cmrdx.synth.geometry import make_plane
-from cmrdx.synth.params import FINDINGS, StudyParams
+from cmrdx.synth.params import FINDINGS, StudyParams, uid_root
 from cmrdx.synth.render import Rendered, Renderer, cine_times, render
 from cmrdx.synth.report import make_report
-from cmrdx.synth.vendors import STYLES, cine_description, lge_description
+from cmrdx.synth.vendors import (
+    STYLES,
+    SeriesStyle,
+    cine_description,
+    cine_style,
+    lge_description,
+    lge_style,
+    styled_description,
+)
 from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, Role, View, view_key
 
 log = logging.getLogger(__name__)
@@ -94,34 +102,74 @@ def _distractors(r: Rendered, ren: Renderer, vendor: str) -> list[dicomio.Series
 
 
 def build_series(r: Rendered, ren: Renderer, vendor: str, *, distractors: bool = True) -> list[dicomio.SeriesData]:
-    """All series of a study in acquisition order, numbered from 1."""
+    """All series of a study in acquisition order, numbered from 1.
+
+    A randomised study (``params.variety``) names its cine and LGE series by their contrast (spoiled gradient
+    echo, PSIR, dark blood), lacks the views it is missing, and holds its extra series: an earlier, aborted
+    repeat of a long-axis cine (fewer phases), an earlier LGE 4CH at a shorter inversion time, the PSIR companion
+    of a magnitude LGE short-axis stack. A reader choosing one series per view sets each extra aside."""
     st = STYLES[vendor]
     p = r.params
+    v = p.variety
     series: list[dicomio.SeriesData] = []
     extra = _distractors(r, ren, vendor) if distractors else []
     if extra:
         series.append(extra[0])  # localizer first
+    extras = set(v.extra_series) if v is not None else set()
+    cine_ss = cine_style(st, v.cine) if v is not None else st.cine
+
+    def cine_desc(view: str, k: int | None = None) -> str:
+        return cine_description(st, view, k) if v is None else styled_description(st, cine_ss, "cine", view, k=k)
+
     sax = r.views[view_key(Role.CINE, View.SAX)]
     if st.sax_one_series_per_slice:
         # b1 is the base: the slice with the largest position along the (apex -> base) normal.
         for k, si in enumerate(range(len(sax.planes) - 1, -1, -1), start=1):
-            series.append(dicomio.SeriesData("cine", "SAX", cine_description(st, "SAX", k), st.cine,
+            series.append(dicomio.SeriesData("cine", "SAX", cine_desc("SAX", k), cine_ss,
                                              sax.pixels[si:si + 1], [sax.planes[si]], sax.trigger_times))
     else:
-        series.append(dicomio.SeriesData("cine", "SAX", cine_description(st, "SAX"), st.cine, sax.pixels, sax.planes,
+        series.append(dicomio.SeriesData("cine", "SAX", cine_desc("SAX"), cine_ss, sax.pixels, sax.planes,
                                          sax.trigger_times))
-    for v in CINE_VIEWS:
-        if v == View.SAX:
-            continue  # written above, as one series or one per slice
-        rv = r.views[view_key(Role.CINE, v)]
-        series.append(dicomio.SeriesData("cine", v, cine_description(st, v), st.cine, rv.pixels, rv.planes,
-                                         rv.trigger_times))
+    lax = [vw for vw in CINE_VIEWS if vw != View.SAX and view_key(Role.CINE, vw) in r.views]
+    for vw in lax:
+        rv = r.views[view_key(Role.CINE, vw)]
+        if "cine_repeat" in extras and vw == lax[-1]:
+            n = max(6, p.acq.n_phases // 2)
+            times = np.round(np.arange(n) * p.acq.rr_ms / n, 1)
+            px = ren.render_planes("cine", rv.planes, times, seed_key=200)
+            series.append(dicomio.SeriesData("cine", vw, cine_desc(vw), cine_ss, px, rv.planes, times))
+        series.append(dicomio.SeriesData("cine", vw, cine_desc(vw), cine_ss, rv.pixels, rv.planes, rv.trigger_times))
     series += extra[1:]
     ti = p.acq.inversion_time_ms
-    for v in LGE_VIEWS:
-        rv = r.views[view_key(Role.LGE, v)]
-        series.append(dicomio.SeriesData("lge", v, lge_description(st, v, ti), st.lge, rv.pixels, rv.planes,
-                                         rv.trigger_times, inversion_times=np.array([ti])))
+    mode = v.lge if v is not None else "magnitude"
+    lge_ss = lge_style(st, mode)
+    psir = mode == "psir"
+    rescale = (2.0, -4096.0) if psir and vendor == "siemens" else (1.0, 0.0)
+
+    def lge_desc(view: str, t: float, ss: SeriesStyle = lge_ss) -> str:
+        return lge_description(st, view, t) if v is None else styled_description(st, ss, "lge", view, ti=t)
+
+    for vw in LGE_VIEWS:
+        key = view_key(Role.LGE, vw)
+        if key not in r.views:
+            continue
+        rv = r.views[key]
+        if "lge_repeat" in extras and vw == View.CH4:
+            px = ren.render_planes("lge", rv.planes, rv.trigger_times, seed_key=210, contrast=ren.lge_variant(ti_scale=0.8),
+                                   signed=psir)
+            series.append(dicomio.SeriesData("lge", vw, lge_desc(vw, ti * 0.8), lge_ss, px, rv.planes, rv.trigger_times,
+                                              inversion_times=np.array([ti * 0.8]), signed=psir, rescale=rescale,
+                                              blood_nulled=mode == "dark_blood"))
+        series.append(dicomio.SeriesData("lge", vw, lge_desc(vw, ti), lge_ss, rv.pixels, rv.planes, rv.trigger_times,
+                                          inversion_times=np.array([ti]), signed=psir, rescale=rescale,
+                                          blood_nulled=mode == "dark_blood"))
+        if "psir_companion" in extras and vw == View.SAX and not psir:
+            comp = lge_style(st, "psir_companion")
+            px = ren.render_planes("lge", rv.planes, rv.trigger_times, seed_key=220, contrast=ren.lge_variant("psir"),
+                                   signed=True)
+            series.append(dicomio.SeriesData("lge", vw, lge_desc(vw, ti, comp), comp, px, rv.planes, rv.trigger_times,
+                                              inversion_times=np.array([ti]), signed=True,
+                                              rescale=(2.0, -4096.0) if vendor == "siemens" else (1.0, 0.0)))
     for i, s in enumerate(series, start=1):
         s.number = i
     return series
@@ -146,7 +194,8 @@ def truth_dict(r: Rendered, study_uid: str) -> dict:
         "hypertrophy_pattern": p.hypertrophy_pattern,
         "report_style": p.report_style,
         "params": p.to_dict(),
-    }
+    } | ({"generator": f"cmrdx.synth variety/{p.variety.version}", "families": p.families,
+          "views": sorted(r.views)} if p.variety is not None else {})
 
 
 def write_study(out: str | Path, params: StudyParams, *, enhanced: bool = False, compress: str | None = None,
@@ -165,7 +214,8 @@ def write_study(out: str | Path, params: StudyParams, *, enhanced: bool = False,
         raise ValueError(f"unknown compression {compress!r}; use one of {', '.join(dicomio.COMPRESSION)}")
     r = render(p)
     ren = Renderer(p, r.phantom)
-    info = dicomio.study_info(p.seed, p.acq.rr_ms, p.acq.heart_rate_bpm, p.acq.n_phases)
+    info = dicomio.study_info(p.seed, p.acq.rr_ms, p.acq.heart_rate_bpm, p.acq.n_phases,
+                              uid_root(p) if p.variety is not None else None)
     vendor = STYLES[p.acq.vendor]
     series = build_series(r, ren, p.acq.vendor, distractors=distractors)
     files: list[Path] = []
