@@ -41,6 +41,24 @@ def _prevalence(text: str) -> float | dict[str, float]:
     return out
 
 
+def _families(text: str | None, option: str) -> list[str]:
+    from cmrdx.synth.variety import parse_families
+
+    try:
+        return parse_families(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"{option}: {e}") from None
+
+
+def _check_filter(only: list[str], exclude: list[str]) -> None:
+    from cmrdx.synth.variety import FamilyFilter
+
+    try:
+        FamilyFilter.make(only, exclude)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _check_compress(c: str | None) -> None:
     if c is not None and c not in ("rle", "jpegls", "j2k"):
         raise typer.BadParameter(f"--compress {c!r}: use rle, jpegls or j2k")
@@ -59,6 +77,11 @@ def study_cmd(
     phases: int = typer.Option(None, "--phases", min=2, max=200, help="Cine phases (20-30 drawn if omitted)."),
     matrix: int = typer.Option(None, "--matrix", min=32, max=1024, help="Square matrix size (160-256 drawn if omitted)."),
     no_distractors: bool = typer.Option(False, "--no-distractors", help="Skip localizer, T1 map, flow, TI scout."),
+    variety: bool = typer.Option(False, "--variety", help="Randomise every appearance axis (see `cmrdx synth families`)."),
+    only_families: str = typer.Option(None, "--only-families", help="Comma-separated families to draw from, e.g. "
+                                      "lge:psir,scar:midwall (implies --variety)."),
+    exclude_families: str = typer.Option(None, "--exclude-families", help="Comma-separated families never drawn "
+                                         "(implies --variety)."),
 ) -> None:
     """Write one phantom study."""
     from cmrdx.cli.text import console, safe
@@ -67,16 +90,21 @@ def study_cmd(
 
     if vendor is not None and vendor not in VENDORS:
         raise typer.BadParameter(f"--vendor {vendor!r}: use one of {', '.join(VENDORS)}")
+    only, exclude = _families(only_families, "--only-families"), _families(exclude_families, "--exclude-families")
+    _check_filter(only, exclude)
     _check_compress(compress)
     check_folder_target(out)
     t0 = time.perf_counter()
     p = sample_params(seed, _findings(finding), vendor=vendor, prevalence=_prevalence(prevalence),
-                      report_style=report_style, n_phases=phases, matrix=matrix)
+                      report_style=report_style, n_phases=phases, matrix=matrix, variety=variety,
+                      only_families=only, exclude_families=exclude)
     w = write_study(out, p, enhanced=enhanced, compress=compress, distractors=not no_distractors)
     con = console()
     present = ", ".join(f"{f}={p.findings[f]}" for f in p.present) or "none"
     con.print(f"[bold]{safe(out)}[/]: {w.n_files} files, {w.n_bytes / 1e6:.1f} MB, {len(w.series)} series "
               f"({p.acq.vendor}), findings: {present} [dim]({time.perf_counter() - t0:.1f} s)[/]")
+    if p.variety is not None:
+        con.print(f"families: {safe(', '.join(p.families))}")
 
 
 @app.command("archive")
@@ -86,13 +114,20 @@ def archive_cmd(
     seed: int = typer.Option(0, "--seed", help="Archive seed."),
     prevalence: str = typer.Option("0.3", "--prevalence", help="0.3 for all findings, or lge=0.4,lv_dilation=0.2,..."),
     vendors: str = typer.Option("siemens,ge,philips", "--vendors", help="Comma-separated vendor styles to draw from."),
-    report_style: str = typer.Option("narrative,structured,terse", "--report-style",
-                                     help="Comma-separated report styles to draw from (telegraphic is held out)."),
+    report_style: str = typer.Option(None, "--report-style",
+                                     help="Comma-separated report styles to draw from (default: the generator's "
+                                     "training styles; telegraphic and dictated are held out)."),
     enhanced: bool = typer.Option(False, "--enhanced"),
     compress: str = typer.Option(None, "--compress", help="rle | jpegls | j2k"),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes writing studies in parallel."),
     phases: int = typer.Option(None, "--phases", min=2, max=200),
     matrix: int = typer.Option(None, "--matrix", min=32, max=1024),
+    variety: bool = typer.Option(False, "--variety", help="Randomise every appearance axis (see `cmrdx synth families`)."),
+    only_families: str = typer.Option(None, "--only-families", help="Comma-separated families to draw from, e.g. "
+                                      "scar:midwall (implies --variety): a held-out-family test archive."),
+    exclude_families: str = typer.Option(None, "--exclude-families", help="Comma-separated families never drawn "
+                                         "(implies --variety): a training archive without them."),
+    no_distractors: bool = typer.Option(False, "--no-distractors", help="Skip localizer, T1 map, flow, TI scout."),
 ) -> None:
     """Write many studies plus labels.csv."""
     from rich.progress import Progress
@@ -105,10 +140,12 @@ def archive_cmd(
     for v in vs:
         if v not in VENDORS:
             raise typer.BadParameter(f"--vendors: {v!r} is not one of {', '.join(VENDORS)}")
-    styles = [s.strip() for s in report_style.split(",") if s.strip()]
-    for s in styles:
+    styles = [s.strip() for s in report_style.split(",") if s.strip()] if report_style else None
+    for s in styles or []:
         if s not in STYLES:
             raise typer.BadParameter(f"--report-style: {s!r} is not one of {', '.join(STYLES)}")
+    only, exclude = _families(only_families, "--only-families"), _families(exclude_families, "--exclude-families")
+    _check_filter(only, exclude)
     _check_compress(compress)
     check_folder_target(out)
     con = console()
@@ -117,7 +154,20 @@ def archive_cmd(
         task = prog.add_task("writing studies", total=n)
         rows = write_archive(out, n, seed, prevalence=_prevalence(prevalence), vendors=vs, report_styles=styles,
                              enhanced=enhanced, compress=compress, workers=workers, n_phases=phases, matrix=matrix,
-                             on_done=lambda r: prog.advance(task))
+                             on_done=lambda r: prog.advance(task), variety=variety, only_families=only,
+                             exclude_families=exclude, distractors=not no_distractors)
     size = sum(int(r["bytes"]) for r in rows)
     con.print(f"[bold]{safe(out)}[/]: {len(rows)} studies, {size / 1e9:.2f} GB, labels.csv "
               f"[dim]({time.perf_counter() - t0:.0f} s)[/]")
+
+
+@app.command("families")
+def families_cmd() -> None:
+    """List the appearance families of the randomised generator (``--variety``), by axis."""
+    from cmrdx.cli.text import console
+    from cmrdx.synth.variety import AXES, CONDITIONAL
+
+    con = console()
+    for axis, vals in AXES.items():
+        cond = f" (when {CONDITIONAL[axis]} is present)" if axis in CONDITIONAL else ""
+        con.print(f"[bold]{axis}[/]{cond}: " + ", ".join(f"{axis}:{v}" for v in vals))
