@@ -1,4 +1,5 @@
-"""What the renderer and the DICOM writer share: imaging planes in patient coordinates and the study's UIDs.
+"""What the renderer and the DICOM writer share: imaging planes in patient coordinates and the study's UIDs; and
+the AHA 17-segment map that the phantom and the parameter sampler both use.
 
 Both ``render`` (pixels on planes, ``Rendered.to_study``) and ``dicomio`` (headers from planes, UIDs) import
 this module; neither imports the other. numpy only (pydicom is imported when a UID is first made).
@@ -68,3 +69,16 @@ def uid(seed: int | str, *parts: object) -> str:
     from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=["cmrdx-synth", str(seed), *[str(p) for p in parts]])
+
+
+def aha_segment(h: np.ndarray, psi_deg: np.ndarray) -> np.ndarray:
+    """AHA segment (1-17) of LV points at relative height ``h`` (0 apex, 1 base) and angle ``psi_deg``
+    (0 = septal centre, positive towards the anterior wall)."""
+    h = np.asarray(h, float)
+    psi = np.asarray(psi_deg, float)
+    k6 = np.clip(np.floor((psi + 180.0) / 60.0).astype(int), 0, 5)
+    basal = np.array([5, 4, 3, 2, 1, 6])[k6]
+    k4 = np.floor((psi + 225.0) / 90.0).astype(int) % 4
+    apical = np.array([16, 15, 14, 13])[k4]
+    seg = np.where(h >= 2 / 3, basal, np.where(h >= 1 / 3, basal + 6, apical))
+    return np.where(h < 0.12, 17, seg)

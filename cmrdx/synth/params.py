@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrdx.synth.geometry import aha_segment
 from cmrdx.synth.variety import ISCHAEMIC, FamilyFilter, Variety, lge_contrast, sample_variety
 from cmrdx.vocab import SEVERITY_LEVELS, Severity
 
@@ -335,8 +336,6 @@ _N_SEG = {"mild": 2, "moderate": 4, "severe": 6}
 def _scar_segments(v: Variety, sev: str, rng: np.random.Generator) -> tuple[str | None, list[int], list[dict[str, float]]]:
     """(territory, AHA segments, blobs) of the randomised scar pattern ``v.scar`` at severity ``sev``. Blobs
     (rv_insertion, patchy) are (psi_deg, h, width_deg, height, lo, hi) in the phantom's table coordinates."""
-    from cmrdx.synth.phantom import aha_segment  # local: phantom imports this module
-
     d = v.scar_detail
     n = int(np.clip(_N_SEG[sev] + int(d["extent_shift"]), 1, 7))
     pat = v.scar

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmrdx.synth.geometry import aha_segment
 from cmrdx.synth.params import StudyParams
 from cmrdx.synth.variety import Variety
 
@@ -68,19 +69,6 @@ def volume_curve(t_ms: np.ndarray, rr_ms: float) -> np.ndarray:
 def end_systole_ms(rr_ms: float) -> float:
     """Time of end-systole after the R wave, ms (shortens with heart rate, ~340 ms at 60 bpm)."""
     return 1000.0 * (0.12 + 0.22 * np.sqrt(rr_ms / 1000.0))
-
-
-def aha_segment(h: np.ndarray, psi_deg: np.ndarray) -> np.ndarray:
-    """AHA segment (1-17) of LV points at relative height ``h`` (0 apex, 1 base) and angle ``psi_deg``
-    (0 = septal centre, positive towards the anterior wall)."""
-    h = np.asarray(h, float)
-    psi = np.asarray(psi_deg, float)
-    k6 = np.clip(np.floor((psi + 180.0) / 60.0).astype(int), 0, 5)
-    basal = np.array([5, 4, 3, 2, 1, 6])[k6]
-    k4 = np.floor((psi + 225.0) / 90.0).astype(int) % 4
-    apical = np.array([16, 15, 14, 13])[k4]
-    seg = np.where(h >= 2 / 3, basal, np.where(h >= 1 / 3, basal + 6, apical))
-    return np.where(h < 0.12, 17, seg)
 
 
 def _soft(d: np.ndarray, w: float) -> np.ndarray:

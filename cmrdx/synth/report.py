@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from cmrdx.synth.report_variety import variety_report
+from cmrdx.synth.wording import _SEV_ADJ, _SEV_ADV, _WALL_NAMES, _Pick, report_options  # noqa: F401
+
 # the training styles' wording; bumped whenever their sentences change, so that a training cache of reports written
 # before is re-worded (its videos do not depend on the wording). 2: every carrier word ("size", "fluid", "imaging",
 # "dimensions", "EF") in both a finding's positive and its negated sentences; in wording 1 some stood only in negated
@@ -26,31 +29,6 @@ VARIETY_STYLES = ("bulleted", "quantitative", "brief")
 VARIETY_TRAIN_STYLES = TRAIN_STYLES + VARIETY_STYLES
 # Order matters: a style's index seeds its wording (the classic four keep theirs).
 STYLES = TRAIN_STYLES + ("telegraphic",) + VARIETY_STYLES + ("dictated",)
-
-_SEV_ADJ = {"mild": ["mild", "mild", "slight"], "moderate": ["moderate"], "severe": ["severe", "marked", "significant"]}
-_SEV_ADV = {"mild": ["mildly", "mildly", "slightly"], "moderate": ["moderately"], "severe": ["severely", "markedly"]}
-_WALL_NAMES = {
-    "LAD": ["anterior wall and septum", "anteroseptal wall", "LAD territory"],
-    "RCA": ["inferior wall", "inferoseptal and inferior walls", "RCA territory"],
-    "LCx": ["lateral wall", "inferolateral and anterolateral walls", "circumflex territory"],
-}
-
-
-def report_options(seed: int) -> dict[str, object]:
-    """Phrasing options of a randomised study's report, drawn from its seed: spelling (British or American),
-    whether measurements are quoted, and the register of negations."""
-    rng = np.random.default_rng([int(seed), 0xD0A1, 0x0B7])
-    return {"spelling": str(rng.choice(["british", "american"])), "measurements": bool(rng.random() < 0.65),
-            "negation": str(rng.choice(["plain", "evidence", "absent"]))}
-
-
-class _Pick:
-    def __init__(self, rng: np.random.Generator):
-        self.rng = rng
-
-    def __call__(self, options: list[str] | tuple[str, ...]) -> str:
-        return str(options[int(self.rng.integers(len(options)))])
-
 
 def _sentences(p: Any, m: dict[str, float], pick: _Pick) -> dict[str, str]:
     """One sentence per finding (present or negated), training vocabulary."""
@@ -214,8 +192,6 @@ def make_report(p: Any, measurements: dict[str, float], style: str | None = None
     if style == "telegraphic":
         return _telegraphic(p, m, pick)
     if getattr(p, "variety", None) is not None or style not in TRAIN_STYLES:
-        from cmrdx.synth.report_variety import variety_report
-
         return variety_report(p, m, style, pick)
     sent = _sentences(p, m, pick)
     present = [k for k in sent if p.findings[k] != "none"]

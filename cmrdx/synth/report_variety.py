@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cmrdx.synth.report import _SEV_ADJ, _SEV_ADV, _WALL_NAMES, _Pick, report_options
+from cmrdx.synth.wording import _SEV_ADJ, _SEV_ADV, _WALL_NAMES, _Pick, report_options
 
 ORDER = ("lv_dilation", "lv_hypertrophy", "lv_dysfunction", "rv_dilation", "rv_dysfunction", "lge", "aortic_dilation",
          "pericardial_effusion")
