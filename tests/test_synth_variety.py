@@ -368,3 +368,19 @@ def test_archive_family_filters_and_cli(tmp_path):
     assert r.exit_code != 0 and "unknown family" in r.output
     r = run(app, ["synth", "families"])
     assert r.exit_code == 0 and "scar:midwall" in r.output
+
+
+def test_training_fast_path_is_exact_for_randomised_studies():
+    """``phantom_u8`` (only the sampled frames rendered) equals the recipe applied to the lazy study, for PSIR
+    images, misregistered slices and missing views too: training on randomised phantoms keeps its fast path."""
+    from cmrdx.recipe import IMAGENET_MEAN, IMAGENET_STD, apply_recipe, get_recipe, recipe_view_keys
+    from cmrdx.synth.arrays import phantom_u8
+
+    r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48, window_scope="frame")
+    p = sample_params(23, {"lge": "moderate"}, only_families=["lge:psir", "breathhold:misregistered", "views:missing"],
+                      matrix=64, n_phases=8)
+    u8, n = phantom_u8(p, r)
+    arr = apply_recipe(phantom_study(p, recipe_view_keys(r))[0], r).array
+    grey = np.rint((arr[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0)
+    np.testing.assert_array_equal(u8, grey.astype(np.uint8))
+    assert n == 8 and u8.std() > 10
