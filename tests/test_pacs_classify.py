@@ -138,10 +138,18 @@ def test_inspect_over_pacs_lists_the_folders_series_without_retrieving_images(or
 
 
 def test_store_back_puts_a_valid_sr_in_the_pacs_and_keeps_it_when_the_node_is_down(orthanc, pacs_config, home, tmp_path):
-    import yaml
-
     uid = EXAMPLE_UID
     before = set(orthanc.find("Series", {"StudyInstanceUID": uid, "Modality": "SR"}))
+    try:
+        _store_back_then_down(orthanc, pacs_config, tmp_path, uid, before)
+    finally:  # the session's PACS holds the example study as it was loaded, for the other tests
+        for sid in set(orthanc.find("Series", {"StudyInstanceUID": uid, "Modality": "SR"})) - before:
+            orthanc.request("DELETE", f"/series/{sid}")
+
+
+def _store_back_then_down(orthanc, pacs_config, tmp_path, uid, before):
+    import yaml
+
     r = CliRunner().invoke(app, ["classify", f"pacs://web/{uid}", "--device", "cpu", "--store-back", "dimse",
                                  "--pacs-config", str(pacs_config), "--json"])
     assert r.exit_code == 0, r.output
