@@ -6,8 +6,9 @@ Two sources, one cache format:
   view is a lazy ``StudyView`` that renders only the planes and phases the recipe asks for, so a recipe that
   uses the middle short-axis slice renders one slice, not the stack.
 * ``ArchiveSource``: a folder of study folders (``DICOM/`` + ``report.txt``), read through the user's path
-  (``assemble_study``). A folder without ``report.txt`` or whose DICOM cannot be assembled is skipped and
-  counted, as is a ``report.txt`` with no images next to it.
+  (``assemble_study``); or the same folders with their reports in one RIS export (CSV / JSONL, matched by
+  StudyInstanceUID or AccessionNumber: ``cmrdx.train.reports``). A folder without a report or whose DICOM
+  cannot be assembled is skipped and counted, as is a report with no images for it.
 
 The cache (``StudyCache``) holds ``videos.u8`` (N, F, S, S) uint8 memmap of the grey frames *before*
 normalisation, ``meta.json`` (ids, reports, labels, counts) and ``done.npy`` (which rows are filled), so a
@@ -27,12 +28,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from cmrdx.fileio import atomic_write
 from cmrdx.recipe import RecipeParams, apply_recipe, recipe_view_keys, u8_exact
+
+if TYPE_CHECKING:
+    from cmrdx.train.reports import ReportMatch
 
 log = logging.getLogger(__name__)
 
@@ -166,38 +170,80 @@ class PhantomSource:
 
 
 class ArchiveSource:
-    """Study folders under ``root`` (each with ``DICOM/`` or DICOM files, and ``report.txt``).
+    """Study folders under ``root`` (each with ``DICOM/`` or DICOM files), with their reports either in a
+    ``report.txt`` beside the images or in one file exported by the RIS (``reports``: CSV or JSONL of
+    StudyInstanceUID or AccessionNumber and report text; see ``cmrdx.train.reports``). With a reports file, each
+    study takes the impression of the report whose UID, else accession, its DICOM headers carry; a study that no
+    report matches falls back to its ``report.txt``.
 
-    ``skipped`` counts, by reason, the folders that cannot make a training pair."""
+    ``skipped`` counts, by reason, the folders (and report rows) that cannot make a training pair;
+    ``report_match()`` says which reports went where and lists what stayed unmatched."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, reports: str | Path | None = None):
+        from cmrdx.train.reports import read_reports
+
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root} is not a folder")
         self.folders = sorted(p for p in self.root.iterdir() if p.is_dir())
         self.skipped: dict[str, int] = {}
+        # read now: a file that is not a reports file is an error before any study is read
+        self.reports = read_reports(reports) if reports is not None else None
+        self._match: ReportMatch | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "archive", "root": str(self.root), "folders": len(self.folders)}
+        d: dict[str, Any] = {"kind": "archive", "root": str(self.root), "folders": len(self.folders)}
+        if self.reports is not None:
+            d["reports"] = self.reports.describe()
+        return d
 
     def __len__(self) -> int:
         return len(self.folders)
 
+    @staticmethod
+    def _has_images(d: Path) -> bool:
+        return any(f.is_file() and f.name != "report.txt" and f.suffix not in (".json", ".txt", ".csv")
+                   for f in d.rglob("*"))
+
+    def report_match(self) -> ReportMatch | None:
+        """The reports file matched to the folders (one DICOM header read per folder, once); None without one."""
+        from cmrdx.train.reports import match_reports, study_key
+
+        if self.reports is None:
+            return None
+        if self._match is None:
+            keys, txt = [], {}
+            for d in self.folders:
+                if not self._has_images(d):
+                    continue
+                keys.append(study_key(d))
+                if (d / "report.txt").is_file():
+                    txt[d.name] = (d / "report.txt").read_text(encoding="utf-8").strip()
+            self._match = match_reports(self.reports, keys, report_txt=txt)
+        return self._match
+
     def __iter__(self) -> Iterator[Item]:
         from cmrdx.study.assemble import assemble_study
 
+        match = self.report_match()
+        self.skipped = {}  # counted afresh on every pass over the folders
+        if match is not None and match.unmatched_reports:
+            self.skipped["report matching no study"] = len(match.unmatched_reports)
         for d in self.folders:
             rep = d / "report.txt"
-            has_images = any(f.is_file() and f.name != "report.txt" and f.suffix not in (".json", ".txt", ".csv")
-                             for f in d.rglob("*"))
-            reason = None if has_images and rep.is_file() else (
+            has_images = self._has_images(d)
+            if match is None:
+                report = rep.read_text(encoding="utf-8").strip() if rep.is_file() else None
+            else:
+                got = match.by_folder.get(d.name)
+                report = got[0] if got else None
+            reason = None if has_images and report else (
                 "study without a report" if has_images else "report without a study" if rep.is_file() else "empty folder")
             if reason:
                 self.skipped[reason] = self.skipped.get(reason, 0) + 1
                 continue
             labels = _labels_from_truth(d)
-            yield Item(id=d.name, report=rep.read_text(encoding="utf-8").strip(),
-                       make_study=partial(assemble_study, str(d)), labels=labels)
+            yield Item(id=d.name, report=report, make_study=partial(assemble_study, str(d)), labels=labels)
 
 
 def _labels_from_truth(d: Path) -> dict[str, str]:
