@@ -11,7 +11,12 @@
 5. exports the ONNX model folder with provenance (``cmrdx.train.export.export_model_folder``).
 
 Determinism: the epoch order is a permutation drawn from (seed, epoch) and the report sampling from
-(seed, step), so a resumed run draws the same batches as an uninterrupted one. The WordPiece vocabulary is
+(seed, step), so a resumed run draws the same batches as an uninterrupted one, whatever the number of processes.
+
+Data parallel (``cmrdx.train.distributed``): launched by torchrun, each process embeds its part of the global
+batch (``batch_size`` is the global batch), the embeddings are gathered so that the loss sees every negative of
+the global batch, and DDP averages the gradients; rank 0 alone builds the cache, writes checkpoints, logs and
+exports. The WordPiece vocabulary is
 trained once per work folder (``tokenizers`` breaks merge ties in hash order, so two fresh runs may differ).
 """
 
@@ -32,8 +37,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmrdx.fileio import atomic_write
+from cmrdx.train.distributed import (
+    SINGLE,
+    DistInfo,
+    broadcast_object,
+    check_shared_folder,
+    gather_rows,
+    gather_with_grad,
+    shard,
+    wait_for_main,
+)
 
 if TYPE_CHECKING:
+    from cmrdx.train.finetune import WarmStart
     from cmrdx.train.model import MotionStream
 
 log = logging.getLogger(__name__)
@@ -60,6 +76,7 @@ class TrainConfig:
     prevalence: float = 0.3
     matrix: int | None = 128
     archive: str | None = None
+    reports: str | None = None  # a RIS export (CSV / JSONL) of the archive's reports (``cmrdx.train.reports``)
     val_fraction: float = 0.05
     frames: int = 16
     image_size: int = 96
@@ -103,7 +120,9 @@ class TrainConfig:
     # tuning of the text tower alone against the whole video side
     freeze_motion: bool = False
     threads: int | None = None
-    init_from: str | None = None  # a checkpoint.pt whose weights start this run (its vocab.txt is reused)
+    # a warm start (``cmrdx.train.finetune``): a checkpoint.pt / trained.pt (the run's shapes must match it), or
+    # CMR-CLIP weights (released checkpoint or imported model folder: the run takes their shapes)
+    init_from: str | None = None
     # run-time options: where and how fast, not what is trained (a resumed run may change them)
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"
     workers: int | None = None  # processes that render phantom studies into the cache
@@ -149,8 +168,10 @@ class TrainConfig:
     def source(self):
         from cmrdx.train.data import ArchiveSource, PhantomSource, views_for_recipe
 
+        if self.reports and not self.archive:
+            raise ValueError("reports (a RIS export) are matched to the studies of an archive: give archive too")
         if self.archive:
-            return ArchiveSource(self.archive)
+            return ArchiveSource(self.archive, reports=self.reports)
         return PhantomSource(self.phantoms, self.seed, prevalence=self.prevalence, matrix=self.matrix,
                              views=views_for_recipe(self.recipe()))
 
@@ -214,14 +235,16 @@ def video_input(u8, n_real, recipe):
     return x * real.view(*real.shape, 1, 1, 1)
 
 
-def shift_batch(x, m: int, rng: np.random.Generator):
+def shift_batch(x, m: int, rng: np.random.Generator | np.ndarray):
     """Translate each item of (B, ..., S, S) by its own random whole-pixel shift of up to ``m`` (one draw per
-    item, the same for all its frames or channels), zero-filling the edges."""
+    item, the same for all its frames or channels), zero-filling the edges. ``rng`` is the generator to draw the
+    shifts from, or the (2, B) offsets in 0..2m already drawn (as a data-parallel batch draws them for all
+    processes at once)."""
     import torch
 
     s = x.shape[-1]
     pad = torch.nn.functional.pad(x, (m, m, m, m))
-    dy, dx = rng.integers(0, 2 * m + 1, size=(2, len(x)))
+    dy, dx = rng if isinstance(rng, np.ndarray) else rng.integers(0, 2 * m + 1, size=(2, len(x)))
     return torch.stack([pad[i, ..., y:y + s, xx:xx + s] for i, (y, xx) in enumerate(zip(dy, dx))])
 
 
@@ -254,17 +277,35 @@ class Trainer:
     """Holds the cache, tokenizer, model and optimiser of one run (``work`` folder = cache + checkpoint)."""
 
     def __init__(self, cfg: TrainConfig, work: str | Path, *, progress: bool = True,
-                 on_step: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter):
+                 on_step: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter,
+                 dist: DistInfo | None = None):
+        """``dist``: this process's place in a data-parallel run (its process group already joined, see
+        ``distributed.init``; ``train`` does both); one process alone when None."""
         import torch
 
-        from cmrdx.train.data import build_cache
+        from cmrdx.train.data import StudyCache, build_cache
         from cmrdx.train.model import CMRClip
         from cmrdx.train.tokenizer import load_tokenizer, train_vocab
 
-        self.cfg = cfg
+        self.dist = dist or SINGLE
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
+        # a warm start is read first: CMR-CLIP weights set the model's shapes (and so the recipe and the cache)
+        self.warm: WarmStart | None = None
+        if cfg.init_from:
+            from cmrdx.train.finetune import adopt_architecture, load_warm_start
+
+            self.warm = load_warm_start(cfg.init_from)  # before hours of rendering, not after
+            if self.warm.arch is not None:
+                cfg, self.warm.adopted = adopt_architecture(cfg, self.warm.arch)
+                if self.warm.adopted and self.dist.is_main:
+                    log.info("shapes of %s adopted: %s", cfg.init_from,
+                             ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.warm.adopted.items()))
+        self.cfg = cfg
+        if cfg.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) does not split over {self.dist.world} "
+                             f"processes: use a multiple of {self.dist.world}")
+        self.progress = progress and self.dist.is_main
         self.on_step = on_step
         # seconds, monotonic: times the cache build, the steps and the max_train_seconds budget (tests pass a fake)
         self.clock = clock
@@ -303,14 +344,24 @@ class Trainer:
         if cfg.freeze_video and not cfg.init_from and not self.ckpt.is_file():
             raise ValueError("freeze_video trains the text tower against a trained video tower: give init_from "
                              "(a checkpoint.pt or trained.pt)")
-        if cfg.init_from and not Path(cfg.init_from).is_file():
-            raise ValueError(f"init_from {cfg.init_from}: no such file")  # before hours of rendering, not after
+        check_shared_folder(self.work, self.dist)
         self.recipe = cfg.recipe()
         self.source = cfg.source()
-        t0 = self.clock()
-        self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=progress,
-                                 workers=cfg.workers, max_seconds=cfg.max_cache_seconds)
-        self.cache_seconds = self.clock() - t0
+        self.report_match = None
+        if self.dist.is_main:  # rank 0 builds the cache; the others wait, then open it
+            match = getattr(self.source, "report_match", lambda: None)()
+            if match is not None:
+                match.log_summary(log)
+                match.write(self.work / "reports-match.json")
+                self.report_match = match.counts()
+            t0 = self.clock()
+            self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=self.progress,
+                                     workers=cfg.workers, max_seconds=cfg.max_cache_seconds)
+            self.cache_seconds = self.clock() - t0
+        wait_for_main(self.dist)
+        if not self.dist.is_main:
+            self.cache = StudyCache(self.work / "cache")
+            self.cache_seconds = 0.0
         self.device = cfg.torch_device()  # after the cache: its worker processes fork before CUDA starts
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -319,14 +370,13 @@ class Trainer:
         if len(self.train_idx) < 2:
             raise ValueError(f"only {len(self.train_idx)} usable (study, report) pairs; skipped: {self.cache.skipped}")
         self.vocab = self.work / "vocab.txt"
-        # the warm start still to load (weights or vocabulary missing here), else None; init is loaded iff it is set
-        init_from = cfg.init_from if cfg.init_from and (not self.vocab.is_file() or not self.ckpt.is_file()) else None
-        init = _load_init(init_from) if init_from is not None else None
-        if init is not None and not self.vocab.is_file():
-            # a warm start keeps the token ids its weights were trained with
-            atomic_write(self.vocab, init["vocab"])
-        if not self.vocab.is_file():
-            train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
+        if self.dist.is_main:
+            if self.warm is not None and not self.vocab.is_file():
+                # a warm start keeps the token ids its weights were trained with
+                atomic_write(self.vocab, self.warm.vocab)
+            if not self.vocab.is_file():
+                train_vocab(self.cache.reports(self.train_idx), self.vocab, vocab_size=cfg.vocab_size)
+        wait_for_main(self.dist)  # a vocabulary is trained once per run (WordPiece ties break per process)
         self.tokenizer, self.pad_id = load_tokenizer(self.vocab, max_length=cfg.max_length)
         with open(self.vocab, encoding="utf-8") as fh:
             n_vocab = sum(1 for _ in fh)
@@ -369,17 +419,38 @@ class Trainer:
         self.planned_steps = self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
         self.losses: list[float] = []
+        self.grad_norms: list[float] = []  # per step, before clipping (the same on every process)
         self.val_losses: list[float] = []
         self.train_seconds = 0.0
         self.init_steps = 0
         self.init_info: dict[str, Any] | None = None
         if self.ckpt.is_file():
             self._load()
-        elif init is not None and init_from is not None:
-            _load_warm_start(self.model, init["model"], init_from)
-            self.init_steps = init["info"]["steps"]
-            self.init_info = init["info"]
-            log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from, self.init_steps)
+        elif self.warm is not None and cfg.init_from is not None:
+            _load_warm_start(self.model, self.warm.state, cfg.init_from)
+            self.init_steps = int(self.warm.info.get("steps", 0))
+            self.init_info = {**self.warm.info, **({"adopted": self.warm.adopted} if self.warm.adopted else {})}
+            if self.dist.is_main:
+                log.info("weights from %s (step %d); optimiser and schedule start afresh", cfg.init_from,
+                         self.init_steps)
+        self.warm = None  # its weights are in the model now (or the checkpoint's are): not held twice
+        # what the training step calls: the model's two towers, wrapped by DDP across processes
+        self.towers = _towers(self.model, self.frozen_blocks, self.device)
+        self.step_towers = self.towers
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.model.motion is not None and not cfg.freeze_motion:
+                if self.device == "cuda":  # batch statistics of the global batch, as one process computes them
+                    torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # in place: same weights and buffers
+                elif self.dist.is_main:
+                    log.warning("the motion stream's batch norm uses each process's part of the batch (torch "
+                                "synchronises batch norms on GPUs only): the run differs slightly from one process's")
+
+            # find_unused_parameters: the BERT pooler (kept for the checkpoint layout) never gets a gradient
+            self.step_towers = DistributedDataParallel(
+                self.towers, device_ids=[self.dist.local_rank] if self.device == "cuda" else None,
+                find_unused_parameters=True)
 
     def device_name(self) -> str:
         import torch
@@ -390,11 +461,15 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "losses": self.losses,
-                "val_losses": self.val_losses, "train_seconds": self.train_seconds, "init_info": self.init_info}
+                "grad_norms": self.grad_norms, "val_losses": self.val_losses, "train_seconds": self.train_seconds,
+                "init_info": self.init_info}
 
     def save(self) -> None:
+        """Write the checkpoint (rank 0 only: every process holds the same weights)."""
         import torch
 
+        if not self.dist.is_main:
+            return
         state = self._state()
         atomic_write(self.ckpt, lambda f: torch.save(state, f))
 
@@ -410,6 +485,7 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.step, self.losses, self.val_losses = st["step"], st["losses"], st["val_losses"]
+        self.grad_norms = list(st.get("grad_norms", []))
         self.total_steps = int(st.get("total_steps", self.total_steps))
         self.train_seconds = st.get("train_seconds", 0.0)
         self.init_info = st.get("init_info")
@@ -424,18 +500,28 @@ class Trainer:
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
         return ids, mask
 
-    def batch(self, step: int):
-        """(model input (see ``model_input``), input_ids, attention_mask) of global ``step``."""
-        from cmrdx.train.data import sample_text
-
+    def batch_rows(self, step: int) -> np.ndarray:
+        """Cache rows of global ``step``'s batch (all processes'), sorted."""
         epoch, k = divmod(step, self.steps_per_epoch)
         perm = np.random.default_rng([self.cfg.seed, 0xE90C, epoch]).permutation(self.train_idx)
-        rows = np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
+        return np.sort(perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size])
+
+    def batch(self, step: int):
+        """(model input (see ``model_input``), input_ids, attention_mask) of global ``step``: this process's
+        contiguous part of the global batch. Texts and shifts are drawn for the whole global batch, in one order,
+        by every process (then each keeps its part), so the batch does not depend on the number of processes."""
+        from cmrdx.train.data import sample_text
+
+        rows = self.batch_rows(step)
         rng = np.random.default_rng([self.cfg.seed, 0x7E27, step])
         texts = [sample_text(r, rng, self.cfg.text_subset_p, self.cfg.text_max_sentences,
                              self.cfg.text_augment)
                  for r in self.cache.reports(rows)]
-        return (self.model_input(rows, rng if self.cfg.augment_shift else None), *self.tokenize(texts))
+        m = self.cfg.augment_shift
+        shifts = rng.integers(0, 2 * m + 1, size=(2, len(rows))) if m else None  # what shift_batch would draw
+        lo, hi = shard(len(rows), self.dist)
+        return (self.model_input(rows[lo:hi], None if shifts is None else shifts[:, lo:hi]),
+                *self.tokenize(texts[lo:hi]))
 
     def _train_mode(self) -> None:
         """Training mode, except a frozen motion stream: its batch norm keeps the warm start's statistics."""
@@ -450,7 +536,7 @@ class Trainer:
             raise RuntimeError("the model has no motion stream (TrainConfig.motion is not set)")
         return self.model.motion
 
-    def model_input(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
+    def model_input(self, rows: np.ndarray, shift_rng: np.random.Generator | np.ndarray | None = None):
         """What ``loss`` takes for ``rows``: the video; or, where the transformer is frozen, its cached
         embeddings (B, D) or frozen-block tokens (B, T, D), paired with the motion stream's input when the model
         has one (``(cached, stats)``; the shift then moves the motion stream's input only)."""
@@ -503,10 +589,11 @@ class Trainer:
             else:
                 self._video_emb = self._over_cache(lambda v: m.vid_proj(m.video_model(v)), torch.float32)
                 emb = self._video_emb.cpu().numpy()
-                atomic_write(path, lambda f: np.save(f, emb))
+                if self.dist.is_main:  # every process computed the same; one writes
+                    atomic_write(path, lambda f: np.save(f, emb))
         return self._video_emb
 
-    def motion_stats(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None):
+    def motion_stats(self, rows: np.ndarray, shift_rng: np.random.Generator | np.ndarray | None = None):
         """(B, 2G, S, S) float32 motion-stream input of ``rows`` (all rows computed once, kept as float16: 0.3 MB
         a study at 8 groups of 96 x 96). A shift moves the statistics as it would move the video: the per-pixel
         statistics of a shifted video are the shifted statistics, with the mean of a zero-filled pixel and a
@@ -533,7 +620,7 @@ class Trainer:
             self._video_tokens = self._over_cache(lambda v: vm.tokens(v, self.frozen_blocks), torch.float16)
         return self._video_tokens[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
 
-    def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | None = None, cache=None):
+    def videos(self, rows: np.ndarray, shift_rng: np.random.Generator | np.ndarray | None = None, cache=None):
         """(B, F, 3, S, S) float32 model input of ``rows`` of the training cache (or of ``cache``, another cache
         of the same recipe) on the training device, each video translated by a random whole-pixel shift (the same
         for all its frames; edges zero-filled) when ``shift_rng`` is given."""
@@ -550,29 +637,19 @@ class Trainer:
             u8 = shift_batch(u8, self.cfg.augment_shift, shift_rng)
         return video_input(u8, n_real, self.recipe)
 
-    def loss(self, video, ids, mask):
+    def loss(self, video, ids, mask, towers=None):
         """InfoNCE of a batch; ``video`` is the model input, (B, T, D) tokens of the frozen video blocks, or
-        (B, D) embeddings when the whole video tower is frozen."""
-        import torch
-
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-            t = self.model.encode_text(ids, mask)
-            stats = None
-            if isinstance(video, tuple):
-                video, stats = video
-            if video.ndim == 2:
-                v = video
-            elif video.ndim == 3:
-                v = self.model.vid_proj(self.model.video_model.head(video, self.frozen_blocks))
-            else:
-                v = self.model.encode_video(video)
-            if stats is not None:
-                v = v + self.model.motion.head(stats)
-        return info_nce(t.float(), v.float(), self.cfg.temperature)
+        (B, D) embeddings when the whole video tower is frozen. Across processes, each passes its part of the
+        global batch and gets the loss of the whole (embeddings gathered with their gradient); ``towers`` is
+        the module that embeds (the DDP-wrapped one in a training step)."""
+        t, v = (towers or self.towers)(video, ids.to(self.device), mask.to(self.device))
+        if self.dist.active:
+            t, v = gather_with_grad(t, self.dist), gather_with_grad(v, self.dist)
+        return info_nce(t, v, self.cfg.temperature)
 
     def val_loss(self) -> float | None:
-        """Mean InfoNCE over validation batches of whole reports (no sentence sampling)."""
+        """Mean InfoNCE over validation batches of whole reports (no sentence sampling); across processes, each
+        embeds its part of every batch and all compute the same loss."""
         import torch
 
         if len(self.val_idx) < 2:
@@ -584,8 +661,15 @@ class Trainer:
                 rows = self.val_idx[i:i + self.cfg.batch_size]
                 if len(rows) < 2:
                     continue
-                ids, mask = self.tokenize(self.cache.reports(rows))
-                out.append(float(self.loss(self.model_input(rows), ids, mask)))
+                lo, hi = shard(len(rows), self.dist)
+                mine = rows[lo:hi]
+                if len(mine):
+                    ids, mask = self.tokenize(self.cache.reports(mine))
+                    t, v = self.towers(self.model_input(mine), ids.to(self.device), mask.to(self.device))
+                else:  # fewer rows than processes
+                    t = v = torch.zeros((0, self.cfg.projection_dim), device=self.device)
+                t, v = gather_rows(t, self.dist), gather_rows(v, self.dist)
+                out.append(float(info_nce(t, v, self.cfg.temperature)))
         self._train_mode()
         return float(np.mean(out))
 
@@ -614,19 +698,22 @@ class Trainer:
                 t0 = self.clock()
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(self.step, self.total_steps, g.get("peak_lr", self.cfg.lr), self.cfg.warmup_steps)
-                loss = self.loss(*self.batch(self.step))
+                video, ids, mask = self.batch(self.step)
+                loss = self.loss(video, ids, mask, towers=self.step_towers)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                loss.backward()  # across processes: DDP has averaged the gradients when it returns
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                 self.opt.step()
                 self.step += 1
                 self.losses.append(float(loss.detach()))
+                self.grad_norms.append(float(norm))
                 now = self.clock()
                 self.train_seconds += now - t0
                 if budget is not None:
                     if now - run_t0 > budget and self.step < self.total_steps:
-                        log.warning("time budget %.0f s spent: stopped at step %d of %d", budget, self.step,
-                                    self.total_steps)
+                        if self.dist.is_main:
+                            log.warning("time budget %.0f s spent: stopped at step %d of %d", budget, self.step,
+                                        self.total_steps)
                         self.total_steps = end = self.step
                     if self.step == probe_from:
                         probe = now
@@ -634,12 +721,15 @@ class Trainer:
                         fit = _fit_schedule(self.step, now - run_t0, budget, probe_from, now - probe,
                                             self.planned_steps)
                         if fit is not None and fit != self.total_steps and self.step < self.total_steps:
-                            log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget,
-                                     (now - probe) / (self.step - probe_from), self.total_steps, fit)
+                            if self.dist.is_main:
+                                log.info("time budget %.0f s at %.3f s/step: schedule of %d steps now %d", budget,
+                                         (now - probe) / (self.step - probe_from), self.total_steps, fit)
                             self.total_steps = fit
                             end = fit if limit is None else min(limit, fit)
                             if prog is not None:
                                 prog.update(task, total=self.total_steps)
+                    # every process follows rank 0's clock: a schedule that differed by one step would hang them
+                    self.total_steps, end = broadcast_object((self.total_steps, end), self.dist)
                 if self.on_step:
                     self.on_step(self.step, self.losses[-1])
                 epoch_end = self.step % self.steps_per_epoch == 0
@@ -651,10 +741,9 @@ class Trainer:
                     recent = float(np.mean(self.losses[-20:]))
                     info = f"loss {recent:.3f}" + (f" val {self.val_losses[-1]:.3f}" if self.val_losses else "")
                     prog.update(task, completed=self.step, info=info)
-                else:
-                    if self.step % 10 == 0 or epoch_end:
-                        log.info("step %d/%d loss %.4f%s", self.step, self.total_steps, np.mean(self.losses[-10:]),
-                                 f" val {self.val_losses[-1]:.4f}" if epoch_end and self.val_losses else "")
+                elif self.dist.is_main and (self.step % 10 == 0 or epoch_end):
+                    log.info("step %d/%d loss %.4f%s", self.step, self.total_steps, np.mean(self.losses[-10:]),
+                             f" val {self.val_losses[-1]:.4f}" if epoch_end and self.val_losses else "")
                 if epoch_end or self.step % self.cfg.checkpoint_every == 0:
                     self.save()
         finally:
@@ -679,14 +768,16 @@ class Trainer:
             "trained": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "data": {**self.cache.meta["source"], "studies_cached": int(self.cache.done.sum()),
                      "pairs_train": res.n_train, "pairs_val": res.n_val,
-                     "skipped": res.skipped, "cache_seconds": round(float(self.cache.meta.get("seconds", 0.0)), 1)},
+                     "skipped": res.skipped, "cache_seconds": round(float(self.cache.meta.get("seconds", 0.0)), 1),
+                     # counts only: the lists of unmatched UIDs / accessions stay in the work folder
+                     **({"reports_matched": self.report_match} if self.report_match else {})},
             "training": {"config": asdict(self.cfg), "steps": res.steps, "epochs": res.epochs_done,
                          "seconds": round(res.seconds, 1), "final_train_loss": round(float(np.mean(tail)), 4) if tail else None,
                          "first_train_loss": round(float(np.mean(res.losses[:20])), 4) if res.losses else None,
                          "val_loss_per_epoch": [round(v, 4) for v in res.val_losses],
                          "planned_steps": self.planned_steps, "device": self.device_name(),
                          "loss": "symmetric InfoNCE on cosine similarities", "temperature": self.cfg.temperature,
-                         "threads": self.cfg.threads or "torch default"},
+                         "threads": self.cfg.threads or "torch default", "processes": self.dist.world},
             **({"initialised_from": self.init_info} if self.init_info else {}),
         }
 
@@ -740,20 +831,61 @@ def _load_warm_start(model, state: dict[str, Any], path: str | Path) -> None:
 
 
 def _load_init(path: str | Path) -> dict[str, Any]:
-    """Weights, vocabulary and provenance of a warm start: a training ``checkpoint.pt`` (its ``vocab.txt``
-    beside it) or a ``trained.pt`` written by ``Trainer.save_trained``."""
-    st = _torch_load(path)
-    if st.get("format") == "cmrdx-trained/1":
-        tr = st["provenance"].get("training", {})
-        info = {"file": Path(path).name, "steps": int(tr.get("steps", 0)), "seconds": tr.get("seconds"),
-                "config": st["config"], "device": tr.get("device"), "data": st["provenance"].get("data"),
-                "val_loss_per_epoch": tr.get("val_loss_per_epoch", []),
-                "initialised_from": st["provenance"].get("initialised_from")}
-        return {"model": st["model"], "vocab": st["vocab"], "info": info}
-    info = {"checkpoint": str(path), "steps": int(st["step"]), "seconds": round(float(st.get("train_seconds", 0.0)), 1),
-            "config": st["config"], "val_loss_per_epoch": [round(v, 4) for v in st.get("val_losses", [])],
-            "initialised_from": st.get("init_info")}  # earlier stages, nested
-    return {"model": st["model"], "vocab": (Path(path).parent / "vocab.txt").read_text(encoding="utf-8"), "info": info}
+    """Weights, vocabulary and provenance of a warm start (``finetune.load_warm_start``) as a dict (``model``,
+    ``vocab``, ``info``): what bench scripts read."""
+    from cmrdx.train.finetune import load_warm_start
+
+    w = load_warm_start(path)
+    return {"model": w.state, "vocab": w.vocab, "info": w.info}
+
+
+def _towers(model, frozen_blocks: int, device: str):
+    """The module a training step calls: (model input, ids, mask) -> (text, video) float32 embeddings, not
+    normalised. A module of its own (holding the model) so that DDP can wrap the step's forward: DDP reduces the
+    gradients of what its forward computed, and the loss's gather sits between that forward and the backward."""
+    import torch
+
+    class Towers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, video, ids, mask):
+            m = self.model
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                t = m.encode_text(ids, mask)
+                stats = None
+                if isinstance(video, tuple):
+                    video, stats = video
+                if video.ndim == 2:
+                    v = video
+                elif video.ndim == 3:
+                    v = m.vid_proj(m.video_model.head(video, frozen_blocks))
+                else:
+                    v = m.encode_video(video)
+                if stats is not None:
+                    v = v + m.motion.head(stats)
+            return t.float(), v.float()
+
+    return Towers()
+
+
+PHANTOM_LICENCE = "MIT (weights trained by cmrdx on synthetic phantom studies; demonstration only, not for clinical use)"
+
+
+def licence_for(provenance: dict[str, Any]) -> str:
+    """The licence line of an exported model: weights that descend from CMR-CLIP's (at any earlier stage) carry
+    its terms, whatever data they were tuned on; weights trained on a site's archive are the site's."""
+    stage: Any = provenance.get("initialised_from")
+    while isinstance(stage, dict):
+        if str(stage.get("source", "")).startswith("CMR-CLIP"):
+            return ("Fine-tuned by cmrdx from the CMR-CLIP weights (Makiya11/CMRCLIP, weights makiyeah/CMRCLIP): see "
+                    "the hub repository for their terms. Research and demonstration use only; not a medical device.")
+        stage = stage.get("initialised_from")
+    if (provenance.get("data") or {}).get("kind") == "archive":
+        return ("Trained by cmrdx on the training site's own studies: their terms are the site's. Not a medical "
+                "device.")
+    return PHANTOM_LICENCE
 
 
 def _export(cfg: TrainConfig, state: dict[str, Any], vocab: str, provenance: dict[str, Any], out: Path, *,
@@ -771,7 +903,7 @@ def _export(cfg: TrainConfig, state: dict[str, Any], vocab: str, provenance: dic
             model.eval(), Path(out), vocab_path=vocab_path, name=cfg.name, version=cfg.version,
             recipe={"name": "cmrclip-v1", "params": cfg.recipe().to_dict()}, lowercase=True,
             max_length=cfg.max_length, provenance=provenance,
-            licence="MIT (weights trained by cmrdx on synthetic phantom studies; demonstration only, not for clinical use)",
+            licence=licence_for(provenance),
             options=ExportOptions(float16=float16, int8=int8),
         )
     return {"files": rep.files, "checks": rep.checks, "notes": rep.notes}
@@ -789,11 +921,24 @@ def export_trained(path: str | Path, out: str | Path, *, int8: bool = True, floa
 
 
 def train(cfg: TrainConfig, *, out: str | Path | None, work: str | Path, progress: bool = True,
-          max_steps: int | None = None, int8: bool = True, float16: bool = True) -> TrainResult:
-    """Cache, train (resuming from ``work``), and export to ``out`` when training is complete."""
-    tr = Trainer(cfg, work, progress=progress)
-    res = tr.run(max_steps=max_steps)
-    if out is not None and tr.step >= tr.total_steps:
-        res.export = tr.export(out, int8=int8, float16=float16)
-        atomic_write(Path(work) / "result.json", json.dumps(asdict(res), indent=1, default=float))
+          max_steps: int | None = None, int8: bool = True, float16: bool = True,
+          on_step: Callable[[int, float], None] | None = None, dist: DistInfo | None = None) -> TrainResult:
+    """Cache, train (resuming from ``work``), and export to ``out`` when training is complete.
+
+    Launched by torchrun (``WORLD_SIZE`` > 1 in the environment, or ``dist`` given), the processes train data
+    parallel (``cmrdx.train.distributed``); rank 0 alone logs, writes and exports (the others return the same
+    result without ``export``)."""
+    from cmrdx.train import distributed
+
+    info = dist or distributed.env_info()
+    distributed.init(info, cfg.torch_device() if info.active else "cpu")
+    distributed.quiet_other_ranks(info)
+    try:
+        tr = Trainer(cfg, work, progress=progress, on_step=on_step, dist=info)
+        res = tr.run(max_steps=max_steps)
+        if info.is_main and out is not None and tr.step >= tr.total_steps:
+            res.export = tr.export(out, int8=int8, float16=float16)
+            atomic_write(Path(work) / "result.json", json.dumps(asdict(res), indent=1, default=float))
+    finally:
+        distributed.shutdown(info)
     return res
