@@ -94,7 +94,8 @@ def sentences(p: Any, m: dict[str, float], pick: _Pick, opts: dict[str, Any]) ->
         q(f"LVEF {ef}%, {adv(s)} reduced{wma}.", f"LV function {adv(s)} reduced{wma}.")]) if s != "none" else pick([
         q(f"Normal LV systolic function (LVEF {ef}%){wma}.", f"Normal LV systolic function{wma}."),
         q(f"Preserved left ventricular ejection fraction ({ef}%){wma}.", f"Preserved left ventricular ejection fraction{wma}."),
-        f"No LV systolic impairment{wma}.", f"Left ventricular systolic function is preserved{wma}."])
+        f"Global LV systolic function is preserved{wma}." if wma else "No LV systolic impairment.",
+        f"Left ventricular systolic function is globally preserved{wma}."])
     s = f["lv_hypertrophy"]
     if s != "none":
         pat = p.hypertrophy_pattern
