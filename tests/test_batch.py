@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +15,9 @@ import numpy as np
 import pytest
 
 from cmrdx.errors import CmrdxError, ModelError
-from cmrdx.pipeline.batch import BatchOptions, Journal, read_results, run_batch, state_dir, write_reports
+from cmrdx.pipeline.batch import BatchOptions, read_results, run_batch, state_dir, write_reports
 from cmrdx.pipeline.search import Store, build_store
+from helpers.kill import kill_at_progress
 
 
 def _cmd(archive, out, model, *extra):
@@ -61,24 +60,8 @@ def reference(phantom_archive, tiny_model, tmp_path_factory):
 def test_sigkill_and_resume_equals_an_uninterrupted_run(phantom_archive, tiny_model, reference, tmp_path):
     reference, wall = reference
     out = tmp_path / "results.parquet"
-    rnd = random.Random(7)
-    kills, done = 0, []
-    for _attempt in range(4):
-        p = subprocess.Popen(_cmd(phantom_archive, out, tiny_model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=_env(tmp_path), start_new_session=True)
-        # kill somewhere in the run (start-up, discovery, reading, encoding, committing): a random point of an
-        # uninterrupted run's wall time
-        time.sleep(rnd.uniform(0.2, 0.7) * wall)
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)  # the run and its reader processes, mid-flight
-            p.wait()
-            kills += 1
-            journal = state_dir(out) / "journal.jsonl"
-            done.append(len(Journal(journal).records) if journal.exists() else 0)
-        else:
-            break
-    assert kills >= 2, "the run finished too fast to be interrupted; the test proves nothing"
-    assert min(done) < 12, f"every kill came after the last study was committed: {done}"
+    done = kill_at_progress(_cmd(phantom_archive, out, tiny_model), out, _env(tmp_path), 12)
+    assert len(done) >= 2 and min(done) < 12, f"the run was not interrupted mid-way: {done}"
     r = subprocess.run(_cmd(phantom_archive, out, tiny_model), capture_output=True, text=True, timeout=600, env=_env(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     _same(_table(out), _table(reference))

@@ -8,9 +8,7 @@ search test uses."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from typer.testing import CliRunner
 from cmrdx.cli import app
 from cmrdx.errors import EXIT_CODES
 from cmrdx.pipeline.batch import BatchOptions, Journal, read_results, run_batch_pacs, state_dir
+from helpers.kill import kill_at_progress
 from helpers.orthanc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,25 +156,9 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(web_run, tmp_path):
     reference, wall, cfg, _ = web_run
     out = tmp_path / "results.parquet"
     cmd = _batch("--pacs", "web", *QUERY, "--pacs-config", cfg, "--out", out)
-    rnd = random.Random(19)
-    kills, done = 0, []
-    for _attempt in range(4):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path / "home"),
-                             start_new_session=True)
-        # somewhere in the run (start-up, the query, reading headers, retrieving, encoding, committing): a random
-        # point of an uninterrupted run's wall time (from a cold cache, as the first attempt is)
-        time.sleep(rnd.uniform(0.2, 0.7) * wall)
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)  # the run and its reader processes, mid-flight
-            p.wait()
-            kills += 1
-            journal = state_dir(out) / "journal.jsonl"
-            done.append(len(Journal(journal).records) if journal.exists() else 0)
-        else:
-            break
-    assert kills >= 2, "the run finished too fast to be interrupted; the test proves nothing"
     n = len(_rows(reference))
-    assert min(done) < n, f"every kill came after the last study was committed: {done}"
+    done = kill_at_progress(cmd, out, _env(tmp_path / "home"), n)
+    assert len(done) >= 2 and min(done) < n, f"the run was not interrupted mid-way: {done}"
     r, _ = _run(cmd, tmp_path / "home")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     got, want = _rows(out), _rows(reference)
