@@ -78,7 +78,17 @@ class Finding:
     notes: str = ""
     references: list[str] = field(default_factory=list)
     requires: list[Requirement] = field(default_factory=list)
+    # impression phrases: "present" (any severity) and optionally one per severity level; never scored
+    impression: dict[str, str] = field(default_factory=dict)
+    impression_order: float | None = None  # place in an impression's clinical order (lower first)
     line: int | None = None
+
+    def impression_phrase(self, severity: str | None) -> str | None:
+        """The bank's impression phrase for this finding present at ``severity`` (its "present" phrase when the
+        level has none or is unknown); None when the bank gives none."""
+        if severity and severity in self.impression:
+            return self.impression[severity]
+        return self.impression.get("present")
 
     def missing(self, views: Collection[str]) -> list[Requirement]:
         """The requirements ``views`` (a study's view keys) do not meet; empty when the finding can be assessed."""
@@ -251,7 +261,9 @@ def _calibration(ctx: _Ctx, node: yaml.Node, where: str) -> Calibration:
 FINDING_KEYS = {
     "id": True, "label": True, "description": False, "prompts": True, "negative_prompts": False, "severity": False,
     "views": False, "code": False, "thresholds": False, "notes": False, "references": False, "requires": False,
+    "impression": False,
 }
+IMPRESSION_KEYS = {"present": True, "order": False, **{s: False for s in SEVERITIES}}
 REQUIREMENT_KEYS = {"any": True, "what": False}
 ROLE_WILDCARDS = tuple(f"{r}:*" for r in MODEL_ROLES)
 
@@ -289,6 +301,13 @@ def _finding(ctx: _Ctx, node: yaml.Node, where: str) -> Finding:
     if "code" in m and not (isinstance(m["code"][1], yaml.ScalarNode) and _construct(m["code"][1]) is None):
         cm = _mapping(ctx, m["code"][1], f"{where}.code", {"system": True, "code": True, "display": True})
         code = {k: _str(ctx, v, f"{where}.code.{k}") for k, (_, v) in cm.items()}
+    impression: dict[str, str] = {}
+    order = None
+    if "impression" in m:
+        im = _mapping(ctx, m["impression"][1], f"{where}.impression", IMPRESSION_KEYS)
+        impression = {k: _str(ctx, v, f"{where}.impression.{k}") for k, (_, v) in im.items() if k != "order"}
+        if "order" in im:
+            order = _float(ctx, im["order"][1], f"{where}.impression.order")
     cals = []
     if "thresholds" in m:
         cals = [_calibration(ctx, n, f"{where}.thresholds[{i}]") for i, n in enumerate(_list(ctx, m["thresholds"][1], f"{where}.thresholds"))]
@@ -306,6 +325,8 @@ def _finding(ctx: _Ctx, node: yaml.Node, where: str) -> Finding:
         references=_str_list(ctx, m["references"][1], f"{where}.references") if "references" in m else [],
         requires=[_requirement(ctx, n, f"{where}.requires[{i}]")
                   for i, n in enumerate(_list(ctx, m["requires"][1], f"{where}.requires"))] if "requires" in m else [],
+        impression=impression,
+        impression_order=order,
         line=node.start_mark.line + 1,
     )
 
