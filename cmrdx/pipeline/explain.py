@@ -1,0 +1,627 @@
+"""Why a finding scored as it did: occlusion attribution on the model's own input. numpy + the encoder.
+
+Every attribution is a score difference: the finding's score on the study's input minus its score on a perturbed
+input, in the finding's score units (positive: the part taken away supported the score). Three perturbations, all
+made on the recipe's montage (``cmrdx.recipe``) from frames decoded, windowed and stored once (``Montage``):
+
+* **views**: each montage segment (cine long axis, cine SAX, LGE SAX stack, LGE long-axis images) is left out the
+  way the recipe leaves out a view a study lacks: the views the segment could take are taken out of the study, the
+  montage is planned again (``montage_plan``: the other segments fill the sampled frames; without an LGE SAX stack
+  the long-axis LGE images are repeated the recipe's default count), and sampled again;
+* **phases**: a window of the cardiac cycle (``phase_width`` of the RR interval) slides over ``phase_windows``
+  positions; the frames of every cine segment inside the window are replaced by that segment's mean frame (the
+  anatomy stays, the motion in the window goes), giving a curve over the cycle;
+* **regions**: for the segment that matters most to a finding (the largest view attribution), a ``grid`` x ``grid``
+  patch of the model's field of view is replaced, on every frame of that segment, by the frame's mean grey level,
+  giving a map shown over key frames of that segment.
+
+The perturbations do not depend on the finding, so one set of perturbed inputs serves every finding: a study costs
+(segments + phase_windows + grid^2 x region views) encoder inputs, run ``batch`` at a time. Findings that cannot
+be assessed (the study lacks what they need) are not explained.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cmrdx.recipe import (
+    SEGMENTS,
+    MontagePlan,
+    PlanEntry,
+    RecipeParams,
+    _resize_crop_matrices,
+    apply_window,
+    montage_plan,
+    read_entry,
+    read_plan,
+    resize_crop,
+    sample_indices,
+    store_frames,
+    window_bounds,
+)
+from cmrdx.vocab import view_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.model.encoder import Encoder
+    from cmrdx.study.types import Study
+    from cmrdx.zeroshot.bank import Finding, PromptBank
+    from cmrdx.zeroshot.scoring import FindingScore
+
+CYCLE_KIND = "mid_slice_all_phases"  # the segments that hold a cardiac cycle (cines)
+END_SYSTOLE_FRACTION = 0.35
+PREPARE_BYTES = 256 << 20  # perturbed inputs made ahead of the encoder at most (CMR-CLIP's input: 38 MB)  # a cine key frame: end-systole falls near a third of the RR interval at most rates
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How much attribution to compute. The encoder inputs per study are ``segments + phase_windows + grid**2 x
+    (views with a region map)``, at most ``6 + 8 + 16 x 2 = 46`` with the defaults.
+
+    Attributes:
+        phase_windows: positions of the sliding window over the cycle (0 leaves the phase curve out).
+        phase_width: the window's width, as a fraction of the cycle.
+        grid: the region map's patches per side over the model's field of view (0 leaves the maps out).
+        region_views: at most this many segments get a region map: the segments that matter most to the explained
+            findings, taken in the findings' order (the first finding's first); a finding whose own most important
+            segment is not among them gets none (``region_note``).
+        region_segments: map these segments instead (e.g. ``("lge_sa",)``), for every finding.
+        batch: perturbed inputs per encoder call.
+    """
+
+    phase_windows: int = 8
+    phase_width: float = 0.25
+    grid: int = 4
+    region_views: int = 1
+    region_segments: tuple[str, ...] = ()
+    batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.phase_windows < 0 or self.grid < 0 or self.region_views < 0 or self.batch < 1:
+            raise ValueError("phase_windows, grid and region_views must be >= 0 and batch >= 1")
+        unknown = [s for s in self.region_segments if s not in SEGMENTS]
+        if unknown:
+            raise ValueError(f"unknown segments {unknown}; known: {', '.join(SEGMENTS)}")
+        if not 0 < self.phase_width < 1:
+            raise ValueError(f"phase_width must be a fraction of the cycle in (0, 1), not {self.phase_width}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The montage, decoded once
+
+
+def _stored(frames: np.ndarray, p: RecipeParams) -> np.ndarray:
+    """(n, H, W) modality units -> the frames as ``apply_recipe`` holds them before sampling: windowed and stored
+    at 8 bit (``store_size``), else resized to the crop (float32, 0..255)."""
+    lo, hi = window_bounds(frames, p.window, p.window_scope)
+    x = apply_window(frames, lo, hi)
+    return store_frames(x, p) if p.store_size is not None else resize_crop(x, p.resize, p.crop)
+
+
+class Montage:
+    """A study's montage under recipe ``p`` with every planned image decoded, windowed and stored once, from
+    which the model's input is rebuilt for any plan over the same views and any frames put in place of the
+    stored ones. ``input()`` equals ``apply_recipe(study, p).array`` (a test checks it)."""
+
+    def __init__(self, study: Study, p: RecipeParams):
+        self.study = study
+        self.p = p
+        self.plan = montage_plan(p, study.views)
+        if not self.plan.entries:
+            raise ValueError("recipe found none of its views in the study: " + "; ".join(self.plan.substitutions))
+        images, self.used = read_plan(study, self.plan)
+        self.entries: dict[str, PlanEntry] = {e.segment: e for e in self.plan.entries}
+        self.stored: dict[str, np.ndarray] = {e.segment: _stored(f, p) for e, f in zip(self.plan.entries, images)}
+        # the transform of ``frames_to_input`` as ``apply_recipe`` calls it
+        self._q = p if p.store_size is not None else replace(p, resize=p.crop)
+        self._finals: dict[str, np.ndarray] = {}
+
+    @property
+    def segments(self) -> list[str]:
+        return [e.segment for e in self.plan.entries]
+
+    def frames_of(self, entry: PlanEntry) -> np.ndarray:
+        """The stored frames of a plan entry (a replanned segment takes the same images as in the full plan)."""
+        base = self.entries.get(entry.segment)
+        if base is not None and base.images == entry.images and base.key == entry.key:
+            return self.stored[entry.segment]
+        frames = _stored(read_entry(self.study.views[entry.key], entry), self.p)
+        return frames
+
+    def _final(self, frames: np.ndarray) -> np.ndarray:
+        """Stored frames (n, h, w) 0..255 -> (n, S, S) grey images of the model input, before normalisation:
+        what ``frames_to_input`` computes frame by frame."""
+        q = self._q
+        return resize_crop((frames / 255.0).astype(np.float32), q.resize, q.crop, q.image_size)
+
+    def patch_change(self, segment: str, new: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        """(n, S, S) change of the segment's grey images when its stored frames take ``new`` in the patch
+        (rows, cols): the transform is linear, so only the patch's columns of its matrices are needed."""
+        q = self._q
+        st = self.stored[segment]
+        r, c = _resize_crop_matrices(st.shape[1], st.shape[2], q.resize, q.crop, q.image_size)
+        d = ((new[:, rows, cols] - st[:, rows, cols]) / 255.0).astype(np.float32)
+        return np.matmul(np.matmul(r[:, rows], d), c[:, cols].T)
+
+    def input(self, plan: MontagePlan | None = None, frames: Mapping[str, np.ndarray] | None = None,
+              grey: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """(frames, 3, S, S) float32 model input of ``plan`` (default: the study's own), with ``frames[segment]``
+        (stored frames, 0..255) or ``grey[segment]`` (grey images as ``final_of`` gives them) in place of a
+        segment's own. Each image is transformed once per study (``_final``); only the sampled images of replaced
+        frames are transformed again."""
+        plan = plan or self.plan
+        seq = plan.frames()
+        idx = sample_indices(len(seq), self.p.frames)
+        picked = [seq[i] for i in idx]
+        shown: list[np.ndarray] = [np.zeros(0)] * len(picked)
+        for ei, e in enumerate(plan.entries):
+            pos = [k for k, (ej, _) in enumerate(picked) if ej == ei]
+            if not pos:
+                continue
+            ims = [picked[k][1] for k in pos]
+            if grey is not None and e.segment in grey:
+                imgs = [grey[e.segment][ii] for ii in ims]
+            elif frames is not None and e.segment in frames:
+                done = self._final(frames[e.segment][sorted(set(ims))])
+                row = {ii: done[n] for n, ii in enumerate(sorted(set(ims)))}
+                imgs = [row[ii] for ii in ims]
+            else:
+                fin = self.final_of(e)
+                imgs = [fin[ii] for ii in ims]
+            for k, im in zip(pos, imgs):
+                shown[k] = im
+        q, s = self._q, self._q.image_size
+        out = np.zeros((q.frames, 3, s, s), dtype=np.float32)
+        if picked:
+            img = np.stack(shown)
+            for c in range(3):
+                out[:len(picked), c] = (img - q.mean[c]) / q.std[c]
+        return out
+
+    def final_of_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``_final`` of any stored frames (n, h, w) of this study."""
+        return self._final(frames)
+
+    def final_of(self, entry: PlanEntry) -> np.ndarray:
+        """``_final`` of a plan entry's stored frames, computed once per segment."""
+        base = self.entries.get(entry.segment)
+        if base is not None and base.images == entry.images and base.key == entry.key:
+            if entry.segment not in self._finals:
+                self._finals[entry.segment] = self._final(self.stored[entry.segment])
+            return self._finals[entry.segment]
+        return self._final(self.frames_of(entry))
+
+    def keys_of(self, segment: str) -> frozenset[str]:
+        """The view keys ``segment`` could take (its preference list)."""
+        spec = SEGMENTS[segment]
+        return frozenset(view_key(spec.role, v) for v in spec.views)
+
+    def plan_without(self, gone: frozenset[str] | set[str]) -> MontagePlan:
+        """The plan of the study with the views ``gone`` taken out, as the recipe plans a study that lacks them."""
+        return montage_plan(self.p, {k: v for k, v in self.study.views.items() if k not in gone})
+
+    def without(self, segment: str) -> MontagePlan:
+        """The plan with ``segment`` left out as the recipe leaves out a view a study lacks: every view it could
+        take is taken out (another preference would otherwise stand in for it)."""
+        return self.plan_without(self.keys_of(segment))
+
+    def visible(self) -> tuple[int, int]:
+        """[lo, hi) of the stored frames' rows (= columns: stored frames are square) that the model sees after the
+        test transform's resize and centre crop."""
+        p = self.p
+        size = p.store_size if p.store_size is not None else p.crop
+        resize = p.resize if p.store_size is not None else p.crop
+        off = int(round((resize - p.crop) / 2.0))
+        return int(round(off * size / resize)), int(round((off + p.crop) * size / resize))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Perturbations
+
+
+@dataclass
+class _Perturbation:
+    kind: str  # "view" | "phase" | "region"
+    key: Any  # segment | window index | (segment, row, col)
+    make: Callable[[], np.ndarray]
+
+
+def _phase_masks(n: int, windows: int, width: float) -> list[np.ndarray]:
+    """For a cycle of ``n`` evenly spaced images, the images inside each of ``windows`` windows of ``width`` (a
+    fraction of the cycle) centred at k / windows, distance measured around the cycle."""
+    pos = np.arange(n) / n
+    out = []
+    for k in range(windows):
+        d = np.abs(pos - k / windows)
+        d = np.minimum(d, 1.0 - d)
+        out.append(d < width / 2.0 + 1e-9)
+    return out
+
+
+def _grid_edges(lo: int, hi: int, g: int) -> np.ndarray:
+    return np.round(np.linspace(lo, hi, g + 1)).astype(int)
+
+
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian smoothing along one axis, rows renormalised at the edges (no dark border)."""
+    x = np.arange(n, dtype=np.float64)
+    w = np.exp(-0.5 * ((x[:, None] - x[None, :]) / max(sigma, 1e-6)) ** 2)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _running(frames: np.ndarray, k: int, op: Callable[..., np.ndarray]) -> np.ndarray:
+    """``op`` (np.minimum / np.maximum) over a k x k square around every pixel of (n, H, W) frames, edges
+    replicated: k shifted comparisons along each axis."""
+    a, b = k // 2, k - 1 - k // 2
+    h, w = frames.shape[1:]
+    x = np.pad(frames, ((0, 0), (a, b), (0, 0)), mode="edge")
+    out = x[:, :h].copy()
+    for d in range(1, k):
+        op(out, x[:, d:d + h], out=out)
+    x = np.pad(out, ((0, 0), (0, 0), (a, b)), mode="edge")
+    out = x[:, :, :w].copy()
+    for d in range(1, k):
+        op(out, x[:, :, d:d + w], out=out)
+    return out
+
+
+def smoothed(frames: np.ndarray, role: str, patch: float, p: RecipeParams) -> np.ndarray:
+    """What a region of ``frames`` (n, S, S) is replaced with, ``patch`` being the patch's size in pixels.
+
+    LGE: a grey-level opening with a square a third of the patch wide: enhancement (bright myocardium, a bright
+    rim) narrower than that is taken away and the rest of the anatomy stays, i.e. the patch as it would look without
+    enhancement. Cine: a Gaussian blur of half the patch: the patch keeps its brightness and loses its detail
+    (edges, walls, a rim of fluid). Either way the model sees no artificial flat square. Whole grey levels when
+    frames are stored at 8 bit."""
+    if role == "lge":
+        k = max(3, int(round(patch / 3)))
+        out = _running(_running(frames, k, np.minimum), k, np.maximum)
+    else:
+        b = _blur_matrix(frames.shape[-1], patch / 2.0)
+        out = np.matmul(np.matmul(b, frames), b.T)
+    return (np.rint(out) if p.store_size is not None else out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class RegionMap:
+    """A finding's occlusion map over one segment: ``grid[i][j]`` is the score change when patch (i, j) of the
+    model's field of view is replaced on every frame of the segment; ``images`` (not in ``to_dict``) are the key
+    frames as the model sees them (uint8), ``frames`` says which they are."""
+
+    segment: str
+    view: str
+    grid: list[list[float]]
+    frames: list[str]
+    alone: bool = False  # made with the segment as the only one of its role
+    images: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "view": self.view, "grid": self.grid, "key_frames": self.frames,
+                "alone": self.alone}
+
+
+def _rounded(d: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {k: (None if x is None else round(x, 6)) for k, x in d.items()}
+
+
+@dataclass
+class FindingExplanation:
+    """One finding's attribution. ``views``: segment -> score change when the segment is left out (None: it was
+    the only segment); ``phase``: score change per window position (``Explanation.phase_centres``); ``region``:
+    the map over ``top_segment`` when it got one."""
+
+    id: str
+    label: str
+    bank: str
+    score: float
+    views: dict[str, float | None]
+    leave_out: dict[str, float | None]
+    alone: dict[str, float | None]
+    roles: dict[str, float]
+    phase: list[float]
+    top_segment: str | None
+    region: RegionMap | None = None
+    region_note: str | None = None
+    # segments whose removal would leave the finding without the images it requires
+    needed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "bank": self.bank, "score": self.score,
+                "views": _rounded(self.views), "leave_out": _rounded(self.leave_out), "alone": _rounded(self.alone),
+                "roles": {k: round(v, 6) for k, v in self.roles.items()},
+                "phase": [round(v, 6) for v in self.phase], "top_segment": self.top_segment,
+                "needed": self.needed, "region": self.region.to_dict() if self.region else None,
+                "region_note": self.region_note}
+
+
+@dataclass
+class Explanation:
+    """Attribution for the explained findings of one study, and what it cost."""
+
+    segments: list[dict[str, Any]]
+    phase_centres: list[float]
+    phase_width: float
+    findings: list[FindingExplanation]
+    skipped: dict[str, str]
+    options: ExplainOptions
+    n_inputs: int
+    timings_ms: dict[str, float]
+
+    def finding(self, fid: str) -> FindingExplanation | None:
+        return next((f for f in self.findings if f.id == fid), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": {
+                "views": "score minus the score with the segment left out as the recipe leaves out a missing view",
+                "phase": "score minus the score with the cine frames in a window of the cycle replaced by their "
+                         "segment's mean frame",
+                "region": "score minus the score with a patch of the field of view replaced by the frame's mean "
+                          "grey level on every frame of the segment",
+                "options": self.options.to_dict(),
+            },
+            "segments": self.segments,
+            "phase_centres": [round(c, 4) for c in self.phase_centres],
+            "phase_width": self.phase_width,
+            "findings": [f.to_dict() for f in self.findings],
+            "skipped": self.skipped,
+            "n_inputs": self.n_inputs,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Explaining
+
+
+Target = tuple["Finding", "PromptBank"]
+ScoreFn = Callable[[np.ndarray, "Finding", "PromptBank"], float]
+
+
+def _key_frames(m: Montage, segment: str, phase_peak: int | None) -> tuple[list[str], list[np.ndarray]]:
+    """Key frames of a segment as the model sees them (uint8, the visible square): a cine's first phase
+    (end-diastole) and the phase near end-systole; up to three slices of an LGE stack; a repeated image once."""
+    e = m.entries[segment]
+    lo, hi = m.visible()
+    frames = m.stored[segment]
+    if e.kind == CYCLE_KIND:
+        n = len(e.images)
+        picks = [(0, "phase 1 (end-diastole)")]
+        es = int(round(END_SYSTOLE_FRACTION * n)) % n
+        if es != 0:
+            picks.append((es, f"phase {es + 1} of {n} (near end-systole)"))
+        if phase_peak is not None and phase_peak not in (i for i, _ in picks):
+            picks.append((phase_peak, f"phase {phase_peak + 1} of {n} (most important window)"))
+    elif e.kind == "all_slices":
+        n = len(e.images)
+        idx = sorted({int(round(q * (n - 1))) for q in (0.25, 0.5, 0.75)}) if n > 1 else [0]
+        picks = [(i, f"slice {e.images[i][0] + 1} of {n}") for i in idx]
+    else:
+        picks = [(0, f"the image (slice {e.images[0][0] + 1} of the view)")]
+    imgs = [np.clip(np.rint(frames[i, lo:hi, lo:hi]), 0, 255).astype(np.uint8) for i, _ in picks]
+    return [label for _, label in picks], imgs
+
+
+def explain(
+    study: Study,
+    p: RecipeParams,
+    encode: Callable[[np.ndarray], np.ndarray],
+    targets: Sequence[Target],
+    score: ScoreFn,
+    *,
+    options: ExplainOptions | None = None,
+    skipped: Mapping[str, str] | None = None,
+    montage: Montage | None = None,
+) -> Explanation:
+    """Attribution of ``targets`` (finding, its bank; the first ones get the region maps when there are more
+    segments to map than ``options.region_views``) for ``study`` under recipe ``p``.
+
+    ``encode``: (B, frames, 3, S, S) -> (B, D) L2-normalised embeddings (``Encoder.encode_studies``); ``score``:
+    (embedding, finding, bank) -> the finding's score; ``skipped``: findings left out and why (shown as such).
+    """
+    opt = options or ExplainOptions()
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    m = montage or Montage(study, p)
+    t["montage_ms"] = (time.perf_counter() - t0) * 1000
+    enc_ms = [0.0]
+    n_inputs = [0]
+
+    per_input = 4 * p.frames * 3 * p.image_size * p.image_size
+    group = max(1, PREPARE_BYTES // per_input // opt.batch) * opt.batch
+
+    def run(inputs: Sequence[_Perturbation]) -> np.ndarray:
+        """(len(inputs), len(targets)) scores of the perturbed inputs, encoded ``opt.batch`` at a time. The inputs
+        of several batches are made before the encoder runs them back to back: numpy work between two encoder
+        calls would compete with the encoder's threads, which keep spinning for a while after a call."""
+        out: list[np.ndarray] = []
+        for g in range(0, len(inputs), group):
+            xs = [c.make() for c in inputs[g:g + group]]
+            t1 = time.perf_counter()
+            for i in range(0, len(xs), opt.batch):
+                emb = encode(np.stack(xs[i:i + opt.batch]))
+                out += [np.array([score(e, f, b) for f, b in targets], dtype=np.float64) for e in emb]
+            enc_ms[0] += (time.perf_counter() - t1) * 1000
+            n_inputs[0] += len(xs)
+        return np.stack(out) if out else np.zeros((0, len(targets)))
+
+    t2 = time.perf_counter()
+    segs = m.segments
+    lone = len(segs) == 1
+    role_of = {s: m.entries[s].role for s in segs}
+    roles = list(dict.fromkeys(role_of.values()))
+    keys = {s: m.keys_of(s) for s in segs}
+
+    # plans, each named by the view keys it takes out of the study (one input per distinct plan)
+    plans: dict[frozenset[str], _Perturbation] = {}
+
+    def plan_maker(gone: frozenset[str]) -> Callable[[], np.ndarray]:
+        return lambda: m.input(m.plan_without(gone)) if gone else m.input()
+
+    def plan_input(gone: frozenset[str]) -> frozenset[str]:
+        if gone not in plans:
+            plans[gone] = _Perturbation("plan", gone, plan_maker(gone))
+        return gone
+
+    full = plan_input(frozenset())
+    loo = {s: plan_input(frozenset(keys[s])) for s in segs} if not lone else {}
+    others = {s: frozenset().union(*[keys[o] for o in segs if role_of[o] == role_of[s] and o != s]) for s in segs}
+    alone = {s: plan_input(others[s]) for s in segs} if len(roles) > 1 else {}
+    without_role = {r: plan_input(frozenset().union(*[keys[s] for s in segs if role_of[s] == r])) for r in roles} \
+        if len(roles) > 1 else {}
+    cines = [s for s in segs if m.entries[s].kind == CYCLE_KIND]
+    masks = {s: _phase_masks(len(m.entries[s].images), opt.phase_windows, opt.phase_width) for s in cines}
+    # a cine's mean frame (whole grey levels when frames are stored at 8 bit), as the model input sees it
+    mean_grey = {s: m.final_of_frames(np.rint(m.stored[s].mean(axis=0, keepdims=True)) if p.store_size is not None
+                                      else m.stored[s].mean(axis=0, keepdims=True))[0] for s in cines}
+
+    def phase_input(k: int) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            grey = {}
+            for s in cines:
+                g = m.final_of(m.entries[s]).copy()
+                g[masks[s][k]] = mean_grey[s]
+                grey[s] = g
+            return m.input(grey=grey)
+        return make
+
+    first = list(plans.values())
+    first += [_Perturbation("phase", k, phase_input(k)) for k in range(opt.phase_windows)] if cines else []
+    sc1 = run(first)
+    v = {pp.key: sc for pp, sc in zip(first, sc1) if pp.kind == "plan"}
+    phases = [v[full] - sc for pp, sc in zip(first, sc1) if pp.kind == "phase"]
+    base = v[full]
+
+    def views_of(ti: int) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        for s in segs:
+            lo_ = float(base[ti] - v[loo[s]][ti]) if s in loo else None
+            al = float(v[alone[s]][ti] - v[without_role[role_of[s]]][ti]) if s in alone else None
+            both = [x for x in (lo_, al) if x is not None]
+            out[s] = {"value": (sum(both) / len(both)) if both else None, "leave_out": lo_, "alone": al}
+        return out
+
+    attributions = [views_of(ti) for ti in range(len(targets))]
+
+    # a segment is "needed" by a finding when leaving it out would leave the finding without images it requires
+    have = set(study.views)
+    needed = [[s for s in segs if f.missing(have - keys[s]) and not f.missing(have)] for f, _ in targets]
+
+    def top_of(ti: int) -> str:
+        vals = {s: a["value"] for s, a in attributions[ti].items() if a["value"] is not None}
+        if not vals:
+            return segs[0]
+        best = max(vals, key=lambda s: vals[s])
+        return best if vals[best] > 0 else max(vals, key=lambda s: abs(vals[s]))
+
+    tops = [top_of(ti) for ti in range(len(targets))]
+    if opt.region_segments:
+        region_segs = [s for s in opt.region_segments if s in segs] if opt.grid else []
+    else:
+        region_segs = list(dict.fromkeys(tops))[:opt.region_views] if opt.grid else []
+    lo, hi = m.visible()
+    edges = _grid_edges(lo, hi, opt.grid) if opt.grid else np.zeros(0, int)
+    patch = (hi - lo) / max(opt.grid, 1)
+    soft: dict[str, np.ndarray] = {}
+
+    def region_input(s: str, i: int, j: int) -> Callable[[], np.ndarray]:
+        # the map is made with ``s`` the only segment of its role, so that evidence the role's other segments
+        # repeat (an infarct seen on the SAX stack and on every long-axis LGE image) does not hide it
+        plan = m.plan_without(others[s]) if others[s] else None
+
+        def make() -> np.ndarray:
+            if s not in soft:
+                soft[s] = smoothed(m.stored[s], role_of[s], patch, p)
+            r, c = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
+            g = m.final_of(m.entries[s]) + m.patch_change(s, soft[s], r, c)
+            return m.input(plan, grey={s: g})
+        return make
+
+    context = {s: others[s] for s in region_segs}
+    second = [_Perturbation("plan", g, plan_maker(g)) for g in dict.fromkeys(context.values()) if g not in v]
+    second += [_Perturbation("region", (s, i, j), region_input(s, i, j))
+               for s in region_segs for i in range(opt.grid) for j in range(opt.grid)]
+    sc2 = run(second)
+    v.update({pp.key: sc for pp, sc in zip(second, sc2) if pp.kind == "plan"})
+    t["perturb_ms"] = (time.perf_counter() - t2) * 1000 - enc_ms[0]
+    t["encode_ms"] = enc_ms[0]
+    region_grid = {s: np.zeros((opt.grid, opt.grid, len(targets))) for s in region_segs}
+    for pp, sc in zip(second, sc2):
+        if pp.kind == "region":
+            seg, i, j = pp.key
+            region_grid[seg][i, j] = v[context[seg]] - sc
+
+    out: list[FindingExplanation] = []
+    for ti, (f, b) in enumerate(targets):
+        phase = [float(x[ti]) for x in phases]
+        top = tops[ti]
+        att = attributions[ti]
+        fe = FindingExplanation(
+            id=f.id, label=f.label, bank=b.name, score=float(base[ti]),
+            views={s: a["value"] for s, a in att.items()},
+            leave_out={s: a["leave_out"] for s, a in att.items()},
+            alone={s: a["alone"] for s, a in att.items()},
+            roles={r: float(base[ti] - v[g][ti]) for r, g in without_role.items()},
+            phase=phase, top_segment=top, needed=needed[ti])
+        mapped = top if top in region_grid else (region_segs[0] if opt.region_segments and region_segs else None)
+        if mapped is not None:
+            peak = None
+            n_img = len(m.entries[mapped].images)
+            if m.entries[mapped].kind == CYCLE_KIND and phase and max(phase) > 0:
+                peak = int(round(int(np.argmax(phase)) / opt.phase_windows * n_img)) % n_img
+            labels, imgs = _key_frames(m, mapped, peak)
+            fe.region = RegionMap(segment=mapped, view=m.entries[mapped].key, alone=bool(others[mapped]),
+                                  grid=[[round(float(x), 6) for x in row] for row in region_grid[mapped][:, :, ti]],
+                                  frames=labels, images=imgs)
+        elif opt.grid:
+            fe.region_note = (f"no region map: its most important segment ({top}) is not among the "
+                              f"{opt.region_views} mapped for this study (the higher-ranked findings' first)")
+        out.append(fe)
+    t["total_ms"] = (time.perf_counter() - t0) * 1000
+    seg_info = [{"segment": e.segment, "view": e.key, "kind": e.kind, "images": len(e.images), "repeats": e.repeats}
+                for e in m.plan.entries]
+    return Explanation(segments=seg_info,
+                       phase_centres=[k / opt.phase_windows for k in range(opt.phase_windows)] if cines else [],
+                       phase_width=opt.phase_width, findings=out, skipped=dict(skipped or {}), options=opt,
+                       n_inputs=n_inputs[0], timings_ms=t)
+
+
+def explain_findings_of(study: Study, enc: Encoder, ranked: Sequence[FindingScore], banks: Sequence[PromptBank],
+                        text_embeddings: Mapping[str, Mapping[str, np.ndarray]], model_sha256: str, *,
+                        options: ExplainOptions | None = None, only: Sequence[str] | None = None) -> Explanation:
+    """``explain`` for a classified study: its findings in ranked order (``only``: these ids), scored as
+    ``classify`` scores them; findings that cannot be assessed are skipped with their reason."""
+    from cmrdx.zeroshot.scoring import score_finding
+
+    by = {(b.name, f.id): (f, b) for b in banks for f in b.findings}
+    targets: list[Target] = []
+    skipped: dict[str, str] = {}
+    for s in ranked:
+        if only and s.id not in only:
+            continue
+        if not s.assessable:
+            skipped[s.id] = f"not assessable ({s.reason})" if s.reason else "not assessable"
+            continue
+        if (s.bank, s.id) in by:
+            targets.append(by[(s.bank, s.id)])
+    opt = options or ExplainOptions()
+    if not targets:
+        return Explanation(segments=[], phase_centres=[], phase_width=opt.phase_width, findings=[], skipped=skipped,
+                           options=opt, n_inputs=0, timings_ms={})
+
+    def score(e: np.ndarray, f: Finding, b: PromptBank) -> float:
+        return score_finding(e, f, dict(text_embeddings[b.name]), b, enc.manifest.name, model_sha256).score
+
+    return explain(study, enc.manifest.recipe_params(), enc.encode_studies, targets, score, options=opt,
+                   skipped=skipped)
