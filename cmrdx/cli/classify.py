@@ -32,6 +32,11 @@ def classify_cmd(
     store_back: str | None = typer.Option(None, "--store-back", help="Store the DICOM SR on this PACS node (kept and "
                                           "retried on the next run if the node cannot take it now)."),
     pacs_config: Path | None = typer.Option(None, "--pacs-config", help="PACS nodes (default: $CMRDX_HOME/pacs.yaml)."),
+    explain: bool = typer.Option(False, "--explain", help="Also show why each finding scored as it did (views, "
+                                 "phases, regions; a few seconds on a CPU); `cmrdx explain` has the options."),
+    db: Path | None = typer.Option(None, "--db", help="A search store (`cmrdx index`): show the most similar prior "
+                                   "cases, their report impressions and findings, and a vote of their labels."),
+    k: int = typer.Option(5, "-k", min=1, help="Similar prior cases to show with --db."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.pipeline.classify import classify
@@ -42,6 +47,11 @@ def classify_cmd(
     from cmrdx.outputs.common import check_targets
 
     check_targets(output=output, report=report, sr=sr, fhir=fhir)  # all-or-nothing: no work for an unwritable output
+    if db is not None and not (db / "index.json").is_file():  # no work for a store that is not there
+        from cmrdx.errors import UsageError
+
+        raise UsageError(f"--db {db}: not a cmrdx search store (no index.json)",
+                         hint="build one with `cmrdx index ARCHIVE --db DIR`, or give the store's folder")
     from cmrdx.pacs.config import get_node, is_address
 
     target = get_node(store_back, pacs_config) if store_back else None  # a node not configured: before any work
@@ -60,8 +70,12 @@ def classify_cmd(
 
         src = StudySource.read(study_dir, study)
     res = classify(src.study if src else study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
-                   prototypes=prototypes)
+                   prototypes=prototypes, explain=explain)
     res.pacs = pacs
+    if db is not None:
+        from cmrdx.pipeline.priors import add_similar
+
+        add_similar(res, db, k=k, model=model, device=device)
     payload = json.dumps(res.to_dict(), indent=2)
     if output is not None:
         from cmrdx.outputs import write_atomic
@@ -96,9 +110,13 @@ def _show(res, payload: str, as_json: bool) -> None:
         console.print(f"[yellow]typicality unknown:[/] {safe(typ['reason'])}", highlight=False)
     # Strings from files (UIDs, descriptions in warnings) and banks are data: markup and control characters
     # escaped, never interpreted by the terminal.
+    from cmrdx.cli.explain import show_explanation, show_impression, show_similar, vote_cell
+
     table = Table(title=f"Study {safe(res.study_uid)}", header_style="bold")
     whys = {f.id: "; ".join(([f.reason] if f.reason else []) + list(f.notes)) for f in res.findings}
+    votes = {f.id: vote_cell(res, f.id) for f in res.findings}
     cols = ("finding", "score", "threshold / probability", "call", "margin") + (("why",) if any(whys.values()) else ())
+    cols += ("k-NN vote of similar labelled studies",) if any(votes.values()) else ()
     for col in cols:
         table.add_column(col, overflow="fold")
     for f in res.findings:
@@ -111,8 +129,12 @@ def _show(res, payload: str, as_json: bool) -> None:
             f"[{CALL_STYLE.get(f.call, '')}]{safe(call)}[/]",
             f"{f.margin:+.3f}" if f.margin is not None else "-",
         ]
-        table.add_row(*cells, *((safe(whys[f.id]),) if "why" in cols else ()))
+        table.add_row(*cells, *((safe(whys[f.id]),) if "why" in cols else ()),
+                      *((safe(votes[f.id] or "-"),) if len(cols) > 5 and cols[-1].startswith("k-NN") else ()))
     console.print(table)
+    show_impression(console, res)
+    show_similar(console, res)
+    show_explanation(console, res)
     if res.fewshot:
         ft = Table(title="Few-shot (prototypes)", header_style="bold")
         for col in ("finding", "score", "call", "shots absent/present"):

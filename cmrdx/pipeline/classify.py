@@ -11,11 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrdx import __version__
+from cmrdx.errors import UsageError
 from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.model.manifest import Manifest
 from cmrdx.model.reference import Typicality, load_reference
@@ -24,6 +25,7 @@ from cmrdx.study.assemble import StudyInspection, assemble_study
 from cmrdx.study.types import Study
 from cmrdx.vocab import DEFAULT_BANKS, Call
 from cmrdx.zeroshot.bank import get_bank
+from cmrdx.zeroshot.impression import Impression, compose_impression
 from cmrdx.zeroshot.scoring import (
     FindingScore,
     TextEmbeddingCache,
@@ -33,6 +35,10 @@ from cmrdx.zeroshot.scoring import (
     rank,
     score_bank,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cmrdx.pipeline.explain import ExplainOptions, Explanation
+    from cmrdx.pipeline.priors import SimilarCases
 
 RESULT_SCHEMA = "cmrdx-classify/1"
 
@@ -64,6 +70,12 @@ class ClassifyResult:
     fewshot: dict[str, dict[str, Any]] = field(default_factory=dict)
     # a study read from a PACS: its address and what moved (``PacsStudy.to_dict``); empty for a folder
     pacs: dict[str, Any] = field(default_factory=dict)
+    # the draft impression (``cmrdx.zeroshot.impression``), marked DRAFT wherever it is shown
+    impression: Impression | None = None
+    # attribution of the findings (``cmrdx.pipeline.explain``), when asked for
+    explanation: Explanation | None = None
+    # similar prior cases from a search store (``cmrdx.pipeline.priors.add_similar``), when asked for
+    similar: SimilarCases | None = None
 
     def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -89,6 +101,12 @@ class ClassifyResult:
         }
         if self.pacs:
             d["run"]["pacs"] = self.pacs
+        if self.impression is not None:
+            d["impression"] = self.impression.to_dict()
+        if self.explanation is not None:
+            d["explain"] = self.explanation.to_dict()
+        if self.similar is not None:
+            d["similar"] = self.similar.to_dict()
         if include_embedding:
             d["embedding"] = [round(float(x), 6) for x in self.embedding]
         return d
@@ -120,6 +138,8 @@ def classify(
     text_cache_dir: Path | None = None,
     prototypes: str | os.PathLike[str] | None = None,
     pacs_config: str | os.PathLike[str] | None = None,
+    explain: bool | ExplainOptions = False,
+    explain_findings: Sequence[str] | None = None,
 ) -> ClassifyResult:
     """Classify one study zero-shot against ``banks`` with ``model``; returns a typed result.
 
@@ -127,8 +147,12 @@ def classify(
     ``pacs_config``, default ``$CMRDX_HOME/pacs.yaml``): its headers are queried and only the instances the
     model's recipe reads are retrieved (``cmrdx.pacs.study``).
 
+    ``explain`` (True, or ``ExplainOptions``): attribution of the assessable findings (``explain_findings``: these
+    ids only), in ``result.explanation``. A draft impression is always composed (``result.impression``). Similar
+    prior cases from a search store: ``cmrdx.pipeline.priors.add_similar(result, store)``.
+
     Raises the DICOM layer's errors (NoDicomError, NoCineError, ...), ModelError / PromptBankError, and the PACS
-    clients' errors for an address.
+    clients' errors for an address; UsageError for an ``explain_findings`` id no bank has.
     """
     from cmrdx.recipe import apply_recipe
 
@@ -136,6 +160,12 @@ def classify(
     t0 = time.perf_counter()
     loaded_banks = [get_bank(b) for b in banks]  # bank errors before any heavy work
     enc = get_encoder(model, device)
+    if explain_findings:
+        known = {f.id for b in loaded_banks for f in b.findings}
+        unknown = [x for x in explain_findings if x not in known]
+        if unknown:
+            raise UsageError(f"--finding {', '.join(unknown)}: no such finding in the prompt banks",
+                             hint=f"use one of: {', '.join(sorted(known))}")
     t["load_ms"] = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
     pacs: dict[str, Any] = {}
@@ -157,8 +187,10 @@ def classify(
     msha = model_sha256(enc.manifest)
     cache = TextEmbeddingCache(msha, text_cache_dir)
     scores: list[FindingScore] = []
+    tembs: dict[str, dict[str, np.ndarray]] = {}
     for bank in loaded_banks:
         temb = bank_text_embeddings(bank, enc.encode_texts, cache)
+        tembs[bank.name] = temb
         found = score_bank(emb, bank, temb, enc.manifest.name, msha, views=set(study.views))
         note_departures(found, bank, [(d.wanted, d.message) for d in rr.departures])
         scores += found
@@ -185,13 +217,24 @@ def classify(
         for rec in fewshot.values():
             if rec["call"] in (Call.PRESENT, Call.ABSENT):
                 rec["call"], rec["reason"] = str(Call.UNCERTAIN), "atypical study"
+    ranked = rank(scores)
+    impression = compose_impression(ranked, loaded_banks, typicality=typ.status)
     t["score_ms"] = (time.perf_counter() - t4) * 1000
+    explanation = None
+    if explain:
+        from cmrdx.pipeline.explain import ExplainOptions, explain_findings_of
+
+        t5 = time.perf_counter()
+        opts = explain if isinstance(explain, ExplainOptions) else ExplainOptions()
+        explanation = explain_findings_of(study, enc, ranked, loaded_banks, tembs, msha, options=opts,
+                                          only=explain_findings)
+        t["explain_ms"] = (time.perf_counter() - t5) * 1000
     used_series = list(dict.fromkeys(u for rec in rr.used.values() for u in rec.get("series_uids", [])))
     skipped = [d.to_dict() for d in study.manifest.decisions if d.used_as is None]
     return ClassifyResult(
         study_uid=study.study_uid,
         source=str(study.source or path),
-        findings=rank(scores),
+        findings=ranked,
         embedding=emb,
         model={"name": enc.manifest.name, "version": enc.manifest.version, "sha256": msha,
                "recipe": enc.manifest.recipe.get("name"), "licence": enc.manifest.licence},
@@ -209,4 +252,6 @@ def classify(
         typicality=typ.to_dict(),
         fewshot=fewshot,
         pacs=pacs,
+        impression=impression,
+        explanation=explanation,
     )
