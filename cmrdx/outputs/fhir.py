@@ -108,6 +108,8 @@ def build_bundle(result: ClassifyResult, *, now: dt.datetime | None = None):
         obs_entries.append((oid, Observation(**obs)))
     present = [f.label + (f" ({f.severity})" if f.severity else "") for f in result.findings if f.call == "present"]
     conclusion = ("Present: " + ", ".join(present) + "." if present else "No finding called present.")
+    if result.impression is not None:  # the draft impression, marked DRAFT / not for clinical use in its own text
+        conclusion = result.impression.text + " " + conclusion
     conclusion += " " + (DEMO_NOTICE + " " if is_demo_model(result) else "") + RESEARCH_NOTICE
     rid = str(uuid.uuid4())
     report = DiagnosticReport(

@@ -1,7 +1,10 @@
 """A self-contained HTML report: one file, no external assets (images are data URIs, styles and the chart inline).
 
 Shows, in this order: the "not for clinical use" notice (prominent for the bundled demonstration model), the
-findings as an inline-SVG chart of scores against thresholds with calls and as a ranked table, a preview per view
+findings as an inline-SVG chart of scores against thresholds with calls and as a ranked table (with the k-NN vote of
+similar labelled studies when there are priors), the draft impression marked DRAFT (with the most similar priors'
+impressions), the attribution of each explained finding (view bars, phase curve, region map over key frames) and the
+similar prior cases when the result has them, a preview per view
 (cine: an animated image of the slice the model used, or the middle one; LGE: the stack as a strip of slices),
 the series used and skipped with reasons, warnings, and the model's and banks' identity.
 
@@ -60,6 +63,12 @@ background:#000;display:block}.view figcaption{font-size:13px;margin-top:3px}
 .strip{overflow-x:auto;max-width:100%}.view.strip img{width:auto;height:140px}
 .used{color:#1565c0;font-weight:600}code{font-size:12px;word-break:break-all}
 ul.warn li{color:#8a5300}
+.draft{border:2px dashed #b26a00;background:#fffaf0;padding:8px 14px;border-radius:6px}
+.draft .mark{display:inline-block;background:#b26a00;color:#fff;font-weight:700;padding:1px 8px;border-radius:3px;
+letter-spacing:.04em}.draft p.text{font-size:16px;margin:8px 0}
+.why{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;border-top:1px solid #eee;padding:10px 0}
+.why h3{width:100%;font-size:15px;margin:0}.why figure{margin:0}.why figcaption{font-size:12px;color:#555;max-width:260px}
+.overlay img{width:160px;height:160px;image-rendering:auto;display:inline-block;margin-right:4px;background:#000}
 """
 
 # Marks each preview that the browser decoded (data-loaded) so a headless check can read it from the DOM.
@@ -205,13 +214,24 @@ def _typicality_banner(typ: dict[str, Any]) -> str:
     return ""
 
 
-def _findings_table(findings: list) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("#", "finding", "score", "kind", "threshold", "margin", "probability", "call",
-                                             "why"))
+def _findings_table(findings: list, votes: dict[str, dict[str, Any]] | None = None,
+                    explained: set[str] | None = None) -> str:
+    """The ranked findings; ``votes``: the nearest-neighbour vote of similar labelled studies per finding (a column of
+    its own, said to be such); ``explained``: findings with an attribution below (linked)."""
+    cols = ["#", "finding", "score", "kind", "threshold", "margin", "probability", "call", "why"]
+    if votes:
+        cols.append("k-NN vote of similar labelled studies (not the zero-shot score)")
+    head = "".join(f"<th>{_e(h)}</th>" for h in cols)
     rows = []
     for i, f in enumerate(findings, 1):
         call = f.call + (f" ({f.severity})" if f.severity else "")
         why = "; ".join(([f.reason] if f.reason else []) + list(f.notes))
+        link = (f' <a href="#why-{_e(f.id)}">attribution</a>' if explained and f.id in explained else "")
+        vote = ""
+        if votes:
+            v = votes.get(f.id)
+            vote = (f'<td class="vote">{v["present"]}/{v["labelled"]} present ({_e(v["call"])})</td>' if v
+                    else '<td class="vote">-</td>')
         rows.append(
             f'<tr class="finding-row" data-id="{_e(f.id)}" data-call="{_e(f.call)}"><td class="num">{i}</td>'
             f'<td class="label">{_e(f.label)}</td>'
@@ -219,8 +239,143 @@ def _findings_table(findings: list) -> str:
             f'<td class="num">{"-" if f.margin is None else f"{f.margin:+.3f}"}</td>'
             f'<td class="num">{_fmt(f.probability, 2)}</td>'
             f'<td class="call" style="color:{CALL_COLOUR.get(f.call, "#757575")}">{_e(call)}</td>'
-            f'<td class="why">{_e(why)}</td></tr>')
+            f'<td class="why">{_e(why)}{link}</td>{vote}</tr>')
     return f'<table id="findings"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _impression(result: ClassifyResult) -> str:
+    """The draft impression, marked DRAFT, with the impressions of the most similar prior cases beside it."""
+    imp = result.impression
+    if imp is None:
+        return ""
+    from cmrdx.zeroshot.impression import DRAFT_MARK, DRAFT_NOTICE
+
+    parts = [f'<div class="draft" id="impression" data-draft="true"><span class="mark">{_e(DRAFT_MARK.upper())}</span>',
+             f'<p class="text">{" ".join(_e(x) for x in imp.sentences)}</p>',
+             f'<p class="muted">{_e(DRAFT_NOTICE)}</p>']
+    sim = result.similar
+    if sim is not None and any(c.impression for c in sim.cases):
+        items = "".join(f"<li>{_e(c.impression)} <span class=\"muted\">(similarity {c.similarity:.3f})</span></li>"
+                        for c in sim.cases if c.impression)
+        parts.append(f'<p class="muted">Impressions of the most similar prior cases:</p><ul id="prior-impressions">{items}</ul>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _similar(result: ClassifyResult) -> str:
+    sim = result.similar
+    if sim is None:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("#", "study", "similarity", "report impression", "cmrdx findings"))
+    rows = "".join(
+        f'<tr class="prior"><td class="num">{c.rank}</td><td><code>{_e(c.source or c.study_uid)}</code></td>'
+        f'<td class="num">{c.similarity:.3f}</td><td>{_e(c.impression or "-")}</td>'
+        f'<td>{_e(", ".join(c.findings) or "none called present")}</td></tr>' for c in sim.cases)
+    notes = "".join(f'<p class="muted">{_e(n)}</p>' for n in sim.notes)
+    vote = (f'<p class="muted">The vote beside each finding counts the similar studies labelled with it: '
+            f"{_e(sim.VOTE_METHOD)}.</p>" if sim.votes else "")
+    return (f'<h2>Similar prior cases</h2><table id="similar"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            f"{vote}{notes}")
+
+
+def view_bars(views: dict[str, float | None], labels: dict[str, str], top: str | None) -> str:
+    """Inline SVG: one diverging bar per montage segment (its attribution), axis at zero."""
+    vals = [abs(v) for v in views.values() if v is not None]
+    scale = max(vals) if vals and max(vals) > 0 else 1.0
+    label_w, half, row_h = 150, 90, 18
+    width, height = label_w + 2 * half + 70, row_h * len(views) + 8
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="view-bars" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="system-ui,sans-serif" font-size="11" role="img">'
+           "<title>score change when each segment of the input is taken away</title>"]
+    x0 = label_w + half
+    for i, (seg, v) in enumerate(views.items()):
+        y = 4 + i * row_h
+        weight = ' font-weight="700"' if seg == top else ""
+        out.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end"{weight}>{_e(labels.get(seg, seg))}</text>')
+        if v is not None:
+            w = abs(v) / scale * half
+            x = x0 if v >= 0 else x0 - w
+            colour = "#c62828" if v >= 0 else "#1565c0"
+            out.append(f'<rect class="bar" data-segment="{_e(seg)}" data-value="{v:.6f}" x="{x:.1f}" y="{y + 3}" '
+                       f'width="{max(w, 0.5):.1f}" height="{row_h - 6}" fill="{colour}"/>')
+            out.append(f'<text x="{x0 + half + 6}" y="{y + 12}" fill="#333">{v:+.3f}</text>')
+    out.append(f'<line x1="{x0}" y1="0" x2="{x0}" y2="{height}" stroke="#777"/></svg>')
+    return "".join(out)
+
+
+def phase_curve(values: list[float], centres: list[float]) -> str:
+    """Inline SVG: the score change over the cardiac cycle (0 = R wave), with the zero line."""
+    if not values:
+        return ""
+    w, h, pad = 240, 90, 14
+    lim = max(max(abs(v) for v in values), 1e-6)
+
+    def xy(c: float, v: float) -> tuple[float, float]:
+        return pad + c * (w - 2 * pad), h / 2 - v / lim * (h / 2 - pad)
+
+    pts = [xy(c, v) for c, v in zip(centres, values)]
+    pts.append((pad + (w - 2 * pad), pts[0][1]))  # the cycle closes on itself
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#c62828"/>' for x, y in pts[:-1])
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="phase-curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+            f'font-family="system-ui,sans-serif" font-size="10" role="img"><title>score change over the cardiac cycle'
+            f'</title><line x1="{pad}" y1="{h / 2}" x2="{w - pad}" y2="{h / 2}" stroke="#999"/>'
+            f'<polyline points="{path}" fill="none" stroke="#c62828" stroke-width="1.5"/>{dots}'
+            f'<text x="{pad}" y="{h - 2}" fill="#555">R wave</text><text x="{w - pad}" y="{h - 2}" text-anchor="end" '
+            f'fill="#555">next R wave</text><text x="{pad}" y="10" fill="#555">{lim:+.3f}</text></svg>')
+
+
+def overlay_png(image: np.ndarray, grid: list[list[float]], scale: float, edge: int = 160) -> str:
+    """A key frame (uint8) with the region map over it: red where hiding the patch lowered the score, blue where it
+    raised it, the more opaque the larger the change (``scale``: the change drawn fully opaque)."""
+    from PIL import Image
+
+    g = np.asarray(grid, dtype=np.float32)
+    big = np.asarray(Image.fromarray(g).resize((edge, edge), Image.Resampling.BILINEAR), dtype=np.float32)
+    grey = np.asarray(Image.fromarray(image).resize((edge, edge), Image.Resampling.BICUBIC), dtype=np.float32)
+    a = np.clip(np.abs(big) / max(scale, 1e-9), 0.0, 1.0)[..., None] * 0.6
+    colour = np.where((big >= 0)[..., None], np.array([220, 30, 30], np.float32), np.array([30, 90, 220], np.float32))
+    rgb = grey[..., None] * (1 - a) + colour * a
+    buf = BytesIO()
+    Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8)).save(buf, format="PNG", optimize=True)
+    return _data_uri("image/png", buf.getvalue())
+
+
+def _attribution(result: ClassifyResult) -> str:
+    ex = result.explanation
+    if ex is None:
+        return ""
+    calls = {f.id: f for f in result.findings}
+    labels = {s["segment"]: f'{s["segment"]} ({s["view"]})' for s in ex.segments}
+    cards = []
+    for fe in ex.findings:
+        f = calls.get(fe.id)
+        call = (f.call + (f" ({f.severity})" if f.severity else "")) if f else ""
+        figs = [f'<figure><figcaption>views: score change when the segment is taken away (mean of leaving it out '
+                f'and of it alone among its role)</figcaption>{view_bars(fe.views, labels, fe.top_segment)}</figure>']
+        if fe.phase:
+            figs.append(f"<figure><figcaption>phases: score change when a window of {ex.phase_width:.0%} of the cycle "
+                        f"is replaced by the mean frame</figcaption>{phase_curve(fe.phase, ex.phase_centres)}</figure>")
+        if fe.region is not None and fe.region.images:
+            scale = max(abs(x) for row in fe.region.grid for x in row) or 1.0
+            imgs = "".join(f'<img class="overlay-img" alt="{_e(fe.region.view)} {_e(lab)} with the region map" '
+                           f'title="{_e(lab)}" src="{overlay_png(im, fe.region.grid, scale)}">'
+                           for im, lab in zip(fe.region.images, fe.region.frames))
+            figs.append(f'<figure class="overlay" data-segment="{_e(fe.region.segment)}">{imgs}<figcaption>regions on '
+                        f"{_e(fe.region.view)}: red, hiding the patch lowered the score (up to {scale:.3f}); blue, raised "
+                        f"it; {_e('; '.join(fe.region.frames))}</figcaption></figure>")
+        elif fe.region_note:
+            figs.append(f'<p class="muted">{_e(fe.region_note)}</p>')
+        cards.append(f'<div class="why" id="why-{_e(fe.id)}" data-id="{_e(fe.id)}"><h3>{_e(fe.label)}: score '
+                     f'{fe.score:.3f}, {_e(call)}</h3>{"".join(figs)}</div>')
+    skipped = "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in ex.skipped.items())
+    total = ex.timings_ms.get("total_ms", 0.0) / 1000
+    return ("<h2>Why: attribution</h2>"
+            '<p class="muted">Each number is a change of the finding\'s score when a part of the model\'s input is taken '
+            "away or hidden: positive (red) means that part supported the score. It shows what the model used, not "
+            "whether the finding is there.</p>" + "".join(cards)
+            + (f'<p class="muted">Not explained:</p><ul>{skipped}</ul>' if skipped else "")
+            + f'<p class="muted">{ex.n_inputs} perturbed inputs encoded in {total:.1f} s.</p>')
 
 
 def _previews(result: ClassifyResult, src: StudySource) -> str:
@@ -292,12 +447,16 @@ def render_report(result: ClassifyResult, source: StudySource | str | os.PathLik
         '<p class="muted">Ranked by calibrated probability, else by margin over the threshold, else by score. '
         "Bars: score; black tick: this model's threshold; colour: the call.</p>",
         charts,
-        _findings_table(result.findings),
+        _findings_table(result.findings, result.similar.votes if result.similar is not None else None,
+                        {fe.id for fe in result.explanation.findings} if result.explanation is not None else None),
+        _impression(result),
     ]
     if uncalled:
         parts.append('<p class="muted">"no threshold": the prompt bank holds no threshold for this model, so the score '
                      "is ranked but not called (<code>cmrdx prompts calibrate</code> writes thresholds).</p>")
     parts += [
+        _attribution(result),
+        _similar(result),
         "<h2>Views</h2>", _previews(result, src),
         "<h2>Series</h2>",
         f'<p class="muted">{len(result.series_used)} series fed the model; {len(result.skipped_series)} skipped.</p>',

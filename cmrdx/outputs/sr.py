@@ -8,6 +8,9 @@ Layout (one TID 1501 measurement group per finding, in ranked order):
   a private "not called" code (no threshold for this model in the bank); severity when the bank has levels;
 - measurements: the score, and the threshold and calibrated probability when there are any (UCUM "1").
 
+After the groups, the draft impression (``cmrdx.zeroshot.impression``) as a text item "Impression" (DCM 121073),
+its text marked DRAFT / not for clinical use (``read_sr_impression`` reads it back).
+
 Observer context: a device observer (cmrdx and its model; the device UID derives from the model's sha256). The
 Image Library holds one entry per (classic, single-frame) series the model input came from; the evidence sequence
 lists every instance of those series, Enhanced MR included. The
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_SCHEME = "99CMRDX"  # "99" prefix: a local coding scheme (PS3.16 section 8.2)
 SR_SERIES_NUMBER = 9900  # high, so that viewers list the SR after the images it reports on
+MAX_TEXT = 10240  # characters of a text item cmrdx writes (UT may hold more; viewers show less)
 SCORE_KINDS = {
     "mean-cosine": "Mean cosine similarity to prompts",
     "softmax": "Softmax of positive vs negative prompts",
@@ -69,6 +73,7 @@ def _codes():
         "unit": CodedConcept("1", "UCUM", "no units"),
         "procedure": codes.SCT.CardiacMRI,
         "comment": codes.DCM.Comment,
+        "impression": codes.DCM.Impression,
     }
 
 
@@ -186,6 +191,11 @@ def build_sr(result: ClassifyResult, source: StudySource | str | os.PathLike[str
         imaging_measurements=[_group(f, result, c) for f in result.findings],
         referenced_images=_library_images(evidence),
     )
+    if result.impression is not None:
+        # the draft impression as text in the report (DCM 121073 "Impression"), marked DRAFT in its own words
+        report[0].ContentSequence.append(hsr.TextContentItem(
+            name=c["impression"], value=result.impression.text[:MAX_TEXT],
+            relationship_type=hsr.RelationshipTypeValues.CONTAINS))
     description = "cmrdx zero-shot findings" + (" - not for clinical use" if is_demo_model(result) else "")
     sr = hsr.Comprehensive3DSR(
         evidence=evidence,
@@ -266,3 +276,21 @@ def read_sr_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             rec["call"] = "not assessable"
         out.append(rec)
     return out
+
+
+def read_sr_impression(path: str | os.PathLike[str]) -> str | None:
+    """The draft impression of an SR that ``write_sr`` wrote (the root's "Impression" text item), or None."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several kinds for a file that is not DICOM
+        raise OutputError(f"{path}: not a DICOM file cmrdx can read ({exc})",
+                          hint="pass an SR written by `cmrdx classify --sr`") from exc
+    code = _codes()["impression"]
+    for item in ds.get("ContentSequence", []):
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "TEXT" and name and name[0].CodeValue == code.value \
+                and name[0].CodingSchemeDesignator == code.scheme_designator:
+            return str(item.TextValue)
+    return None
