@@ -10,6 +10,7 @@ A model folder holds ONNX files, a tokenizer and ``manifest.json``::
      "tokenizer": {"file": "tokenizer.json", "lowercase": true, "max_length": 512},
      "recipe": {"name": "cmrclip-v1", "params": {...}},
      "reference": {"file": "reference.npz", "method": "knn-mean-cosine-distance", "k": 10, ...},
+     "validation": {"int8": {"status": "validated", "for": ["cpu"], "file": "video.int8.onnx", "sha256": "...", ...}},
      "provenance": {...}, "licence": "..."}
 
 Every file listed is checked against its sha256 on load; a changed file is refused by name.
@@ -17,7 +18,8 @@ Every file listed is checked against its sha256 on load; a changed file is refus
 A model's identity (``Manifest.sha256``) is the sha256 of a canonical JSON of what determines its embeddings
 and nothing else: name, version, embedding_dim, the ``video``, ``text``, ``tokenizer`` and ``recipe`` sections,
 and the sha256 of every file those sections name (``identity_document`` is the JSON hashed). The reference of
-training-study embeddings (``cmrdx.model.reference``), benchmark metrics, provenance, licence and a model card
+training-study embeddings (``cmrdx.model.reference``), the validation of its reduced-precision copies
+(``validation``: ``cmrdx.model.validate``), benchmark metrics, provenance, licence and a model card
 are about the model, not part of it: adding or changing them leaves the identity, and so every calibration,
 cache, prototype set and search store keyed by it, valid. A changed ONNX file, tokenizer or recipe changes it.
 """
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,8 @@ FORMAT = 1
 IDENTITY_SCHEMA = "cmrdx-model-identity/1"
 # The sections that say how a study or a text becomes an embedding; the files they name are hashed with them.
 IDENTITY_SECTIONS = ("video", "text", "tokenizer", "recipe")
+# Video precisions a model folder may hold a file for (``video`` section keys).
+PRECISIONS = ("float32", "float16", "int8")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -50,6 +56,50 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# A file's sha256 is remembered (under $CMRDX_HOME/cache/verified/) with the file's identity on disk: size,
+# modification and status-change times (ns), inode and device. Any write to the file changes its ctime, which no
+# user-level call can set back, so a file whose identity is unchanged holds the bytes that were hashed, and is not
+# read again: a full-size model is about 1.2 GB to hash, about half of its load time. As git does for its index,
+# a hash is remembered only when the file was last changed more than RACY_NS before hashing began (a change within
+# the timestamp granularity of the file system could otherwise go unseen). `cmrdx models verify` never uses it.
+RACY_NS = 2_000_000_000
+
+
+def _file_identity(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _verified_entry(path: Path) -> Path:
+    from cmrdx import config
+
+    key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return config.home() / "cache" / "verified" / f"{key}.json"
+
+
+def known_sha256(path: Path) -> str:
+    """``sha256_file(path)``, read from the verified-hash cache when the file is unchanged since it was hashed
+    (see ``RACY_NS``); the cache is written when it can be, and ignored when it cannot be read."""
+    path = Path(path)
+    st = os.stat(path)
+    ident = _file_identity(st)
+    entry = _verified_entry(path)
+    try:
+        rec = json.loads(entry.read_text())
+        if rec.get("identity") == ident and isinstance(rec.get("sha256"), str):
+            return str(rec["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    began = time.time_ns()
+    digest = sha256_file(path)
+    if began - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS and _file_identity(os.stat(path)) == ident:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(entry, json.dumps({"path": str(path), "identity": ident, "sha256": digest}) + "\n")
+        except OSError:
+            pass  # a read-only cache: hashed again next time
+    return digest
 
 
 @dataclass
@@ -68,6 +118,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
     reference: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def identity_document(self) -> dict[str, Any]:
@@ -103,6 +154,28 @@ class Manifest:
         rel = self.video.get(precision)
         return self.path(rel) if rel else None
 
+    def precisions(self) -> list[str]:
+        """The video precisions this model has a file for, in ``PRECISIONS`` order."""
+        return [p for p in PRECISIONS if self.video.get(p)]
+
+    def validated(self, precision: str, device: str) -> dict[str, Any] | None:
+        """The validation record of the ``precision`` video copy when it says the copy was validated for
+        ``device`` ("cpu", "cuda") *and* still describes the files this folder holds (the copy and the float32
+        file it was compared with, by sha256); else None (never validated, failed, or about other files)."""
+        rec = self.validation.get(precision)
+        if not isinstance(rec, dict) or rec.get("status") != "validated" or device not in (rec.get("for") or ()):
+            return None
+        mine = self.video.get(precision)
+        ref = self.video.get("float32")
+        if rec.get("file") != mine or mine not in self.files or ref not in self.files:
+            return None
+        if rec.get("sha256") != self.files[mine].get("sha256"):
+            return None
+        against = rec.get("against") or {}
+        if against.get("file") != ref or against.get("sha256") != self.files[ref].get("sha256"):
+            return None
+        return rec
+
     @property
     def text_file(self) -> Path:
         return self.path(self.text["file"])
@@ -112,22 +185,24 @@ class Manifest:
         return self.path(self.tokenizer["file"])
 
     # ------------------------------------------------------------------ checks
-    def problems(self) -> list[str]:
-        """Every file that is missing or whose sha256 differs from the manifest (empty when intact)."""
+    def problems(self, *, cached: bool = True) -> list[str]:
+        """Every file that is missing or whose sha256 differs from the manifest (empty when intact). ``cached``:
+        a file unchanged on disk since it was last hashed is not hashed again (``known_sha256``); False hashes
+        every byte (`cmrdx models verify`)."""
         out = []
         for rel, info in self.files.items():
             p = self.root / rel
             if not p.is_file():
                 out.append(f"{p}: missing")
                 continue
-            digest = sha256_file(p)
+            digest = known_sha256(p) if cached else sha256_file(p)
             if digest != info.get("sha256"):
                 out.append(f"{p}: sha256 {digest[:12]}... differs from the manifest's {str(info.get('sha256'))[:12]}...")
         return out
 
-    def verify(self) -> None:
-        """Raise ModelError naming every missing or altered file."""
-        bad = self.problems()
+    def verify(self, *, cached: bool = True) -> None:
+        """Raise ModelError naming every missing or altered file (``cached``: see ``problems``)."""
+        bad = self.problems(cached=cached)
         if bad:
             raise ModelError(
                 f"model {self.name!r} in {self.root} failed its integrity check: " + "; ".join(bad),
@@ -150,6 +225,8 @@ class Manifest:
         }
         if self.reference:
             d["reference"] = self.reference
+        if self.validation:
+            d["validation"] = self.validation
         return d
 
     def recipe_params(self) -> RecipeParams:
@@ -246,5 +323,6 @@ def _from_dict(root: Path, d: dict[str, Any]) -> Manifest:
         provenance=d.get("provenance", {}),
         licence=d.get("licence", ""),
         reference=d.get("reference") or {},
+        validation=d["validation"] if isinstance(d.get("validation"), dict) else {},
         raw=d,
     )
