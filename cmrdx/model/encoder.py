@@ -8,12 +8,24 @@ needed. Device choice:
   fallback disabled: if CUDA cannot run the model, ModelError, never a silent CPU run.
 * ``"auto"``: CUDA when it really loads (``onnxruntime.preload_dlls()``, then ``session.get_providers()``
   must list CUDA first), else CPU. ``Encoder.device`` says which one is used and ``device_note`` why.
+
+Precision (``resolve_precision``): "float32", "float16" or "int8" ask for that video file (ModelError naming the
+model and the fix when the folder has none); "auto" is float16 on CUDA (float32 without a float16 file), and on
+the CPU float32, or int8 when the model's manifest marks its int8 copy as validated for the CPU
+(``Manifest.validated``, written by ``cmrdx.model.validate``). int8 is a CPU copy: asked for with device "auto" it
+runs on the CPU, with "cuda" it is refused. ``Encoder.precision`` says which one runs and ``precision_note`` why.
+
+CPU sessions load onnxruntime's saved optimised graph of their file when there is one (``cmrdx.model.optcache``),
+with graph optimisation off, and save it when there is none, so that only the first session of a model on a
+machine pays for optimising its graph. ``CMRDX_SAVED_GRAPHS=0`` turns this off.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +33,17 @@ import numpy as np
 
 from cmrdx import config
 from cmrdx.errors import ModelError
-from cmrdx.model.manifest import Manifest
+from cmrdx.model import optcache
+from cmrdx.model.manifest import Manifest, known_sha256
 from cmrdx.model.registry import get_manifest
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "float32", "float16", "int8")
+
+# progress(done, total): studies encoded so far, of how many
+Progress = Callable[[int, int], None]
 
 
 def _ort() -> Any:
@@ -35,15 +52,79 @@ def _ort() -> Any:
     return ort
 
 
-def _session_options(threads: int, no_fallback: bool) -> Any:
+def _session_options(threads: int, no_fallback: bool, *, optimise: bool = True) -> Any:
     ort = _ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    so.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
     if no_fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return so
+
+
+def saved_graphs_enabled() -> bool:
+    """Whether CPU sessions use and save optimised graphs (``CMRDX_SAVED_GRAPHS=0`` turns them off)."""
+    return os.environ.get("CMRDX_SAVED_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _fix_precision(manifest: Manifest, asked: str) -> str:
+    has = ", ".join(manifest.precisions()) or "none"
+    if asked == "int8":
+        make = ("an int8 copy is written by `cmrdx models import-cmrclip` and `cmrdx models export` unless --no-int8 "
+                "is given: export the model again to get one")
+    else:
+        make = ("a float16 copy is written by `cmrdx models import-cmrclip` and `cmrdx models export` unless "
+                "--no-float16 is given: export the model again to get one")
+    return f"use --precision auto (it has: {has}); {make}"
+
+
+def resolve_precision(manifest: Manifest, device: str, asked: str | None = "auto") -> tuple[str, str]:
+    """(precision, why) for the video tower of ``manifest`` on ``device`` ("cpu" or "cuda"); see the module
+    docstring. ``asked`` None is the device's plain default, whatever the manifest says of the int8 copy (float16
+    on CUDA when the model has it, else float32). ModelError when ``asked`` is not a precision or the model has no
+    file for it."""
+    if asked is None:
+        if device == "cuda" and manifest.video.get("float16"):
+            return "float16", "float16 on CUDA (the default)"
+        return "float32", f"float32 on {'the CPU' if device == 'cpu' else 'CUDA'} (the default)"
+    if asked not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {asked!r}",
+                         hint="use --precision auto, float32, float16 or int8")
+    if asked != "auto":
+        if not manifest.video.get(asked):
+            raise ModelError(f"model {manifest.name!r} ({manifest.root}) has no {asked} video file",
+                             hint=_fix_precision(manifest, asked))
+        if asked == "int8" and device == "cuda":
+            raise ModelError(f"model {manifest.name!r}: the int8 video file runs on the CPU, not on CUDA",
+                             hint="use --device cpu (or auto) with --precision int8, or --precision float16 on CUDA")
+        return asked, f"asked for {asked}"
+    if device == "cuda":
+        if manifest.video.get("float16"):
+            return "float16", "auto: float16 on CUDA"
+        return "float32", "auto: float32 on CUDA (the model has no float16 file)"
+    rec = manifest.validated("int8", "cpu")
+    if rec is not None:
+        return "int8", f"auto: the int8 copy is validated for the CPU ({describe_validation(rec)})"
+    if manifest.video.get("int8"):
+        why = "its validation failed" if manifest.validation.get("int8") else "it is not validated"
+        stale = isinstance(manifest.validation.get("int8"), dict) and manifest.validation["int8"].get("status") == "validated"
+        if stale:
+            why = "its validation is of other files"
+        return "float32", f"auto: float32 on the CPU (the model has an int8 copy, but {why}: `cmrdx models validate-int8`)"
+    return "float32", "auto: float32 on the CPU"
+
+
+def describe_validation(rec: dict[str, Any]) -> str:
+    """One line from an int8 validation record: the embedding agreement and, when measured, the AUC change."""
+    parts = []
+    if isinstance(rec.get("min_cosine"), (int, float)):
+        parts.append(f"embedding cosine >= {rec['min_cosine']:.4f} vs float32 on {rec.get('studies', '?')} studies")
+    zs = rec.get("zeroshot")
+    if isinstance(zs, dict) and isinstance(zs.get("max_auc_drop"), (int, float)):
+        parts.append(f"zero-shot AUC within {zs['max_auc_drop']:.3f} on {zs.get('n', '?')} studies")
+    return "; ".join(parts) or "validated"
 
 
 def _has_nvidia_driver() -> bool:
@@ -85,10 +166,17 @@ class Encoder:
     Args:
         model: a registry name or a model folder.
         device: "auto", "cuda" or "cpu".
-        precision: video precision override ("float32", "float16", "int8"); default float16 on CUDA and
-            float32 on CPU.
+        precision: "auto", "float32", "float16" or "int8" (``resolve_precision``); None (the default here) is
+            the device's plain default: float16 on CUDA, float32 on the CPU. The commands and ``get_encoder``
+            default to "auto", which also takes a validated int8 copy on the CPU.
         threads: CPU intra-op threads; default ``cmrdx.config.cpu_count()``.
         manifest: an already-loaded (and verified) Manifest, instead of ``model``.
+        saved_graphs: use and save optimised graphs (``cmrdx.model.optcache``); default
+            ``saved_graphs_enabled()``.
+
+    After construction: ``device``, ``precision`` (what runs), ``device_note`` / ``precision_note`` (why),
+    ``graphs`` (per loaded file: "saved" when its saved optimised graph was loaded, "optimised+saved",
+    "optimised") and ``load_seconds``.
     """
 
     def __init__(
@@ -99,41 +187,66 @@ class Encoder:
         precision: str | None = None,
         threads: int | None = None,
         manifest: Manifest | None = None,
+        saved_graphs: bool | None = None,
     ):
+        t0 = time.perf_counter()
         if device not in DEVICES:
-            raise ModelError(f"device must be one of {DEVICES}, not {device!r}")
+            raise ModelError(f"device must be one of {DEVICES}, not {device!r}", hint="use --device auto, cuda or cpu")
+        if precision is not None and precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+                             hint="use --precision auto, float32, float16 or int8")
         if manifest is None:
             if model is None:
                 raise ModelError("Encoder needs a model name, a model folder or a manifest")
             manifest = get_manifest(model, verify=True)
         self.manifest = manifest
         self.threads = threads or config.cpu_count()
+        self.saved_graphs = saved_graphs_enabled() if saved_graphs is None else saved_graphs
+        self.graphs: dict[str, str] = {}
+        self.asked_precision = precision
         self._video: Any = None  # onnxruntime.InferenceSession once loaded
+        self.precision = ""
+        self.precision_note = ""
+        if precision == "int8" and device == "auto":
+            device, self._int8_note = "cpu", "int8 runs on the CPU"
+        else:
+            self._int8_note = ""
         self.device, self.device_note = self._choose_device(device, precision)
+        if self._int8_note:
+            self.device_note = self._int8_note
         if self._video is None:  # CPU (the CUDA path already built its session while proving CUDA works)
-            self.precision, vfile = self._video_file(precision)
-            self._video = self._session(vfile)
+            self.precision, self.precision_note = resolve_precision(manifest, "cpu", precision)
+            self._video = self._session(self._video_rel(self.precision))
         self._text: Any = None  # text tower loaded on first use: a classify with cached prompts never needs it
         self._tokenizer: Any = None
         self.video_input = manifest.video.get("input", "video")
-        log.info("encoder %s on %s (%s): %s", manifest.name, self.device, self.precision, self.device_note)
+        self.load_seconds = time.perf_counter() - t0
+        log.info("encoder %s on %s (%s): %s; %s", manifest.name, self.device, self.precision, self.device_note,
+                 self.precision_note)
+
+    def _video_rel(self, precision: str) -> str:
+        rel = self.manifest.video.get(precision)
+        if not rel:  # resolve_precision only returns a precision the model has, float32 aside
+            raise ModelError(f"model {self.manifest.name!r} ({self.manifest.root}) lists no {precision} video file",
+                             hint="re-import or re-export the model")
+        return str(rel)
 
     def _video_file(self, precision: str | None) -> tuple[str, Path]:
-        """(precision, file): the asked precision, else float16 on CUDA / float32 on CPU."""
-        want = precision or ("float16" if self.device == "cuda" else "float32")
-        f = self.manifest.video_file(want)
-        if f is None:
-            if precision is not None:
-                raise ModelError(f"model {self.manifest.name!r} has no {precision} video file")
-            want, f = "float32", self.manifest.video_file("float32")
-        if f is None:
-            raise ModelError(f"model {self.manifest.name!r} lists no float32 video file")
-        return want, f
+        """(precision, file) for the CUDA session: ``resolve_precision`` on CUDA."""
+        self.precision, self.precision_note = resolve_precision(self.manifest, "cuda", precision)
+        return self.precision, self.manifest.path(self._video_rel(self.precision))
+
+    @property
+    def description(self) -> str:
+        """What runs, as run manifests record it: "cpu (int8)", "cuda (float16)"."""
+        return f"{self.device} ({self.precision})"
 
     # ------------------------------------------------------------------ device
     def _choose_device(self, device: str, precision: str | None) -> tuple[str, str]:
         if device == "cpu":
             return "cpu", "asked for cpu"
+        if precision == "int8":  # with --device cuda: refused by name (the int8 file is a CPU copy)
+            resolve_precision(self.manifest, "cuda", precision)
         ort = _ort()
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             msg = "this onnxruntime build has no CUDA provider"
@@ -180,14 +293,62 @@ class Encoder:
             raise ModelError(f"--device cuda: {why}", hint="check the CUDA + cuDNN 9 libraries, or use --device cpu")
         return "cpu", why
 
-    def _session(self, path: Path) -> Any:
-        """A CPU session (the CUDA video session is built, and proven, in ``_choose_device``)."""
+    def _session(self, rel: str) -> Any:
+        """A CPU session for the model file ``rel`` (the CUDA video session is built, and proven, in
+        ``_choose_device``): from its saved optimised graph when there is one, else optimised now (and saved)."""
         ort = _ort()
+        path = self.manifest.path(rel)
+        key = optcache.GraphKey(str(self.manifest.files[rel].get("sha256")), ort.__version__, "cpu")
+        if self.saved_graphs:
+            saved = optcache.find(self.manifest, rel, key)
+            if saved is not None and self._trusted(saved):
+                try:
+                    s = ort.InferenceSession(str(saved), _session_options(self.threads, False, optimise=False),
+                                             providers=["CPUExecutionProvider"])
+                    self.graphs[rel] = "saved"
+                    return s
+                except Exception as exc:  # noqa: BLE001 - a damaged cache file: made again below
+                    log.warning("the saved optimised graph %s did not load (%s); optimising %s again", saved,
+                                str(exc).splitlines()[0][:200], rel)
+                    optcache.discard(saved)
         so = _session_options(self.threads, no_fallback=False)
+        target = optcache.target(self.manifest, rel, key) if self.saved_graphs else None
+        tmp = optcache.temporary(target) if target is not None else None
+        if tmp is not None:
+            so.optimized_model_filepath = str(tmp)
+            # onnxruntime warns that the saved graph may hold CPU-specific layouts: its key names the CPU
+            so.log_severity_level = 3
         try:
-            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            try:
+                s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - saving the graph may be what failed (a full disk): once more without
+                if tmp is None:
+                    raise
+                tmp.unlink(missing_ok=True)
+                log.debug("session with a saved optimised graph failed (%s); loading %s without saving", exc, rel)
+                target = tmp = None
+                s = ort.InferenceSession(str(path), _session_options(self.threads, no_fallback=False),
+                                         providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(f"onnxruntime could not load {path}: {exc}") from exc
+            raise ModelError(f"onnxruntime could not load {path}: {exc}",
+                             hint="re-import or re-export the model (`cmrdx models verify` checks its files)") from exc
+        self.graphs[rel] = "optimised"
+        if target is not None and tmp is not None and optcache.publish(tmp, target):
+            self.graphs[rel] = "optimised+saved"
+        return s
+
+    @staticmethod
+    def _trusted(saved: Path) -> bool:
+        """A saved graph is used only when its bytes are those written (its sha256 beside it)."""
+        want = optcache.recorded_sha256(saved)
+        try:
+            ok = want is not None and known_sha256(saved) == want
+        except OSError:
+            ok = False
+        if not ok:
+            log.warning("the saved optimised graph %s is not the file that was saved; optimising again", saved)
+            optcache.discard(saved)
+        return ok
 
     # ------------------------------------------------------------------ video
     @property
@@ -196,8 +357,11 @@ class Encoder:
         v = self.manifest.video
         return (int(v["frames"]), 3, int(v["image_size"]), int(v["image_size"]))
 
-    def encode_studies(self, batch: np.ndarray) -> np.ndarray:
-        """(B, frames, 3, H, W) float32 recipe output -> (B, D) float32, L2-normalised."""
+    def encode_studies(self, batch: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """(B, frames, 3, H, W) float32 recipe output -> (B, D) float32, L2-normalised.
+
+        ``progress(done, total)`` is called before the first study (0, B) and after each study is encoded; with it
+        the studies are run one at a time (the same embeddings), so that a caller can show how far it got."""
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim == 4:
             x = x[None]
@@ -206,8 +370,16 @@ class Encoder:
                 f"study batch has shape {x.shape}; model {self.manifest.name!r} takes (B, {', '.join(map(str, self.video_shape))})",
                 hint=f"make inputs with the model's recipe {self.manifest.recipe.get('name')!r}",
             )
-        out = self._video.run(None, {self.video_input: np.ascontiguousarray(x)})[0]
-        return l2_normalise(out)
+        if progress is None:
+            out = self._video.run(None, {self.video_input: np.ascontiguousarray(x)})[0]
+            return l2_normalise(out)
+        n = len(x)
+        progress(0, n)
+        rows = []
+        for i in range(n):
+            rows.append(self._video.run(None, {self.video_input: np.ascontiguousarray(x[i : i + 1])})[0])
+            progress(i + 1, n)
+        return l2_normalise(np.concatenate(rows) if rows else np.zeros((0, self.manifest.embedding_dim), np.float32))
 
     # ------------------------------------------------------------------ text
     def _load_text(self) -> None:
@@ -218,7 +390,7 @@ class Encoder:
         tok.enable_padding(pad_id=int(self.manifest.tokenizer.get("pad_id", 0)), pad_token="[PAD]")
         self._tokenizer = tok
         # The text tower always runs on the CPU: a few prompts per model, cached by the caller.
-        self._text = self._session(self.manifest.text_file)
+        self._text = self._session(str(self.manifest.text["file"]))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """texts -> (input_ids, attention_mask), both (N, L) int64, padded to the longest, truncated to the

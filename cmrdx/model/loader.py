@@ -1,5 +1,5 @@
 """The one place a model is loaded: resolves a name or folder to a model (``registry``), builds its Encoder once
-per (folder, device) per process, and says what the model *is* (``model_sha256``: the identity every cache,
+per (folder, device, precision) per process, and says what the model *is* (``model_sha256``: the identity every cache,
 calibration, prototype set, search store and batch journal is keyed by)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from cmrdx.model.encoder import Encoder
     from cmrdx.model.manifest import Manifest
 
-_ENCODERS: dict[tuple[str, str], Encoder] = {}
+_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
 
 
 def model_sha256(manifest: Manifest) -> str:
@@ -23,9 +23,10 @@ def model_sha256(manifest: Manifest) -> str:
     return manifest.sha256
 
 
-def get_encoder(model: str | Path | None = None, device: str = "auto") -> Encoder:
-    """The Encoder for ``model`` (the default model when None) on ``device``, built once per process and
-    integrity-checked on first load."""
+def get_encoder(model: str | Path | None = None, device: str = "auto", precision: str | None = "auto") -> Encoder:
+    """The Encoder for ``model`` (the default model when None) on ``device`` at ``precision`` ("auto", "float32",
+    "float16", "int8": ``cmrdx.model.encoder.resolve_precision``), built once per process and integrity-checked
+    on first load. ``Encoder.description`` ("cpu (int8)") is what a run records."""
     from cmrdx.model.encoder import Encoder
     from cmrdx.model.registry import resolve
 
@@ -39,9 +40,9 @@ def get_encoder(model: str | Path | None = None, device: str = "auto") -> Encode
                 hint="pass --model NAME_OR_FOLDER (see `cmrdx models list`), or reinstall cmrdx",
             ) from exc
         raise
-    key = (str(Path(root).resolve()), device)
+    key = (str(Path(root).resolve()), device, precision or "auto")
     if key not in _ENCODERS:
-        _ENCODERS[key] = Encoder(root, device=device)
+        _ENCODERS[key] = Encoder(root, device=device, precision=precision or "auto")
     return _ENCODERS[key]
 
 
