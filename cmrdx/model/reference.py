@@ -299,7 +299,7 @@ class ArchiveReference:
 def reference_from_archive(model: str | Path | None, data: str | Path, *, k: int = DEFAULT_K,
                            quantile: float = DEFAULT_QUANTILE, min_studies: int = MIN_STUDIES, device: str = "cpu",
                            source: str | None = None, progress: Callable[[int, int], None] | None = None,
-                           ) -> ArchiveReference:
+                           precision: str | None = "auto") -> ArchiveReference:
     """A reference from an archive folder of study folders, each read as a user's study is (header scan,
     assembly, the model's recipe, its encoder; embeddings cached like the benchmarks'). A folder that cannot be
     read is counted and left out; a study found twice (same StudyInstanceUID) counts once. Raises CmrdxError
@@ -311,7 +311,7 @@ def reference_from_archive(model: str | Path | None, data: str | Path, *, k: int
     if not root.is_dir():
         raise CmrdxError(f"{root} is not a folder", hint="pass a folder holding one folder per study")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    enc = get_encoder(model, device)
+    enc = get_encoder(model, device, precision)
     rows = [LabelledStudy(key=p.name, path=p, study_uid=None) for p in folders]
     es = embed_labelled(rows, enc, StudyEmbeddingCache.for_encoder(enc), progress)
     seen: set[str] = set()
