@@ -6,22 +6,31 @@ BERT it started from) and ``projection_dim``. Every shape is read from the check
 cross-checked with the config; head counts cannot be seen in shapes and default to width / 64 (12 for
 ViT-B and BERT-base). ``video_params.num_heads`` and ``text_params.num_attention_heads`` override them
 (cmrdx extensions, used by tests with tiny models).
+
+Bounded memory: the checkpoint is memory-mapped (``torch.load(mmap=True, weights_only=True)``), so its tensors are
+read from the file when used instead of being copied into memory; its keys and shapes are checked against a model
+built on the ``meta`` device (no memory); then each tower is built from the mapped tensors when the export needs it
+(``load_state_dict(assign=True)``: the parameters *are* the mapped tensors) and dropped, with the mapping, when the
+export is done with it. Each tower's torch work runs in a process of its own (``ModelParts.isolated``), which
+gives back everything the ONNX exporter keeps when it exits. The full-size model (223 M parameters) imports in
+less than the 4 GB a laptop can spare (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from cmrdx.errors import ModelError
 from cmrdx.model.manifest import sha256_file
 from cmrdx.recipe import get_recipe
-from cmrdx.train.export import ExportOptions, ExportReport, export_model_folder
-from cmrdx.train.model import CMRClip, config_from_state_dict, load_state_dict_strict
+from cmrdx.train.export import ExportOptions, ExportReport, ModelParts, Stage, export_model_folder, release_memory
+from cmrdx.train.model import CMRClip, CMRClipConfig, config_from_state_dict, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +40,29 @@ DEFAULT_LICENCE = (
 )
 
 
-def load_cmrclip(checkpoint: Path, config_path: Path) -> tuple[CMRClip, dict[str, Any]]:
-    """Build the torch model from a checkpoint + reference config.json; strict key loading.
-
-    Returns (model in eval mode, the parsed config)."""
+def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict, memory-mapped (tensors read from the file as they are used)."""
     try:
-        cfg_json = json.loads(Path(config_path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {config_path}: {exc}") from exc
-    try:
-        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:  # an old (non-zip) torch file cannot be mapped: read it whole
+        if "mmap" not in str(exc):
+            raise ModelError(f"cannot read the checkpoint {checkpoint}: {exc}") from exc
+        try:
+            state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        except Exception as exc2:
+            raise ModelError(f"cannot read the checkpoint {checkpoint}: {exc2}") from exc2
     except Exception as exc:
         raise ModelError(f"cannot read the checkpoint {checkpoint}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{checkpoint} holds no state dict", hint="is this a CMR-CLIP pytorch_model.bin?")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _config(state: dict[str, torch.Tensor], cfg_json: dict[str, Any], checkpoint: Path, config_path: Path) -> CMRClipConfig:
     vp, tp = cfg_json.get("video_params", {}), cfg_json.get("text_params", {})
     try:
         cfg = config_from_state_dict(state, heads=vp.get("num_heads"), text_heads=tp.get("num_attention_heads"))
@@ -54,6 +74,98 @@ def load_cmrclip(checkpoint: Path, config_path: Path) -> tuple[CMRClip, dict[str
         )
     if "projection_dim" in cfg_json and int(cfg_json["projection_dim"]) != cfg.projection_dim:
         raise ModelError(f"{config_path} says projection_dim={cfg_json['projection_dim']}, the checkpoint has {cfg.projection_dim}")
+    return cfg
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    try:
+        cfg_json = json.loads(Path(config_path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {config_path}: {exc}") from exc
+    if not isinstance(cfg_json, dict):
+        raise ModelError(f"{config_path} is not a JSON object", hint="pass the checkpoint's config.json")
+    return cfg_json
+
+
+def _meta_model(cfg: CMRClipConfig) -> CMRClip:
+    """The model's structure with no memory behind it (parameters on the ``meta`` device)."""
+    with torch.device("meta"):
+        return CMRClip(cfg)
+
+
+def check_layout(state: dict[str, torch.Tensor], cfg: CMRClipConfig, checkpoint: Path) -> None:
+    """Every key and shape of the checkpoint against the model (strict), without building it in memory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # copying into meta tensors is a no-op: only keys/shapes count
+        try:
+            load_state_dict_strict(_meta_model(cfg), state)
+        except ValueError as exc:
+            raise ModelError(f"{checkpoint}: {exc}") from exc
+
+
+class CheckpointParts(ModelParts):
+    """The towers of a CMR-CLIP checkpoint, each built from the memory-mapped file when the export asks for it
+    and dropped (with the mapping) when it is done: one tower's weights in memory at a time."""
+
+    split_in_place = True
+    isolated = True  # each tower's export in a process of its own (ModelParts.isolated)
+
+    def __init__(self, checkpoint: Path, cfg: CMRClipConfig):
+        super().__init__(None)
+        self.checkpoint = checkpoint
+        self._cfg = cfg
+
+    @property
+    def cfg(self) -> CMRClipConfig:
+        return self._cfg
+
+    def _part(self, prefixes: tuple[str, ...]) -> CMRClip:
+        state = _read_state(self.checkpoint)
+        sub = {k: v for k, v in state.items() if k.startswith(prefixes)}
+        del state
+        m = _meta_model(self._cfg)
+        m.load_state_dict(sub, strict=False, assign=True)  # the parameters become the mapped tensors: no copy
+        del sub
+        mods = [getattr(m, p.rstrip(".")) for p in prefixes]
+        left = [n for mod in mods for n, t in [*mod.named_parameters(), *mod.named_buffers()] if t.is_meta]
+        if left:
+            raise ModelError(f"{self.checkpoint}: no tensor for {left[:5]}", hint="is this a CMR-CLIP pytorch_model.bin?")
+        return m
+
+    def video(self) -> CMRClip:
+        return self._part(("video_model.", "vid_proj."))
+
+    def text(self) -> CMRClip:
+        state = _read_state(self.checkpoint)
+        sub = {k: v for k, v in state.items() if k.startswith(("text_model.", "txt_proj."))}
+        del state
+        m = _meta_model(self._cfg)
+        emb = cast(torch.nn.Module, m.text_model.embeddings)
+        # BERT's non-persistent buffers hold no weights: made here (a checkpoint's position_ids, when it has them,
+        # are loaded over these)
+        n = self._cfg.text.max_position_embeddings
+        emb.register_buffer("position_ids", torch.arange(n).expand((1, -1)), persistent=False)
+        emb.register_buffer("token_type_ids", torch.zeros((1, n), dtype=torch.long), persistent=False)
+        m.load_state_dict(sub, strict=False, assign=True)
+        del sub
+        left = [n for mod in (m.text_model, m.txt_proj)
+                for n, t in [*mod.named_parameters(), *mod.named_buffers()] if t.is_meta]
+        if left:
+            raise ModelError(f"{self.checkpoint}: no tensor for {left[:5]}", hint="is this a CMR-CLIP pytorch_model.bin?")
+        return m
+
+    def done(self, part: str) -> None:
+        release_memory()
+
+
+def load_cmrclip(checkpoint: Path, config_path: Path) -> tuple[CMRClip, dict[str, Any]]:
+    """Build the whole torch model from a checkpoint + reference config.json; strict key loading. (The import
+    does not use this: it builds one tower at a time, ``CheckpointParts``.)
+
+    Returns (model in eval mode, the parsed config)."""
+    cfg_json = _read_config(config_path)
+    state = _read_state(Path(checkpoint))
+    cfg = _config(state, cfg_json, Path(checkpoint), Path(config_path))
     model = CMRClip(cfg)
     try:
         load_state_dict_strict(model, state)
@@ -74,17 +186,29 @@ def import_cmrclip(
     max_length: int = 512,
     licence: str = DEFAULT_LICENCE,
     options: ExportOptions | None = None,
+    progress: Stage | None = None,
 ) -> ExportReport:
-    """Checkpoint -> model folder ``out`` (see ``cmrdx.train.export``). The reference tokenises lower-cased
-    text (Bio_ClinicalBERT ships no tokenizer config, so BertTokenizer's ``do_lower_case=True`` applies)."""
+    """Checkpoint -> model folder ``out`` (see ``cmrdx.train.export``), one tower in memory at a time (see the
+    module docstring). The reference tokenises lower-cased text (Bio_ClinicalBERT ships no tokenizer config, so
+    BertTokenizer's ``do_lower_case=True`` applies). ``progress(message)`` is told when each stage starts."""
     checkpoint, config_path, vocab, out = map(Path, (checkpoint, config_path, vocab, out))
-    model, cfg_json = load_cmrclip(checkpoint, config_path)
-    with open(vocab, encoding="utf-8") as fh:
-        n_vocab = sum(1 for _ in fh)
-    if n_vocab != model.cfg.text.vocab_size:
-        raise ModelError(f"{vocab} has {n_vocab} tokens but the checkpoint's word embeddings have {model.cfg.text.vocab_size}")
-    v = model.cfg.video
+    stage: Stage = progress or (lambda _msg: None)
+    stage("reading the checkpoint (memory-mapped) and checking its layout")
+    cfg_json = _read_config(config_path)
+    state = _read_state(checkpoint)
+    cfg = _config(state, cfg_json, checkpoint, config_path)
+    check_layout(state, cfg, checkpoint)
+    del state
+    try:
+        with open(vocab, encoding="utf-8") as fh:
+            n_vocab = sum(1 for _ in fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read {vocab}: {exc}", hint="pass the BERT vocab.txt (UTF-8, one token a line)") from exc
+    if n_vocab != cfg.text.vocab_size:
+        raise ModelError(f"{vocab} has {n_vocab} tokens but the checkpoint's word embeddings have {cfg.text.vocab_size}")
+    v = cfg.video
     recipe = get_recipe("cmrclip-v1", frames=v.num_frames, image_size=v.img_size)
+    stage("hashing the checkpoint for the provenance")
     provenance = {
         "source": "CMR-CLIP (Makiya11/CMRCLIP, weights makiyeah/CMRCLIP)",
         "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
@@ -92,7 +216,8 @@ def import_cmrclip(
         "text_model": cfg_json.get("text_params", {}).get("model"),
     }
     return export_model_folder(
-        model, out, vocab_path=vocab, name=name, version=version,
+        CheckpointParts(checkpoint, cfg), out, vocab_path=vocab, name=name, version=version,
         recipe={"name": "cmrclip-v1", "params": recipe.to_dict()},
         lowercase=lowercase, max_length=max_length, provenance=provenance, licence=licence, options=options,
+        progress=stage,
     )
