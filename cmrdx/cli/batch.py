@@ -10,6 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cmrdx.cli.models import precision_option
+
 PACS_CONFIG_HELP = "PACS nodes (default: $CMRDX_PACS_CONFIG, else $CMRDX_HOME/pacs.yaml)."
 
 
@@ -39,6 +41,7 @@ def batch_cmd(
     model: str | None = typer.Option(None, "--model", "-m"),
     bank: list[str] | None = typer.Option(None, "--bank", "-b"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = precision_option(),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Reader processes (default: one per core)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Studies per encoder call."),
     engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
@@ -71,11 +74,16 @@ def batch_cmd(
     check_target(out)  # every output checked before any study is read
     if reports is not None:
         check_folder_target(reports)
-    opts = BatchOptions(model=model, banks=tuple(bank) if bank else ("cmr-findings",), device=device, workers=workers,
-                        batch_size=batch_size, engine=engine, ray_address=address, limit=limit)
+    opts = BatchOptions(model=model, banks=tuple(bank) if bank else ("cmr-findings",), device=device,
+                        precision=precision, workers=workers, batch_size=batch_size, engine=engine, ray_address=address,
+                        limit=limit)
     console = make_console()
+    from cmrdx.cli.progress import interactive
+
+    # the bar only on a terminal: piped, the command prints its table and nothing else
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=False) as prog:
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=False,
+                  disable=not interactive()) as prog:
         task = prog.add_task("batch", total=None, rate="")
         import time
 
@@ -121,6 +129,8 @@ def batch_cmd(
         needed, got = s.transfer.get("instances_needed", 0), s.transfer.get("instances_retrieved", 0)
         t.add_row("PACS transfer", f"{needed} instances read: {got} retrieved "
                                    f"({s.transfer.get('bytes_retrieved', 0) / 1e6:.1f} MB), {needed - got} from the cache")
+    if s.device:
+        t.add_row("encoder", safe(f"{s.device}: {s.precision_note}" if s.precision_note else s.device))
     t.add_row("throughput", f"{s.studies_per_s:.2f} studies/s in {s.seconds:.1f} s "
                             f"(reading {s.prepare_seconds:.1f} s summed over workers, encoding {s.encode_seconds:.1f} s)")
     if stored is not None:

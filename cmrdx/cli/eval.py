@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from cmrdx.cli.models import precision_option
 from cmrdx.vocab import DEFAULT_BANKS, DEFAULT_MODEL
 
 app = typer.Typer(help="Benchmarks on a labelled archive (cmrdx synth archive): zero-shot, retrieval, few-shot.",
@@ -19,23 +20,22 @@ _DATA = typer.Option(..., "--data", help="Archive folder: study folders with DIC
 _BANK = typer.Option(DEFAULT_BANKS[0], "--bank", help="Prompt bank name or YAML file.")
 _JSON = typer.Option(None, "--json", help="Also write the results as JSON to this file.")
 _MD = typer.Option(None, "--markdown", help="Also write the tables as Markdown to this file.")
+_PRECISION = precision_option()
 
 
-def _load(model: str, data: Path, device: str, *, refresh: bool = False):
-    from rich.progress import Progress
-
+def _load(model: str, data: Path, device: str, precision: str = "auto", *, refresh: bool = False):
+    from cmrdx.cli.progress import counter
     from cmrdx.cli.text import console, safe
     from cmrdx.evaluation.benchmarks import load_eval_set
     from cmrdx.model.encoder import Encoder
 
-    enc = Encoder(model, device=device)
+    enc = Encoder(model, device=device, precision=precision)
     con = console(stderr=True)
-    with Progress(console=con, transient=True) as prog:
-        task = prog.add_task("reading + encoding studies", total=None)
-        es = load_eval_set(data, enc, progress=lambda i, n: prog.update(task, completed=i, total=n), refresh=refresh)
+    with counter("reading + encoding studies") as progress:
+        es = load_eval_set(data, enc, progress=progress, refresh=refresh)
     skipped = ", ".join(f"{k}: {v}" for k, v in es.skipped.items()) or "none"
-    con.print(safe(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.device}, {es.cached} from the cache); "
-                   f"skipped: {skipped}"))
+    con.print(safe(f"{len(es.ids)} studies ({enc.manifest.name} on {enc.description}: {enc.precision_note}; "
+                   f"{es.cached} from the cache); skipped: {skipped}"))
     return enc, es
 
 
@@ -61,7 +61,7 @@ def _emit(results: dict[str, Any], md: str, json_out: Path | None, md_out: Path 
 
 @app.command("zeroshot")
 def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
-                 boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CI."),
+                 precision: str = _PRECISION, boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CI."),
                  json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """AUC per finding with a bootstrap 95% CI, and by severity level."""
     from cmrdx.evaluation.benchmarks import markdown_tables, zeroshot
@@ -69,40 +69,40 @@ def zeroshot_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, dev
 
     _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
-    enc, es = _load(model, data, device)
+    enc, es = _load(model, data, device, precision)
     r = zeroshot(es, b, enc, n_boot=boot)
     _emit(r, markdown_tables(r, None, None), json_out, md_out)
 
 
 @app.command("retrieval")
-def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", json_out: Path = _JSON,
-                  md_out: Path = _MD) -> None:
+def retrieval_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", precision: str = _PRECISION,
+                  json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """Report <-> study recall@1/5/10 and median rank."""
     from cmrdx.evaluation.benchmarks import markdown_tables, retrieval
 
     _check(json_out=json_out, md_out=md_out)
-    enc, es = _load(model, data, device)
+    enc, es = _load(model, data, device, precision)
     r = retrieval(es, enc)
     _emit(r, markdown_tables(None, r, None), json_out, md_out)
 
 
 @app.command("fewshot")
-def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", bank: str = _BANK,
-                episodes: int = typer.Option(100, "--episodes", min=1), json_out: Path = _JSON, md_out: Path = _MD) -> None:
+def fewshot_cmd(model: str = _MODEL, data: Path = _DATA, device: str = "cpu", precision: str = _PRECISION,
+                bank: str = _BANK, episodes: int = typer.Option(100, "--episodes", min=1), json_out: Path = _JSON, md_out: Path = _MD) -> None:
     """SimpleShot prototype AUC at 1/2/4/8/16 shots (mean over episodes), for the bank's findings."""
     from cmrdx.evaluation.benchmarks import fewshot, markdown_tables
     from cmrdx.zeroshot.bank import load_bank
 
     _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
-    enc, es = _load(model, data, device)
+    enc, es = _load(model, data, device, precision)
     r = fewshot(es, [f.id for f in b.findings], episodes=episodes)
     _emit(r, markdown_tables(None, None, r), json_out, md_out)
 
 
 @app.command("all")
 def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
-            episodes: int = typer.Option(100, "--episodes", min=1), boot: int = typer.Option(1000, "--bootstrap", min=0),
+            precision: str = _PRECISION, episodes: int = typer.Option(100, "--episodes", min=1), boot: int = typer.Option(1000, "--bootstrap", min=0),
             json_out: Path = _JSON, md_out: Path = _MD,
             record: bool = typer.Option(False, "--record", help="Write the headline metrics into the model's manifest "
                                         "provenance (studies are then encoded afresh, so the encoder time is measured).")) -> None:
@@ -112,7 +112,7 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
 
     _check(json_out=json_out, md_out=md_out)
     b = load_bank(bank)
-    enc, es = _load(model, data, device, refresh=record)
+    enc, es = _load(model, data, device, precision, refresh=record)
     r = evaluate_all(es, b, enc, data=data, n_boot=boot, episodes=episodes)
     _emit(r.to_dict(), r.markdown(), json_out, md_out)
     if record:
@@ -121,7 +121,7 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
 
 @app.command("speed")
 def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/phantom-study"), "--study", help="A study folder."),
-              device: str = "cpu", repeats: int = typer.Option(20, "--repeats", min=1),
+              device: str = "cpu", precision: str = _PRECISION, repeats: int = typer.Option(20, "--repeats", min=1),
               threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads (default: cores available)."),
               json_out: Path = _JSON) -> None:
     """Time one study's embedding: read + recipe once, then the encoder (median of repeats after a warm-up)."""
@@ -130,7 +130,7 @@ def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/pha
     from cmrdx.outputs.common import write_atomic
 
     _check(json_out=json_out)
-    r = speed(study, Encoder(model, device=device, threads=threads), repeats=repeats).to_dict()
+    r = speed(study, Encoder(model, device=device, precision=precision, threads=threads), repeats=repeats).to_dict()
     typer.echo(json.dumps(r, indent=1))
     if json_out:
         write_atomic(json_out, json.dumps(r, indent=1) + "\n")

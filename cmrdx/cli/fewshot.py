@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cmrdx.cli.models import precision_option
 from cmrdx.cli.text import console, safe
 
 app = typer.Typer(help="Few-shot prototypes from a handful of labelled studies.", no_args_is_help=True)
@@ -20,6 +21,7 @@ def fit_cmd(
     shots: int | None = typer.Option(None, "--shots", min=1, help="Use at most k examples per class (the first k rows)."),
     model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = precision_option(),
 ) -> None:
     """Fit prototypes; the file holds embeddings-derived prototypes and labels only, and names its model."""
     from cmrdx.evaluation.archive import StudyEmbeddingCache, embed_labelled, load_labels
@@ -28,10 +30,13 @@ def fit_cmd(
     from cmrdx.zeroshot.fewshot import fit_from_labelled
 
     check_target(out)  # before any study is read
-    enc = get_encoder(model, device)
+    enc = get_encoder(model, device, precision)
     sha = model_sha256(enc.manifest)
     rows = load_labels(labels, data, finding)
-    es = embed_labelled(rows, enc, StudyEmbeddingCache(sha))
+    from cmrdx.cli.progress import counter
+
+    with counter(f"reading + encoding studies ({enc.description})") as progress:
+        es = embed_labelled(rows, enc, StudyEmbeddingCache(sha), progress)
     protos = fit_from_labelled(es, finding or None, shots, enc.manifest.name, sha)
     try:
         protos.save(out)

@@ -328,6 +328,7 @@ class EvalReport:
     zeroshot: dict[str, Any]
     retrieval: dict[str, Any]
     fewshot: dict[str, Any]
+    device: str = ""  # what encoded the studies: "cpu (float32)", "cpu (int8)", ...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,7 +343,13 @@ def evaluate_all(es: EvalSet, bank, encoder, *, data: str | Path, n_boot: int = 
     return EvalReport(model=encoder.manifest.name, data=str(data), n=len(es.ids), skipped=dict(es.skipped),
                       study_read_ms_median=es.read_ms, study_encode_ms_median=es.encode_ms,
                       zeroshot=zeroshot(es, bank, encoder, n_boot=n_boot, seed=seed), retrieval=retrieval(es, encoder),
-                      fewshot=fewshot(es, [f.id for f in bank.findings], episodes=episodes, seed=seed))
+                      fewshot=fewshot(es, [f.id for f in bank.findings], episodes=episodes, seed=seed),
+                      device=encoder_description(encoder))
+
+
+def encoder_description(encoder: Any) -> str:
+    """"cpu (int8)": the device and video precision an encoder runs at (what a result records)."""
+    return f"{getattr(encoder, 'device', '?')} ({getattr(encoder, 'precision', '?')})"
 
 
 def record_metrics(model_root: str | Path, results: EvalReport | dict[str, Any]) -> None:
@@ -357,7 +364,8 @@ def record_metrics(model_root: str | Path, results: EvalReport | dict[str, Any])
     d = json.loads(mpath.read_text())
     zs, rt, fs = results["zeroshot"], results["retrieval"], results["fewshot"]
     metrics: dict[str, Any] = {
-        "benchmark": {"data": results["data"], "n": results["n"], "bank": zs["bank"]},
+        "benchmark": {"data": results["data"], "n": results["n"], "bank": zs["bank"],
+                      **({"device": results["device"]} if results.get("device") else {})},
         "zeroshot_auc": {k: {"auc": round(v["auc"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
                          for k, v in zs["findings"].items()},
         "retrieval": {k: {m: round(x, 4) for m, x in rt[k].items()} for k in ("text_to_study", "study_to_text")},

@@ -18,6 +18,7 @@ class BatchOptions:
     model: str | None = None
     banks: Sequence[str] = DEFAULT_BANKS
     device: str = "auto"
+    precision: str = "auto"  # video precision: auto, float32, float16, int8 (cmrdx.model.encoder.resolve_precision)
     workers: int | None = None  # reader processes; default: one per core (the encoder thread mostly waits)
     batch_size: int = 4
     max_in_flight: int | None = None  # prepared studies held at once; default 2 x workers + batch
@@ -66,6 +67,8 @@ class BatchSummary:
     source: str = ""  # the archive folder, or the PACS query (``pacs://NODE?Keyword=value&...``)
     # a PACS source: instances the studies scored in this run needed, retrieved (not cached) and their bytes
     transfer: dict[str, int] = field(default_factory=dict)
+    device: str = ""  # what encoded: "cpu (int8)" (the local encoder; Ray actors resolve "auto" on their own device)
+    precision_note: str = ""  # why that precision
 
     @property
     def studies_per_s(self) -> float:

@@ -42,10 +42,10 @@ def _prepare_row(row: dict[str, Any], recipe: dict[str, Any], shape: tuple[int, 
 class _EncodeActor:
     """Loads the encoder once per actor and embeds batches of prepared studies."""
 
-    def __init__(self, model_root: str, device: str):
+    def __init__(self, model_root: str, device: str, precision: str = "auto"):
         from cmrdx.model.encoder import Encoder
 
-        self.enc = Encoder(model_root, device=device)
+        self.enc = Encoder(model_root, device=device, precision=precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["ok"].astype(bool)
@@ -67,7 +67,8 @@ def _encoded(row: dict[str, Any]) -> EncodedStudy:
 class RayEngine:
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None, batch_size: int = 4):
+    def __init__(self, address: str | None = None, workers: int | None = None, batch_size: int = 4,
+                 precision: str = "auto"):
         try:
             import ray  # noqa: F401
         except ImportError as exc:
@@ -75,6 +76,7 @@ class RayEngine:
         self.address = address
         self.workers = workers  # CPUs for a Ray started here (default: all)
         self.batch_size = batch_size
+        self.precision = precision  # each actor resolves it on its own device (auto: float16 on a GPU)
         self.prepare_seconds = 0.0
         self.encode_seconds = 0.0  # spent in the actors, not measured here
 
@@ -96,7 +98,7 @@ class RayEngine:
                         num_cpus=1)
             ds = ds.map_batches(
                 _EncodeActor, fn_constructor_kwargs={"model_root": str(job.encoder.manifest.root),
-                                                     "device": "cuda" if gpus else "cpu"},
+                                                     "device": "cuda" if gpus else "cpu", "precision": self.precision},
                 batch_size=self.batch_size, concurrency=max(1, gpus), num_gpus=1 if gpus else 0, batch_format="numpy",
             )
             for row in ds.iter_rows():

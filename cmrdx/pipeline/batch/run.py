@@ -46,7 +46,8 @@ def get_engine(opts: BatchOptions) -> Engine:
     if opts.engine == "ray":
         from cmrdx.pipeline.batch.ray_engine import RayEngine
 
-        return RayEngine(address=opts.ray_address, workers=opts.workers, batch_size=opts.batch_size)
+        return RayEngine(address=opts.ray_address, workers=opts.workers, batch_size=opts.batch_size,
+                         precision=opts.precision)
     raise CmrdxError(f"unknown engine {opts.engine!r}", hint="use --engine local or --engine ray")
 
 
@@ -66,7 +67,7 @@ class _Model:
         from cmrdx.zeroshot.bank import get_bank
         from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings
 
-        enc = get_encoder(opts.model, opts.device)
+        enc = get_encoder(opts.model, opts.device, opts.precision)
         sha = model_sha256(enc.manifest)
         banks = [get_bank(b) for b in opts.banks]
         cache = TextEmbeddingCache(sha)
@@ -167,5 +168,5 @@ def _run(source: StudySource, out: Path, opts: BatchOptions, engine: Engine,
         encode_seconds=engine.encode_seconds, out=out, duplicates=sum(disc.duplicates.values()), files_skipped=disc.skipped,
         journal_skipped=len(journal.skipped_lines), resumed=update.previous, added=len(update.added),
         changed=len(update.changed), removed=len(update.removed), source=source.describe(),
-        transfer=dict(transfer),
+        transfer=dict(transfer), device=model.encoder.description, precision_note=model.encoder.precision_note,
     )
