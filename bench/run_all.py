@@ -30,6 +30,7 @@ SCRIPTS = {  # result name -> the script (and arguments) that regenerate it unde
     "encoder": ["bench_encoder.py", "--out", "bench/results/encoder.md"],
     "recipe_window": ["recipe_window.py", "--out", "bench/results/recipe_window.md"],
     "classify": ["bench_classify.py"],
+    "explain": ["bench_explain.py"],
     "batch": ["bench_batch.py"],
     "pacs": ["bench_pacs.py"],
 }
