@@ -4,7 +4,8 @@ Two sources, one cache format:
 
 * ``PhantomSource``: phantom studies rendered straight to arrays (no DICOM) by ``cmrdx.synth.arrays``: each
   view is a lazy ``StudyView`` that renders only the planes and phases the recipe asks for, so a recipe that
-  uses the middle short-axis slice renders one slice, not the stack.
+  uses the middle short-axis slice renders one slice, not the stack. Classic studies, or the randomised
+  generator's (``variety``, with family filters: ``cmrdx.synth.variety``).
 * ``ArchiveSource``: a folder of study folders (``DICOM/`` + ``report.txt``), read through the user's path
   (``assemble_study``); or the same folders with their reports in one RIS export (CSV / JSONL, matched by
   StudyInstanceUID or AccessionNumber: ``cmrdx.train.reports``). A folder without a report or whose DICOM
@@ -110,34 +111,58 @@ class PhantomSource:
         n: number of studies.
         seed: source seed (>= 0).
         prevalence: chance that each finding is present (severity uniform over mild/moderate/severe).
-        vendors, report_styles: drawn per study; defaults leave out the held-out vendor and phrasing style.
+        vendors, report_styles: drawn per study; defaults leave out the held-out vendor and phrasing styles (the
+            randomised generator's training styles, ``VARIETY_TRAIN_STYLES``, when ``variety``).
         matrix: force a square acquisition matrix (faster rendering), None draws 160-256 as the archive does.
         views: view keys to render (default: those the recipe can use).
+        variety: studies of the randomised generator (``cmrdx.synth.variety``: shapes, scar patterns, LGE and cine
+            contrasts, geometry, ...); False: the classic generator, as before.
+        only_families, exclude_families: family filters of the randomised generator (``"scar:midwall"``, ...; they
+            imply ``variety``): a model trained with ``exclude_families=[F]`` never sees F (leave-one-family-out).
     """
 
     def __init__(self, n: int, seed: int, *, prevalence: float = 0.3, vendors: Sequence[str] = TRAIN_VENDORS,
                  report_styles: Sequence[str] | None = None, matrix: int | None = None,
-                 views: Sequence[str] | None = None):
-        from cmrdx.synth.report import TRAIN_STYLES
+                 views: Sequence[str] | None = None, variety: bool = False,
+                 only_families: Sequence[str] | str | None = None,
+                 exclude_families: Sequence[str] | str | None = None):
+        from cmrdx.synth.report import TRAIN_STYLES, VARIETY_TRAIN_STYLES
+        from cmrdx.synth.variety import FamilyFilter, parse_families
 
         if seed < 0 or n < 0:
             raise ValueError("n and seed must be non-negative")
         if n > 100_000:
             raise ValueError("at most 100000 studies per source seed")
         self.n, self.seed, self.prevalence = n, seed, prevalence
+        # sorted: the filters' order changes no study, so it must not change the cache's identity either
+        self.only_families = tuple(sorted(parse_families(only_families)))
+        self.exclude_families = tuple(sorted(parse_families(exclude_families)))
+        self.variety = bool(variety or self.only_families or self.exclude_families)
+        if self.variety:
+            FamilyFilter.make(self.only_families, self.exclude_families)  # an axis left empty: an error now
         self.vendors = tuple(vendors)
-        self.report_styles = tuple(report_styles or TRAIN_STYLES)
+        self.report_styles = tuple(report_styles or (VARIETY_TRAIN_STYLES if self.variety else TRAIN_STYLES))
         self.matrix = matrix
         self.views = tuple(views) if views else None
         self._drawn: list[tuple[str, str]] | None = None
 
     def describe(self) -> dict[str, Any]:
+        """What the studies are (a cache is reused only for an equal description). A classic source describes
+        itself as it always has, so caches written before the randomised generator stay valid."""
         import cmrdx
         from cmrdx.synth.report import WORDING
 
-        return {"kind": "phantom", "n": self.n, "seed": self.seed, "study_seeds": [self.seed * 100_000, self.seed * 100_000 + self.n - 1],
-                "prevalence": self.prevalence, "vendors": list(self.vendors), "report_styles": list(self.report_styles),
-                "matrix": self.matrix, "generator": f"cmrdx.synth {cmrdx.__version__}", "wording": WORDING}
+        d: dict[str, Any] = {
+            "kind": "phantom", "n": self.n, "seed": self.seed,
+            "study_seeds": [self.seed * 100_000, self.seed * 100_000 + self.n - 1], "prevalence": self.prevalence,
+            "vendors": list(self.vendors), "report_styles": list(self.report_styles), "matrix": self.matrix,
+            "generator": f"cmrdx.synth {cmrdx.__version__}", "wording": WORDING}
+        if self.variety:
+            from cmrdx.synth.variety import VARIETY_VERSION
+
+            d.update({"variety": True, "variety_version": VARIETY_VERSION, "only_families": list(self.only_families),
+                      "exclude_families": list(self.exclude_families)})
+        return d
 
     def __len__(self) -> int:
         return self.n
@@ -164,7 +189,9 @@ class PhantomSource:
         from cmrdx.synth.params import sample_params
 
         s = self.seed * 100_000 + i
-        p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix)
+        p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix,
+                          variety=self.variety, only_families=self.only_families or None,
+                          exclude_families=self.exclude_families or None)
         return Item(id=f"phantom-{s}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
                     labels=dict(p.findings), fast_u8=lambda r: phantom_u8(p, r))
 
@@ -257,6 +284,19 @@ def _labels_from_truth(d: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- cache
+
+
+def cache_key(source_desc: dict[str, Any], recipe: RecipeParams) -> str:
+    """The name of a cache folder that runs of the same studies under the same input recipe share (the stages
+    of a recipe): the kind of source, its size and seed, and a digest of its whole description and the recipe."""
+    import hashlib
+
+    doc = json.dumps({"source": source_desc, "recipe": recipe.to_dict()}, sort_keys=True, default=str)
+    digest = hashlib.sha256(doc.encode("utf-8")).hexdigest()[:12]
+    kind = str(source_desc.get("kind", "data"))
+    size = source_desc.get("n", source_desc.get("folders", ""))
+    seed = f"-seed{source_desc['seed']}" if "seed" in source_desc else ""
+    return f"{kind}-{size}{seed}-{digest}"
 
 
 class StudyCache:

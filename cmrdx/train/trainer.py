@@ -61,7 +61,8 @@ class TrainConfig:
 
     Data: ``phantoms`` studies rendered from source seed ``seed`` (or ``archive``, a folder of study
     folders); ``prevalence`` per finding; ``matrix`` square acquisition matrix of the renders (None: drawn as
-    in DICOM archives). Recipe: cmrclip-v1 with ``frames``, ``image_size``; ``resize`` / ``crop`` zoom in on
+    in DICOM archives); ``variety`` the randomised generator, with ``only_families`` / ``exclude_families``
+    (family names, ``cmrdx.synth.variety``). Recipe: cmrclip-v1 with ``frames``, ``image_size``; ``resize`` / ``crop`` zoom in on
     the heart (crop of the central crop/resize of the field of view). Model: ViT ``patch``/``width``/
     ``depth``/``heads``; BERT ``text_*``; ``projection_dim``. Optimisation: ``epochs`` of ``batch_size``,
     ``lr`` peak, ``warmup_steps``, ``temperature``; ``text_subset_p`` chance of training on 1 to
@@ -77,6 +78,11 @@ class TrainConfig:
     matrix: int | None = 128
     archive: str | None = None
     reports: str | None = None  # a RIS export (CSV / JSONL) of the archive's reports (``cmrdx.train.reports``)
+    # phantoms of the randomised generator (``cmrdx.synth.variety``) instead of the classic one; the family filters
+    # imply it. ``exclude_families`` is what a model is trained without (its leave-one-family-out benchmark)
+    variety: bool = False
+    only_families: list[str] | None = None
+    exclude_families: list[str] | None = None
     val_fraction: float = 0.05
     frames: int = 16
     image_size: int = 96
@@ -144,6 +150,18 @@ class TrainConfig:
             raise ValueError(f"unknown training options {sorted(extra)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
 
+    def __post_init__(self) -> None:
+        # family filters as a sorted list of valid names ("scar:midwall,lge:psir" in a file or on a command line
+        # too): the same filters always make the same config, checkpoint identity and cache
+        from cmrdx.synth.variety import parse_families
+
+        for k in ("only_families", "exclude_families"):
+            v = getattr(self, k)
+            if v is not None:
+                if not isinstance(v, (str, list, tuple)):
+                    raise ValueError(f"{k}: a list of family names such as scar:midwall, not {v!r}")
+                setattr(self, k, sorted(parse_families(v)) or None)
+
     RUNTIME_FIELDS = ("threads", "device", "workers", "max_cache_seconds", "max_train_seconds")
 
     def identity(self) -> dict[str, Any]:
@@ -171,9 +189,13 @@ class TrainConfig:
         if self.reports and not self.archive:
             raise ValueError("reports (a RIS export) are matched to the studies of an archive: give archive too")
         if self.archive:
+            if self.variety or self.only_families or self.exclude_families:
+                raise ValueError("variety, only_families and exclude_families describe phantom studies: drop them "
+                                 "to train on an archive, or drop archive to train on phantoms")
             return ArchiveSource(self.archive, reports=self.reports)
         return PhantomSource(self.phantoms, self.seed, prevalence=self.prevalence, matrix=self.matrix,
-                             views=views_for_recipe(self.recipe()))
+                             views=views_for_recipe(self.recipe()), variety=self.variety,
+                             only_families=self.only_families, exclude_families=self.exclude_families)
 
     def model_config(self, vocab_size: int):
         from cmrdx.train.model import CMRClipConfig, MotionConfig, TextConfig, VideoConfig
@@ -278,9 +300,16 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, work: str | Path, *, progress: bool = True,
                  on_step: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter,
-                 dist: DistInfo | None = None):
+                 dist: DistInfo | None = None, cache_root: str | Path | None = None,
+                 resume_ignore: tuple[str, ...] = ()):
         """``dist``: this process's place in a data-parallel run (its process group already joined, see
-        ``distributed.init``; ``train`` does both); one process alone when None."""
+        ``distributed.init``; ``train`` does both); one process alone when None.
+
+        ``cache_root``: keep the study cache in a subfolder of this folder named by the data and the input recipe
+        (``data.cache_key``), shared by every run that reads the same studies the same way (the stages of a
+        recipe, ``cmrdx.train.stages``); None: ``work/cache``. ``resume_ignore``: config fields a checkpoint may
+        differ in and still be resumed (a stage's ``init_from``, which names the previous stage's file wherever the
+        work folder lies now)."""
         import torch
 
         from cmrdx.train.data import StudyCache, build_cache
@@ -288,6 +317,7 @@ class Trainer:
         from cmrdx.train.tokenizer import load_tokenizer, train_vocab
 
         self.dist = dist or SINGLE
+        self.resume_ignore = tuple(resume_ignore)
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         # a warm start is read first: CMR-CLIP weights set the model's shapes (and so the recipe and the cache)
@@ -347,6 +377,12 @@ class Trainer:
         check_shared_folder(self.work, self.dist)
         self.recipe = cfg.recipe()
         self.source = cfg.source()
+        if cache_root is None:
+            self.cache_dir = self.work / "cache"
+        else:
+            from cmrdx.train.data import cache_key
+
+            self.cache_dir = Path(cache_root) / cache_key(self.source.describe(), self.recipe)
         self.report_match = None
         if self.dist.is_main:  # rank 0 builds the cache; the others wait, then open it
             match = getattr(self.source, "report_match", lambda: None)()
@@ -355,12 +391,12 @@ class Trainer:
                 match.write(self.work / "reports-match.json")
                 self.report_match = match.counts()
             t0 = self.clock()
-            self.cache = build_cache(self.source, self.recipe, self.work / "cache", progress=self.progress,
+            self.cache = build_cache(self.source, self.recipe, self.cache_dir, progress=self.progress,
                                      workers=cfg.workers, max_seconds=cfg.max_cache_seconds)
             self.cache_seconds = self.clock() - t0
         wait_for_main(self.dist)
         if not self.dist.is_main:
-            self.cache = StudyCache(self.work / "cache")
+            self.cache = StudyCache(self.cache_dir)
             self.cache_seconds = 0.0
         self.device = cfg.torch_device()  # after the cache: its worker processes fork before CUDA starts
         if self.device == "cuda":
@@ -477,8 +513,9 @@ class Trainer:
         import torch
 
         st = torch.load(self.ckpt, map_location="cpu", weights_only=False)
-        mine = self.cfg.identity()
-        theirs = TrainConfig.from_dict(st["config"]).identity()  # fields added since take their defaults
+        mine = {k: v for k, v in self.cfg.identity().items() if k not in self.resume_ignore}
+        theirs = {k: v for k, v in TrainConfig.from_dict(st["config"]).identity().items()  # fields added since
+                  if k not in self.resume_ignore}  # take their defaults
         if theirs != mine:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"{self.ckpt} was written with other options ({diff}); use another work folder")
