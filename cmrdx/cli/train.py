@@ -30,7 +30,10 @@ def train_cmd(
                                        "folder, and stop (no training; needs no torch)."),
     phantoms: int = typer.Option(None, "--phantoms", min=1, help="Phantom studies to render (default from the config)."),
     seed: int = typer.Option(None, "--seed", help="Source and training seed."),
-    config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
+    config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields, or a recipe of "
+                                "stages (a 'stages' list: each stage's work in a subfolder of --work, each started "
+                                "from the previous one, the model exported after the last; see "
+                                "cmrdx/train/configs/cmrdx-phantom-small-0.6.0.yaml)."),
     work: Path = typer.Option(None, "--work", help="Cache + checkpoint folder (default $CMRDX_HOME/train/NAME). "
                                                    "Rerunning with the same folder resumes."),
     epochs: int = typer.Option(None, "--epochs", min=1),
@@ -50,6 +53,9 @@ def train_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Log lines instead of progress bars (for logs)."),
 ) -> None:
     """Train on (study, report) pairs and export the model with its manifest.
+
+    A recipe of stages (`--config` with a `stages` list) runs every stage in order and exports the model (and its
+    model card's training section) after the last; rerun the same command to resume. On a GPU when torch sees one.
 
     Data parallel over GPUs and nodes: start it with torchrun (`torchrun --nproc-per-node N -m cmrdx train ...`);
     --batch-size is the global batch, split over the processes."""
@@ -85,15 +91,14 @@ def train_cmd(
             "device": device, "workers": workers,
             "max_train_seconds": max_train_seconds,
             "init_from": str(init_from) if init_from else None}
+    if config is not None and _is_recipe(config):
+        _train_recipe(config, over, out=out, work=work, max_steps=max_steps, no_progress=no_progress)
+        return
     try:
         cfg = TrainConfig.from_file(config, **over) if config else TrainConfig.from_dict({k: v for k, v in over.items() if v is not None})
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    if no_progress:
-        logging.getLogger("cmrdx").setLevel(logging.INFO)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="%(asctime)s %(message)s")
-        logging.getLogger("cmrdx.train.trainer").setLevel(logging.INFO)
+    _log_lines(no_progress)
     work = work or cfgmod.home() / "train" / cfg.name
     for folder in (out, work):  # before hours of training
         check_folder_target(folder)
@@ -114,6 +119,69 @@ def train_cmd(
         con.print(f"not finished: rerun with --work {safe(work)} to resume")
 
 
+def _is_recipe(config: Path) -> bool:
+    from cmrdx.train.stages import is_recipe
+
+    if not config.is_file():
+        raise typer.BadParameter(f"{config}: no such file", param_hint="--config")
+    try:
+        return is_recipe(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+
+
+def _log_lines(no_progress: bool) -> None:
+    if no_progress:
+        logging.getLogger("cmrdx").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(message)s")
+        logging.getLogger("cmrdx.train.trainer").setLevel(logging.INFO)
+
+
+def _train_recipe(config: Path, over: dict[str, object], *, out: Path, work: Path | None, max_steps: int | None,
+                  no_progress: bool) -> None:
+    """``cmrdx train --config RECIPE``: every stage in order, resumable, then the export."""
+    from cmrdx import config as cfgmod
+    from cmrdx.cli.text import console, safe
+    from cmrdx.outputs.common import check_folder_target
+    from cmrdx.train.distributed import env_info
+    from cmrdx.train.stages import load_recipe, run_recipe
+
+    for opt, key in (("--epochs", "epochs"), ("--batch-size", "batch_size")):
+        if over.get(key) is not None:
+            raise typer.BadParameter(f"{config} is a recipe of stages: set {key} in its stages, not on the command "
+                                     "line", param_hint=opt)
+    try:
+        recipe = load_recipe(config, **over)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    _log_lines(no_progress)
+    work = work or cfgmod.home() / "train" / f"{recipe.name}-{recipe.version}"
+    for folder in (out, work):  # before hours of training
+        check_folder_target(folder)
+    main = env_info().is_main
+    con = console()
+    say = (lambda line: con.print(safe(line), highlight=False)) if main else (lambda line: None)
+    command = f"cmrdx train --config {config} --work WORK --out OUT"
+    try:
+        res = run_recipe(recipe, work=work, out=out, progress=not no_progress, max_steps=max_steps, say=say,
+                         command=command)
+    except ValueError as exc:  # settings that do not fit the data, the work folder or the machine
+        raise CmrdxError(str(exc), hint="check the recipe, --init-from and --device, or use another --work "
+                                        "folder") from None
+    if not main:
+        return
+    for r in res.stages:
+        if r.result is not None and r.record:
+            con.print(safe(f"stage {r.stage}: {r.record.get('steps')} steps in "
+                           f"{float(r.record.get('seconds') or 0) / 60:.1f} min on {r.record.get('device')}"),
+                      highlight=False)
+    if res.finished and res.export:
+        con.print(f"exported to {safe(out)}: {safe(', '.join(res.export['files']))} and {safe('MODEL_CARD.md')}")
+    else:
+        con.print(f"not finished: rerun the same command (--work {safe(work)}) to resume")
+
+
 def _check_reports(data: Path, reports: Path, work: Path | None, config: Path | None) -> None:
     """``--check-reports``: the match of a RIS export to an archive, said and written, without training."""
     from cmrdx import config as cfgmod
@@ -122,7 +190,13 @@ def _check_reports(data: Path, reports: Path, work: Path | None, config: Path | 
     from cmrdx.train.trainer import TrainConfig
 
     try:
-        name = TrainConfig.from_file(config).name if config else TrainConfig().name
+        if config is not None and _is_recipe(config):
+            from cmrdx.train.stages import load_recipe
+
+            recipe = load_recipe(config)
+            name = f"{recipe.name}-{recipe.version}"  # the recipe's default work folder
+        else:
+            name = TrainConfig.from_file(config).name if config else TrainConfig().name
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from None
     match = ArchiveSource(data, reports=reports).report_match()
