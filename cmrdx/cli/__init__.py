@@ -17,6 +17,7 @@ from cmrdx import __version__
 from cmrdx.cli import batch as _batch
 from cmrdx.cli import classify as _classify
 from cmrdx.cli import eval as _eval
+from cmrdx.cli import explain as _explain
 from cmrdx.cli import fewshot as _fewshot
 from cmrdx.cli import inspect as _inspect
 from cmrdx.cli import listen as _listen
@@ -70,6 +71,7 @@ def _root(
 # --- command registration: one line per command or group ---
 app.command("inspect")(_inspect.inspect_cmd)
 app.command("classify")(_classify.classify_cmd)
+app.command("explain")(_explain.explain_cmd)
 app.add_typer(_prompts.app, name="prompts")
 app.add_typer(_fewshot.app, name="fewshot")
 app.command("batch")(_batch.batch_cmd)
