@@ -270,12 +270,15 @@ def _check_record(rec: dict[str, Any], st: Stage, cfg: TrainConfig, folder: Path
 def _prebuild_caches(recipe: Recipe, work: Path, todo: list[Stage], *, progress: bool,
                      say: Callable[[str], None]) -> None:
     """Render every cache the unfinished stages read, once each, before any training (rendering processes fork
-    before CUDA or torch's threads start; a recipe whose data cannot be made fails before hours of training)."""
+    before CUDA or torch's threads start; a recipe whose data cannot be made fails before hours of training). A
+    stage with ``max_cache_seconds`` fills its own cache when it starts."""
     from cmrdx.train.data import build_cache, cache_key
 
     made: set[str] = set()
     for st in todo:
         cfg = _stage_config(st, None, {})
+        if cfg.max_cache_seconds is not None:
+            continue  # a time-limited cache is filled by its stage (else it would get the budget twice)
         recipe_p, source = cfg.recipe(), cfg.source()
         key = cache_key(source.describe(), recipe_p)
         if key in made:
