@@ -279,3 +279,17 @@ def test_a_recipe_chains_its_stages_resumes_inside_a_stage_and_repeats_for_its_s
     changed = dict(TINY, stages=[dict(TINY["stages"][0], lr=1e-3), TINY["stages"][1]])
     with pytest.raises(ValueError, match=r"stage 1 \(scratch\) in .* was trained with other settings"):
         run_recipe(load_recipe(_write(tmp_path / "changed.yaml", changed)), work=work_a, out=None, progress=False)
+
+
+def test_the_command_line_sets_no_per_stage_sizes_on_a_recipe(tmp_path):
+    pytest.importorskip("torch")
+    from cmrdx.cli import app
+
+    cfg = _write(tmp_path / "tiny.yaml", TINY)
+    for opt in ("--epochs", "--batch-size"):
+        r = CliRunner().invoke(app, ["train", "--config", str(cfg), opt, "3", "--out", str(tmp_path / "m")])
+        said = " ".join(r.output.replace("\u2502", " ").split())  # without the error box's borders
+        assert r.exit_code == 2 and f"is a recipe of stages: set {opt[2:].replace('-', '_')} in its stages" in said
+    r = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "nope.yaml:nosuchfile" in "".join(r.output.replace("\u2502", " ").split())
+    assert not (tmp_path / "m").exists()
