@@ -266,10 +266,13 @@ def test_a_graph_key_changes_with_the_source_the_runtime_and_the_provider():
 def test_a_remembered_hash_is_used_only_for_the_same_file(int8_model, tmp_path, monkeypatch):
     d = _copy(int8_model, tmp_path / "m")
     f = d / "tokenizer.json"
+    st = f.stat()
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
     # a file changed within the last RACY_NS is hashed every time (its change could hide in the timestamps)
+    monkeypatch.setattr(manifest_mod, "_now_ns", lambda: changed + manifest_mod.RACY_NS)
     manifest_mod.known_sha256(f)
     assert not list((Path(os.environ["CMRDX_HOME"]) / "cache" / "verified").glob("*.json"))
-    monkeypatch.setattr(manifest_mod, "RACY_NS", -1)
+    monkeypatch.setattr(manifest_mod, "_now_ns", lambda: changed + manifest_mod.RACY_NS + 1)
     want = manifest_mod.sha256_file(f)
     assert manifest_mod.known_sha256(f) == want
     entries = list((Path(os.environ["CMRDX_HOME"]) / "cache" / "verified").glob("*.json"))

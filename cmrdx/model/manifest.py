@@ -65,6 +65,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 # a hash is remembered only when the file was last changed more than RACY_NS before hashing began (a change within
 # the timestamp granularity of the file system could otherwise go unseen). `cmrdx models verify` never uses it.
 RACY_NS = 2_000_000_000
+_now_ns = time.time_ns  # the clock (tests inject their own)
 
 
 def _file_identity(st: os.stat_result) -> list[int]:
@@ -91,7 +92,7 @@ def known_sha256(path: Path) -> str:
             return str(rec["sha256"])
     except (OSError, ValueError, AttributeError):
         pass
-    began = time.time_ns()
+    began = _now_ns()
     digest = sha256_file(path)
     if began - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS and _file_identity(os.stat(path)) == ident:
         try:

@@ -193,15 +193,16 @@ def validate_int8(model: str | Path | Manifest, *, studies: Sequence[str | Path]
     text_emb = None
     encoders: dict[str, Any] = {}
     for prec in ("float32", "int8"):
-        enc = Encoder(manifest=manifest, device="cpu", precision=prec, threads=threads)
+        # no memory arena: a full-size float32 session would otherwise grow with every study
+        enc = Encoder(manifest=manifest, device="cpu", precision=prec, threads=threads, memory_arena=False)
 
         def each(done: int, total: int, prec: str = prec) -> None:
             if progress and done < total:
                 progress(f"embedding study {done + 1}/{total} with the {prec} file")
 
         emb[prec] = enc.encode_studies(x, progress=each)  # one study at a time: a full-size model's memory stays low
-        if text_emb is None:
-            text_emb = bank_text_embeddings(b, enc.encode_texts, None)  # float32 text tower: the same for both
+        if prec == "int8":  # the text tower (float32, the same for both) beside the small int8 session
+            text_emb = bank_text_embeddings(b, enc.encode_texts, None)
         if data is not None:
             encoders[prec] = enc
         else:

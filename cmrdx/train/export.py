@@ -274,6 +274,7 @@ def _session(path: Path, threads: int | None = None):
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or cpu_count()
+    so.enable_cpu_mem_arena = False  # one run each: memory given back after it, not held for the next
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
