@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,7 +51,11 @@ def vocab_words(n: int = 28996) -> list[str]:
     chars = [chr(c) for c in range(33, 127)]
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     seen: set[str] = set(SPECIALS.values())
-    pool = [w for w in chars + pieces + sorted({w.lower() for w in words} | set(words)) if not (w in seen or seen.add(w))]
+    pool = []
+    for w in chars + pieces + sorted({w.lower() for w in words} | set(words)):
+        if w not in seen:
+            seen.add(w)
+            pool.append(w)
     out: list[str] = []
     it = iter(pool)
     for i in range(n):
@@ -157,7 +162,7 @@ def measured(cmd: list[str], env: dict[str, str], every: float = 0.2) -> dict[st
             "peak_rss_gb": peak_kb / 1e6, "out": text[-3000:]}
 
 
-def import_once(src: Path, out: Path, tree: Path | None, extra: list[str] = ()) -> dict[str, object]:  # type: ignore[assignment]
+def import_once(src: Path, out: Path, tree: Path | None, extra: tuple[str, ...] = ()) -> dict[str, object]:
     """One `cmrdx models import-cmrclip` of the checkpoint in ``src`` into ``out`` (``extra``: more options)."""
     cmd = [sys.executable, "-m", "cmrdx", "models", "import-cmrclip", "--checkpoint", str(src / "pytorch_model.bin"),
            "--config", str(src / "config.json"), "--vocab", str(src / "vocab.txt"), "--out", str(out), *extra]
@@ -182,7 +187,7 @@ def import_stages(src: Path, out: Path) -> list[dict[str, object]]:
 
     rows: list[dict[str, object]] = []
     t0 = time.perf_counter()
-    state = {"stage": "start", "t": t0}
+    state: dict[str, Any] = {"stage": "start", "t": t0}
 
     def close() -> None:
         rows.append({"stage": state["stage"], "s": round(time.perf_counter() - float(state["t"]), 1),
@@ -370,13 +375,13 @@ def main() -> None:
     i.add_argument("--json", type=Path, default=None, help="also write the measurement here")
     i.add_argument("--label", default=None, help="how the results table names this run")
     i.add_argument("--no-validate", action="store_true", help="pass --no-validate (no int8 validation)")
-    r = sub.add_parser("run")
-    r.add_argument("--model", type=Path, required=True, help="the model folder the import wrote")
-    r.add_argument("--base-tree", type=Path, default=None, help="the code before, for same-run ratios")
-    r.add_argument("--base-commit", default=None, help="the commit the base tree is")
-    r.add_argument("--import-json", nargs="*", default=[], help="measurements written by `import --json`")
-    r.add_argument("--repeat", type=int, default=3)
-    r.add_argument("--out", type=Path, default=None)
+    rp = sub.add_parser("run")
+    rp.add_argument("--model", type=Path, required=True, help="the model folder the import wrote")
+    rp.add_argument("--base-tree", type=Path, default=None, help="the code before, for same-run ratios")
+    rp.add_argument("--base-commit", default=None, help="the commit the base tree is")
+    rp.add_argument("--import-json", nargs="*", default=[], help="measurements written by `import --json`")
+    rp.add_argument("--repeat", type=int, default=3)
+    rp.add_argument("--out", type=Path, default=None)
     g = sub.add_parser("import-stages")
     g.add_argument("dir", type=Path)
     g.add_argument("--out", type=Path, required=True)
@@ -391,7 +396,7 @@ def main() -> None:
     elif args.cmd == "checkpoint":
         write_checkpoint(args.dir)
     elif args.cmd == "import":
-        r = import_once(args.dir, args.out, args.tree, ["--no-validate"] if args.no_validate else [])
+        r = import_once(args.dir, args.out, args.tree, ("--no-validate",) if args.no_validate else ())
         r["label"] = args.label
         text = json.dumps(r, indent=1)
         print(text)
