@@ -43,4 +43,5 @@ def fit_cmd(
     except OSError as exc:
         raise OutputError.from_os_error(exc, out) from exc
     console().print(safe(f"wrote {out}: {len(protos.findings)} finding(s), shots (absent/present): "
-                         + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots))))
+                         + ", ".join(f"{f} {s[0]}/{s[1]}" for f, s in zip(protos.findings, protos.shots))
+                         + f"; embeddings from {enc.manifest.name} on {enc.description}"))

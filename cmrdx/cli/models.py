@@ -135,7 +135,8 @@ def reference_cmd(
               + (f"; left out: {safe(left)}" if left else "") + (f"; {built.duplicates} duplicates" if built.duplicates else ""))
     m2 = install_reference(m, ref, replace=replace)
     typer.echo(plain(f"wrote {m2.root / m2.reference['file']}: {ref.n} studies, k={ref.k}, threshold {ref.threshold:.4f} "
-                     f"(the {ref.quantile:.0%} quantile of the reference's own leave-one-out scores)"))
+                     f"(the {ref.quantile:.0%} quantile of the reference's own leave-one-out scores; {ref.precision} "
+                     "embeddings)"))
 
 
 @app.command("import-cmrclip")
