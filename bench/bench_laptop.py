@@ -357,8 +357,10 @@ def run(args: argparse.Namespace) -> str:
               "git archive BASE_COMMIT | tar -x -C BASE   # the code before, for the same-run baseline",
               "python bench/bench_laptop.py import CKPT --out MODEL_BASE --tree BASE --json import-before.json",
               "python bench/bench_laptop.py import CKPT --out MODEL --json import-after.json",
-              f"python bench/bench_laptop.py run --model MODEL --base-tree BASE --repeat {args.repeat} "
-              "--import-json import-before.json import-after.json --out bench/results/laptop.md",
+              "python bench/bench_laptop.py import CKPT --out MODEL_NV --no-validate --json import-after-nv.json",
+              f"python bench/bench_laptop.py run --model MODEL --base-tree BASE --base-commit BASE_COMMIT "
+              f"--repeat {args.repeat} --import-json import-before.json import-after.json import-after-nv.json "
+              "--out bench/results/laptop.md",
               "```", ""]
     return "\n".join(lines)
 
