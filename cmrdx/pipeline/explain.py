@@ -78,7 +78,7 @@ class ExplainOptions:
     grid: int = 4
     region_views: int = 1
     region_segments: tuple[str, ...] = ()
-    batch: int = 16
+    batch: int = 4
 
     def __post_init__(self) -> None:
         if self.phase_windows < 0 or self.grid < 0 or self.region_views < 0 or self.batch < 1:
