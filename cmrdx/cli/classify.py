@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cmrdx.cli.models import precision_option
 from cmrdx.cli.text import console as _console
 from cmrdx.cli.text import plain, safe
 from cmrdx.vocab import Call
@@ -22,6 +23,7 @@ def classify_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or folder (default: the bundled model)."),
     bank: list[str] | None = typer.Option(None, "--bank", "-b", help="Prompt bank name or YAML file (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
+    precision: str = precision_option(),
     study: str | None = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Also write the JSON result to this file."),
@@ -62,15 +64,18 @@ def classify_cmd(
         from cmrdx.outputs import StudySource
         from cmrdx.pacs.study import read_pacs_study
 
-        ps = read_pacs_study(study_dir, get_encoder(model, device).manifest.recipe_params(), config=pacs_config,
+        ps = read_pacs_study(study_dir, get_encoder(model, device, precision).manifest.recipe_params(), config=pacs_config,
                              all_views=report is not None)
         src, pacs = StudySource.from_pacs(ps), ps.to_dict()
     elif report or sr or target:  # these outputs need the study's headers and pixels: read once, shared with classify
         from cmrdx.outputs import StudySource
 
         src = StudySource.read(study_dir, study)
-    res = classify(src.study if src else study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
-                   prototypes=prototypes, explain=explain)
+    from cmrdx.cli.progress import stages
+
+    with stages("classifying", enabled=not as_json) as stage:
+        res = classify(src.study if src else study_dir, model=model, banks=tuple(bank) if bank else DEFAULT_BANKS, device=device, study_uid=study,
+                       prototypes=prototypes, precision=precision, progress=stage, explain=explain)
     res.pacs = pacs
     if db is not None:
         from cmrdx.pipeline.priors import add_similar

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cmrdx.cli.models import precision_option
 from cmrdx.cli.text import console, safe
 
 
@@ -18,6 +19,7 @@ def index_cmd(
     model: str | None = typer.Option(None, "--model", "-m"),
     device: str = typer.Option("auto", "--device"),
     ann: str = typer.Option("auto", "--ann", help="auto (FAISS IVF from 200k studies), exact or ivf."),
+    precision: str = precision_option(),
 ) -> None:
     """Build an embedding store from an archive or a batch run."""
     from cmrdx.pipeline.search import index_archive, store_from_batch
@@ -25,7 +27,7 @@ def index_cmd(
     if (archive is None) == (from_batch is None):
         raise typer.BadParameter("give an ARCHIVE or --from-batch RESULTS (one of them)")
     if archive is not None:
-        info, s = index_archive(archive, db, model=model, device=device, ann=ann)
+        info, s = index_archive(archive, db, model=model, device=device, ann=ann, precision=precision)
         console().print(f"embedded {s.ok} studies ({sum(s.failed.values())} failed) in {s.seconds:.1f} s")
     elif from_batch is not None:
         info = store_from_batch(from_batch, db, ann=ann)
@@ -73,9 +75,10 @@ def similar_cmd(
     device: str = typer.Option("auto", "--device"),
     show_phi: bool = typer.Option(False, "--show-phi"),
     as_json: bool = typer.Option(False, "--json"),
+    precision: str = precision_option(),
 ) -> None:
     """The store's studies nearest to a given study."""
     from cmrdx.pipeline.search import similar
 
-    hits = similar(db, study_dir, k, model=model, device=device, show_phi=show_phi)
+    hits = similar(db, study_dir, k, model=model, device=device, show_phi=show_phi, precision=precision)
     _show(hits, f"studies like {study_dir}", show_phi, as_json)

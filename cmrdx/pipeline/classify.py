@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,10 +134,12 @@ def classify(
     model: str | Path | None = None,
     banks: Sequence[str | Path] = DEFAULT_BANKS,
     device: str = "auto",
+    precision: str = "auto",
     study_uid: str | None = None,
     text_cache_dir: Path | None = None,
     prototypes: str | os.PathLike[str] | None = None,
     pacs_config: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
     explain: bool | ExplainOptions = False,
     explain_findings: Sequence[str] | None = None,
 ) -> ClassifyResult:
@@ -153,13 +155,18 @@ def classify(
 
     Raises the DICOM layer's errors (NoDicomError, NoCineError, ...), ModelError / PromptBankError, and the PACS
     clients' errors for an address; UsageError for an ``explain_findings`` id no bank has.
+
+    ``precision``: auto, float32, float16 or int8 (``cmrdx.model.encoder``); ``progress(message)`` is told when
+    each stage starts (the CLI shows it on a terminal).
     """
     from cmrdx.recipe import apply_recipe
 
+    stage = progress or (lambda _msg: None)
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     loaded_banks = [get_bank(b) for b in banks]  # bank errors before any heavy work
-    enc = get_encoder(model, device)
+    stage("loading the model")
+    enc = get_encoder(model, device, precision)
     if explain_findings:
         known = {f.id for b in loaded_banks for f in b.findings}
         unknown = [x for x in explain_findings if x not in known]
@@ -167,6 +174,7 @@ def classify(
             raise UsageError(f"--finding {', '.join(unknown)}: no such finding in the prompt banks",
                              hint=f"use one of: {', '.join(sorted(known))}")
     t["load_ms"] = (time.perf_counter() - t0) * 1000
+    stage("reading the study")
     t1 = time.perf_counter()
     pacs: dict[str, Any] = {}
     if isinstance(path, str) and is_address(path):
@@ -181,6 +189,7 @@ def classify(
     rr = apply_recipe(study, enc.manifest.recipe_params())
     t["recipe_ms"] = (time.perf_counter() - t2) * 1000
     t3 = time.perf_counter()
+    stage(f"encoding the study ({enc.manifest.name}, {enc.description})")
     emb = enc.encode_studies(rr.array[None])[0]
     t["encode_ms"] = (time.perf_counter() - t3) * 1000
     t4 = time.perf_counter()
@@ -239,7 +248,7 @@ def classify(
         model={"name": enc.manifest.name, "version": enc.manifest.version, "sha256": msha,
                "recipe": enc.manifest.recipe.get("name"), "licence": enc.manifest.licence},
         banks=[{"name": b.name, "version": b.version, "sha256": b.sha256, "path": str(b.path)} for b in loaded_banks],
-        device=f"{enc.device} ({enc.precision})",
+        device=enc.description,
         views_used={seg: {k: v for k, v in rec.items() if k != "series_uids"} for seg, rec in rr.used.items()},
         series_used=used_series,
         warnings=_input_warnings(study, rr),

@@ -159,7 +159,7 @@ def store_from_batch(batch_out: Path, db: Path, *, ann: str = "auto", archive: s
 
 
 def index_archive(archive: str | os.PathLike[str], db: str | os.PathLike[str], *, model: str | None = None,
-                  device: str = "auto", ann: str = "auto") -> tuple[dict[str, Any], BatchSummary]:
+                  device: str = "auto", ann: str = "auto", precision: str = "auto") -> tuple[dict[str, Any], BatchSummary]:
     """Embed an archive with a batch run kept in the store (``DB/batch.jsonl``, resumable like any batch run)
     and build the store from it. Returns the store's ``index.json`` and the batch run's summary."""
     from cmrdx.outputs.common import check_folder_target
@@ -168,7 +168,7 @@ def index_archive(archive: str | os.PathLike[str], db: str | os.PathLike[str], *
     archive, db = Path(archive), Path(db)
     check_folder_target(db)  # before the archive is read and encoded
     out = db / "batch.jsonl"
-    summary = run_batch(archive, out, BatchOptions(model=model, device=device))
+    summary = run_batch(archive, out, BatchOptions(model=model, device=device, precision=precision))
     return store_from_batch(out, db, ann=ann, archive=str(archive.resolve())), summary
 
 
@@ -176,14 +176,15 @@ def open_store(store: Store | str | os.PathLike[str]) -> Store:
     return store if isinstance(store, Store) else Store(Path(store))
 
 
-def store_encoder(store: Store | str | os.PathLike[str], model: str | None = None, device: str = "auto") -> Encoder:
+def store_encoder(store: Store | str | os.PathLike[str], model: str | None = None, device: str = "auto",
+                  precision: str = "auto") -> Encoder:
     """The encoder to query ``store`` with: ``model`` (default: the store's own model), refused unless it is
     the model that built the store."""
     from cmrdx.model.loader import get_encoder, model_sha256
 
     store = open_store(store)
     try:
-        enc = get_encoder(model or store.info["model"], device)
+        enc = get_encoder(model or store.info["model"], device, precision)
     except ModelError as exc:
         raise ModelError(f"{store.db} was built with model {store.info['model']!r}, which is not installed: {exc.message}",
                          hint="pass --model with that model's folder") from exc
@@ -203,7 +204,8 @@ def search(store: Store | str | os.PathLike[str], text: str, k: int = 10, *, mod
 
 
 def similar(store: Store | str | os.PathLike[str], study: str | os.PathLike[str] | Study, k: int = 10, *,
-            model: str | None = None, device: str = "auto", exact: bool = False, show_phi: bool = False) -> list[Hit]:
+            model: str | None = None, device: str = "auto", exact: bool = False, show_phi: bool = False,
+            precision: str = "auto") -> list[Hit]:
     """The ``k`` studies of ``store`` nearest to ``study`` (a study folder or an assembled Study), best first;
     the study itself is among them when the store holds it."""
     from cmrdx.recipe import apply_recipe
@@ -211,7 +213,7 @@ def similar(store: Store | str | os.PathLike[str], study: str | os.PathLike[str]
     from cmrdx.study.types import Study
 
     store = open_store(store)
-    enc = store_encoder(store, model, device)
+    enc = store_encoder(store, model, device, precision)
     st = study if isinstance(study, Study) else assemble_study(study)
     x = apply_recipe(st, enc.manifest.recipe_params()).array
     q = enc.encode_studies(x[None])[0]
