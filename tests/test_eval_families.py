@@ -143,3 +143,25 @@ def test_a_randomised_archive_reads_through_the_evaluation_path(tmp_path):
     assert len(es.ids) == 3 and not es.skipped
     fams = study_families(arch, es.ids)
     assert all({"lge:psir", "views:missing"} <= f for f in fams)
+
+
+def test_eval_families_command_scores_a_held_out_family_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    """`cmrdx eval families` with the bundled model on a small randomised archive: a table per family, the held-out
+    family's verdict against the target, the JSON written; an unknown family is a usage error."""
+    from typer.testing import CliRunner
+
+    from cmrdx.cli import app
+    from cmrdx.synth import write_archive
+
+    monkeypatch.setenv("CMRDX_HOME", str(tmp_path / "home"))
+    arch = tmp_path / "arch"
+    write_archive(arch, 6, 17, prevalence=0.5, n_phases=6, matrix=64, variety=True, distractors=False)
+    out = tmp_path / "fam.json"
+    r = CliRunner().invoke(app, ["eval", "families", "--data", str(arch), "--family", "cine:bssfp", "--bootstrap", "0",
+                                 "--min-positives", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert [v["family"] for v in d["lofo"]] == ["cine:bssfp"] and "threshold" in d["lofo"][0]
+    assert "cine:bssfp" in r.output and "AUC >= 0.85" in r.output  # the verdict line (wrapped by the terminal)
+    r = CliRunner().invoke(app, ["eval", "families", "--data", str(arch), "--family", "scar:nonsense"])
+    assert r.exit_code == 2 and "--family" in r.output

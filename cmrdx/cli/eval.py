@@ -119,6 +119,41 @@ def all_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: 
         record_metrics(enc.manifest.root, r)
 
 
+@app.command("families")
+def families_cmd(model: str = _MODEL, bank: str = _BANK, data: Path = _DATA, device: str = "cpu",
+                 precision: str = _PRECISION,
+                 family: list[str] = typer.Option([], "--family", help="Family to score (repeatable; default: every "
+                                                  "family of the archive), e.g. scar:midwall, lge:psir."),
+                 boot: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% CI."),
+                 min_positives: int = typer.Option(5, "--min-positives", min=1, help="Fewest positives (and "
+                                                   "negatives) for a finding's AUC on a family."),
+                 threshold: float = typer.Option(0.85, "--threshold", help="Target AUC of a held-out family's "
+                                                 "findings (leave-one-family-out)."),
+                 json_out: Path = _JSON, md_out: Path = _MD) -> None:
+    """Zero-shot AUC per finding on each appearance family of a randomised archive (`cmrdx synth archive
+    --variety`): the test side of a leave-one-family-out split (`--only-families F`)."""
+    from cmrdx.evaluation.families import family_zeroshot, lofo_verdict, markdown_families
+    from cmrdx.synth.variety import parse_families
+    from cmrdx.zeroshot.bank import load_bank
+
+    try:
+        fams = parse_families(family) or None
+    except ValueError as e:
+        raise typer.BadParameter(f"--family: {e}") from None
+    _check(json_out=json_out, md_out=md_out)
+    b = load_bank(bank)
+    enc, es = _load(model, data, device, precision)
+    r = family_zeroshot(es, data, b, enc, families=fams, n_boot=boot, min_positives=min_positives)
+    md = markdown_families(r)
+    if fams:
+        r["lofo"] = [lofo_verdict(r, f, threshold) for f in fams]
+        md += "\n" + "\n".join(
+            f"- held out `{v['family']}`: "
+            + ", ".join(f"{k} {a:.3f}" if a is not None else f"{k} -" for k, a in v["auc"].items())
+            + f" -> {'meets' if v['passed'] else 'misses'} AUC >= {v['threshold']:g}" for v in r["lofo"]) + "\n"
+    _emit(r, md, json_out, md_out)
+
+
 @app.command("speed")
 def speed_cmd(model: str = _MODEL, study: Path = typer.Option(Path("examples/phantom-study"), "--study", help="A study folder."),
               device: str = "cpu", precision: str = _PRECISION, repeats: int = typer.Option(20, "--repeats", min=1),
