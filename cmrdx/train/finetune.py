@@ -17,6 +17,10 @@ from the checkpoint, and records what it changed. A cmrdx checkpoint, in contras
   ``provenance.checkpoint.file`` gives, its sha256 equal to ``provenance.checkpoint.sha256``. The vocabulary is
   the folder's ``tokenizer.json`` (checked against the manifest), the head counts its recorded ``config.json``.
   An import without the weights is refused with the way out (the ONNX files cannot be trained).
+* a model folder exported by cmrdx training (``provenance.architecture`` in its manifest, the bundled model's
+  case): its torch weights are recovered from its float32 ONNX files and proved against them
+  (``cmrdx.train.recover``); the run's config must give the same shapes. Only the files recovery reads need be
+  there (the float32 ONNX files and the tokenizer, each checked against the manifest's sha256).
 """
 
 from __future__ import annotations
@@ -189,9 +193,11 @@ def _from_model_folder(folder: Path) -> WarmStart:
         raise ValueError(f"init_from {folder}: unreadable manifest ({exc})") from None
     ck = (m.provenance or {}).get("checkpoint") or {}
     if not ck.get("file") or not ck.get("sha256"):
+        if (m.provenance or {}).get("architecture"):
+            return _from_cmrdx_folder(folder, m)
         raise ValueError(f"init_from {folder}: model {m.name} {m.version} was not imported from a CMR-CLIP checkpoint "
-                         "(its manifest names no provenance.checkpoint): give the checkpoint.pt or trained.pt it was "
-                         "trained as")
+                         "(its manifest names no provenance.checkpoint) nor exported by cmrdx training (no "
+                         "provenance.architecture): give the checkpoint.pt or trained.pt it was trained as")
     weights = folder / Path(ck["file"]).name
     if not weights.is_file():
         raise ValueError(f"init_from {folder}: the folder holds the ONNX model only, not the torch weights "
@@ -218,6 +224,36 @@ def _from_model_folder(folder: Path) -> WarmStart:
     info = {"source": "CMR-CLIP model folder", "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
             "file": weights.name, "sha256": ck["sha256"], "config": config or None, "steps": 0}
     return WarmStart(state, vocab, info, arch)
+
+
+def _from_cmrdx_folder(folder: Path, m: Any) -> WarmStart:
+    """A model folder exported by cmrdx training (the bundled model, say): its torch weights recovered from its
+    float32 ONNX files (``recover.recover``, proved against the folder's own outputs), its vocabulary from its
+    tokenizer.json. The run's config must give the same shapes, as for a cmrdx checkpoint."""
+    from cmrdx.train.recover import RecoveryError, recover
+
+    tok = m.tokenizer or {}
+    files = {"video": m.video["float32"], "text": m.text["file"]}
+    # the files recovery reads, by the manifest's sha256: the weights a run starts from are the ones users ran (a
+    # training base may leave out what only inference reads: the float16 and int8 copies, the reference)
+    for rel in (*files.values(), tok.get("file", "tokenizer.json")):
+        want = (m.files.get(rel) or {}).get("sha256")
+        if not (folder / rel).is_file():
+            raise ValueError(f"init_from {folder}: {rel} is missing")
+        if not want or _sha256(folder / rel) != want:
+            raise ValueError(f"init_from {folder / rel}: altered since export (its sha256 is not the manifest's)")
+    try:
+        rec = recover(folder, files, m.provenance or {})
+    except RecoveryError as exc:
+        raise ValueError(f"init_from {exc}") from None
+    vocab = _vocab_from_tokenizer(folder / tok.get("file", "tokenizer.json"), int(rec.arch["text"]["vocab_size"]))
+    tr = (m.provenance or {}).get("training") or {}
+    info = {"source": "cmrdx model folder (weights recovered from its ONNX files)",
+            "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+            "steps": int(tr.get("steps", 0)), "seconds": tr.get("seconds"), "config": tr.get("config"),
+            "recovery": {**{k: float(f"{v:.3g}") for k, v in rec.checks.items()}, "not_in_onnx": rec.unused},
+            "initialised_from": (m.provenance or {}).get("initialised_from")}
+    return WarmStart(rec.state, vocab, info)
 
 
 def adopt_architecture(cfg: Any, arch: CMRClipConfig) -> tuple[Any, dict[str, list[Any]]]:
