@@ -110,9 +110,12 @@ def test_an_imported_model_folder_starts_a_run_when_it_keeps_the_weights(first, 
     (folder / "pytorch_model.bin").write_bytes(b"not the weights")
     with pytest.raises(ValueError, match="not the checkpoint the model was imported from"):
         Trainer(cfg, tmp_path / "w0", progress=False)
-    # the released checkpoint kept in the folder (what the import is to keep): the run starts from it, with the
-    # vocabulary of the folder's tokenizer.json and the head counts of its recorded config.json
-    shutil.copyfile(d / "pytorch_model.bin", folder / "pytorch_model.bin")
+    # imported again keeping the weights (the file above replaced): the run starts from the checkpoint kept in the
+    # folder, with the vocabulary of the folder's tokenizer.json and the head counts of its recorded config.json
+    rep = import_cmrclip(d / "pytorch_model.bin", d / "config.json", d / "vocab.txt", folder, name="tiny",
+                         options=ExportOptions(float16=False, int8=False), keep_weights=True)
+    assert "pytorch_model.bin" in rep.files
+    assert (folder / "pytorch_model.bin").read_bytes() == (d / "pytorch_model.bin").read_bytes()
     tr = Trainer(cfg, _work(first, tmp_path / "w2"), progress=False)
     _same_weights(tr.model, state)
     assert (tr.work / "vocab.txt").read_text().splitlines() == WORDS

@@ -141,9 +141,21 @@ def reference_cmd(
 
 @app.command("import-cmrclip")
 def import_cmrclip_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", exists=True, dir_okay=False, help="pytorch_model.bin"),
-    config: Path = typer.Option(..., "--config", exists=True, dir_okay=False, help="the checkpoint's config.json"),
-    vocab: Path = typer.Option(..., "--vocab", exists=True, dir_okay=False, help="the BERT vocab.txt"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", exists=True, dir_okay=False, help="pytorch_model.bin"),
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                       help="the checkpoint's config.json"),
+    vocab: Path | None = typer.Option(None, "--vocab", exists=True, dir_okay=False, help="the BERT vocab.txt"),
+    from_hub: bool = typer.Option(False, "--from-hub", help="fetch config.json and pytorch_model.bin from the Hugging "
+                                  "Face Hub (--repo, --revision) and the vocab.txt of the BERT its config names, "
+                                  "verify them, and import them (instead of --checkpoint/--config/--vocab). "
+                                  "HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE apply"),
+    repo: str | None = typer.Option(None, "--repo", help="with --from-hub: the weights repository "
+                                    "(default makiyeah/CMRCLIP)"),
+    revision: str | None = typer.Option(None, "--revision", help="with --from-hub: a branch, tag or commit of --repo "
+                                        "(default main)"),
+    keep_weights: bool = typer.Option(False, "--keep-weights", help="also keep the checkpoint and its config.json "
+                                      "in the model folder (verified; a link where the file system allows), so that "
+                                      "`cmrdx train --init-from FOLDER` can fine-tune from it"),
     out: Path = typer.Option(..., "--out", help="model folder to write (e.g. $CMRDX_HOME/models/cmrclip)"),
     name: str = typer.Option("cmrclip", help="model name in the registry"),
     version: str = typer.Option("1.0", help="model version"),
@@ -156,8 +168,10 @@ def import_cmrclip_cmd(
                                  "(with the example study of a cmrdx checkout)"),
 ) -> None:
     """Convert the CMR-CLIP checkpoint to ONNX + tokenizer + manifest, and prove it matches torch (needs
-    the `train` extra: torch, onnx, onnxscript, transformers). The checkpoint is read memory-mapped, one tower at a
+    the `train` extra: torch, onnx, onnxscript, transformers, huggingface_hub). The files are given
+    (--checkpoint/--config/--vocab) or fetched (--from-hub). The checkpoint is read memory-mapped, one tower at a
     time. The int8 copy is validated, and onnxruntime's optimised graphs are saved, so the first use starts fast."""
+    _check_import_sources(checkpoint, config, vocab, from_hub, repo, revision)
     try:
         from cmrdx.train.cmrclip_import import import_cmrclip
         from cmrdx.train.export import ExportError, ExportOptions
@@ -165,15 +179,27 @@ def import_cmrclip_cmd(
         from cmrdx.errors import ModelError
 
         raise ModelError(f"import-cmrclip needs torch: {exc}", hint="pip install 'cmrdx[train]'") from exc
-    from cmrdx.cli.progress import stages
+    from cmrdx.cli.progress import interactive, stages
     from cmrdx.errors import ModelError
+
+    hub = None
+    if from_hub:
+        from cmrdx.train.hub import DEFAULT_REPO, fetch_released
+
+        # no spinner here: huggingface_hub draws its own download bars (on a terminal, unless CMRDX_PROGRESS=0)
+        fetched = fetch_released(repo or DEFAULT_REPO, revision, progress_bars=interactive())
+        checkpoint, config, vocab, hub = fetched.checkpoint, fetched.config, fetched.vocab, fetched.provenance
+        for f in fetched.files:
+            typer.echo(plain(f"fetched {f.repo}/{f.filename} (commit {f.commit}, {f.verified} verified)"
+                             + (" from the cache" if f.cached else "")), err=True)
+    assert checkpoint is not None and config is not None and vocab is not None  # _check_import_sources
 
     opts = ExportOptions(float16=float16, int8=int8, dynamo=not legacy, validate_int8=validate,
                          validate_phantoms=phantoms)
     try:
         with stages("importing CMR-CLIP") as stage:
             rep = import_cmrclip(checkpoint, config, vocab, out, name=name, version=version, options=opts,
-                                 progress=stage)
+                                 keep_weights=keep_weights, hub=hub, progress=stage)
     except ExportError as exc:
         raise ModelError(f"export failed its check: {exc}", hint="report this with `cmrdx --version` and the checkpoint's sha256") from exc
     typer.echo(plain(f"wrote {out}: " + ", ".join(rep.files)))
@@ -181,6 +207,30 @@ def import_cmrclip_cmd(
         typer.echo(plain(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}"))
     for n in rep.notes:
         typer.echo(plain(f"  note: {n}"))
+
+
+def _check_import_sources(checkpoint: Path | None, config: Path | None, vocab: Path | None, from_hub: bool,
+                          repo: str | None, revision: str | None) -> None:
+    """The files given, or --from-hub: one or the other, whole (UsageError, exit 2, naming the options)."""
+    from cmrdx.errors import UsageError
+
+    given = [opt for opt, v in (("--checkpoint", checkpoint), ("--config", config), ("--vocab", vocab)) if v is not None]
+    if from_hub and given:
+        raise UsageError(f"--from-hub and {', '.join(given)} both say where the files come from: give one or the other",
+                         hint="either --from-hub [--repo REPO] [--revision REV], or --checkpoint pytorch_model.bin "
+                              "--config config.json --vocab vocab.txt")
+    if from_hub:
+        return
+    hub_only = [opt for opt, v in (("--repo", repo), ("--revision", revision)) if v is not None]
+    if hub_only:
+        raise UsageError(f"{', '.join(hub_only)} choose what --from-hub fetches, and --from-hub is not given",
+                         hint="add --from-hub, or give the files with --checkpoint, --config and --vocab")
+    missing = [opt for opt in ("--checkpoint", "--config", "--vocab") if opt not in given]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}: give the checkpoint, its config.json and the BERT vocab.txt, "
+                         "or --from-hub to fetch them",
+                         hint="pass --checkpoint pytorch_model.bin --config config.json --vocab vocab.txt, or "
+                              "--from-hub to fetch them from the Hugging Face Hub")
 
 
 @app.command("validate-int8")

@@ -14,12 +14,28 @@ built on the ``meta`` device (no memory); then each tower is built from the mapp
 export is done with it. Each tower's torch work runs in a process of its own (``ModelParts.isolated``), which
 gives back everything the ONNX exporter keeps when it exits. The full-size model (223 M parameters) imports in
 less than the 4 GB a laptop can spare (BENCHMARKS.md).
+
+``keep_weights``: the checkpoint and its config.json are also kept in the model folder, under the names the
+manifest's ``provenance.checkpoint.file`` and ``provenance.config.file`` give, so that ``cmrdx train --init-from
+FOLDER`` can fine-tune from it (``cmrdx.train.finetune``). Each is placed under a hidden temporary name (a reflink
+where the file system can share the blocks, else a hard link on the same file system, else a copy), checked
+against the sha256 the import recorded, and only then renamed to its name: a partial or changed file never stands
+under the final name. The manifest then lists them among its files (``cmrdx models verify`` checks them) outside
+the model's identity: the ONNX files, and the calibrations and caches keyed by the identity, are the same as
+without them.
+
+``import_cmrclip_from_hub``: the same, from the files fetched with huggingface_hub (``cmrdx.train.hub``); the
+manifest's ``provenance.hub`` says where they came from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +43,7 @@ from typing import Any, cast
 import torch
 
 from cmrdx.errors import ModelError
-from cmrdx.model.manifest import sha256_file
+from cmrdx.model.manifest import MANIFEST_NAME, load_manifest, sha256_file, update_manifest
 from cmrdx.recipe import get_recipe
 from cmrdx.train.export import ExportOptions, ExportReport, ModelParts, Stage, export_model_folder, release_memory
 from cmrdx.train.model import CMRClip, CMRClipConfig, config_from_state_dict, load_state_dict_strict
@@ -186,13 +202,20 @@ def import_cmrclip(
     max_length: int = 512,
     licence: str = DEFAULT_LICENCE,
     options: ExportOptions | None = None,
+    keep_weights: bool = False,
+    hub: dict[str, Any] | None = None,
     progress: Stage | None = None,
 ) -> ExportReport:
     """Checkpoint -> model folder ``out`` (see ``cmrdx.train.export``), one tower in memory at a time (see the
     module docstring). The reference tokenises lower-cased text (Bio_ClinicalBERT ships no tokenizer config, so
-    BertTokenizer's ``do_lower_case=True`` applies). ``progress(message)`` is told when each stage starts."""
+    BertTokenizer's ``do_lower_case=True`` applies). ``keep_weights``: keep the checkpoint and its config.json in
+    the folder too, for fine-tuning (module docstring). ``hub``: where the files were fetched from
+    (``cmrdx.train.hub.HubFiles.provenance``), recorded as ``provenance.hub``. ``progress(message)`` is told when
+    each stage starts."""
     checkpoint, config_path, vocab, out = map(Path, (checkpoint, config_path, vocab, out))
     stage: Stage = progress or (lambda _msg: None)
+    if keep_weights:
+        _check_kept_names(checkpoint, config_path, out)
     stage("reading the checkpoint (memory-mapped) and checking its layout")
     cfg_json = _read_config(config_path)
     state = _read_state(checkpoint)
@@ -215,9 +238,164 @@ def import_cmrclip(
         "config": {"file": config_path.name, "sha256": sha256_file(config_path), "content": cfg_json},
         "text_model": cfg_json.get("text_params", {}).get("model"),
     }
-    return export_model_folder(
+    if hub:
+        provenance["hub"] = hub
+    rep = export_model_folder(
         CheckpointParts(checkpoint, cfg), out, vocab_path=vocab, name=name, version=version,
         recipe={"name": "cmrclip-v1", "params": recipe.to_dict()},
         lowercase=lowercase, max_length=max_length, provenance=provenance, licence=licence, options=options,
         progress=stage,
     )
+    if keep_weights:
+        stage(f"keeping {checkpoint.name} and {config_path.name} in the model folder for fine-tuning")
+        kept = keep_files(out, [(checkpoint, provenance["checkpoint"]["sha256"]),
+                                (config_path, provenance["config"]["sha256"])])
+        rep.files += list(kept)
+        rep.notes += [f"kept {rel} for `cmrdx train --init-from {out}` ({how})" for rel, how in kept.items()]
+    return rep
+
+
+def import_cmrclip_from_hub(
+    out: Path,
+    *,
+    repo: str | None = None,
+    revision: str | None = None,
+    text_revision: str | None = None,
+    keep_weights: bool = False,
+    progress_bars: bool = False,
+    progress: Stage | None = None,
+    **kwargs: Any,
+) -> ExportReport:
+    """Fetch the released files with huggingface_hub (``cmrdx.train.hub.fetch_released``: ``repo``, by default
+    makiyeah/CMRCLIP, at ``revision``, and the vocab.txt of the BERT its config names), verify them, and import them
+    into ``out`` as ``import_cmrclip`` does (``kwargs``: its options). The manifest's ``provenance.hub`` records the
+    endpoint, repositories, resolved commits and files (no token)."""
+    from cmrdx.train.hub import DEFAULT_REPO, fetch_released
+
+    files = fetch_released(repo or DEFAULT_REPO, revision, text_revision=text_revision, progress_bars=progress_bars,
+                           progress=progress)
+    rep = import_cmrclip(files.checkpoint, files.config, files.vocab, out, keep_weights=keep_weights,
+                         hub=files.provenance, progress=progress, **kwargs)
+    rep.notes = files.notes + rep.notes
+    return rep
+
+
+# ---------------------------------------------------------------- keeping the torch weights
+
+# Names an export writes into a model folder: a kept file must not take one of them.
+_EXPORT_NAMES = {MANIFEST_NAME, "tokenizer.json", "reference.npz"}
+
+
+def _check_kept_names(checkpoint: Path, config_path: Path, out: Path) -> None:
+    """Before any work: the kept files' names must be two, and none a name the model folder uses."""
+    names = [checkpoint.name, config_path.name]
+    if names[0] == names[1]:
+        raise ModelError(f"{checkpoint} and {config_path} have the same name: both cannot be kept in {out}",
+                         hint="rename one (the checkpoint is pytorch_model.bin, its config config.json)")
+    for n in names:
+        if n in _EXPORT_NAMES or n.endswith(".onnx") or n.startswith("."):
+            raise ModelError(f"{n} cannot be kept in the model folder {out}: the model itself uses that name",
+                             hint="rename the file (the released names are pytorch_model.bin and config.json)")
+
+
+FICLONE = 0x40049409  # Linux ioctl: share the source's blocks (btrfs, XFS, ...; copy-on-write)
+
+
+def _reflink(src: Path, fd: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        with open(src, "rb") as f:
+            fcntl.ioctl(fd, FICLONE, f.fileno())
+    except OSError:
+        return False
+    return True
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy ``src`` to the (new, empty) file ``dst``, fsynced; returns the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while block := fi.read(1 << 22):
+            h.update(block)
+            fo.write(block)
+        fo.flush()
+        os.fsync(fo.fileno())
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def keep_file(src: Path, dest: Path, sha256: str) -> str:
+    """Put the bytes of ``src`` at ``dest``, checked against ``sha256``, atomically: placed under a hidden unique
+    name beside ``dest`` (a reflink, else a hard link when on the same file system, else a copy), hashed, and only
+    then renamed over ``dest``; on any failure the temporary file is removed and ``dest`` is as it was. Returns how:
+    "reflink", "hard link", "copy", or "in place" (``src`` is ``dest``). ModelError when the bytes differ."""
+    src, dest = Path(src), Path(dest)
+    real = Path(os.path.realpath(src))  # a link (huggingface_hub's cache) is followed to its bytes
+    if dest.exists() and os.path.samefile(real, dest):
+        how, digest = "in place", sha256_file(dest)
+        if digest != sha256:
+            raise ModelError(f"{dest}: sha256 {digest[:12]}... is not the {sha256[:12]}... the import recorded (the file "
+                             "changed during the import)", hint="import again, leaving the file as it is")
+        return how
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        if _reflink(real, fd):
+            os.close(fd)
+            how, digest = "reflink", sha256_file(tmp)
+        else:
+            os.close(fd)
+            tmp.unlink()
+            try:
+                os.link(real, tmp)
+                how, digest = "hard link", sha256_file(tmp)
+            except OSError:  # another file system, links not allowed: a copy
+                how, digest = "copy", _copy_hashing(real, tmp)
+        if how != "hard link":  # mkstemp's 0600 -> what open() would give under the umask
+            mask = os.umask(0o022)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+        if digest != sha256:
+            raise ModelError(f"{src}: sha256 {digest[:12]}... is not the {sha256[:12]}... the import recorded (the file "
+                             "changed during the import)", hint="import again, leaving the file as it is")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+    return how
+
+
+def keep_files(out: Path, files: list[tuple[Path, str]]) -> dict[str, str]:
+    """Keep each (file, sha256) in the model folder ``out`` under its own name (``keep_file``) and list them in the
+    manifest's files, outside the model's identity. Returns name -> how it was placed."""
+    m = load_manifest(out, verify=False)
+    clash = [p.name for p, _ in files if p.name in m.files]
+    if clash:
+        raise ModelError(f"{out}: {clash} are already files of the model itself and cannot be kept beside them",
+                         hint="rename the checkpoint or its config")
+    kept: dict[str, str] = {}
+    for path, digest in files:
+        try:
+            kept[path.name] = keep_file(path, Path(out) / path.name, digest)
+        except OSError as exc:
+            from cmrdx.errors import OutputError
+
+            raise OutputError.from_os_error(exc, Path(out) / path.name, doing="cannot keep the weights here") from exc
+    update_manifest(out, {}, files=list(kept))  # refuses any change of the identity
+    return kept
