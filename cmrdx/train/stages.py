@@ -168,6 +168,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
                          "changes)")
     over = {k: v for k, v in overrides.items() if v is not None}
     shared = {k: v for k, v in d.items() if k not in RECIPE_KEYS}
+    init = shared.get("init_from")
+    if isinstance(init, str) and not Path(init).is_absolute() and (path.parent / init).exists():
+        # a warm start the recipe ships with (a path relative to the file, as ``vocab``), wherever it is run from
+        shared["init_from"] = str((path.parent / init).resolve())
     vocab = None
     if d.get("vocab") is not None:
         vocab = Path(str(d["vocab"]))
