@@ -61,12 +61,16 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/families")
     ap.add_argument("--results", default="bench/results/families.md")
     ap.add_argument("--keep", action="store_true", help="reuse archives already written under --out")
+    ap.add_argument("--write-only", action="store_true", help="write the archives (reusing those under --out) and stop: "
+                    "to prepare them while the machine does something else")
     a = ap.parse_args()
 
     from cmrdx.model.encoder import Encoder
     from cmrdx.zeroshot.bank import load_bank
 
     out = Path(a.out)
+    if a.write_only:
+        a.keep = True
     if not a.keep:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,8 @@ def main() -> None:
         timing[name] = {"write_s": time.perf_counter() - t0}
         print(f"{name}: {n} studies written in {timing[name]['write_s']:.0f} s", flush=True)
 
+    if a.write_only:
+        return
     enc = Encoder(a.model)
     bank = load_bank(a.bank)
     results: dict[str, Any] = {}
