@@ -89,12 +89,43 @@ def test_train_config_takes_the_family_filters_and_refuses_them_on_an_archive(tm
 # ---------------------------------------------------------------- the shipped recipe files
 
 
-def test_the_0_6_0_recipe_trains_on_randomised_phantoms_without_the_held_out_families():
+def test_the_adapt_recipe_starts_from_the_shipped_0_5_0_on_randomised_phantoms_without_the_held_out_families():
+    """The CPU-fitted experiment: a warm start from the 0.5.0 release kept in the repository (the bytes its
+    manifest names), two stages on one cache of randomised phantoms that never draw the held-out families."""
+    from cmrdx.evaluation.families import DEFAULT_HELD_OUT
+    from cmrdx.model.manifest import sha256_file
+    from cmrdx.train.stages import load_recipe
+
+    r = load_recipe(CONFIGS / "cmrdx-phantom-small-adapt-randomised.yaml")
+    assert (r.name, r.version) == ("cmrdx-phantom-small", "0.6.0.dev1")  # not the shipped model's version
+    base = Path(r.stages[0].config.init_from)
+    assert base == (ROOT / "models" / "bases" / "cmrdx-phantom-small-0.5.0").resolve()
+    man = json.loads((base / "manifest.json").read_text())
+    assert man["version"] == "0.5.0" and man["provenance"]["architecture"]["motion"]
+    for f in ("video.onnx", "text.onnx", "tokenizer.json"):
+        assert sha256_file(base / f) == man["files"][f]["sha256"], f
+    assert [s.folder for s in r.stages] == ["1-adapt", "2-text"] and r.vocab is None
+    for s in r.stages:
+        c = s.config
+        assert c.variety and c.exclude_families == sorted(DEFAULT_HELD_OUT), s.name
+        assert c.max_train_seconds is None and c.max_cache_seconds is None  # deterministic: no time budgets
+        assert (c.phantoms, c.seed) == (3000, 61)
+        # 0.5.0's shapes, so that its weights load and the embedding time stays 0.5.0's
+        arch = man["provenance"]["architecture"]
+        assert (c.width, c.depth, c.frames, c.image_size, c.patch) == (
+            arch["video"]["width"], arch["video"]["depth"], arch["video"]["num_frames"], arch["video"]["img_size"],
+            arch["video"]["patch_size"])
+        assert c.motion == {"groups": 8, "pool": 8}
+    assert len({cache_key(s.config.source().describe(), s.config.recipe()) for s in r.stages}) == 1
+    assert [s.config.freeze_video for s in r.stages] == [False, True] and r.stages[1].config.freeze_motion
+
+
+def test_the_from_scratch_randomised_recipe_trains_without_the_held_out_families():
     from cmrdx.evaluation.families import DEFAULT_HELD_OUT
     from cmrdx.train.stages import load_recipe
 
-    r = load_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0.yaml")
-    assert (r.name, r.version) == ("cmrdx-phantom-small", "0.6.0")
+    r = load_recipe(CONFIGS / "cmrdx-phantom-small-randomised-scratch.yaml")
+    assert r.name == "cmrdx-phantom-small"
     assert [s.folder for s in r.stages] == ["1-scratch", "2-lit", "3-tune", "4-motion", "5-text"]
     for s in r.stages:
         c = s.config
@@ -140,7 +171,8 @@ def test_recipe_files_are_checked_before_anything_trains(tmp_path):
     from cmrdx.train.stages import is_recipe, load_recipe
 
     assert not is_recipe(CONFIGS / "phantom-small-v2.yaml")  # single-stage files keep their meaning
-    assert is_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0.yaml")
+    assert is_recipe(CONFIGS / "cmrdx-phantom-small-adapt-randomised.yaml")
+    assert is_recipe(CONFIGS / "cmrdx-phantom-small-randomised-scratch.yaml")
     bad = [({"stages": []}, "non-empty list 'stages'"),
            ({"stages": [{"stage": "a"}, {"stage": "b", "init_from": "x.pt"}]}, r"stage 2 \(b\) sets init_from"),
            ({"stages": [{"stage": "a"}, {"stage": "a"}]}, "two stages named 'a'"),

@@ -33,7 +33,7 @@ def train_cmd(
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields, or a recipe of "
                                 "stages (a 'stages' list: each stage's work in a subfolder of --work, each started "
                                 "from the previous one, the model exported after the last; see "
-                                "cmrdx/train/configs/cmrdx-phantom-small-0.6.0.yaml)."),
+                                "cmrdx/train/configs/cmrdx-phantom-small-0.5.0.yaml)."),
     work: Path = typer.Option(None, "--work", help="Cache + checkpoint folder (default $CMRDX_HOME/train/NAME). "
                                                    "Rerunning with the same folder resumes."),
     epochs: int = typer.Option(None, "--epochs", min=1),

@@ -9,7 +9,7 @@ is a mapping of overrides on the shared settings (``freeze_video``, ``train_vide
     phantoms: 6000
     variety: true
     exclude_families: [anatomy:trabeculated, lge:psir, scar:midwall]
-    vocab: cmrdx-phantom-small-0.6.0.vocab.txt   # optional; a path relative to this file
+    vocab: cmrdx-phantom-small-randomised-scratch.vocab.txt   # optional; a path relative to this file
     stages:
       - stage: scratch
         note: both towers from scratch
@@ -460,7 +460,9 @@ def recipe_provenance(recipe: Recipe, records: list[dict[str, Any]], command: st
     return {
         "file": recipe.file, "file_sha256": recipe.file_sha256, "sha256": recipe.sha256(),
         "command": command or f"cmrdx train --config {recipe.file} --work WORK --out OUT",
-        "vocab": recipe.vocab.name if recipe.vocab is not None else "learnt from the first stage's training reports",
+        "vocab": (recipe.vocab.name if recipe.vocab is not None
+                  else f"the warm start's ({Path(recipe.stages[0].config.init_from).name})"
+                  if recipe.stages[0].config.init_from else "learnt from the first stage's training reports"),
         "data": datas, "held_out": held_out(records),
         "stages": [{k: r.get(k) for k in ("stage", "note", "overrides", "steps", "epochs", "seconds", "device",
                                           "processes", "pairs_train", "pairs_val", "cache", "val_loss_per_epoch",
