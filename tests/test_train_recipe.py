@@ -74,6 +74,38 @@ def test_phantom_source_draws_with_the_family_filters_and_says_so(monkeypatch):
     assert not set(p.variety.families()) & {"scar:midwall", "lge:psir"}
 
 
+def test_a_classic_fraction_mixes_classic_studies_into_randomised_ones_leaving_the_others_unchanged():
+    from cmrdx.synth.arrays import phantom_report
+    from cmrdx.synth.params import sample_params
+
+    plain = PhantomSource(60, 5, matrix=64, exclude_families=["lge:psir"])
+    mixed = PhantomSource(60, 5, matrix=64, exclude_families=["lge:psir"], classic_fraction=0.3)
+    classic = [i for i in range(60) if mixed.is_classic(i)]
+    assert 8 <= len(classic) <= 28 and not any(plain.is_classic(i) for i in range(60))
+    assert classic == [i for i in range(60) if PhantomSource(60, 5, matrix=64, exclude_families=["lge:psir"],
+                                                            classic_fraction=0.3).is_classic(i)]  # drawn, fixed
+    for i in range(12):
+        vendor, style = mixed._draws()[i]
+        assert (vendor, style) == plain._draws()[i]  # vendor and report style as the unmixed source draws them
+        if i in classic:  # the classic generator's study for this seed, in the randomised source's report style
+            p = sample_params(500_000 + i, vendor=vendor, prevalence=0.3, report_style=style, matrix=64)
+            assert mixed.item_at(i).report == phantom_report(p) and p.variety is None
+        else:
+            assert mixed.item_at(i).report == plain.item_at(i).report
+    d = mixed.describe()
+    assert d["classic_fraction"] == 0.3 and "classic_fraction" not in plain.describe()
+    r = TrainConfig(frames=8, image_size=32, resize=48, crop=32).recipe()
+    assert cache_key(d, r) != cache_key(plain.describe(), r)
+    # a config carries it to its source; without it a config keeps the identity it always had
+    cfg = TrainConfig(variety=True, classic_fraction=0.3)
+    assert cfg.source().classic_fraction == 0.3 and "classic_fraction" in cfg.identity()
+    assert "classic_fraction" not in TrainConfig(variety=True).identity()
+    with pytest.raises(ValueError, match="set variety too"):
+        PhantomSource(4, 5, classic_fraction=0.3)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        PhantomSource(4, 5, variety=True, classic_fraction=1.0)
+
+
 def test_train_config_takes_the_family_filters_and_refuses_them_on_an_archive(tmp_path):
     cfg = TrainConfig(exclude_families="scar:midwall, lge:psir")  # type: ignore[arg-type]  # as a file may say it
     assert cfg.exclude_families == ["lge:psir", "scar:midwall"]

@@ -119,13 +119,16 @@ class PhantomSource:
             contrasts, geometry, ...); False: the classic generator, as before.
         only_families, exclude_families: family filters of the randomised generator (``"scar:midwall"``, ...; they
             imply ``variety``): a model trained with ``exclude_families=[F]`` never sees F (leave-one-family-out).
+        classic_fraction: with ``variety``, the share of studies drawn from the classic generator instead (each
+            study's choice drawn from a stream of its own, so the other studies are unchanged): a model adapted
+            to the randomised generator keeps seeing the studies it already reads.
     """
 
     def __init__(self, n: int, seed: int, *, prevalence: float = 0.3, vendors: Sequence[str] = TRAIN_VENDORS,
                  report_styles: Sequence[str] | None = None, matrix: int | None = None,
                  views: Sequence[str] | None = None, variety: bool = False,
                  only_families: Sequence[str] | str | None = None,
-                 exclude_families: Sequence[str] | str | None = None):
+                 exclude_families: Sequence[str] | str | None = None, classic_fraction: float = 0.0):
         from cmrdx.synth.report import TRAIN_STYLES, VARIETY_TRAIN_STYLES
         from cmrdx.synth.variety import FamilyFilter, parse_families
 
@@ -140,6 +143,12 @@ class PhantomSource:
         self.variety = bool(variety or self.only_families or self.exclude_families)
         if self.variety:
             FamilyFilter.make(self.only_families, self.exclude_families)  # an axis left empty: an error now
+        if not 0.0 <= classic_fraction < 1.0:
+            raise ValueError(f"classic_fraction must be in [0, 1), not {classic_fraction}")
+        if classic_fraction and not self.variety:
+            raise ValueError("classic_fraction mixes classic studies into randomised ones: set variety too")
+        self.classic_fraction = float(classic_fraction)
+        self._classic: np.ndarray | None = None
         self.vendors = tuple(vendors)
         self.report_styles = tuple(report_styles or (VARIETY_TRAIN_STYLES if self.variety else TRAIN_STYLES))
         self.matrix = matrix
@@ -162,7 +171,19 @@ class PhantomSource:
 
             d.update({"variety": True, "variety_version": VARIETY_VERSION, "only_families": list(self.only_families),
                       "exclude_families": list(self.exclude_families)})
+            if self.classic_fraction:
+                d["classic_fraction"] = self.classic_fraction
         return d
+
+    def is_classic(self, i: int) -> bool:
+        """Whether study ``i`` comes from the classic generator (always, without ``variety``)."""
+        if not self.variety:
+            return True
+        if not self.classic_fraction:
+            return False
+        if self._classic is None:
+            self._classic = np.random.default_rng([self.seed, 0xC1A5]).random(self.n) < self.classic_fraction
+        return bool(self._classic[i])
 
     def __len__(self) -> int:
         return self.n
@@ -189,9 +210,10 @@ class PhantomSource:
         from cmrdx.synth.params import sample_params
 
         s = self.seed * 100_000 + i
+        variety = not self.is_classic(i)
         p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix,
-                          variety=self.variety, only_families=self.only_families or None,
-                          exclude_families=self.exclude_families or None)
+                          variety=variety, only_families=(self.only_families or None) if variety else None,
+                          exclude_families=(self.exclude_families or None) if variety else None)
         return Item(id=f"phantom-{s}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
                     labels=dict(p.findings), fast_u8=lambda r: phantom_u8(p, r))
 

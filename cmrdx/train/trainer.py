@@ -83,6 +83,9 @@ class TrainConfig:
     variety: bool = False
     only_families: list[str] | None = None
     exclude_families: list[str] | None = None
+    # with variety: the share of studies drawn from the classic generator instead (adapting a model trained on
+    # classic phantoms without it forgetting them)
+    classic_fraction: float = 0.0
     val_fraction: float = 0.05
     frames: int = 16
     image_size: int = 96
@@ -166,7 +169,10 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define what is trained (a checkpoint resumes only under the same identity)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS}
+        d = {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS}
+        if not d.get("classic_fraction"):  # added later: runs without it keep the identity they were started with
+            d.pop("classic_fraction", None)
+        return d
 
     def torch_device(self) -> str:
         import torch
@@ -195,7 +201,8 @@ class TrainConfig:
             return ArchiveSource(self.archive, reports=self.reports)
         return PhantomSource(self.phantoms, self.seed, prevalence=self.prevalence, matrix=self.matrix,
                              views=views_for_recipe(self.recipe()), variety=self.variety,
-                             only_families=self.only_families, exclude_families=self.exclude_families)
+                             only_families=self.only_families, exclude_families=self.exclude_families,
+                             classic_fraction=self.classic_fraction)
 
     def model_config(self, vocab_size: int):
         from cmrdx.train.model import CMRClipConfig, MotionConfig, TextConfig, VideoConfig
