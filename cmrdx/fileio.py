@@ -34,7 +34,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every filesystem lets a folder be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -92,5 +92,5 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Writer, *, mk
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path

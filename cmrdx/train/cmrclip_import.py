@@ -43,6 +43,7 @@ from typing import Any, cast
 import torch
 
 from cmrdx.errors import ModelError
+from cmrdx.fileio import fsync_dir
 from cmrdx.model.manifest import MANIFEST_NAME, load_manifest, sha256_file, update_manifest
 from cmrdx.recipe import get_recipe
 from cmrdx.train.export import ExportOptions, ExportReport, ModelParts, Stage, export_model_folder, release_memory
@@ -326,19 +327,6 @@ def _copy_hashing(src: Path, dst: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def keep_file(src: Path, dest: Path, sha256: str) -> str:
     """Put the bytes of ``src`` at ``dest``, checked against ``sha256``, atomically: placed under a hidden unique
     name beside ``dest`` (a reflink, else a hard link when on the same file system, else a copy), hashed, and only
@@ -377,7 +365,7 @@ def keep_file(src: Path, dest: Path, sha256: str) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return how
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cmrdx.model.manifest import sha256_file
+
 if TYPE_CHECKING:
     from cmrdx.train.model import CMRClipConfig
 
@@ -51,14 +53,6 @@ class WarmStart:
     info: dict[str, Any]
     arch: CMRClipConfig | None = None
     adopted: dict[str, list[Any]] = field(default_factory=dict)  # TrainConfig field -> [before, after]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load(path: Path) -> Any:
@@ -163,7 +157,7 @@ def _from_released(path: Path, state: Any = None) -> WarmStart:
     arch = _arch(state, config, path)
     vocab = vocab_path.read_text(encoding="utf-8")
     _check_vocab(vocab, arch, vocab_path)
-    info = {"source": "CMR-CLIP released checkpoint", "file": path.name, "sha256": _sha256(path),
+    info = {"source": "CMR-CLIP released checkpoint", "file": path.name, "sha256": sha256_file(path),
             "config": config or None, "vocab_sha256": hashlib.sha256(vocab.encode("utf-8")).hexdigest(), "steps": 0}
     return WarmStart(state, vocab, info, arch)
 
@@ -204,7 +198,7 @@ def _from_model_folder(folder: Path) -> WarmStart:
                          f"({ck['file']}) that training starts from: give --init-from the released "
                          f"{ck['file']} (with config.json and vocab.txt beside it), or import the model again keeping "
                          "the weights")
-    if _sha256(weights) != ck["sha256"]:
+    if sha256_file(weights) != ck["sha256"]:
         raise ValueError(f"init_from {weights}: not the checkpoint the model was imported from (sha256 differs "
                          "from the manifest's provenance.checkpoint)")
     state = _load(weights)
@@ -218,7 +212,7 @@ def _from_model_folder(folder: Path) -> WarmStart:
     rel = tok.get("file", "tokenizer.json")
     tpath = folder / rel
     want = (m.files.get(rel) or {}).get("sha256")
-    if not tpath.is_file() or (want and _sha256(tpath) != want):
+    if not tpath.is_file() or (want and sha256_file(tpath) != want):
         raise ValueError(f"init_from {folder}: {rel} is missing or altered (check it: cmrdx models verify {folder})")
     vocab = _vocab_from_tokenizer(tpath, arch.text.vocab_size)
     info = {"source": "CMR-CLIP model folder", "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
@@ -240,7 +234,7 @@ def _from_cmrdx_folder(folder: Path, m: Any) -> WarmStart:
         want = (m.files.get(rel) or {}).get("sha256")
         if not (folder / rel).is_file():
             raise ValueError(f"init_from {folder}: {rel} is missing")
-        if not want or _sha256(folder / rel) != want:
+        if not want or sha256_file(folder / rel) != want:
             raise ValueError(f"init_from {folder / rel}: altered since export (its sha256 is not the manifest's)")
     try:
         rec = recover(folder, files, m.provenance or {})

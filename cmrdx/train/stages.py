@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrdx.fileio import atomic_write
+from cmrdx.model.manifest import sha256_file
 from cmrdx.train.trainer import TrainConfig, TrainResult
 
 if TYPE_CHECKING:
@@ -96,14 +97,6 @@ def _read_yaml(path: Path) -> Any:
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -153,7 +146,7 @@ class Recipe:
         the fixed vocabulary's content. Comments and the order of keys in the file do not change it."""
         doc: dict[str, Any] = {"stages": [{"stage": s.name, "config": s.identity()} for s in self.stages]}
         if self.vocab is not None:
-            doc["vocab_sha256"] = _file_sha256(self.vocab) if self.vocab.is_file() else None
+            doc["vocab_sha256"] = sha256_file(self.vocab) if self.vocab.is_file() else None
         return _digest(doc)
 
 
@@ -207,7 +200,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
         raise ValueError(f"{path}: vocab and init_from both set: a warm start brings the vocabulary its weights "
                          "were trained with")
     return Recipe(stages, shared, vocab, file=path.name,
-                  file_sha256=_file_sha256(path))
+                  file_sha256=sha256_file(path))
 
 
 # ---------------------------------------------------------------- running
@@ -328,7 +321,7 @@ def run_recipe(recipe: Recipe, *, work: str | Path, out: str | Path | None, prog
         for st, rec in zip(recipe.stages, records):
             folder = work / st.folder
             cfg = _stage_config(st, prev, adopted)
-            init_sha = _file_sha256(prev) if prev is not None else None
+            init_sha = sha256_file(prev) if prev is not None else None
             if rec is not None:
                 _check_record(rec, st, cfg, folder, init_sha)
                 tell(f"stage {st.index + 1}/{len(recipe.stages)} ({st.name}): finished earlier, "
@@ -409,7 +402,7 @@ def _finish_stage(tr: Any, st: Stage, cfg: TrainConfig, folder: Path, init_sha: 
     rec = {
         "stage": st.name, "index": st.index + 1, "note": st.note, "overrides": st.overrides,
         "identity_sha256": st.identity(cfg),
-        "init_sha256": init_sha, "trained_sha256": _file_sha256(trained),
+        "init_sha256": init_sha, "trained_sha256": sha256_file(trained),
         "steps": res.steps, "epochs": res.epochs_done, "planned_steps": tr.planned_steps,
         "seconds": round(res.seconds, 1), "cache_seconds": round(float(tr.cache.meta.get("seconds", 0.0)), 1),
         "device": tr.device_name(), "processes": info.world,
