@@ -5,7 +5,6 @@ devices and links; a DICOM peer that cannot be resolved or answers garbage ends 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import socket
@@ -13,13 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from cmrdx.errors import EXIT_CODES
 from helpers.cine_factory import build_cine_study
+from helpers.cli import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "[/] [bold]x\x1b[2J\x1b]0;pwned\x07 :warning: \u202eevil"  # markup, CSI, OSC, emoji code, bidi override
@@ -32,20 +31,6 @@ def run_cli(*args: str, stdout=subprocess.PIPE, timeout: float = 120, home: Path
         env["CMRDX_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "cmrdx", *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
                           timeout=timeout, env=env, errors="replace")
-
-
-def in_process(*args: str) -> tuple[int, str, str]:
-    """`cmrdx.cli.main` in this process: (exit code, stdout, stderr)."""
-    from cmrdx.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

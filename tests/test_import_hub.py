@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import socket
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,7 @@ pytest.importorskip("huggingface_hub")
 
 from cmrdx.errors import ModelError  # noqa: E402
 from cmrdx.model.manifest import load_manifest  # noqa: E402
+from helpers.cli import in_process as cli  # noqa: E402
 from helpers.cmrclip import write_released  # noqa: E402
 from helpers.hubserver import HubServer  # noqa: E402
 
@@ -105,20 +104,6 @@ def hub_env(hub, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CMRDX_HOME", str(tmp_path / "cmrdx-home"))
     monkeypatch.setenv("CMRDX_PROGRESS", "0")
     return home
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """`cmrdx.cli.main` in this process: (exit code, stdout, stderr)."""
-    from cmrdx.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def sha256(path: Path) -> str:
