@@ -5,6 +5,8 @@ Also: phantom sources of the randomised generator with family filters, and the s
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -261,7 +263,7 @@ def test_a_recipe_chains_its_stages_resumes_inside_a_stage_and_repeats_for_its_s
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     from cmrdx.cli import app
-    from cmrdx.model.manifest import load_manifest
+    from cmrdx.model.manifest import load_manifest, sha256_file
     from cmrdx.train.stages import CARD_BEGIN, load_recipe, run_recipe
 
     cfg = _write(tmp_path / "tiny.yaml", TINY)
@@ -339,7 +341,34 @@ def test_a_recipe_chains_its_stages_resumes_inside_a_stage_and_repeats_for_its_s
     assert got["run"]["model"]["name"] == "tiny-recipe" and len(got["findings"]) == 8
     assert all(np.isfinite(f["score"]) for f in got["findings"])
 
-    # a finished stage whose settings changed since is refused, naming it; nothing is trained
+    # a candidate released under another version: the same trainings, skipped, exported under the new label
+    onnx_a = {f: sha256_file(tmp_path / "model-a" / f) for f in ("video.onnx", "text.onnx")}
+    said.clear()
+    res = run_recipe(load_recipe(_write(tmp_path / "release.yaml", dict(TINY, version="1.0.0"))), work=work_a,
+                     out=tmp_path / "model-rel", progress=False, int8=False, float16=False, say=said.append)
+    assert res.finished and [r.skipped for r in res.stages] == [True, True]
+    assert sum("finished earlier" in line for line in said) == 2
+    rel = load_manifest(tmp_path / "model-rel", verify=True)
+    assert (rel.name, rel.version) == ("tiny-recipe", "1.0.0")
+    assert {f: sha256_file(tmp_path / "model-rel" / f) for f in onnx_a} == onnx_a  # the same weights
+    assert (tmp_path / "model-rel" / "MODEL_CARD.md").read_text().startswith("# Model card: tiny-recipe 1.0.0")
+
+    # a stage finished when the name and version were part of its digest (as recorded before) is still the same
+    # training
+    for stage in recipe.stages:
+        folder = work_a / stage.folder
+        record = json.loads((folder / "stage.json").read_text())
+        ident = {k: v for k, v in dataclasses.asdict(stage.config).items()
+                 if k not in TrainConfig.RUNTIME_FIELDS + ("init_from", "classic_fraction")}
+        assert ident["version"] == "0.0.1"
+        record["identity_sha256"] = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+        (folder / "stage.json").write_text(json.dumps(record))
+    res = run_recipe(load_recipe(_write(tmp_path / "release.yaml", dict(TINY, version="1.0.0"))), work=work_a,
+                     out=None, progress=False)
+    assert [r.skipped for r in res.stages] == [True, True]
+
+    # a finished stage (here with such a record) whose settings changed since is refused, naming it; nothing is
+    # trained
     changed = dict(TINY, stages=[dict(TINY["stages"][0], lr=1e-3), TINY["stages"][1]])
     with pytest.raises(ValueError, match=r"stage 1 \(scratch\) in .* was trained with other settings"):
         run_recipe(load_recipe(_write(tmp_path / "changed.yaml", changed)), work=work_a, out=None, progress=False)

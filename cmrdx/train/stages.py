@@ -114,10 +114,13 @@ class Stage:
     def folder(self) -> str:
         return f"{self.index + 1}-{self.name}"
 
-    def identity(self, cfg: TrainConfig | None = None) -> str:
+    def identity(self, cfg: TrainConfig | None = None, *, labels: dict[str, Any] | None = None) -> str:
         """Digest of what this stage trains (``TrainConfig.identity`` without ``init_from``: where the weights it
-        starts from lie is not what they are; ``stage.json`` records their digest instead)."""
-        ident = (cfg or self.config).identity()
+        starts from lie is not what they are; ``stage.json`` records their digest instead). ``labels``: the
+        name and version to digest with, as stages finished before labels were left out recorded it."""
+        c = cfg or self.config
+        ident = (dataclasses.replace(c, **labels).identity(labels=True) if labels is not None
+                 else c.identity())
         ident.pop("init_from", None)
         return _digest(ident)
 
@@ -252,8 +255,29 @@ def _stage_config(st: Stage, prev_trained: Path | None, adopted: dict[str, Any])
     return cfg
 
 
+def _legacy_labels(folder: Path) -> dict[str, Any] | None:
+    """The name and version a finished stage was trained under (from its ``trained.pt``), for a record written
+    when they were part of the identity; None when the file cannot tell."""
+    from cmrdx.train.trainer import _torch_load
+
+    try:
+        c = _torch_load(folder / TRAINED)["config"]
+        return {"name": c["name"], "version": c["version"]}
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the identity check that follows
+        return None
+
+
+def _same_training(rec: dict[str, Any], st: Stage, cfg: TrainConfig, folder: Path) -> bool:
+    """Whether a finished stage's record is of the training ``cfg`` asks for (a record written while the name
+    and version were part of the identity is compared with the labels its ``trained.pt`` was trained under)."""
+    if rec.get("identity_sha256") == st.identity(cfg):
+        return True
+    labels = _legacy_labels(folder)
+    return labels is not None and rec.get("identity_sha256") == st.identity(cfg, labels=labels)
+
+
 def _check_record(rec: dict[str, Any], st: Stage, cfg: TrainConfig, folder: Path, init_sha: str | None) -> None:
-    if rec.get("identity_sha256") != st.identity(cfg):
+    if not _same_training(rec, st, cfg, folder):
         raise ValueError(f"stage {st.index + 1} ({st.name}) in {folder.parent} was trained with other settings than "
                          "the recipe's now: use another work folder, or remove that stage's folder and the later "
                          "ones to train them again")
@@ -472,7 +496,8 @@ def export_recipe(recipe: Recipe, trained: Path, records: list[dict[str, Any]], 
     st = _torch_load(trained)
     prov = dict(st["provenance"])
     prov["recipe"] = recipe_provenance(recipe, records, command)
-    cfg = TrainConfig.from_dict(st["config"])
+    # the recipe names the model: a stage trained under another name or version is the same training
+    cfg = dataclasses.replace(TrainConfig.from_dict(st["config"]), name=recipe.name, version=recipe.version)
     rep = _export(cfg, st["model"], st["vocab"], prov, out, int8=int8, float16=float16)
     write_card(out, card_section(recipe, records, prov, cfg), title=f"{cfg.name} {cfg.version}")
     return rep

@@ -166,10 +166,15 @@ class TrainConfig:
                 setattr(self, k, sorted(parse_families(v)) or None)
 
     RUNTIME_FIELDS = ("threads", "device", "workers", "max_cache_seconds", "max_train_seconds")
+    # what the exported model is called, not what is trained: a candidate is released under another version
+    # from the same checkpoints, without training again
+    LABEL_FIELDS = ("name", "version")
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what is trained (a checkpoint resumes only under the same identity)."""
-        d = {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS}
+    def identity(self, *, labels: bool = False) -> dict[str, Any]:
+        """The fields that define what is trained (a checkpoint resumes only under the same identity).
+        ``labels``: with ``name`` and ``version``, as identities were computed before they were left out."""
+        skip = self.RUNTIME_FIELDS if labels else self.RUNTIME_FIELDS + self.LABEL_FIELDS
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         if not d.get("classic_fraction"):  # added later: runs without it keep the identity they were started with
             d.pop("classic_fraction", None)
         return d
