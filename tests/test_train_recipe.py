@@ -98,6 +98,10 @@ def test_a_classic_fraction_mixes_classic_studies_into_randomised_ones_leaving_t
     assert d["classic_fraction"] == 0.3 and "classic_fraction" not in plain.describe()
     r = TrainConfig(frames=8, image_size=32, resize=48, crop=32).recipe()
     assert cache_key(d, r) != cache_key(plain.describe(), r)
+    # the model card's data line says the mix
+    from cmrdx.train.stages import _describe_data
+    assert _describe_data(d).startswith("60 phantoms, 70% randomised (variety v1) and 30% classic, without lge:psir")
+    assert _describe_data(plain.describe()).startswith("60 randomised phantoms (variety v1), without lge:psir")
     # a config carries it to its source; without it a config keeps the identity it always had
     cfg = TrainConfig(variety=True, classic_fraction=0.3)
     assert cfg.source().classic_fraction == 0.3 and "classic_fraction" in cfg.identity()

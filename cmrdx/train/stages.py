@@ -508,6 +508,9 @@ def _describe_data(d: dict[str, Any]) -> str:
         return f"archive {d.get('root')} ({d.get('folders')} study folders)"
     lo, hi = (d.get("study_seeds") or [None, None])[:2]
     gen = (f"randomised phantoms (variety v{d.get('variety_version')})" if d.get("variety") else "classic phantoms")
+    if d.get("variety") and d.get("classic_fraction"):
+        gen = (f"phantoms, {1 - d['classic_fraction']:.0%} randomised (variety v{d.get('variety_version')}) and "
+               f"{d['classic_fraction']:.0%} classic")
     fams = ""
     if d.get("exclude_families"):
         fams += f", without {', '.join(d['exclude_families'])}"
