@@ -158,6 +158,27 @@ def test_the_adapt_recipe_starts_from_the_shipped_0_5_0_on_randomised_phantoms_w
     assert [s.config.freeze_video for s in r.stages] == [False, True] and r.stages[1].config.freeze_motion
 
 
+def test_the_bundled_model_is_what_the_0_6_0_recipe_exports():
+    """The bundled model names this recipe and its digest; the recipe is the adaptation above with a third of the
+    studies classic (what keeps the classic LGE cue), released under the bundled version."""
+    from cmrdx.model.manifest import load_manifest
+    from cmrdx.train.stages import load_recipe
+
+    r = load_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0.yaml")
+    m = load_manifest(ROOT / "models" / "cmrdx-phantom-small", verify=False)
+    assert (m.name, m.version) == (r.name, r.version) == ("cmrdx-phantom-small", "0.6.0")
+    rec = m.provenance["recipe"]
+    assert rec["file"] == "cmrdx-phantom-small-0.6.0.yaml" and rec["sha256"] == r.sha256()
+    assert [s["stage"] for s in rec["stages"]] == ["adapt", "text"] and rec["data"][0]["classic_fraction"] == 0.35
+    assert rec["held_out"]["families"] == ["anatomy:trabeculated", "lge:psir", "scar:midwall"]
+    plain = load_recipe(CONFIGS / "cmrdx-phantom-small-adapt-randomised.yaml")
+    for a, b in zip(r.stages, plain.stages, strict=True):
+        ca, cb = a.config.__dict__, b.config.__dict__
+        assert {k: (ca[k], cb[k]) for k in ca if ca[k] != cb[k]} == {"version": ("0.6.0", "0.6.0.dev1"),
+                                                                    "classic_fraction": (0.35, 0.0)}, a.name
+        assert a.overrides == b.overrides
+
+
 def test_the_from_scratch_randomised_recipe_trains_without_the_held_out_families():
     from cmrdx.evaluation.families import DEFAULT_HELD_OUT
     from cmrdx.train.stages import load_recipe
@@ -201,7 +222,7 @@ def test_the_0_5_0_recipe_is_its_five_stage_files_with_the_documented_difference
         assert diff == expected.get(i, {}), (f, diff)
     # its fixed vocabulary rebuilds the shipped tokenizer exactly
     tk, _ = load_tokenizer(r.vocab, max_length=256)
-    shipped = json.loads((ROOT / "models" / "cmrdx-phantom-small" / "tokenizer.json").read_text())
+    shipped = json.loads((ROOT / "models" / "bases" / "cmrdx-phantom-small-0.5.0" / "tokenizer.json").read_text())
     assert json.loads(tk.to_str())["model"]["vocab"] == shipped["model"]["vocab"]
 
 
@@ -326,6 +347,9 @@ def test_a_recipe_chains_its_stages_resumes_inside_a_stage_and_repeats_for_its_s
     m = load_manifest(tmp_path / "model-a", verify=True)
     rec = m.provenance["recipe"]
     assert rec["file"] == "tiny.yaml" and rec["sha256"] == recipe.sha256()
+    # the work folder is WORK in the provenance, not this machine's path
+    assert m.provenance["training"]["config"]["init_from"] == "WORK/1-scratch/trained.pt"
+    assert str(tmp_path) not in json.dumps(m.provenance)
     assert [s["stage"] for s in rec["stages"]] == ["scratch", "lit"] and [s["steps"] for s in rec["stages"]] == [4, 6]
     assert rec["held_out"]["families"] == ["lge:psir", "scar:midwall"] and rec["held_out"]["vendors"] == ["philips"]
     assert rec["data"][0]["variety"] is True

@@ -380,7 +380,8 @@ def run_recipe(recipe: Recipe, *, work: str | Path, out: str | Path | None, prog
         export: dict[str, Any] = {}
         if info.is_main and out is not None and prev is not None:
             records_now = [r.record for r in results]
-            export = export_recipe(recipe, prev, records_now, Path(out), int8=int8, float16=float16, command=command)
+            export = export_recipe(recipe, prev, records_now, Path(out), int8=int8, float16=float16, command=command,
+                                   work=work)
             atomic_write(work / "result.json", json.dumps({"recipe": recipe.file, "recipe_sha256": recipe.sha256(),
                                                           "stages": records_now, "export": export}, indent=1,
                                                          default=float))
@@ -487,14 +488,36 @@ def recipe_provenance(recipe: Recipe, records: list[dict[str, Any]], command: st
     }
 
 
+def portable_paths(obj: Any, prefixes: dict[str, str]) -> Any:
+    """``obj`` (JSON-like) with every string that is a path under one of ``prefixes`` (folder -> its name in a
+    shipped manifest) written under that name: a model's provenance names ``WORK/1-adapt/trained.pt`` and
+    ``models/bases/...``, not the folders of the machine it was trained on."""
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, prefixes) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, prefixes) for v in obj]
+    if isinstance(obj, str):
+        for folder, name in prefixes.items():
+            if obj == folder or obj.startswith(folder.rstrip("/") + "/"):
+                rest = obj[len(folder.rstrip("/")):].lstrip("/")
+                return f"{name}/{rest}" if rest and name else rest or name or "."
+    return obj
+
+
 def export_recipe(recipe: Recipe, trained: Path, records: list[dict[str, Any]], out: Path, *, int8: bool = True,
-                  float16: bool = True, command: str | None = None) -> dict[str, Any]:
+                  float16: bool = True, command: str | None = None, work: str | Path | None = None) -> dict[str, Any]:
     """Export the last stage's ``trained.pt`` to ``out`` with the recipe in its provenance, then write the
-    generated section of the model card."""
+    generated section of the model card. Paths in the provenance under ``work`` read ``WORK/...``, and those in
+    the checkout cmrdx runs from are relative to it."""
+    import cmrdx
     from cmrdx.train.trainer import TrainConfig, _export, _torch_load
 
     st = _torch_load(trained)
-    prov = dict(st["provenance"])
+    prefixes = {str(Path(cmrdx.__file__).resolve().parents[1]): ""}
+    if work is not None:
+        # as given and resolved; a work folder inside the checkout is WORK too
+        prefixes = {str(Path(work)): "WORK", str(Path(work).resolve()): "WORK", **prefixes}
+    prov = portable_paths(dict(st["provenance"]), prefixes)
     prov["recipe"] = recipe_provenance(recipe, records, command)
     # the recipe names the model: a stage trained under another name or version is the same training
     cfg = dataclasses.replace(TrainConfig.from_dict(st["config"]), name=recipe.name, version=recipe.version)
