@@ -56,33 +56,36 @@ PREVALENCE = 0.3  # training's (cmrdx/train/configs/phantom-small-*.yaml)
 
 # ---------------------------------------------------------------- phantoms drawn like training's
 
-def _source(n: int, seed: int, exclude: tuple[str, ...] | None = None) -> Any:
+def _source(n: int, seed: int, exclude: tuple[str, ...] | None = None, classic_fraction: float = 0.0) -> Any:
     """Training's vendors, report styles and matrices; ``exclude`` (families, possibly empty): the randomised
-    generator without those families, as a model trained on it saw it; None: the classic generator."""
+    generator without those families, as a model trained on it saw it, with ``classic_fraction`` of the studies
+    from the classic generator (as a mixed training drew them); None: the classic generator."""
     from cmrdx.train.data import PhantomSource
 
     if exclude is None:
         return PhantomSource(n, seed, prevalence=PREVALENCE)
-    return PhantomSource(n, seed, prevalence=PREVALENCE, variety=True, exclude_families=exclude)
+    return PhantomSource(n, seed, prevalence=PREVALENCE, variety=True, exclude_families=exclude,
+                         classic_fraction=classic_fraction)
 
 
-def _render(job: tuple[int, int, int, dict[str, Any], tuple[str, ...] | None]) -> tuple[np.ndarray, int]:
+def _render(job: tuple[int, int, int, dict[str, Any], tuple[str, ...] | None, float]) -> tuple[np.ndarray, int]:
     """Study ``i`` of the source as the recipe's uint8 frames (what the training cache held)."""
     from cmrdx.recipe import RecipeParams
 
-    n, seed, i, recipe, exclude = job
-    return _source(n, seed, exclude).item_at(i).fast_u8(RecipeParams.from_dict(recipe))
+    n, seed, i, recipe, exclude, classic = job
+    return _source(n, seed, exclude, classic).item_at(i).fast_u8(RecipeParams.from_dict(recipe))
 
 
 def phantom_embeddings(encoder: Any, n: int, seed: int, workers: int,
-                       indices: list[int] | None = None, exclude: tuple[str, ...] | None = None) -> np.ndarray:
+                       indices: list[int] | None = None, exclude: tuple[str, ...] | None = None,
+                       classic_fraction: float = 0.0) -> np.ndarray:
     """Embeddings of the studies of PhantomSource(n, seed) (all, or ``indices``), rendered by ``workers``
     processes while this one encodes."""
     from cmrdx.train.data import u8_to_input
 
     p = encoder.manifest.recipe_params()
     idx = list(range(n)) if indices is None else indices
-    jobs = [(n, seed, i, p.to_dict(), exclude) for i in idx]
+    jobs = [(n, seed, i, p.to_dict(), exclude, classic_fraction) for i in idx]
     out = []
     t0 = time.perf_counter()
 
@@ -108,20 +111,25 @@ def cmd_build(a: argparse.Namespace) -> int:
     enc = Encoder(a.model, device="cpu")
     t0 = time.perf_counter()
     exclude = None if not a.variety else tuple(f for f in a.exclude_families.split(",") if f)
-    emb = phantom_embeddings(enc, a.n, a.seed, a.workers, exclude=exclude)
-    src = _source(a.n, a.seed, exclude).describe()
+    if a.classic_fraction and exclude is None:
+        raise SystemExit("--classic-fraction mixes classic studies into randomised ones: give --variety too")
+    emb = phantom_embeddings(enc, a.n, a.seed, a.workers, exclude=exclude, classic_fraction=a.classic_fraction)
+    src = _source(a.n, a.seed, exclude, a.classic_fraction).describe()
     gen = "cmrdx.synth" if exclude is None else (
-        "cmrdx.synth, randomised generator" + (f" without {', '.join(exclude)}" if exclude else ""))
+        "cmrdx.synth, randomised generator" + (f" without {', '.join(exclude)}" if exclude else "")
+        + (f", {a.classic_fraction:.0%} of the studies from the classic one" if a.classic_fraction else ""))
     text = (f"{a.n} phantom studies drawn like the training studies ({gen}, source seed {a.seed}: study seeds "
             f"{src['study_seeds'][0]}-{src['study_seeds'][1]}; {', '.join(src['vendors'])} styles, matrices 160-256, "
             f"findings at prevalence {PREVALENCE}), rendered to arrays through recipe {enc.manifest.recipe['name']}")
     opts = "" if exclude is None else " --variety" + (f" --exclude-families {','.join(exclude)}" if exclude else "")
+    opts += f" --classic-fraction {a.classic_fraction}" if a.classic_fraction else ""
     ref = build_reference(emb, source=text, k=a.k, quantile=a.quantile, model_sha256=enc.manifest.sha256,
                           precision=enc.precision,
                           extra={"kind": "phantom", "seed": a.seed, "study_seeds": src["study_seeds"],
                                  "vendors": src["vendors"], "prevalence": PREVALENCE, "matrix": src["matrix"],
                                  "generator": f"cmrdx.synth {cmrdx.__version__}",
                                  **({"variety": True, "exclude_families": list(exclude)} if exclude is not None else {}),
+                                 **({"classic_fraction": a.classic_fraction} if a.classic_fraction else {}),
                                  "command": f"python bench/build_reference.py build --n {a.n} --seed {a.seed} "
                                             f"--k {a.k} --quantile {a.quantile}{opts}"})
     m = install_reference(enc.manifest, ref, replace=True)
@@ -345,6 +353,8 @@ def main() -> int:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--variety", action="store_true", help="draw from the randomised generator (a model trained on it)")
     b.add_argument("--exclude-families", default="", help="with --variety: families its training left out")
+    b.add_argument("--classic-fraction", type=float, default=0.0,
+                   help="with --variety: the share of classic studies its training mixed in")
     m = sub.add_parser("measure", help="write bench/results/typicality.md")
     m.add_argument("--model", default=str(MODEL))
     m.add_argument("--heldout", type=Path, required=True, help="the held-out phantom archive (see the docstring)")
