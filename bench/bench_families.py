@@ -110,13 +110,24 @@ def main() -> None:
     total = time.perf_counter() - t_start
 
     labels = results["classic"]["labels"]
+    held = set(((enc.manifest.provenance or {}).get("recipe") or {}).get("held_out", {}).get("families") or [])
+    scored = [f for f, _, _, _ in plan if f not in ("classic", "variety")]
+    if held & set(scored):
+        lofo = ("this model was trained without "
+                + ", ".join(f"`{f}`" for f in sorted(held)) + " (its manifest's provenance), so "
+                + ("those columns are" if len(held & set(scored)) > 1 else "that column is")
+                + " leave-one-family-out results"
+                + ("; the others are families it saw. " if set(scored) - held else ". "))
+    else:
+        lofo = ("the test side of a leave-one-family-out split (this model's manifest names none of them as held "
+                "out of its training). ")
     lines = [f"# Zero-shot AUC of `{enc.manifest.name}` {enc.manifest.version} beyond its own generator", "",
              "**Phantoms, not patients.** The same model, scored on held-out studies of the generator it was trained on "
              "(classic) and of cmrdx's randomised generator (`cmrdx synth archive --variety`): other shapes, scar "
              "patterns, LGE and cine contrasts, noise, shading, geometry, misregistration and views "
              "([cmrdx/synth/variety.py](../../cmrdx/synth/variety.py)). A family column is an archive whose every "
              "study that can show the family does (`--only-families F`, the finding it bears on at prevalence 0.5): "
-             "the test side of a leave-one-family-out split, before any model was trained without F. "
+             + lofo +
              "Cells: AUC; bold: the findings the family bears on; '-': fewer than 5 positives or negatives.", "",
              f"Machine: {cpu_name()}, onnxruntime {enc.precision} on the {enc.device}; shared, load average {load0} at "
              f"the start, {load_average()} at the end. Total {total / 60:.1f} min.", "",
