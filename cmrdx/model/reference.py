@@ -17,6 +17,13 @@ need none. The leave-one-out scores are those of studies the distance never saw,
 new study drawn like the reference meets (slightly conservatively: it has one more neighbour to choose from).
 
 Embeddings are L2-normalised (the encoder's output); a study's embedding is normalised again before scoring.
+
+What it cannot say: "typical" means "near the reference", so a reference is only as narrow as what it is drawn
+from. A model trained on wide, randomised phantoms gets a wide reference, and non-cardiac real MR images can fall
+inside it: the mixed adaptation 0.6.0.dev2, with a reference drawn like its training, called all 19 real-pixel cine
+studies of the benchmark typical, where the bundled model (classic phantoms) calls all 19 atypical
+(bench/results/families-adapt.md). Check a new model's reference on such studies
+(``bench/build_reference.py measure``) before trusting its "typical".
 """
 
 from __future__ import annotations
