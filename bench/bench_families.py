@@ -111,13 +111,10 @@ def main() -> None:
 
     labels = results["classic"]["labels"]
     held = set(((enc.manifest.provenance or {}).get("recipe") or {}).get("held_out", {}).get("families") or [])
-    scored = [f for f, _, _, _ in plan if f not in ("classic", "variety")]
-    if held & set(scored):
-        lofo = ("this model was trained without "
-                + ", ".join(f"`{f}`" for f in sorted(held)) + " (its manifest's provenance), so "
-                + ("those columns are" if len(held & set(scored)) > 1 else "that column is")
-                + " leave-one-family-out results"
-                + ("; the others are families it saw. " if set(scored) - held else ". "))
+    lofo_cols = sorted(held & {f for f, _, _, _ in plan})
+    if lofo_cols:
+        lofo = (f"this model was trained without {', '.join(f'`{f}`' for f in lofo_cols)} (its manifest's "
+                "provenance): those columns are leave-one-family-out results, any other family column one it saw. ")
     else:
         lofo = ("the test side of a leave-one-family-out split (this model's manifest names none of them as held "
                 "out of its training). ")

@@ -148,8 +148,13 @@ def main() -> None:
              "PYTHONPATH=. .venv/bin/python bench/bench_probe.py " + " ".join(f"--model {m}" for m in a.model),
              "```", ""]
     params = None
+    from cmrdx.errors import ModelError
+
     for m in a.model:
-        enc = Encoder(m, device="cpu")
+        try:
+            enc = Encoder(m, device="cpu")
+        except ModelError as e:
+            raise SystemExit(f"--model {m}: {e}") from None
         params = params or enc.manifest.recipe_params()
         es = {n: load_eval_set(root / n, enc, cache_dir=root / "cache") for n in archives}
         fams = [n for n in archives if n not in ("classic", "variety")]

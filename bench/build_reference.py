@@ -113,6 +113,9 @@ def cmd_build(a: argparse.Namespace) -> int:
     exclude = None if not a.variety else tuple(f for f in a.exclude_families.split(",") if f)
     if a.classic_fraction and exclude is None:
         raise SystemExit("--classic-fraction mixes classic studies into randomised ones: give --variety too")
+    if not 0.0 <= a.classic_fraction < 1.0:
+        raise SystemExit(f"--classic-fraction {a.classic_fraction}: a share in [0, 1), such as the training "
+                         "config's classic_fraction")
     emb = phantom_embeddings(enc, a.n, a.seed, a.workers, exclude=exclude, classic_fraction=a.classic_fraction)
     src = _source(a.n, a.seed, exclude, a.classic_fraction).describe()
     gen = "cmrdx.synth" if exclude is None else (
