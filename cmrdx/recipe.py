@@ -41,6 +41,7 @@ from cmrdx.vocab import view_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.dicom.source import FileRef
+    from cmrdx.study.heart import HeartLocation
     from cmrdx.study.types import Study, StudyView
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,6 +86,10 @@ class RecipeParams:
             None keeps every phase.
         lge_repeats_default: L when there is no LGE short-axis stack.
         mean, std: per-channel normalisation of [0, 1] intensities.
+        heart_crop_mm: before anything else, cut every image to a square of this side (mm) centred on the heart,
+            which the study's own plan locates (``cmrdx.study.heart``): the short-axis slices on the LV long axis,
+            the long-axis images on the heart's centre. None (the reference) keeps the whole field of view; so
+            does a study whose plan does not locate the heart (said in ``substitutions``).
     """
 
     segments: tuple[str, ...] = ("cine_lax", "cine_sa", "lge_sa", "lge_lax", "lge_2ch", "lge_3ch")
@@ -99,6 +104,7 @@ class RecipeParams:
     lge_repeats_default: int = 12
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    heart_crop_mm: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.segments if s not in SEGMENTS]
@@ -108,9 +114,13 @@ class RecipeParams:
             raise ValueError(f"window_scope must be 'view' or 'frame', not {self.window_scope!r}")
         if not 0 <= self.window[0] < self.window[1] <= 100:
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.window}")
+        if self.heart_crop_mm is not None and not 20.0 <= float(self.heart_crop_mm) <= 1000.0:
+            raise ValueError(f"heart_crop_mm must be between 20 and 1000 mm (or None), got {self.heart_crop_mm}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["heart_crop_mm"] is None:  # the reference input: recorded as it was before the option existed
+            del d["heart_crop_mm"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -144,6 +154,7 @@ class RecipeResult:
     montage_length: int = 0
     sampled: list[int] = field(default_factory=list)
     departures: list[Departure] = field(default_factory=list)
+    heart: dict[str, Any] | None = None  # where the heart was found and how (recipes with heart_crop_mm)
 
 
 def get_recipe(name: str, **overrides: Any) -> RecipeParams:
@@ -395,13 +406,79 @@ def montage_plan(p: RecipeParams, views: Mapping[str, Any]) -> MontagePlan:
     return plan
 
 
-def read_entry(view: StudyView, entry: PlanEntry) -> np.ndarray:
+@dataclass(frozen=True)
+class EntryCrop:
+    """The square around the heart cut from each image of a plan entry: per image the (row, column) of its first
+    pixel in the view's image (whole pixels; may lie outside it, where the cut is filled with the image's
+    minimum) and the cut's size (rows, columns) in pixels, the same for every image of the entry."""
+
+    starts: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """(n, H, W) -> (n, size[0], size[1]) float32: each image's cut."""
+        h, w = self.size
+        out = np.empty((len(images), h, w), np.float32)
+        for k, (img, (r0, c0)) in enumerate(zip(images, self.starts)):
+            out[k] = float(img.min())
+            rs, cs = max(r0, 0), max(c0, 0)
+            re, ce = min(r0 + h, img.shape[0]), min(c0 + w, img.shape[1])
+            if rs < re and cs < ce:
+                out[k, rs - r0:re - r0, cs - c0:ce - c0] = img[rs:re, cs:ce]
+        return out
+
+
+def entry_crop(view: StudyView, entry: PlanEntry, heart: HeartLocation, side_mm: float) -> EntryCrop | None:
+    """The crop of ``side_mm`` around the heart for each image of ``entry``; None when the view has no geometry."""
+    if len(view.geometry) != view.n_slices:
+        return None
+    g0 = view.geometry[entry.images[0][0]]
+    mm = g0.mm_per_pixel(view.shape)
+    size = (max(1, int(round(side_mm / mm[0]))), max(1, int(round(side_mm / mm[1]))))
+    starts = []
+    for s, _ in entry.images:
+        g = view.geometry[s]
+        r, c = g.pixel_of(heart.on_slice(g), view.shape)
+        starts.append((int(round(r - (size[0] - 1) / 2)), int(round(c - (size[1] - 1) / 2))))
+    return EntryCrop(tuple(starts), size)
+
+
+def heart_crops(views: Mapping[str, StudyView], plan: MontagePlan,
+                p: RecipeParams) -> tuple[dict[str, EntryCrop], HeartLocation | None, dict[str, Any] | None]:
+    """Per segment of ``plan`` the crop around the heart that recipe ``p`` asks for (none without
+    ``heart_crop_mm``), the heart's location, and the record of how it was found (``RecipeResult.heart``); a study
+    whose plan does not locate the heart, or a view without geometry, keeps the whole field of view and the
+    record says why."""
+    if p.heart_crop_mm is None:
+        return {}, None, None
+    from cmrdx.study.heart import locate_heart
+
+    heart, how = locate_heart(views)
+    record: dict[str, Any] = {"crop_mm": float(p.heart_crop_mm), "located": heart is not None, "how": how}
+    if heart is None:
+        return {}, None, record
+    record.update(heart.to_dict())
+    crops: dict[str, EntryCrop] = {}
+    whole: list[str] = []
+    for e in plan.entries:
+        c = entry_crop(views[e.key], e, heart, float(p.heart_crop_mm))
+        if c is None:
+            whole.append(e.key)
+        else:
+            crops[e.segment] = c
+    if whole:
+        record["whole_field_of_view"] = sorted(set(whole))
+    return crops, heart, record
+
+
+def read_entry(view: StudyView, entry: PlanEntry, crop: EntryCrop | None = None) -> np.ndarray:
     """The images of a plan entry from its view: (len(entry.images), H, W) float32 modality units, each
-    distinct (slice, phase) decoded once."""
+    distinct (slice, phase) decoded once; cut to ``crop`` when given."""
     slices = sorted({s for s, _ in entry.images})
     phases = sorted({t for _, t in entry.images})
     px = view.pixels(slices=slices, phases=phases)  # (len(slices), len(phases), H, W)
-    return px[[slices.index(s) for s, _ in entry.images], [phases.index(t) for _, t in entry.images]]
+    out = px[[slices.index(s) for s, _ in entry.images], [phases.index(t) for _, t in entry.images]]
+    return crop.apply(out) if crop is not None else out
 
 
 def plan_refs(study: Study, plan: MontagePlan) -> list[FileRef]:
@@ -415,14 +492,17 @@ def plan_refs(study: Study, plan: MontagePlan) -> list[FileRef]:
     return list(out)
 
 
-def read_plan(study: Study, plan: MontagePlan) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
-    """Decode a plan's images from ``study``: per entry (n, H, W) float32 modality units, and the ``used``
-    record (segment -> view, series, slices, phases, repeats, montage frames)."""
+def read_plan(study: Study, plan: MontagePlan, crops: Mapping[str, EntryCrop] | None = None,
+              ) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
+    """Decode a plan's images from ``study``: per entry (n, H, W) float32 modality units (cut to the entry's
+    crop in ``crops``, by segment, when it has one), and the ``used`` record (segment -> view, series, slices,
+    phases, repeats, montage frames)."""
     used: dict[str, dict[str, Any]] = {}
     out: list[np.ndarray] = []
     for e in plan.entries:
         view = study.views[e.key]
-        out.append(read_entry(view, e))
+        crop = (crops or {}).get(e.segment)
+        out.append(read_entry(view, e, crop))
         used[e.segment] = {"slices": list(dict.fromkeys(s for s, _ in e.images)),
                            "phases": len(e.images) if e.kind == "mid_slice_all_phases" else 1, "repeats": e.repeats,
                            "view": view.key, "series_uids": list(view.series_uids), "montage_frames": e.montage_frames}
@@ -475,7 +555,14 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     subs = plan.substitutions
     if not plan.entries:
         raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
-    images, used = read_plan(study, plan)
+    crops, _, heart = heart_crops(study.views, plan, p)
+    if heart is not None and not heart["located"]:
+        subs.append(f"heart not located ({heart['how']}): the whole field of view is used")
+    elif heart is not None and heart.get("whole_field_of_view"):
+        subs.append(f"no geometry in {', '.join(heart['whole_field_of_view'])}: the whole field of view is used there")
+    images, used = read_plan(study, plan, crops)
+    for seg, c in crops.items():
+        used[seg]["crop_px"] = list(c.size)
     # The montage as (entry, image) pairs; a repeated LGE image is one image listed L times.
     entries = plan.frames()
     windows: list[tuple[np.ndarray, np.ndarray]] = []
@@ -501,4 +588,4 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     # with store_size=None the frames are already at crop size; Resize(crop) on them is the identity
     arr = frames_to_input(montage, p if p.store_size is not None else replace(p, resize=p.crop))
     return RecipeResult(array=arr, used=used, substitutions=subs, montage_length=len(entries), sampled=idx.tolist(),
-                        departures=list(plan.departures))
+                        departures=list(plan.departures), heart=heart)

@@ -87,7 +87,7 @@ def scar_patches(params, m: Montage, segment: str, grid: int) -> np.ndarray:
 # The perturbed input is the model's input
 
 
-@pytest.mark.parametrize("recipe", ["bundled", "tiny", "no-store"])
+@pytest.mark.parametrize("recipe", ["bundled", "tiny", "no-store", "heart"])
 def test_the_montage_rebuilt_from_decoded_frames_is_the_recipes_input(recipe):
     """The bundled recipe on the example study (real DICOM), two other recipes on a small phantom."""
     from cmrdx.study.assemble import assemble_study
@@ -95,11 +95,14 @@ def test_the_montage_rebuilt_from_decoded_frames_is_the_recipes_input(recipe):
     p = get_encoder(None, "cpu").manifest.recipe_params()
     p = {"bundled": p, "no-store": dataclasses.replace(p, store_size=None),
          "tiny": get_recipe("cmrclip-v1", frames=8, image_size=32, resize=36, crop=36, store_size=36,
-                            cine_phases=None)}[recipe]
+                            cine_phases=None),
+         "heart": get_recipe("cmrclip-v1", frames=8, image_size=32, resize=36, crop=36, store_size=36,
+                             cine_phases=None, heart_crop_mm=150.0)}[recipe]
     study = assemble_study(EXAMPLE) if recipe == "bundled" else phantom_study(
         sample_params(2, {}, n_phases=8, matrix=64))[0]
     m = Montage(study, p)
     assert np.array_equal(m.input(), apply_recipe(study, p).array)
+    assert (m.heart is not None) == (recipe == "heart")  # the phantom's plan locates its heart
     # a segment left out is the study without its views, as the recipe plans it
     lacking = dataclasses.replace(study, views={k: v for k, v in study.views.items() if not k.startswith("lge:")
                                                 or k in ("lge:2CH",)})

@@ -370,17 +370,22 @@ def test_archive_family_filters_and_cli(tmp_path):
     assert r.exit_code == 0 and "scar:midwall" in r.output
 
 
-def test_training_fast_path_is_exact_for_randomised_studies():
+@pytest.mark.parametrize("heart_crop_mm", [None, 170.0])
+def test_training_fast_path_is_exact_for_randomised_studies(heart_crop_mm):
     """``phantom_u8`` (only the sampled frames rendered) equals the recipe applied to the lazy study, for PSIR
-    images, misregistered slices and missing views too: training on randomised phantoms keeps its fast path."""
+    images, misregistered slices and missing views too, and with the cut around the heart: training on randomised
+    phantoms keeps its fast path."""
     from cmrdx.recipe import IMAGENET_MEAN, IMAGENET_STD, apply_recipe, get_recipe, recipe_view_keys
     from cmrdx.synth.arrays import phantom_u8
 
-    r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48, window_scope="frame")
+    r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48, window_scope="frame",
+                   heart_crop_mm=heart_crop_mm)
     p = sample_params(23, {"lge": "moderate"}, only_families=["lge:psir", "breathhold:misregistered", "views:missing"],
                       matrix=64, n_phases=8)
     u8, n = phantom_u8(p, r)
-    arr = apply_recipe(phantom_study(p, recipe_view_keys(r))[0], r).array
+    rr = apply_recipe(phantom_study(p, recipe_view_keys(r))[0], r)
+    assert (rr.heart is not None and rr.heart["located"]) == (heart_crop_mm is not None)
+    arr = rr.array
     grey = np.rint((arr[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0)
     np.testing.assert_array_equal(u8, grey.astype(np.uint8))
     assert n == 8 and u8.std() > 10

@@ -36,6 +36,8 @@ from cmrdx.recipe import (
     RecipeParams,
     _resize_crop_matrices,
     apply_window,
+    entry_crop,
+    heart_crops,
     montage_plan,
     read_entry,
     read_plan,
@@ -116,7 +118,8 @@ class Montage:
         self.plan = montage_plan(p, study.views)
         if not self.plan.entries:
             raise ValueError("recipe found none of its views in the study: " + "; ".join(self.plan.substitutions))
-        images, self.used = read_plan(study, self.plan)
+        self.crops, self.heart, _ = heart_crops(study.views, self.plan, p)
+        images, self.used = read_plan(study, self.plan, self.crops)
         self.entries: dict[str, PlanEntry] = {e.segment: e for e in self.plan.entries}
         self.stored: dict[str, np.ndarray] = {e.segment: _stored(f, p) for e, f in zip(self.plan.entries, images)}
         # the transform of ``frames_to_input`` as ``apply_recipe`` calls it
@@ -132,8 +135,10 @@ class Montage:
         base = self.entries.get(entry.segment)
         if base is not None and base.images == entry.images and base.key == entry.key:
             return self.stored[entry.segment]
-        frames = _stored(read_entry(self.study.views[entry.key], entry), self.p)
-        return frames
+        view = self.study.views[entry.key]
+        crop = entry_crop(view, entry, self.heart, float(self.p.heart_crop_mm)) \
+            if self.heart is not None and self.p.heart_crop_mm is not None else None
+        return _stored(read_entry(view, entry, crop), self.p)
 
     def _final(self, frames: np.ndarray) -> np.ndarray:
         """Stored frames (n, h, w) 0..255 -> (n, S, S) grey images of the model input, before normalisation:

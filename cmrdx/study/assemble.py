@@ -37,7 +37,7 @@ from cmrdx.dicom.scan import ScanResult, scan
 from cmrdx.dicom.series import Frame, ReadWarnings, Series, capture_read_warnings
 from cmrdx.errors import MultipleStudiesError, NoCineError, NoDicomError, NoMRError
 from cmrdx.study.roles import classify_study_series, frame_is_psir_real, lge_image_kind
-from cmrdx.study.types import AssemblyManifest, InputCheck, SeriesDecision, Study, StudyView
+from cmrdx.study.types import AssemblyManifest, InputCheck, SeriesDecision, SliceGeometry, Study, StudyView
 from cmrdx.vocab import MODEL_ROLES, Role, view_key
 from cmrdx.vocab import VIEW_KEYS as STANDARD_VIEWS
 
@@ -413,9 +413,24 @@ def _build_view(role: str, view: str, chosen: list[Series], notes: list[str],
         rr_interval=rr,
         series_uids=[s.uid for s in chosen],
         notes=notes,
+        geometry=_geometry(grid),
         _loader=loader.load,
         _refs=[[f.ref for f in row] for row in grid],
     )
+
+
+def _geometry(grid: list[list[Frame]]) -> tuple[SliceGeometry, ...]:
+    """Each slice's header geometry (its first image's); empty unless every slice has a usable one."""
+    out = []
+    for row in grid:
+        f = row[0]
+        if f.position is None or f.orientation is None or not f.pixel_spacing or min(f.pixel_spacing) <= 0:
+            return ()
+        o = [float(v) for v in f.orientation]
+        out.append(SliceGeometry(origin=tuple(float(v) for v in f.position),  # type: ignore[arg-type]
+                                 row_dir=(o[0], o[1], o[2]), col_dir=(o[3], o[4], o[5]),
+                                 spacing=(float(f.pixel_spacing[0]), float(f.pixel_spacing[1])), shape=(f.rows, f.cols)))
+    return tuple(out)
 
 
 # PSIR LGE gives two images of one acquisition: the phase-sensitive real image and its magnitude companion, as two

@@ -24,6 +24,53 @@ from cmrdx.vocab import VIEW_KEYS, view_key
 STANDARD_VIEWS = VIEW_KEYS
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where one slice of a view lies in the DICOM patient coordinate system (mm), as its headers say.
+
+    ``origin``: centre of pixel (row 0, column 0) (ImagePositionPatient); ``row_dir``: direction of increasing column
+    index and ``col_dir`` of increasing row index (ImageOrientationPatient); ``spacing``: (row spacing, column
+    spacing) (PixelSpacing); ``shape``: (rows, columns) of the image the header describes (a view may resample
+    a slice of another matrix to its own ``shape``; ``pixel_of`` scales to it).
+    """
+
+    origin: tuple[float, float, float]
+    row_dir: tuple[float, float, float]
+    col_dir: tuple[float, float, float]
+    spacing: tuple[float, float]
+    shape: tuple[int, int]
+
+    @property
+    def normal(self) -> np.ndarray:
+        n = np.cross(np.asarray(self.row_dir), np.asarray(self.col_dir))
+        return n / max(float(np.linalg.norm(n)), 1e-12)
+
+    @property
+    def centre(self) -> np.ndarray:
+        """Patient coordinates of the image's centre."""
+        h, w = self.shape
+        return (np.asarray(self.origin) + (w - 1) / 2 * self.spacing[1] * np.asarray(self.row_dir)
+                + (h - 1) / 2 * self.spacing[0] * np.asarray(self.col_dir))
+
+    def pixel_of(self, point: np.ndarray, shape: tuple[int, int] | None = None) -> tuple[float, float]:
+        """(row, column) of ``point`` projected onto the slice, in pixels of an image of ``shape`` (default: the
+        header's own matrix) covering the same field of view."""
+        d = np.asarray(point, float) - np.asarray(self.origin)
+        r = float(d @ np.asarray(self.col_dir)) / self.spacing[0]
+        c = float(d @ np.asarray(self.row_dir)) / self.spacing[1]
+        if shape is not None and tuple(shape) != tuple(self.shape):
+            # pixel centres of a resampled matrix over the same field of view
+            r = (r + 0.5) * shape[0] / self.shape[0] - 0.5
+            c = (c + 0.5) * shape[1] / self.shape[1] - 0.5
+        return r, c
+
+    def mm_per_pixel(self, shape: tuple[int, int] | None = None) -> tuple[float, float]:
+        """(row, column) pixel size in mm of an image of ``shape`` over this slice's field of view."""
+        if shape is None or tuple(shape) == tuple(self.shape):
+            return self.spacing
+        return (self.spacing[0] * self.shape[0] / shape[0], self.spacing[1] * self.shape[1] / shape[1])
+
+
 @dataclass
 class StudyView:
     """One assembled stack of a study.
@@ -39,6 +86,8 @@ class StudyView:
         rr_interval: ms, or None when unknown.
         series_uids: the series this view was built from.
         notes: human-readable repairs and warnings (a dropped phase, a merged stack, ...).
+        geometry: each slice's place in patient coordinates (``SliceGeometry``), in slice order; empty when a
+            slice's headers lack a usable position, orientation or pixel spacing (or the view is an array).
     """
 
     role: str
@@ -52,6 +101,7 @@ class StudyView:
     rr_interval: float | None
     series_uids: list[str]
     notes: list[str] = field(default_factory=list)
+    geometry: tuple[SliceGeometry, ...] = ()
     # loader(slices, phases) -> float32 (len(slices), len(phases), H, W)
     _loader: Callable[[Sequence[int], Sequence[int]], np.ndarray] | None = field(default=None, repr=False)
     # the files of each image of the grid (slices x phases), for a source that must fetch them before decoding
@@ -97,6 +147,7 @@ class StudyView:
         rr_interval: float | None = None,
         series_uids: list[str] | None = None,
         notes: list[str] | None = None,
+        geometry: Sequence[SliceGeometry] = (),
     ) -> StudyView:
         """A view over an in-memory (S, P, H, W) array, e.g. a phantom rendered without DICOM."""
         arr = np.asarray(array, dtype=np.float32)
@@ -115,6 +166,7 @@ class StudyView:
             rr_interval=rr_interval,
             series_uids=list(series_uids or []),
             notes=list(notes or []),
+            geometry=tuple(geometry),
             _loader=lambda sl, ph: arr[np.ix_(list(sl), list(ph))],
         )
 

@@ -18,7 +18,7 @@ from cmrdx.vocab import CINE_VIEWS, LGE_VIEWS, VIEW_KEYS, Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.recipe import RecipeParams
-    from cmrdx.study.types import Study
+    from cmrdx.study.types import SliceGeometry, Study
     from cmrdx.synth.geometry import Plane
     from cmrdx.synth.params import StudyParams
     from cmrdx.synth.render import Renderer
@@ -75,9 +75,21 @@ def phantom_study(params: StudyParams, views: Sequence[str] | None = None) -> tu
             role=role, view=view, n_slices=len(planes), n_phases=len(times), shape=(h, w),
             pixel_spacing=(planes[0].spacing, planes[0].spacing),
             slice_positions=np.array([pl.position for pl in planes]), trigger_times=np.asarray(times, float),
-            rr_interval=params.acq.rr_ms, series_uids=[], notes=["synthetic phantom (arrays)"], _loader=loader,
+            rr_interval=params.acq.rr_ms, series_uids=[], notes=["synthetic phantom (arrays)"],
+            geometry=tuple(_slice_geometry(pl) for pl in planes), _loader=loader,
         )
     return st, phantom_report(params)
+
+
+def _slice_geometry(pl: Plane) -> SliceGeometry:
+    """A plane's header geometry, as its DICOM file would state it."""
+    from cmrdx.study.types import SliceGeometry
+
+    def v3(x: np.ndarray) -> tuple[float, float, float]:
+        return float(x[0]), float(x[1]), float(x[2])
+
+    return SliceGeometry(origin=v3(pl.origin), row_dir=v3(pl.row), col_dir=v3(pl.col), spacing=(pl.spacing, pl.spacing),
+                         shape=(int(pl.shape[0]), int(pl.shape[1])))
 
 
 def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
@@ -88,6 +100,8 @@ def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
     Exact for recipes with ``window_scope == "frame"`` (each frame windowed on its own, so unsampled frames
     are never needed) whose output is whole grey levels (``cmrdx.recipe.u8_exact``); others are refused."""
     from cmrdx.recipe import (
+        EntryCrop,
+        heart_crops,
         montage_plan,
         recipe_view_keys,
         resize_crop,
@@ -105,6 +119,7 @@ def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
                          f"image_size={p.image_size})")
     study = phantom_study(params, recipe_view_keys(p))[0]
     plan = montage_plan(p, study.views)
+    crops = heart_crops(study.views, plan, p)[0]
     montage = plan.frames()
     idx = sample_indices(len(montage), p.frames)
     frames = []
@@ -113,6 +128,9 @@ def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
         e = plan.entries[ei]
         s, t = e.images[ii]
         img = study.views[e.key].pixels(slices=[s], phases=[t])[0, 0]
+        if e.segment in crops:
+            c = crops[e.segment]
+            img = EntryCrop((c.starts[ii],), c.size).apply(img[None])[0]
         x, _ = window_to_unit(img[None], p.window, "frame")
         frames.append(store_frames(x, p)[0])
     grey = resize_crop(np.stack(frames) / 255.0, p.resize, p.crop, p.image_size)  # identity resize, centre crop

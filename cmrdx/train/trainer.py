@@ -63,7 +63,8 @@ class TrainConfig:
     folders); ``prevalence`` per finding; ``matrix`` square acquisition matrix of the renders (None: drawn as
     in DICOM archives); ``variety`` the randomised generator, with ``only_families`` / ``exclude_families``
     (family names, ``cmrdx.synth.variety``). Recipe: cmrclip-v1 with ``frames``, ``image_size``; ``resize`` / ``crop`` zoom in on
-    the heart (crop of the central crop/resize of the field of view). Model: ViT ``patch``/``width``/
+    the heart (crop of the central crop/resize of the field of view); ``heart_crop_mm`` first cuts each image to a
+    square of that side around the heart, located from the study's plan (``cmrdx.recipe``). Model: ViT ``patch``/``width``/
     ``depth``/``heads``; BERT ``text_*``; ``projection_dim``. Optimisation: ``epochs`` of ``batch_size``,
     ``lr`` peak, ``warmup_steps``, ``temperature``; ``text_subset_p`` chance of training on 1 to
     ``text_max_sentences`` sentences of a report instead of all of it; ``text_augment`` chance that each training
@@ -91,6 +92,7 @@ class TrainConfig:
     image_size: int = 96
     resize: int = 144
     crop: int = 96
+    heart_crop_mm: float | None = None
     patch: int = 24
     width: int = 128
     depth: int = 2
@@ -177,6 +179,8 @@ class TrainConfig:
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         if not d.get("classic_fraction"):  # added later: runs without it keep the identity they were started with
             d.pop("classic_fraction", None)
+        if d.get("heart_crop_mm") is None:  # likewise
+            d.pop("heart_crop_mm", None)
         return d
 
     def torch_device(self) -> str:
@@ -192,7 +196,7 @@ class TrainConfig:
         from cmrdx.recipe import get_recipe
 
         return get_recipe("cmrclip-v1", frames=self.frames, image_size=self.image_size, resize=self.resize,
-                          crop=self.crop, store_size=self.resize, window_scope="frame")
+                          crop=self.crop, store_size=self.resize, window_scope="frame", heart_crop_mm=self.heart_crop_mm)
 
     def source(self):
         from cmrdx.train.data import ArchiveSource, PhantomSource, views_for_recipe
