@@ -7,8 +7,11 @@ apex and the heart's axes), so the located axis and centre are checked against t
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import numpy as np
+import pydicom
 import pytest
 
 from cmrdx.recipe import EntryCrop, RecipeParams, apply_recipe, get_recipe
@@ -18,6 +21,7 @@ from cmrdx.study.types import SliceGeometry, StudyView
 from cmrdx.synth.params import sample_params
 from cmrdx.synth.phantom import Phantom
 from cmrdx.synth.writer import write_study
+from helpers.cli import in_process
 
 SMALL = dict(matrix=64, n_phases=8)
 
@@ -168,3 +172,25 @@ def test_the_option_is_recorded_only_when_set():
 def test_array_views_carry_no_geometry_unless_given():
     v = StudyView.from_array("cine", "SAX", np.zeros((2, 3, 8, 8), np.float32))
     assert v.geometry == ()
+
+
+def test_inspect_says_where_the_plan_puts_the_heart(written, tmp_path):
+    """`cmrdx inspect` reports the located heart (JSON and text), and says why when the plan cannot place it."""
+    _, study = written["classic"]
+    folder = study.source
+    code, out, err = in_process("inspect", str(folder), "--json")
+    assert code == 0, err
+    h = json.loads(out)["heart"]
+    assert h["located"] and h["planes"][:2] == ["cine:4CH", "cine:2CH"] and len(h["centre_mm"]) == 3
+    code, out, err = in_process("inspect", str(folder))
+    assert code == 0 and "heart: LV long axis from cine:4CH, cine:2CH" in " ".join(out.split()), out
+    # the same study without its two- and three-chamber series: one long-axis plane, not located
+    bare = tmp_path / "one-plane"
+    shutil.copytree(folder, bare)
+    for f in bare.rglob("*.dcm"):
+        if any(k in str(pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription).upper() for k in ("2CH", "3CH")):
+            f.unlink()
+    code, out, err = in_process("inspect", str(bare), "--json")
+    assert code == 0, err
+    h = json.loads(out)["heart"]
+    assert not h["located"] and "two long-axis planes" in h["how"]

@@ -29,12 +29,13 @@ def inspect_cmd(
     from cmrdx.errors import MultipleStudiesError
     from cmrdx.pacs.config import is_address
     from cmrdx.study.assemble import assemble_study, inspect_study
+    from cmrdx.study.heart import locate_heart
 
     if is_address(study_dir):  # the PACS answers with headers; no image is retrieved
         from cmrdx.pacs.study import inspect_pacs_study
 
         ps = inspect_pacs_study(study_dir, config=pacs_config)
-        insp, res, manifest = ps.inspection, ps.inspection.scan, ps.study.manifest
+        insp, res, assembled = ps.inspection, ps.inspection.scan, ps.study
     else:
         res = scan(study_dir)
         try:
@@ -45,11 +46,15 @@ def inspect_cmd(
             _print_studies(res)
             raise
         # Headers only: the assembly decodes nothing until pixels are asked for; it runs the input checks.
-        manifest = assemble_study(insp, require_cine=False).manifest
+        assembled = assemble_study(insp, require_cine=False)
+    manifest = assembled.manifest
+    # where the plan puts the heart (headers only): what a recipe that cuts around it would use
+    heart, how = locate_heart(assembled.views)
     if as_json:
         d = insp.to_dict(show_phi=show_phi)
         d["input_checks"] = [c.to_dict() for c in manifest.input_checks]
         d["warnings"] = list(manifest.warnings)
+        d["heart"] = {"located": heart is not None, "how": how, **(heart.to_dict() if heart is not None else {})}
         typer.echo(json.dumps(d, indent=2))
         return
     console = _console()
@@ -77,6 +82,7 @@ def inspect_cmd(
     console.print("[bold]views found:[/] " + (safe(", ".join(f"{k} ({len(v)} series)" for k, v in sorted(found.items()))) or "none"))
     if insp.views_missing:
         console.print("[bold yellow]views missing:[/] " + safe(", ".join(insp.views_missing)))
+    console.print(("[bold]heart:[/] " if heart is not None else "[bold]heart:[/] not located: ") + safe(how))
     if res.files_skipped:
         console.print("[bold]files skipped:[/] " + safe(", ".join(f"{n} {r}" for r, n in res.files_skipped.items())))
     missing_line = "views not found: " + ", ".join(insp.views_missing)  # already said above
