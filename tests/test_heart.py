@@ -194,3 +194,25 @@ def test_inspect_says_where_the_plan_puts_the_heart(written, tmp_path):
     assert code == 0, err
     h = json.loads(out)["heart"]
     assert not h["located"] and "two long-axis planes" in h["how"]
+
+
+@pytest.mark.parametrize("vendor,enhanced", [("siemens", False), ("ge", False), ("philips", True)])
+def test_the_long_axis_of_studies_cmrdx_did_not_write(tmp_path, vendor, enhanced):
+    """Studies built by the test factory (a real DICOM file's pixels and headers, oblique geometry, vendor naming,
+    the short-axis cine as Enhanced MR for Philips) rather than by cmrdx's generator: the long-axis planes are set
+    through the line along the short-axis normal, and that is the axis read back."""
+    from helpers.cine_factory import build_cine_study
+
+    b = build_cine_study(tmp_path / vendor, vendor=vendor, n_slices=8, n_phases=6, enhanced_sax=enhanced,
+                         seed=5)
+    study = assemble_study(str(b.root))
+    loc, how = locate_heart(study.views)
+    assert loc is not None, how
+    assert abs(float(loc.axis @ b.sax_normal)) > np.cos(np.radians(0.5))
+    # the centre lies in every long-axis plane and halfway along the short-axis stack
+    for key in loc.planes:
+        g = study.views[key].geometry[0]
+        assert abs(float(g.normal @ (loc.centre - np.asarray(g.origin)))) < 0.1
+    sax = study.views["cine:SAX"].geometry
+    ends = [float(b.sax_normal @ np.asarray(g.origin)) for g in (sax[0], sax[-1])]
+    assert float(b.sax_normal @ loc.centre) == pytest.approx(sum(ends) / 2, abs=0.1)
