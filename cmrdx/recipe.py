@@ -428,13 +428,20 @@ class EntryCrop:
         return out
 
 
+MAX_CUT_TO_IMAGE = 4  # a cut more than this many times the image's matrix is mostly padding: a spacing to distrust
+
+
 def entry_crop(view: StudyView, entry: PlanEntry, heart: HeartLocation, side_mm: float) -> EntryCrop | None:
-    """The crop of ``side_mm`` around the heart for each image of ``entry``; None when the view has no geometry."""
+    """The crop of ``side_mm`` around the heart for each image of ``entry``; None when the view has no geometry, or
+    a pixel spacing that would make the cut more than MAX_CUT_TO_IMAGE times the image (a header saying 0.001 mm
+    must not allocate a 210,000-pixel square)."""
     if len(view.geometry) != view.n_slices:
         return None
     g0 = view.geometry[entry.images[0][0]]
     mm = g0.mm_per_pixel(view.shape)
     size = (max(1, int(round(side_mm / mm[0]))), max(1, int(round(side_mm / mm[1]))))
+    if max(size) > MAX_CUT_TO_IMAGE * max(view.shape):
+        return None
     starts = []
     for s, _ in entry.images:
         g = view.geometry[s]
@@ -447,7 +454,7 @@ def heart_crops(views: Mapping[str, StudyView], plan: MontagePlan,
                 p: RecipeParams) -> tuple[dict[str, EntryCrop], HeartLocation | None, dict[str, Any] | None]:
     """Per segment of ``plan`` the crop around the heart that recipe ``p`` asks for (none without
     ``heart_crop_mm``), the heart's location, and the record of how it was found (``RecipeResult.heart``); a study
-    whose plan does not locate the heart, or a view without geometry, keeps the whole field of view and the
+    whose plan does not locate the heart, or a view without usable geometry, keeps the whole field of view and the
     record says why."""
     if p.heart_crop_mm is None:
         return {}, None, None
@@ -559,7 +566,8 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     if heart is not None and not heart["located"]:
         subs.append(f"heart not located ({heart['how']}): the whole field of view is used")
     elif heart is not None and heart.get("whole_field_of_view"):
-        subs.append(f"no geometry in {', '.join(heart['whole_field_of_view'])}: the whole field of view is used there")
+        subs.append(f"no usable geometry (position, orientation, pixel spacing) in "
+                    f"{', '.join(heart['whole_field_of_view'])}: the whole field of view is used there")
     images, used = read_plan(study, plan, crops)
     for seg, c in crops.items():
         used[seg]["crop_px"] = list(c.size)

@@ -216,3 +216,17 @@ def test_the_long_axis_of_studies_cmrdx_did_not_write(tmp_path, vendor, enhanced
     sax = study.views["cine:SAX"].geometry
     ends = [float(b.sax_normal @ np.asarray(g.origin)) for g in (sax[0], sax[-1])]
     assert float(b.sax_normal @ loc.centre) == pytest.approx(sum(ends) / 2, abs=0.1)
+
+
+def test_an_absurd_pixel_spacing_leaves_that_view_uncut(written):
+    """A header claiming 0.001 mm pixels would make a 210 mm cut a 160,000-pixel square: that view keeps its whole
+    field of view (said in the substitutions), the others are still cut, and nothing huge is allocated."""
+    _, study = written["classic"]
+    lge = study.views["lge:SAX"]
+    tiny = tuple(dataclasses.replace(g, spacing=(0.001, 0.001)) for g in lge.geometry)
+    odd = dataclasses.replace(study, views={**study.views, "lge:SAX": dataclasses.replace(lge, geometry=tiny)})
+    p = _recipe(heart_crop_mm=160.0)
+    rr = apply_recipe(odd, p)
+    assert rr.heart is not None and rr.heart["whole_field_of_view"] == ["lge:SAX"]
+    assert "crop_px" not in rr.used["lge_sa"] and "crop_px" in rr.used["cine_sa"]
+    assert any("no usable geometry" in s and "lge:SAX" in s for s in rr.substitutions)
