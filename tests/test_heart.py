@@ -230,3 +230,12 @@ def test_an_absurd_pixel_spacing_leaves_that_view_uncut(written):
     assert rr.heart is not None and rr.heart["whole_field_of_view"] == ["lge:SAX"]
     assert "crop_px" not in rr.used["lge_sa"] and "crop_px" in rr.used["cine_sa"]
     assert any("no usable geometry" in s and "lge:SAX" in s for s in rr.substitutions)
+
+
+def test_a_training_recipe_with_an_impossible_cut_is_refused_naming_the_file(tmp_path):
+    from cmrdx.train.stages import load_recipe
+
+    f = tmp_path / "cut.yaml"
+    f.write_text("name: x\nversion: 0.0.1\nheart_crop_mm: 5\nstages:\n  - stage: one\n")
+    with pytest.raises(ValueError, match=r"cut\.yaml: stage 1 \(one\): heart_crop_mm must be between 20 and 1000"):
+        load_recipe(f)

@@ -196,6 +196,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
             merged.pop("init_from", None)
         try:
             cfg = TrainConfig.from_dict(merged)
+            cfg.recipe()  # the input's settings (heart_crop_mm, sizes) checked now, not after a warm start loads
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: stage {i + 1} ({name}): {exc}") from None
         stages.append(Stage(i, name, note, s, cfg))
