@@ -94,6 +94,10 @@ def test_a_classic_fraction_mixes_classic_studies_into_randomised_ones_leaving_t
             assert mixed.item_at(i).report == phantom_report(p) and p.variety is None
         else:
             assert mixed.item_at(i).report == plain.item_at(i).report
+        # the drawn parameters without rendering: the item's labels and appearance (benchmarks read families)
+        q, item = mixed.params_at(i), mixed.item_at(i)
+        assert item.id == f"phantom-{q.seed}" and item.labels == q.findings and item.report == phantom_report(q)
+        assert (q.variety is None) == (i in classic) and mixed.params_at(i, vendor, style).to_dict() == q.to_dict()
     d = mixed.describe()
     assert d["classic_fraction"] == 0.3 and "classic_fraction" not in plain.describe()
     r = TrainConfig(frames=8, image_size=32, resize=48, crop=32).recipe()

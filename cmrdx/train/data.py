@@ -37,6 +37,7 @@ from cmrdx.fileio import atomic_write
 from cmrdx.recipe import RecipeParams, apply_recipe, recipe_view_keys, u8_exact
 
 if TYPE_CHECKING:
+    from cmrdx.synth.params import StudyParams
     from cmrdx.train.reports import ReportMatch
 
 log = logging.getLogger(__name__)
@@ -205,16 +206,23 @@ class PhantomSource:
         vendor, style = self._draws()[i]
         return self.item(i, vendor, style)
 
-    def item(self, i: int, vendor: str, style: str) -> Item:
-        from cmrdx.synth.arrays import phantom_report, phantom_study, phantom_u8
+    def params_at(self, i: int, vendor: str | None = None, style: str | None = None) -> StudyParams:
+        """The drawn parameters of study ``i`` (findings, appearance families), without rendering it."""
         from cmrdx.synth.params import sample_params
 
-        s = self.seed * 100_000 + i
+        if vendor is None or style is None:
+            vendor, style = self._draws()[i]
         variety = not self.is_classic(i)
-        p = sample_params(s, vendor=vendor, prevalence=self.prevalence, report_style=style, matrix=self.matrix,
-                          variety=variety, only_families=(self.only_families or None) if variety else None,
-                          exclude_families=(self.exclude_families or None) if variety else None)
-        return Item(id=f"phantom-{s}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
+        return sample_params(self.seed * 100_000 + i, vendor=vendor, prevalence=self.prevalence, report_style=style,
+                             matrix=self.matrix, variety=variety,
+                             only_families=(self.only_families or None) if variety else None,
+                             exclude_families=(self.exclude_families or None) if variety else None)
+
+    def item(self, i: int, vendor: str, style: str) -> Item:
+        from cmrdx.synth.arrays import phantom_report, phantom_study, phantom_u8
+
+        p = self.params_at(i, vendor, style)
+        return Item(id=f"phantom-{p.seed}", report=phantom_report(p), make_study=lambda: phantom_study(p, self.views)[0],
                     labels=dict(p.findings), fast_u8=lambda r: phantom_u8(p, r))
 
 
