@@ -31,6 +31,27 @@ from bench_probe import cv_probe_auc  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 
+def load_stage(stage: Path, what: str):
+    """(TrainConfig, CMRClip with the stage's weights, its run's StudyCache) of a finished ``cmrdx train`` stage
+    folder; a message naming the folder and ``what`` to give instead when it is not one."""
+    import torch
+
+    from cmrdx.train.data import StudyCache
+    from cmrdx.train.model import CMRClip
+    from cmrdx.train.trainer import TrainConfig
+
+    if not (stage / "trained.pt").is_file():
+        raise SystemExit(f"{stage}: no trained.pt; give {what}")
+    ck = torch.load(stage / "trained.pt", map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
+    model = CMRClip(cfg.model_config(int(ck["model"]["text_model.embeddings.word_embeddings.weight"].shape[0])))
+    model.load_state_dict(ck["model"])
+    caches = sorted((stage.parent / "caches").iterdir()) if (stage.parent / "caches").is_dir() else []
+    if len(caches) != 1:
+        raise SystemExit(f"{stage.parent / 'caches'}: expected one study cache, found {len(caches)}")
+    return cfg, model, StudyCache(caches[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", required=True, help="a finished training stage folder (holding trained.pt)")
@@ -46,23 +67,11 @@ def main() -> None:
 
     import torch
 
-    from cmrdx.train.data import StudyCache
-    from cmrdx.train.model import CMRClip
-    from cmrdx.train.trainer import TrainConfig, video_input
+    from cmrdx.train.trainer import video_input
 
-    stage = Path(a.stage)
-    if not (stage / "trained.pt").is_file():
-        raise SystemExit(f"{stage}: no trained.pt; give a finished stage folder (WORK/1-adapt)")
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    ck = torch.load(stage / "trained.pt", map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
-    model = CMRClip(cfg.model_config(int(ck["model"]["text_model.embeddings.word_embeddings.weight"].shape[0])))
-    model.load_state_dict(ck["model"])
-    caches = sorted((stage.parent / "caches").iterdir())
-    if len(caches) != 1:
-        raise SystemExit(f"{stage.parent / 'caches'}: expected one study cache, found {len(caches)}")
-    cache = StudyCache(caches[0])
+    cfg, model, cache = load_stage(Path(a.stage), "a finished stage folder (WORK/1-adapt)")
     src = cfg.source()
     n = int(cache.meta["shape"][0])
     y = np.array([int(lab.get("lge", "none") != "none") for lab in cache.meta["labels"]], dtype=np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_lge_ceiling import load_stage  # noqa: E402
 from bench_lge_cnn import build  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
@@ -59,29 +60,19 @@ def main() -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from cmrdx.train.data import PhantomSource, StudyCache, sample_text
-    from cmrdx.train.model import CMRClip
+    from cmrdx.train.data import PhantomSource, sample_text
     from cmrdx.train.tokenizer import load_tokenizer
-    from cmrdx.train.trainer import TrainConfig, video_input
+    from cmrdx.train.trainer import video_input
     from cmrdx.zeroshot.bank import load_bank
     from cmrdx.zeroshot.scoring import score_finding
 
     stage = Path(a.stage)
-    if not (stage / "trained.pt").is_file():
-        raise SystemExit(f"{stage}: no trained.pt; give the last finished stage folder of a run (WORK/2-text)")
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    ck = torch.load(stage / "trained.pt", map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
-    model = CMRClip(cfg.model_config(int(ck["model"]["text_model.embeddings.word_embeddings.weight"].shape[0])))
-    model.load_state_dict(ck["model"])
+    cfg, model, cache = load_stage(stage, "the last finished stage folder of a run (WORK/2-text)")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    caches = sorted((stage.parent / "caches").iterdir())
-    if len(caches) != 1:
-        raise SystemExit(f"{stage.parent / 'caches'}: expected one study cache, found {len(caches)}")
-    cache = StudyCache(caches[0])
     recipe = cache.recipe
     src: PhantomSource = cfg.source()
     n = int(cache.meta["shape"][0])
