@@ -33,7 +33,7 @@ from machine import cpu_name  # noqa: E402
 
 def load_stage(stage: Path, what: str):
     """(TrainConfig, CMRClip with the stage's weights, its run's StudyCache) of a finished ``cmrdx train`` stage
-    folder; a message naming the folder and ``what`` to give instead when it is not one."""
+    folder of a run on phantoms; a message naming the folder and ``what`` to give instead when it is not one."""
     import torch
 
     from cmrdx.train.data import StudyCache
@@ -49,7 +49,11 @@ def load_stage(stage: Path, what: str):
     caches = sorted((stage.parent / "caches").iterdir()) if (stage.parent / "caches").is_dir() else []
     if len(caches) != 1:
         raise SystemExit(f"{stage.parent / 'caches'}: expected one study cache, found {len(caches)}")
-    return cfg, model, StudyCache(caches[0])
+    cache = StudyCache(caches[0])
+    if cache.meta["source"].get("kind") != "phantom":  # the benchmarks split classic from randomised phantoms
+        raise SystemExit(f"{caches[0]}: a cache of {cache.meta['source'].get('kind')} studies; give a stage of a run "
+                         "trained on phantoms")
+    return cfg, model, cache
 
 
 def main() -> None:

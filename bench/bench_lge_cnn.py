@@ -73,12 +73,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--val", type=int, default=400, help="randomised studies kept out, from the cache's end")
     ap.add_argument("--val-classic", type=int, default=150, help="classic studies kept out, from the cache's end")
-    ap.add_argument("--randomised-only", action="store_true", help="train on the randomised studies alone")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--randomised-only", action="store_true", help="train on the randomised studies alone")
     ap.add_argument("--first-frame", type=int, default=0,
                     help="use the input's frames from this one on (the LGE segments end the montage)")
     ap.add_argument("--train-fraction", type=float, default=1.0,
                     help="train on this share of the training studies (a random subset): does more data help?")
-    ap.add_argument("--only-classic", action="store_true", help="train on the classic studies alone (a check)")
+    only.add_argument("--only-classic", action="store_true", help="train on the classic studies alone (a check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", default="bench/results/lge_cnn.md")
@@ -95,15 +96,24 @@ def main() -> None:
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     cache = StudyCache(folder)
+    if not 0 <= a.first_frame < cache.recipe.frames:
+        raise SystemExit(f"--first-frame {a.first_frame}: the cache's input has frames 0-{cache.recipe.frames - 1}")
     src = cache.meta["source"]
     if src.get("kind") != "phantom":
         raise SystemExit(f"{folder}: a cache of {src.get('kind')} studies; this benchmark needs phantom studies")
     n = int(cache.meta["shape"][0])
     y = np.array([int(lab.get("lge", "none") != "none") for lab in cache.meta["labels"]], dtype=np.float32)
-    # which studies are classic: the draw PhantomSource.is_classic makes from the recorded source
-    phantoms = PhantomSource(n, int(src["seed"]), prevalence=float(src["prevalence"]),
-                             variety=bool(src.get("variety")), exclude_families=list(src.get("exclude_families") or []),
+    # the source the cache recorded, rebuilt (which studies are classic, and each study's families), and proved the
+    # same by describing itself as the cache records it (the generator's version aside)
+    phantoms = PhantomSource(n, int(src["seed"]), prevalence=float(src["prevalence"]), vendors=src["vendors"],
+                             report_styles=src["report_styles"], matrix=src["matrix"], variety=bool(src.get("variety")),
+                             only_families=list(src.get("only_families") or []),
+                             exclude_families=list(src.get("exclude_families") or []),
                              classic_fraction=float(src.get("classic_fraction") or 0.0))
+    if {k: v for k, v in phantoms.describe().items() if k != "generator"} != {k: v for k, v in src.items()
+                                                                             if k != "generator"}:
+        raise SystemExit(f"{folder}: its recorded source is not one this cmrdx rebuilds (another generator or wording "
+                         "version); rebuild the cache with this version's cmrdx train")
     rand = np.array([not phantoms.is_classic(i) for i in range(n)])
     ok = cache.done & (cache.n_real > 0)
     val_r = np.flatnonzero(rand & ok)[-a.val:]

@@ -74,6 +74,8 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     recipe = cache.recipe
+    if not 0 <= a.first_frame < recipe.frames:
+        raise SystemExit(f"--first-frame {a.first_frame}: the cache's input has frames 0-{recipe.frames - 1}")
     src: PhantomSource = cfg.source()
     n = int(cache.meta["shape"][0])
     labels = cache.meta["labels"]
