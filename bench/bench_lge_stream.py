@@ -10,7 +10,16 @@ against the frozen text tower's embeddings of each study's own report. Nothing e
 in training. Then every finding of the shipped prompt bank is scored zero-shot on studies of the cache kept out,
 before (the model as it is) and after (with the stream).
 
+Topic steps (``--topic-batches``) sharpen what the reports say without reading a label: each report is cut into
+clauses, each clause goes to the bank finding whose prompts the frozen text tower puts nearest, and a step
+contrasts a batch of studies with one clause each about one finding (``--topics``: which findings), the targets
+spread over the batch's clauses either by their text similarity or, with ``--negation-targets``, over the clauses of
+the same polarity as negation words read it (a rule labeler of the text). ``--topic-share`` mixes them with the
+plain steps.
+
     PYTHONPATH=. .venv/bin/python bench/bench_lge_stream.py --stage WORK/2-text --epochs 12 --label NAME
+    PYTHONPATH=. .venv/bin/python bench/bench_lge_stream.py --stage WORK/2-text --epochs 12 --topic-batches \
+        --topics lge --negation-targets --label NAME
 
 WORK: a ``cmrdx train`` work folder whose stages froze the video tower after the first (its cached video embeddings
 ``video_embeddings-*.npy`` are reused when they match; the study cache under ``WORK/caches``).
@@ -20,6 +29,7 @@ Appends rows to ``--results`` (a Markdown table).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,6 +44,73 @@ from bench_lge_cnn import build  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 FINDINGS = ("lv_dysfunction", "rv_dysfunction", "lv_dilation", "rv_dilation", "lv_hypertrophy", "lge", "aortic_dilation")
+
+
+NEGATION = re.compile(r"\b(no|not|none|absent|without|negative|normal|unremarkable|preserved)\b", re.IGNORECASE)
+
+
+def negated(clause: str) -> bool:
+    """A rule labeler's reading of a clause: does it deny its finding? (negation and normality words)"""
+    return NEGATION.search(clause) is not None
+
+
+def clauses(report: str) -> list[str]:
+    """A report's clauses: its sentences, split again at semicolons; bare headings and one-word pieces dropped."""
+    from cmrdx.train.data import split_sentences
+
+    out = []
+    for sent in split_sentences(report):
+        for c in sent.split(";"):
+            c = c.strip(" -*\t")
+            if len(c.split()) > 1 and not c.endswith(":"):
+                out.append(c)
+    return out
+
+
+def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels) -> tuple[dict, np.ndarray]:
+    """Each training study's clauses grouped by the finding they speak of, as the frozen text tower reads them.
+
+    A clause's finding is the bank finding with the prompt (positive or negative) nearest to it; clauses nearer
+    to no finding's prompts than ``floor`` are dropped. Returns {finding: [(row, clause indices)]} and the clause
+    embeddings. The labels are read only to print how well each finding's clauses separate (a diagnostic)."""
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    per_row = {}
+    for i in rows:
+        ids = []
+        for c in clauses(reports[i]):
+            if c not in index:
+                index[c] = len(texts)
+                texts.append(c)
+            ids.append(index[c])
+        per_row[int(i)] = ids
+    emb = encode_texts(texts)
+    names = [f.id for f in bank.findings if f.id in FINDINGS]
+    anchors = [encode_texts(list(f.prompts) + list(f.negative_prompts)) for f in bank.findings if f.id in FINDINGS]
+    near = np.stack([(emb @ an.T).max(1) for an in anchors], 1)  # (clauses, findings)
+    topic = near.argmax(1)
+    topics: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for i, ids in per_row.items():
+        by: dict[str, list[int]] = {}
+        for c in ids:
+            by.setdefault(names[topic[c]], []).append(c)
+        for name, cs in by.items():
+            topics.setdefault(name, []).append((i, np.array(cs)))
+    for name in names:
+        pool = topics.get(name, [])
+        y = np.array([labels[i].get(name, "none") != "none" for i, _ in pool])
+        first = np.array([emb[cs[0]] for _, cs in pool]) if pool else np.zeros((0, emb.shape[1]))
+        if len(pool) > 1 and 0 < y.sum() < len(y):
+            sim = first @ first.T
+            same, cross = sim[y[:, None] == y[None, :]].mean(), sim[y[:, None] != y[None, :]].mean()
+            sep = f"text cosine same label {same:.3f}, other label {cross:.3f}"
+        else:
+            sep = "one label only"
+        neg = np.array([negated(texts[cs[0]]) for _, cs in pool], dtype=bool)
+        agree = float(np.mean(neg != y)) if len(pool) else float("nan")
+        print(f"topic {name}: {len(pool)} studies, {int(y.sum())} with the finding; {sep}; "
+              f"negation words agree with the label in {agree:.1%}", flush=True)
+    return topics, emb, [negated(t) for t in texts]
 
 
 def main() -> None:
@@ -51,12 +128,32 @@ def main() -> None:
                     help="chance that a study's text in a step is 1..--max-sentences of its report's sentences "
                          "(the trainer's text_subset_p), embedded by the frozen text tower; else the whole report")
     ap.add_argument("--max-sentences", type=int, default=1)
+    ap.add_argument("--topic-batches", action="store_true",
+                    help="each step takes one finding (in turn) and contrasts every study of the batch with one of "
+                         "its report's clauses about that finding; a clause's finding is the bank finding whose "
+                         "prompts the frozen text tower puts nearest; targets spread over the batch's clauses by "
+                         "their text similarity (--target-temperature); no label is read")
+    ap.add_argument("--topics", default="",
+                    help="with --topic-batches: only these findings' clauses (comma-separated ids; default: all)")
+    ap.add_argument("--topic-share", type=float, default=1.0,
+                    help="with --topic-batches: the share of steps that are topic steps; the others are the "
+                         "plain steps (whole reports, or sentences with --text-subset)")
+    ap.add_argument("--negation-targets", action="store_true",
+                    help="with --topic-batches: targets spread over the batch's clauses of the same polarity, read "
+                         "from negation words (no, not, absent, without, normal, ...): a rule labeler of the report "
+                         "text, not the studies' labels")
+    ap.add_argument("--target-temperature", type=float, default=0.02,
+                    help="with --topic-batches: the soft targets' temperature over the clauses' text cosines")
     ap.add_argument("--bank", default="prompts/cmr-findings.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", default="bench/results/lge_stream.md")
     a = ap.parse_args()
 
+    if not a.topic_batches and (a.topics or a.negation_targets or a.topic_share != 1.0):
+        raise SystemExit("--topics, --negation-targets and --topic-share go with --topic-batches")
+    if not 0 < a.topic_share <= 1:
+        raise SystemExit(f"--topic-share {a.topic_share}: give a share in (0, 1]")
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -125,6 +222,13 @@ def main() -> None:
     t_rep = torch.from_numpy(encode_texts(reports))
     bank = load_bank(a.bank)
     text_emb = dict(zip(bank.texts, encode_texts(list(bank.texts))))
+    topics: dict[str, list[tuple[int, np.ndarray]]] = {}
+    if a.topic_batches:
+        topics, clause_emb, clause_neg = report_topics(reports, train, bank, encode_texts, labels)
+        keep = [t for t in a.topics.split(",") if t]
+        if set(keep) - set(topics):
+            raise SystemExit(f"--topics {a.topics}: the reports' topics are {', '.join(sorted(topics))}")
+        topics = {t: v for t, v in topics.items() if not keep or t in keep}
     setup = (time.perf_counter() - t0) / 60
 
     # the stream: the CNN's pooled features -> a zero-initialised linear layer into the embedding
@@ -153,12 +257,43 @@ def main() -> None:
     def embed(rows: np.ndarray, augment: bool = False) -> torch.Tensor:
         return torch.from_numpy(e0[rows]) + proj(cnn.features(*frames(rows, augment)))
 
+    def topic_step(step: int) -> torch.Tensor:
+        """One finding's batch: each study against one of its own clauses about that finding; soft targets."""
+        names = sorted(topics)
+        pool = topics[names[step % len(names)]]
+        pick = rng.choice(len(pool), size=min(a.batch, len(pool)), replace=False)
+        rows = np.array([pool[j][0] for j in pick])
+        cids = np.array([rng.choice(pool[j][1]) for j in pick])
+        order = np.argsort(rows)
+        rows, cids = rows[order], cids[order]
+        t = torch.from_numpy(clause_emb[cids])
+        v = torch.nn.functional.normalize(embed(rows, True), dim=1)
+        logits = v @ t.T / temperature
+        if a.negation_targets:
+            neg = torch.tensor([clause_neg[c] for c in cids])
+            same = (neg[:, None] == neg[None, :]).float()
+            target = same / same.sum(1, keepdim=True)
+        else:
+            target = torch.softmax(t @ t.T / a.target_temperature, dim=1)  # symmetric similarities: one target
+        return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                      + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
+
     losses: list[float] = []
+    step = 0
     for epoch in range(a.epochs):
         order = rng.permutation(train)
         cnn.train()
         for k in range(0, len(order) - a.batch + 1, a.batch):
             rows = np.sort(order[k:k + a.batch])
+            if a.topic_batches and rng.random() < a.topic_share:
+                loss = topic_step(step)
+                step += 1
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                continue
             v = torch.nn.functional.normalize(embed(rows, True), dim=1)
             if a.text_subset > 0:
                 texts = [sample_text(reports[i], rng, a.text_subset, a.max_sentences) for i in rows]
@@ -219,8 +354,14 @@ def main() -> None:
         vals = [aucs.get(f) for f in FINDINGS]
         known = [v for v in vals if v is not None]
         nval = len(val_r) if arch == "randomised" else len(val_c)
-        text = (f"report sentences (1-{a.max_sentences}) with chance {a.text_subset:g}, else the whole report"
-                if a.text_subset > 0 else "whole reports")
+        text = plain = (f"report sentences (1-{a.max_sentences}) with chance {a.text_subset:g}, else the whole "
+                        "report" if a.text_subset > 0 else "whole reports")
+        if a.topic_batches:
+            how = ("targets over same-polarity clauses (negation words)" if a.negation_targets
+                   else f"soft targets (temperature {a.target_temperature:g})")
+            text = (f"{a.topics} clauses only; " if a.topics else "") + f"one finding's clauses a step, {how}"
+            if a.topic_share < 1:
+                text = f"{text}, in {a.topic_share:.0%} of the steps; the others: {plain}"
         train_note = (f"{text}; {a.epochs} epochs x {len(train)} studies, batch {a.batch}, {minutes:.1f} min; loss "
                       f"{np.mean(losses[:20]):.2f} -> {np.mean(losses[-20:]):.2f}") if when == "with the stream" else ""
         rows_md.append(f"| {a.label} | {arch} ({nval}) | {when} | "
