@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--topic-share", type=float, default=1.0,
                     help="with --topic-batches: the share of steps that are topic steps; the others are the "
                          "plain steps (whole reports, or sentences with --text-subset)")
+    ap.add_argument("--confine", default="",
+                    help="a bank finding id: the stream's output is projected onto the span of that finding's prompt "
+                         "embeddings, so it moves the embedding only along what the finding is scored on")
     ap.add_argument("--negation-targets", action="store_true",
                     help="with --topic-batches: targets spread over the batch's clauses of the same polarity, read "
                          "from negation words (no, not, absent, without, normal, ...): a rule labeler of the report "
@@ -254,8 +257,19 @@ def main() -> None:
             x = torch.stack([pad[i, :, d[0, i]:d[0, i] + s, d[1, i]:d[1, i] + s] for i in range(len(rows))])
         return x, real
 
+    span: torch.Tensor | None = None  # (D, k) orthonormal basis of the confining finding's prompt embeddings
+    if a.confine:
+        found = [f for f in bank.findings if f.id == a.confine]
+        if not found:
+            raise SystemExit(f"--confine {a.confine}: not a finding of {a.bank}")
+        vecs = np.stack([text_emb[t] for t in [*found[0].prompts, *found[0].negative_prompts]]).T.astype(np.float32)
+        span = torch.from_numpy(np.linalg.qr(vecs)[0])
+
     def embed(rows: np.ndarray, augment: bool = False) -> torch.Tensor:
-        return torch.from_numpy(e0[rows]) + proj(cnn.features(*frames(rows, augment)))
+        out = proj(cnn.features(*frames(rows, augment)))
+        if span is not None:
+            out = (out @ span) @ span.T
+        return torch.from_numpy(e0[rows]) + out
 
     def topic_step(step: int) -> torch.Tensor:
         """One finding's batch: each study against one of its own clauses about that finding; soft targets."""
@@ -360,6 +374,8 @@ def main() -> None:
             how = ("targets over same-polarity clauses (negation words)" if a.negation_targets
                    else f"soft targets (temperature {a.target_temperature:g})")
             text = (f"{a.topics} clauses only; " if a.topics else "") + f"one finding's clauses a step, {how}"
+            if a.confine:
+                text = f"{text}; the stream confined to the span of the {a.confine} prompts"
             if a.topic_share < 1:
                 text = f"{text}, in {a.topic_share:.0%} of the steps; the others: {plain}"
         train_note = (f"{text}; {a.epochs} epochs x {len(train)} studies, batch {a.batch}, {minutes:.1f} min; loss "
