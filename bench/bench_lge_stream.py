@@ -67,12 +67,12 @@ def clauses(report: str) -> list[str]:
     return out
 
 
-def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels) -> tuple[dict, np.ndarray]:
+def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels) -> tuple[dict, np.ndarray, list[bool]]:
     """Each training study's clauses grouped by the finding they speak of, as the frozen text tower reads them.
 
-    A clause's finding is the bank finding with the prompt (positive or negative) nearest to it; clauses nearer
-    to no finding's prompts than ``floor`` are dropped. Returns {finding: [(row, clause indices)]} and the clause
-    embeddings. The labels are read only to print how well each finding's clauses separate (a diagnostic)."""
+    A clause's finding is the bank finding with the prompt (positive or negative) nearest to it (every clause gets
+    one). Returns {finding: [(row, clause indices)]}, the clause embeddings and each clause's negation reading. The
+    labels are read only to print how well each finding's first clauses separate (a diagnostic)."""
     texts: list[str] = []
     index: dict[str, int] = {}
     per_row = {}
@@ -157,6 +157,9 @@ def main() -> None:
         raise SystemExit("--topics, --negation-targets and --topic-share go with --topic-batches")
     if not 0 < a.topic_share <= 1:
         raise SystemExit(f"--topic-share {a.topic_share}: give a share in (0, 1]")
+    unknown = {t for t in a.topics.split(",") if t} - set(FINDINGS)
+    if unknown:
+        raise SystemExit(f"--topics {a.topics}: {', '.join(sorted(unknown))} not among {', '.join(FINDINGS)}")
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -292,6 +295,22 @@ def main() -> None:
         return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
                       + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
 
+    def plain_step(rows: np.ndarray) -> torch.Tensor:
+        """Each study of the batch against its own report (or sampled sentences of it)."""
+        v = torch.nn.functional.normalize(embed(rows, True), dim=1)
+        if a.text_subset > 0:
+            texts = [sample_text(reports[i], rng, a.text_subset, a.max_sentences) for i in rows]
+            t = torch.from_numpy(encode_texts(texts))
+        else:
+            texts = [reports[i] for i in rows]
+            t = t_rep[rows]
+        logits = v @ t.T / temperature
+        # identical texts are not negatives of one another: the target spreads over them
+        same = torch.tensor([[ti == tj for tj in texts] for ti in texts], dtype=torch.float32)
+        target = same / same.sum(1, keepdim=True)
+        return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                      + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
+
     losses: list[float] = []
     step = 0
     for epoch in range(a.epochs):
@@ -302,25 +321,8 @@ def main() -> None:
             if a.topic_batches and rng.random() < a.topic_share:
                 loss = topic_step(step)
                 step += 1
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                continue
-            v = torch.nn.functional.normalize(embed(rows, True), dim=1)
-            if a.text_subset > 0:
-                texts = [sample_text(reports[i], rng, a.text_subset, a.max_sentences) for i in rows]
-                t = torch.from_numpy(encode_texts(texts))
             else:
-                texts = [reports[i] for i in rows]
-                t = t_rep[rows]
-            logits = v @ t.T / temperature
-            # identical texts are not negatives of one another: the target spreads over them
-            same = torch.tensor([[ti == tj for tj in texts] for ti in texts], dtype=torch.float32)
-            target = same / same.sum(1, keepdim=True)
-            loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
-                          + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
+                loss = plain_step(rows)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -374,10 +376,10 @@ def main() -> None:
             how = ("targets over same-polarity clauses (negation words)" if a.negation_targets
                    else f"soft targets (temperature {a.target_temperature:g})")
             text = (f"{a.topics} clauses only; " if a.topics else "") + f"one finding's clauses a step, {how}"
-            if a.confine:
-                text = f"{text}; the stream confined to the span of the {a.confine} prompts"
             if a.topic_share < 1:
                 text = f"{text}, in {a.topic_share:.0%} of the steps; the others: {plain}"
+        if a.confine:
+            text = f"{text}; the stream confined to the span of the {a.confine} prompts"
         train_note = (f"{text}; {a.epochs} epochs x {len(train)} studies, batch {a.batch}, {minutes:.1f} min; loss "
                       f"{np.mean(losses[:20]):.2f} -> {np.mean(losses[-20:]):.2f}") if when == "with the stream" else ""
         rows_md.append(f"| {a.label} | {arch} ({nval}) | {when} | "
