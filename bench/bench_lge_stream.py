@@ -15,11 +15,17 @@ clauses, each clause goes to the bank finding whose prompts the frozen text towe
 contrasts a batch of studies with one clause each about one finding (``--topics``: which findings), the targets
 spread over the batch's clauses either by their text similarity or, with ``--negation-targets``, over the clauses of
 the same polarity as negation words read it (a rule labeler of the text). ``--topic-share`` mixes them with the
-plain steps.
+plain steps. ``--file-by keywords`` files the clauses by a rule filer's keyword patterns (``KEYWORDS``) instead of
+the nearest prompt. ``--hold-others F`` holds every other finding's zero-shot score exactly: the stream may only
+turn the unit embedding outside the span of the other findings' prompts. ``--eval-families`` also scores an
+archive of the families the run held out (leave-one-family-out), rendered under the stage's recipe.
 
     PYTHONPATH=. .venv/bin/python bench/bench_lge_stream.py --stage WORK/2-text --epochs 12 --label NAME
     PYTHONPATH=. .venv/bin/python bench/bench_lge_stream.py --stage WORK/2-text --epochs 12 --topic-batches \
         --topics lge --negation-targets --label NAME
+    PYTHONPATH=. .venv/bin/python bench/bench_lge_stream.py --stage WORK/2-text --epochs 12 --topic-batches \
+        --topics lge --negation-targets --file-by keywords --hold-others lge \
+        --eval-families anatomy:trabeculated,lge:psir,scar:midwall --label NAME
 
 WORK: a ``cmrdx train`` work folder whose stages froze the video tower after the first (its cached video embeddings
 ``video_embeddings-*.npy`` are reused when they match; the study cache under ``WORK/caches``).
@@ -29,6 +35,8 @@ Appends rows to ``--results`` (a Markdown table).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import sys
 import time
@@ -49,6 +57,31 @@ FINDINGS = ("lv_dysfunction", "rv_dysfunction", "lv_dilation", "rv_dilation", "l
 NEGATION = re.compile(r"\b(no|not|none|absent|without|negative|normal|unremarkable|preserved)\b", re.IGNORECASE)
 
 
+# A rule filer of report clauses, as a site could write for its own reports: the first finding whose pattern a
+# clause matches (none: not filed). Technique sentences ("cine SSFP and late gadolinium enhancement imaging")
+# name a sequence, not a finding, and are not filed.
+KEYWORDS = {
+    "lge": r"enhanc|\bLGE\b|scar|fibros|gadolinium|infarct",
+    "aortic_dilation": r"\baort",
+    "lv_hypertrophy": r"hypertroph|\bLVH\b|wall thickness|thicken",
+    "lv_dysfunction": r"(?=.*\b(LV|left ventric\w*)\b)(?=.*\b(systolic|ejection|EF|function|contract\w*)\b)",
+    "rv_dysfunction": r"(?=.*\b(RV|right ventric\w*)\b)(?=.*\b(systolic|ejection|EF|function|contract\w*)\b)",
+    "lv_dilation": r"(?=.*\b(LV|left ventric\w*)\b)(?=.*\b(dilat\w*|enlarg\w*|size|volume)\b)",
+    "rv_dilation": r"(?=.*\b(RV|right ventric\w*)\b)(?=.*\b(dilat\w*|enlarg\w*|size|volume)\b)",
+}
+TECHNIQUE = re.compile(r"\b(cine|SSFP|protocol|sequences?)\b", re.IGNORECASE)
+
+
+def keyword_topic(clause: str) -> str | None:
+    """The finding a clause speaks of by the rule filer's patterns (KEYWORDS), or None."""
+    if TECHNIQUE.search(clause):
+        return None
+    for name, pattern in KEYWORDS.items():
+        if re.search(pattern, clause, re.IGNORECASE):
+            return name
+    return None
+
+
 def negated(clause: str) -> bool:
     """A rule labeler's reading of a clause: does it deny its finding? (negation and normality words)"""
     return NEGATION.search(clause) is not None
@@ -67,11 +100,13 @@ def clauses(report: str) -> list[str]:
     return out
 
 
-def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels) -> tuple[dict, np.ndarray, list[bool]]:
-    """Each training study's clauses grouped by the finding they speak of, as the frozen text tower reads them.
+def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels,
+                  by_keywords: bool = False) -> tuple[dict, np.ndarray, list[bool]]:
+    """Each training study's clauses grouped by the finding they speak of, as the frozen text tower reads them or,
+    with ``by_keywords``, as the rule filer's patterns do (``keyword_topic``).
 
     A clause's finding is the bank finding with the prompt (positive or negative) nearest to it (every clause gets
-    one). Returns {finding: [(row, clause indices)]}, the clause embeddings and each clause's negation reading. The
+    one), or the rule filer's (a clause it files nowhere is left out). Returns {finding: [(row, clause indices)]}, the clause embeddings and each clause's negation reading. The
     labels are read only to print how well each finding's first clauses separate (a diagnostic)."""
     texts: list[str] = []
     index: dict[str, int] = {}
@@ -88,12 +123,14 @@ def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labe
     names = [f.id for f in bank.findings if f.id in FINDINGS]
     anchors = [encode_texts(list(f.prompts) + list(f.negative_prompts)) for f in bank.findings if f.id in FINDINGS]
     near = np.stack([(emb @ an.T).max(1) for an in anchors], 1)  # (clauses, findings)
-    topic = near.argmax(1)
+    topic: list[str | None] = ([keyword_topic(t) for t in texts] if by_keywords
+                               else [names[k] for k in near.argmax(1)])
     topics: dict[str, list[tuple[int, np.ndarray]]] = {}
     for i, ids in per_row.items():
         by: dict[str, list[int]] = {}
         for c in ids:
-            by.setdefault(names[topic[c]], []).append(c)
+            if topic[c] is not None:
+                by.setdefault(topic[c], []).append(c)
         for name, cs in by.items():
             topics.setdefault(name, []).append((i, np.array(cs)))
     for name in names:
@@ -141,22 +178,39 @@ def main() -> None:
     ap.add_argument("--confine", default="",
                     help="a bank finding id: the stream's output is projected onto the span of that finding's prompt "
                          "embeddings, so it moves the embedding only along what the finding is scored on")
+    ap.add_argument("--file-by", choices=("prompts", "keywords"), default="prompts",
+                    help="how a clause is filed under a finding: the nearest bank prompt in the frozen text tower, "
+                         "or a rule filer's keyword patterns")
+    ap.add_argument("--hold-others", default="",
+                    help="hold the zero-shot scores of the bank's findings other than this one exactly: the stream "
+                         "only turns the unit embedding within the complement of their prompts' span")
     ap.add_argument("--negation-targets", action="store_true",
                     help="with --topic-batches: targets spread over the batch's clauses of the same polarity, read "
                          "from negation words (no, not, absent, without, normal, ...): a rule labeler of the report "
                          "text, not the studies' labels")
     ap.add_argument("--target-temperature", type=float, default=0.02,
                     help="with --topic-batches: the soft targets' temperature over the clauses' text cosines")
+    ap.add_argument("--stream-cache", default="",
+                    help="the stream reads its frames from this study cache: the stage's studies under another "
+                         "recipe (e.g. cut around the heart), while the frozen model reads its own")
+    ap.add_argument("--eval-families", default="",
+                    help="also score an archive of randomised studies drawn only from these families (comma-"
+                         "separated, e.g. the run's held-out anatomy:trabeculated,lge:psir,scar:midwall), rendered "
+                         "under the stage's recipe into WORK/eval-caches (reused when there)")
+    ap.add_argument("--eval-n", type=int, default=400, help="studies of the --eval-families archive")
+    ap.add_argument("--eval-seed", type=int, default=71, help="the --eval-families archive's source seed")
     ap.add_argument("--bank", default="prompts/cmr-findings.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", default="bench/results/lge_stream.md")
     a = ap.parse_args()
 
-    if not a.topic_batches and (a.topics or a.negation_targets or a.topic_share != 1.0):
-        raise SystemExit("--topics, --negation-targets and --topic-share go with --topic-batches")
+    if not a.topic_batches and (a.topics or a.negation_targets or a.topic_share != 1.0 or a.file_by != "prompts"):
+        raise SystemExit("--topics, --negation-targets, --topic-share and --file-by go with --topic-batches")
     if not 0 < a.topic_share <= 1:
         raise SystemExit(f"--topic-share {a.topic_share}: give a share in (0, 1]")
+    if a.hold_others and a.confine:
+        raise SystemExit("--hold-others and --confine: give one of them")
     unknown = {t for t in a.topics.split(",") if t} - set(FINDINGS)
     if unknown:
         raise SystemExit(f"--topics {a.topics}: {', '.join(sorted(unknown))} not among {', '.join(FINDINGS)}")
@@ -177,6 +231,18 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     recipe = cache.recipe
+    scache = cache  # the stream's frames
+    if a.stream_cache:
+        from cmrdx.train.data import StudyCache
+
+        if not (Path(a.stream_cache) / "meta.json").is_file():
+            raise SystemExit(f"--stream-cache {a.stream_cache}: not a study cache (no meta.json)")
+        scache = StudyCache(a.stream_cache)
+        if scache.meta["source"] != cache.meta["source"] or scache.meta["ids"] != cache.meta["ids"]:
+            raise SystemExit(f"--stream-cache {a.stream_cache}: not the studies of {stage}'s cache (another source)")
+        if scache.recipe.frames != recipe.frames:
+            raise SystemExit(f"--stream-cache {a.stream_cache}: {scache.recipe.frames} frames a study, the stage's "
+                             f"cache {recipe.frames}")
     if not 0 <= a.first_frame < recipe.frames:
         raise SystemExit(f"--first-frame {a.first_frame}: the cache's input has frames 0-{recipe.frames - 1}")
     src: PhantomSource = cfg.source()
@@ -188,8 +254,8 @@ def main() -> None:
     val_c = np.flatnonzero(~rand & ok)[-a.val_classic:]
     train = np.setdiff1d(np.flatnonzero(ok), np.concatenate([val_r, val_c]))
 
-    def model_input(rows: np.ndarray) -> torch.Tensor:
-        return video_input(torch.from_numpy(np.asarray(cache.videos[rows])), torch.from_numpy(cache.n_real[rows].astype(np.int64)), recipe)
+    def model_input(rows: np.ndarray, c=cache) -> torch.Tensor:
+        return video_input(torch.from_numpy(np.asarray(c.videos[rows])), torch.from_numpy(c.n_real[rows].astype(np.int64)), recipe)
 
     t0 = time.perf_counter()
     # e0: the frozen model's study embedding of every row (the transformer's part from the run's own file when one
@@ -230,11 +296,39 @@ def main() -> None:
     text_emb = dict(zip(bank.texts, encode_texts(list(bank.texts))))
     topics: dict[str, list[tuple[int, np.ndarray]]] = {}
     if a.topic_batches:
-        topics, clause_emb, clause_neg = report_topics(reports, train, bank, encode_texts, labels)
+        topics, clause_emb, clause_neg = report_topics(reports, train, bank, encode_texts, labels,
+                                                       by_keywords=a.file_by == "keywords")
         keep = [t for t in a.topics.split(",") if t]
         if set(keep) - set(topics):
             raise SystemExit(f"--topics {a.topics}: the reports' topics are {', '.join(sorted(topics))}")
         topics = {t: v for t, v in topics.items() if not keep or t in keep}
+    held_out = None  # (cache, rows, frozen embeddings) of the --eval-families archive
+    if a.eval_families:
+        from cmrdx.synth.variety import parse_families
+        from cmrdx.train.data import StudyCache, build_cache
+
+        try:
+            fams = parse_families(a.eval_families)
+        except ValueError as exc:
+            raise SystemExit(f"--eval-families: {exc}") from None
+        esrc = PhantomSource(a.eval_n, a.eval_seed, variety=True, only_families=fams)
+        name = f"phantom-{a.eval_n}-seed{a.eval_seed}-{'+'.join(fams).replace(':', '-')}"
+
+        def eval_cache(r) -> StudyCache:
+            tag = hashlib.sha256(json.dumps(r.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+            return build_cache(esrc, r, stage.parent / "eval-caches" / f"{name}-{tag}", progress=False,
+                               workers=a.threads)
+
+        hc = eval_cache(recipe)
+        hsc = eval_cache(scache.recipe) if scache is not cache else hc
+        hrows = np.flatnonzero(hc.done & (hc.n_real > 0) & hsc.done & (hsc.n_real > 0))
+        he0 = np.zeros((len(hc.n_real), cfg.projection_dim), np.float32)
+        with torch.no_grad():
+            for k in range(0, len(hrows), 32):
+                rows = hrows[k:k + 32]
+                he0[rows] = model.encode_video(model_input(rows, hc)).numpy()
+        held_out = (hc, hsc, hrows, he0)
+        print(f"--eval-families: {len(hrows)} studies of {', '.join(fams)} ({name})", flush=True)
     setup = (time.perf_counter() - t0) / 60
 
     # the stream: the CNN's pooled features -> a zero-initialised linear layer into the embedding
@@ -249,10 +343,10 @@ def main() -> None:
     temperature = float(cfg.temperature)
     rng = np.random.default_rng(a.seed)
 
-    def frames(rows: np.ndarray, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.asarray(cache.videos[rows][:, a.first_frame:])).float() / 255.0
+    def frames(rows: np.ndarray, augment: bool, c=scache) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.asarray(c.videos[rows][:, a.first_frame:])).float() / 255.0
         real = (torch.arange(a.first_frame, a.first_frame + x.shape[1]).view(1, -1)
-                < torch.from_numpy(cache.n_real[rows].astype(np.int64)).view(-1, 1))
+                < torch.from_numpy(c.n_real[rows].astype(np.int64)).view(-1, 1))
         if augment:  # a shift of up to 6 pixels per study (the adaptations' augment_shift); no flip: reports
             pad = torch.nn.functional.pad(x, (6, 6, 6, 6))  # name walls, and a flip would move them
             s = x.shape[-1]
@@ -268,11 +362,32 @@ def main() -> None:
         vecs = np.stack([text_emb[t] for t in [*found[0].prompts, *found[0].negative_prompts]]).T.astype(np.float32)
         span = torch.from_numpy(np.linalg.qr(vecs)[0])
 
-    def embed(rows: np.ndarray, augment: bool = False) -> torch.Tensor:
-        out = proj(cnn.features(*frames(rows, augment)))
+    held: torch.Tensor | None = None  # (D, k) orthonormal basis of the other findings' prompt embeddings
+    if a.hold_others:
+        if a.hold_others not in {f.id for f in bank.findings}:
+            raise SystemExit(f"--hold-others {a.hold_others}: not a finding of {a.bank}")
+        texts = [t for f in bank.findings if f.id != a.hold_others for t in f.all_texts]
+        q = np.linalg.qr(np.stack([text_emb[t] for t in texts]).T.astype(np.float32))[0]
+        held = torch.from_numpy(q)
+        free = [f for f in bank.findings if f.id == a.hold_others][0]
+        m = np.mean([text_emb[t] for t in free.prompts], axis=0)
+        print(f"--hold-others: {len(texts)} prompts of the other findings span {q.shape[1]} of {q.shape[0]} "
+              f"dimensions; {np.linalg.norm(m - q @ (q.T @ m)) / np.linalg.norm(m):.3f} of the {a.hold_others} "
+              "prompts' mean lies outside", flush=True)
+
+    def embed(rows: np.ndarray, augment: bool = False, c=scache, base: np.ndarray = e0) -> torch.Tensor:
+        out = proj(cnn.features(*frames(rows, augment, c)))
         if span is not None:
             out = (out @ span) @ span.T
-        return torch.from_numpy(e0[rows]) + out
+        if held is None:
+            return torch.from_numpy(base[rows]) + out
+        # the unit embedding's part inside the held span stays; its part outside keeps its length and turns with
+        # the stream: every cosine with a held prompt, so every held finding's score, is the frozen model's
+        u0 = torch.nn.functional.normalize(torch.from_numpy(base[rows]), dim=1)
+        inside = (u0 @ held) @ held.T
+        rest = u0 - inside
+        turned = torch.nn.functional.normalize(rest + out - (out @ held) @ held.T, dim=1)
+        return inside + rest.norm(dim=1, keepdim=True) * turned
 
     def topic_step(step: int) -> torch.Tensor:
         """One finding's batch: each study against one of its own clauses about that finding; soft targets."""
@@ -333,21 +448,28 @@ def main() -> None:
     minutes = (time.perf_counter() - t0) / 60 - setup
     cnn.eval()
 
-    def zero_shot(rows: np.ndarray, with_stream: bool) -> dict[str, float | None]:
+    def zero_shot(rows: np.ndarray, with_stream: bool, c=cache, sc=scache,
+                  base: np.ndarray = e0) -> dict[str, float | None]:
         with torch.no_grad():
-            e = np.concatenate([embed(rows[k:k + 64]).numpy() for k in range(0, len(rows), 64)]) if with_stream else e0[rows]
+            e = (np.concatenate([embed(rows[k:k + 64], False, sc, base).numpy() for k in range(0, len(rows), 64)])
+                 if with_stream else base[rows])
         e = e / np.linalg.norm(e, axis=1, keepdims=True)
         out: dict[str, float | None] = {}
         for f in bank.findings:
             if f.id not in FINDINGS:
                 continue
-            y = np.array([labels[i].get(f.id, "none") != "none" for i in rows])
+            y = np.array([c.meta["labels"][i].get(f.id, "none") != "none" for i in rows])
             s = np.array([score_finding(x, f, text_emb, bank, "", None).score for x in e])
             out[f.id] = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
         return out
 
     table = {(arch, when): zero_shot(np.sort(rows), when == "with the stream")
              for arch, rows in (("randomised", val_r), ("classic", val_c)) for when in ("model", "with the stream")}
+    if held_out is not None:
+        hc, hsc, hrows, he0 = held_out
+        for when in ("model", "with the stream"):
+            table[(f"held-out families {a.eval_families}", when)] = zero_shot(hrows, when == "with the stream", hc,
+                                                                               hsc, he0)
     res = Path(a.results)
     if not res.is_file():
         res.write_text(
@@ -369,17 +491,24 @@ def main() -> None:
     for (arch, when), aucs in table.items():
         vals = [aucs.get(f) for f in FINDINGS]
         known = [v for v in vals if v is not None]
-        nval = len(val_r) if arch == "randomised" else len(val_c)
+        nval = len(val_r) if arch == "randomised" else len(val_c) if arch == "classic" else len(held_out[2])
         text = plain = (f"report sentences (1-{a.max_sentences}) with chance {a.text_subset:g}, else the whole "
                         "report" if a.text_subset > 0 else "whole reports")
         if a.topic_batches:
             how = ("targets over same-polarity clauses (negation words)" if a.negation_targets
                    else f"soft targets (temperature {a.target_temperature:g})")
             text = (f"{a.topics} clauses only; " if a.topics else "") + f"one finding's clauses a step, {how}"
+            if a.file_by == "keywords":
+                text = f"{text}; clauses filed by keyword patterns"
             if a.topic_share < 1:
                 text = f"{text}, in {a.topic_share:.0%} of the steps; the others: {plain}"
         if a.confine:
             text = f"{text}; the stream confined to the span of the {a.confine} prompts"
+        if a.stream_cache:
+            text = (f"{text}; the stream reads the studies under another recipe (heart cut "
+                    f"{scache.recipe.heart_crop_mm} mm)")
+        if a.hold_others:
+            text = f"{text}; the other findings' scores held (the stream turns only outside their prompts' span)"
         train_note = (f"{text}; {a.epochs} epochs x {len(train)} studies, batch {a.batch}, {minutes:.1f} min; loss "
                       f"{np.mean(losses[:20]):.2f} -> {np.mean(losses[-20:]):.2f}") if when == "with the stream" else ""
         rows_md.append(f"| {a.label} | {arch} ({nval}) | {when} | "
