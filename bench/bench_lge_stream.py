@@ -209,6 +209,8 @@ def main() -> None:
         raise SystemExit("--topics, --negation-targets, --topic-share and --file-by go with --topic-batches")
     if not 0 < a.topic_share <= 1:
         raise SystemExit(f"--topic-share {a.topic_share}: give a share in (0, 1]")
+    if a.eval_families and a.eval_n < 2:
+        raise SystemExit(f"--eval-n {a.eval_n}: give at least 2 studies for the --eval-families archive")
     if a.hold_others and a.confine:
         raise SystemExit("--hold-others and --confine: give one of them")
     unknown = {t for t in a.topics.split(",") if t} - set(FINDINGS)
