@@ -31,7 +31,7 @@ Every departure (a missing view, another plane, a phase count other than 30) is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -90,6 +90,10 @@ class RecipeParams:
             which the study's own plan locates (``cmrdx.study.heart``): the short-axis slices on the LV long axis,
             the long-axis images on the heart's centre. None (the reference) keeps the whole field of view; so
             does a study whose plan does not locate the heart (said in ``substitutions``).
+        streams: further inputs whose frames follow this recipe's own in the model's input, each a whole recipe
+            of its own (segments, frames, heart cut) run on the same study, with the same ``image_size``, mean and
+            std and no streams of its own; a model with a second stream (a finding stream of ``cmrdx train``)
+            reads them. Empty (the reference): the input is this recipe's frames alone.
     """
 
     segments: tuple[str, ...] = ("cine_lax", "cine_sa", "lge_sa", "lge_lax", "lge_2ch", "lge_3ch")
@@ -105,6 +109,7 @@ class RecipeParams:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     heart_crop_mm: float | None = None
+    streams: tuple[RecipeParams, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.segments if s not in SEGMENTS]
@@ -116,12 +121,33 @@ class RecipeParams:
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.window}")
         if self.heart_crop_mm is not None and not 20.0 <= float(self.heart_crop_mm) <= 1000.0:
             raise ValueError(f"heart_crop_mm must be between 20 and 1000 mm (or None), got {self.heart_crop_mm}")
+        for k, st in enumerate(self.streams):
+            if not isinstance(st, RecipeParams):
+                raise ValueError(f"recipe stream {k + 1} is not a recipe")
+            if st.streams:
+                raise ValueError(f"recipe stream {k + 1} has streams of its own; streams do not nest")
+            if (st.image_size, st.mean, st.std) != (self.image_size, self.mean, self.std):
+                raise ValueError(f"recipe stream {k + 1}: image_size, mean and std must be the main recipe's "
+                                 f"({self.image_size}, {self.mean}, {self.std})")
+
+    @property
+    def main(self) -> RecipeParams:
+        """This recipe without its streams: the input of the model's first (main) video path."""
+        return replace(self, streams=()) if self.streams else self
+
+    @property
+    def input_frames(self) -> int:
+        """Frames of the model's whole input: this recipe's own, then every stream's."""
+        return self.frames + sum(st.frames for st in self.streams)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "streams"}
         if d["heart_crop_mm"] is None:  # the reference input: recorded as it was before the option existed
             del d["heart_crop_mm"]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        if self.streams:  # recorded only when there are any: a recipe without keeps its old record and digest
+            out["streams"] = [st.to_dict() for st in self.streams]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RecipeParams:
@@ -129,7 +155,11 @@ class RecipeParams:
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown recipe parameters {sorted(extra)}")
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "streams"}
+        streams = d.get("streams") or []
+        if not isinstance(streams, list) or not all(isinstance(x, dict) for x in streams):
+            raise ValueError("recipe streams must be a list of recipe parameter mappings")
+        fields["streams"] = tuple(cls.from_dict(x) for x in streams)
         return cls(**fields)
 
 
@@ -141,11 +171,15 @@ class RecipeResult:
     """A recipe's output and the record of how it was made.
 
     Attributes:
-        array: (frames, 3, image_size, image_size) float32, normalised.
+        array: (frames, 3, image_size, image_size) float32, normalised; for a recipe with streams
+            (``input_frames``, 3, S, S): the main recipe's frames, then each stream's.
         used: segment name -> what went in (view key, series, slices, phases, window in modality units,
-            number of montage frames).
-        substitutions: human-readable departures from the recipe (missing or replaced views, resampling).
-        montage_length: frames in the montage before sampling; ``sampled``: indices taken from it.
+            number of montage frames); a stream's segments under "stream<k>:<segment>" (k from 1).
+        substitutions: human-readable departures from the recipe (missing or replaced views, resampling); a
+            stream's prefixed "stream <k> (<its segments>): ".
+        montage_length: frames in the (main recipe's) montage before sampling; ``sampled``: indices taken from it.
+        departures: the main recipe's (a stream reads a subset of the same views).
+        heart: the main recipe's record of the heart, else the first stream's that has one.
     """
 
     array: np.ndarray
@@ -279,9 +313,10 @@ def resample_phases(n: int, target: int | None) -> list[int]:
 
 
 def recipe_view_keys(p: RecipeParams) -> tuple[str, ...]:
-    """Every view key any segment of the recipe may use (its preference lists), in plan order."""
+    """Every view key any segment of the recipe, or of its streams, may use (its preference lists), in plan order
+    (the main recipe's first)."""
     keys: list[str] = []
-    for seg in p.segments:
+    for seg in p.segments + tuple(s for st in p.streams for s in st.segments):
         spec = SEGMENTS[seg]
         keys += [view_key(spec.role, v) for v in spec.views]
     return tuple(dict.fromkeys(keys))
@@ -552,16 +587,49 @@ def frames_to_input(frames01: np.ndarray, p: RecipeParams) -> np.ndarray:
     return out
 
 
+class NoRecipeViews(ValueError):
+    """The study holds none of the views a recipe (or a stream of it) reads."""
+
+
 def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> RecipeResult:
-    """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32.
+    """Study -> RecipeResult with ``array`` (frames, 3, S, S) float32; for a recipe with streams
+    (``input_frames``, 3, S, S): the main recipe's array (``p.main``), then each stream's, along the frame axis.
 
     The window is computed on all of a view's frames, but only the frames the sampling picks are scaled,
-    resized and rounded (about 64 of 100-120 montage frames)."""
+    resized and rounded (about 64 of 100-120 montage frames).
+
+    Raises ValueError (``NoRecipeViews``) when the study holds none of the main recipe's views. A stream that finds
+    none of its views does not fail the study: its frames are all zero (padding: the model reads an all-zero
+    stream as nothing to see) and a substitution says so. The records of a recipe with streams are merged as
+    ``RecipeResult`` describes."""
     p = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if not p.streams:
+        return _apply_one(study, p)
+    rr = _apply_one(study, p.main)
+    arrays = [rr.array]
+    for k, st in enumerate(p.streams, 1):
+        try:
+            sr = _apply_one(study, st)
+        except NoRecipeViews:
+            arrays.append(np.zeros((st.frames, 3, st.image_size, st.image_size), np.float32))
+            rr.substitutions.append(f"stream {k}: none of its views ({', '.join(recipe_view_keys(st))}) in the "
+                                    f"study: its frames are empty")
+            continue
+        arrays.append(sr.array)
+        rr.used.update({f"stream{k}:{seg}": rec for seg, rec in sr.used.items()})
+        rr.substitutions += [f"stream {k} ({', '.join(st.segments)}): {s}" for s in sr.substitutions]
+        if rr.heart is None and sr.heart is not None:
+            rr.heart = sr.heart
+    rr.array = np.concatenate(arrays)
+    return rr
+
+
+def _apply_one(study: Study, p: RecipeParams) -> RecipeResult:
+    """``apply_recipe`` of one recipe, its streams ignored."""
     plan = montage_plan(p, study.views)
     subs = plan.substitutions
     if not plan.entries:
-        raise ValueError("recipe found none of its views in the study: " + "; ".join(subs))
+        raise NoRecipeViews("recipe found none of its views in the study: " + "; ".join(subs))
     crops, _, heart = heart_crops(study.views, plan, p)
     if heart is not None and not heart["located"]:
         subs.append(f"heart not located ({heart['how']}): the whole field of view is used")

@@ -370,16 +370,24 @@ def test_archive_family_filters_and_cli(tmp_path):
     assert r.exit_code == 0 and "scar:midwall" in r.output
 
 
-@pytest.mark.parametrize("heart_crop_mm", [None, 170.0])
+@pytest.mark.parametrize("heart_crop_mm", [None, 170.0, "stream"])
 def test_training_fast_path_is_exact_for_randomised_studies(heart_crop_mm):
     """``phantom_u8`` (only the sampled frames rendered) equals the recipe applied to the lazy study, for PSIR
-    images, misregistered slices and missing views too, and with the cut around the heart: training on randomised
+    images, misregistered slices and missing views too, with the cut around the heart, and for a recipe with a
+    stream (the bundled model's recipe, then 16 LGE frames cut 210 mm around the heart): training on randomised
     phantoms keeps its fast path."""
+    from cmrdx.model.manifest import load_manifest
     from cmrdx.recipe import IMAGENET_MEAN, IMAGENET_STD, apply_recipe, get_recipe, recipe_view_keys
     from cmrdx.synth.arrays import phantom_u8
 
-    r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48, window_scope="frame",
-                   heart_crop_mm=heart_crop_mm)
+    if heart_crop_mm == "stream":
+        main = load_manifest(Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small",
+                             verify=False).recipe_params()
+        st = replace(main, segments=("lge_sa", "lge_lax", "lge_2ch", "lge_3ch"), frames=16, heart_crop_mm=210.0)
+        r = replace(main, streams=(st,))
+    else:
+        r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48,
+                       window_scope="frame", heart_crop_mm=heart_crop_mm)
     p = sample_params(23, {"lge": "moderate"}, only_families=["lge:psir", "breathhold:misregistered", "views:missing"],
                       matrix=64, n_phases=8)
     u8, n = phantom_u8(p, r)
@@ -388,4 +396,13 @@ def test_training_fast_path_is_exact_for_randomised_studies(heart_crop_mm):
     arr = rr.array
     grey = np.rint((arr[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255.0)
     np.testing.assert_array_equal(u8, grey.astype(np.uint8))
-    assert n == 8 and u8.std() > 10
+    assert np.asarray(n).ravel()[0] == r.frames == len(rr.sampled) and u8.shape[0] == r.input_frames
+    assert u8.std() > 10
+    if r.streams:  # the stream's own frames: real LGE images, the same as the stream's fast path alone
+        assert u8[r.frames:].std() > 10 and any(k.startswith("stream1:") for k in rr.used)
+        alone = phantom_u8(p, r.streams[0])
+        np.testing.assert_array_equal(u8[r.frames:], alone[0])
+        assert n.tolist() == [r.frames, alone[1]]
+        from cmrdx.train.data import u8_to_input
+
+        np.testing.assert_allclose(u8_to_input(u8, n, r)[0], arr, atol=1e-6)

@@ -305,9 +305,32 @@ def load_manifest(root: Path | str, *, verify: bool = True) -> Manifest:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ModelError(f"{mpath}: file {rel!r} must be a plain relative path inside the model folder")
     m = _from_dict(root, d)
+    check_input_frames(m)
     if verify:
         m.verify()
     return m
+
+
+def check_input_frames(m: Manifest) -> None:
+    """Raise ModelError unless the video section's ``frames`` are the frames the recipe makes: its
+    ``input_frames`` (its own frames, then every stream's; a model with a second video path takes them all in its
+    one input). A manifest without ``frames`` or recipe parameters, or whose recipe cannot be read (that error is
+    raised where the recipe is used), is not checked."""
+    frames = m.video.get("frames") if isinstance(m.video, dict) else None
+    params = m.recipe.get("params") if isinstance(m.recipe, dict) else None
+    if frames is None or not isinstance(params, dict):
+        return
+    try:
+        rp = m.recipe_params()
+        n = int(frames)
+    except (ValueError, TypeError):
+        return
+    if n != rp.input_frames:
+        parts = f"{rp.frames} of its own" + "".join(f" + {st.frames} of stream {k}" for k, st in
+                                                       enumerate(rp.streams, 1))
+        raise ModelError(f"{m.root / MANIFEST_NAME}: the video section takes {n} frames but the recipe makes "
+                         f"{rp.input_frames} ({parts})",
+                         hint="the model folder is inconsistent: export the model again (`cmrdx models export`)")
 
 
 def _from_dict(root: Path, d: dict[str, Any]) -> Manifest:

@@ -379,7 +379,9 @@ def _attribution(result: ClassifyResult) -> str:
 
 
 def _previews(result: ClassifyResult, src: StudySource) -> str:
-    used_views = {rec.get("view"): (seg, rec) for seg, rec in result.views_used.items()}
+    used_views: dict[Any, tuple[str | None, dict[str, Any]]] = {}
+    for name, used in result.views_used.items():  # a view the main recipe and a stream both read: the main's entry
+        used_views.setdefault(used.get("view"), (name, used))
 
     def order(k: str) -> tuple:
         role, view = k.split(":")

@@ -136,10 +136,15 @@ def fetch(ps: PacsStudy, refs: Iterable[FileRef], *, client: PacsClient | None =
 
 
 def recipe_refs(study: Study, recipe: RecipeParams) -> list[FileRef]:
-    """The objects the recipe reads from ``study``."""
+    """The objects the recipe reads from ``study``: the main recipe's, then those its streams read besides (each
+    once, in plan order)."""
     from cmrdx.recipe import montage_plan, plan_refs
 
-    return plan_refs(study, montage_plan(recipe, study.views))
+    out: dict[FileRef, None] = {}
+    for part in (recipe.main, *recipe.streams):
+        for ref in plan_refs(study, montage_plan(part, study.views)):
+            out.setdefault(ref, None)
+    return list(out)
 
 
 def view_refs(study: Study, keys: Sequence[str] | None = None) -> list[FileRef]:

@@ -18,6 +18,13 @@ made on the recipe's montage (``cmrdx.recipe``) from frames decoded, windowed an
 The perturbations do not depend on the finding, so one set of perturbed inputs serves every finding: a study costs
 (segments + phase_windows + grid^2 x region views) encoder inputs, run ``batch`` at a time. Findings that cannot
 be assessed (the study lacks what they need) are not explained.
+
+A recipe with streams (``RecipeParams.streams``: further video paths whose frames follow the main recipe's in the
+model's input) is explained over the main recipe's segments. The stream frames are appended to every perturbed
+input. A views perturbation removes its views from the whole study, so each stream is planned again without them
+(a stream left with none of its views gets all-zero frames, as ``apply_recipe`` gives it). Phase and region
+perturbations change only the main recipe's frames: the streams' frames stay as they are in the study (not
+occluded), and ``Explanation.to_dict`` says so.
 """
 
 from __future__ import annotations
@@ -110,9 +117,12 @@ def _stored(frames: np.ndarray, p: RecipeParams) -> np.ndarray:
 class Montage:
     """A study's montage under recipe ``p`` with every planned image decoded, windowed and stored once, from
     which the model's input is rebuilt for any plan over the same views and any frames put in place of the
-    stored ones. ``input()`` equals ``apply_recipe(study, p).array`` (a test checks it)."""
+    stored ones. ``input()`` equals ``apply_recipe(study, p).array`` (a test checks it). A recipe with streams is
+    taken as its main recipe (``p.main``): ``input()`` is then the first ``p.frames`` frames of the model's input
+    (``explain`` appends the streams' frames)."""
 
     def __init__(self, study: Study, p: RecipeParams):
+        p = p.main
         self.study = study
         self.p = p
         self.plan = montage_plan(p, study.views)
@@ -161,7 +171,7 @@ class Montage:
         (stored frames, 0..255) or ``grey[segment]`` (grey images as ``final_of`` gives them) in place of a
         segment's own. Each image is transformed once per study (``_final``); only the sampled images of replaced
         frames are transformed again."""
-        plan = plan or self.plan
+        plan = plan if plan is not None else self.plan  # an empty plan (a stream without its views): zeros
         seq = plan.frames()
         idx = sample_indices(len(seq), self.p.frames)
         picked = [seq[i] for i in idx]
@@ -362,6 +372,7 @@ class Explanation:
     options: ExplainOptions
     n_inputs: int
     timings_ms: dict[str, float]
+    streams: str | None = None  # what the perturbations did to the frames of the recipe's streams, when it has any
 
     def finding(self, fid: str) -> FindingExplanation | None:
         return next((f for f in self.findings if f.id == fid), None)
@@ -375,6 +386,7 @@ class Explanation:
                 "region": "score minus the score with a patch of the field of view replaced by the frame's mean "
                           "grey level on every frame of the segment",
                 "options": self.options.to_dict(),
+                **({"streams": self.streams} if self.streams else {}),
             },
             "segments": self.segments,
             "phase_centres": [round(c, 4) for c in self.phase_centres],
@@ -392,6 +404,23 @@ class Explanation:
 
 Target = tuple["Finding", "PromptBank"]
 ScoreFn = Callable[[np.ndarray, "Finding", "PromptBank"], float]
+
+
+def _stream_montage(study: Study, st: RecipeParams) -> Montage | None:
+    """The montage of stream ``st``, or None when the study has none of its views (its frames are all zero)."""
+    return Montage(study, st) if montage_plan(st, study.views).entries else None
+
+
+def _streams_note(p: RecipeParams) -> str | None:
+    if not p.streams:
+        return None
+    names = "; ".join(f"stream {k}: {', '.join(st.segments)}, {st.frames} frames"
+                      + (f", {st.heart_crop_mm:g} mm around the heart" if st.heart_crop_mm is not None else "")
+                      for k, st in enumerate(p.streams, 1))
+    return (f"the model's input also holds the frames of {len(p.streams)} stream(s) ({names}) after the main "
+            "recipe's: a views perturbation leaves its views out of the streams too (each stream planned again "
+            "without them, as for a study that lacks them); the phase and region perturbations change the main "
+            "recipe's frames only: the streams' frames were not occluded")
 
 
 def _key_frames(m: Montage, segment: str, phase_peak: int | None) -> tuple[list[str], list[np.ndarray]]:
@@ -430,7 +459,8 @@ def explain(
     montage: Montage | None = None,
 ) -> Explanation:
     """Attribution of ``targets`` (finding, its bank; the first ones get the region maps when there are more
-    segments to map than ``options.region_views``) for ``study`` under recipe ``p``.
+    segments to map than ``options.region_views``) for ``study`` under recipe ``p`` (with streams: over the main
+    recipe's segments, the streams' frames appended to every input; see the module docstring).
 
     ``encode``: (B, frames, 3, S, S) -> (B, D) L2-normalised embeddings (``Encoder.encode_studies``); ``score``:
     (embedding, finding, bank) -> the finding's score; ``skipped``: findings left out and why (shown as such).
@@ -439,11 +469,27 @@ def explain(
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     m = montage or Montage(study, p)
+    streams = [_stream_montage(study, st) for st in p.streams]
     t["montage_ms"] = (time.perf_counter() - t0) * 1000
     enc_ms = [0.0]
     n_inputs = [0]
+    stream_frames: dict[frozenset[str], np.ndarray] = {}
 
-    per_input = 4 * p.frames * 3 * p.image_size * p.image_size
+    def with_streams(x: np.ndarray, gone: frozenset[str] = frozenset()) -> np.ndarray:
+        """The main recipe's input ``x`` followed by every stream's frames, planned without the views ``gone``."""
+        if not p.streams:
+            return x
+        if gone not in stream_frames:
+            parts = []
+            for sm, st in zip(streams, p.streams):
+                if sm is None:
+                    parts.append(np.zeros((st.frames, 3, st.image_size, st.image_size), np.float32))
+                else:
+                    parts.append(sm.input(sm.plan_without(gone)) if gone else sm.input())
+            stream_frames[gone] = np.concatenate(parts)
+        return np.concatenate([x, stream_frames[gone]])
+
+    per_input = 4 * p.input_frames * 3 * p.image_size * p.image_size
     group = max(1, PREPARE_BYTES // per_input // opt.batch) * opt.batch
 
     def run(inputs: Sequence[_Perturbation]) -> np.ndarray:
@@ -472,7 +518,7 @@ def explain(
     plans: dict[frozenset[str], _Perturbation] = {}
 
     def plan_maker(gone: frozenset[str]) -> Callable[[], np.ndarray]:
-        return lambda: m.input(m.plan_without(gone)) if gone else m.input()
+        return lambda: with_streams(m.input(m.plan_without(gone)) if gone else m.input(), gone)
 
     def plan_input(gone: frozenset[str]) -> frozenset[str]:
         if gone not in plans:
@@ -498,7 +544,7 @@ def explain(
                 g = m.final_of(m.entries[s]).copy()
                 g[masks[s][k]] = mean_grey[s]
                 grey[s] = g
-            return m.input(grey=grey)
+            return with_streams(m.input(grey=grey))
         return make
 
     first = list(plans.values())
@@ -550,7 +596,7 @@ def explain(
                 soft[s] = smoothed(m.stored[s], role_of[s], patch, p)
             r, c = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
             g = m.final_of(m.entries[s]) + m.patch_change(s, soft[s], r, c)
-            return m.input(plan, grey={s: g})
+            return with_streams(m.input(plan, grey={s: g}), others[s])
         return make
 
     context = {s: others[s] for s in region_segs}
@@ -599,7 +645,7 @@ def explain(
     return Explanation(segments=seg_info,
                        phase_centres=[k / opt.phase_windows for k in range(opt.phase_windows)] if cines else [],
                        phase_width=opt.phase_width, findings=out, skipped=dict(skipped or {}), options=opt,
-                       n_inputs=n_inputs[0], timings_ms=t)
+                       n_inputs=n_inputs[0], timings_ms=t, streams=_streams_note(p))
 
 
 def explain_findings_of(study: Study, enc: Encoder, ranked: Sequence[FindingScore], banks: Sequence[PromptBank],

@@ -10,7 +10,7 @@ pixels.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -92,33 +92,61 @@ def _slice_geometry(pl: Plane) -> SliceGeometry:
                          shape=(int(pl.shape[0]), int(pl.shape[1])))
 
 
-def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, int]:
+def phantom_u8(params: StudyParams, p: RecipeParams) -> tuple[np.ndarray, Any]:
     """The recipe's input for ``params`` as uint8 grey frames, rendering only the montage frames the recipe
     samples (about 13 rendered frames instead of about 75). Returns ((F, S, S) uint8, n_real): the grey levels
     of ``apply_recipe(phantom_study(params)[0], p)`` (a test checks it).
 
     Exact for recipes with ``window_scope == "frame"`` (each frame windowed on its own, so unsampled frames
-    are never needed) whose output is whole grey levels (``cmrdx.recipe.u8_exact``); others are refused."""
+    are never needed) whose output is whole grey levels (``cmrdx.recipe.u8_exact``); others are refused.
+
+    A recipe with streams: F = ``p.input_frames``, the main recipe's frames (``p.main``), then each stream's, as
+    ``apply_recipe`` concatenates them; a stream none of whose views the study has gives all-zero frames. Every
+    part must be exact as above. ``n_real`` is then an array of each part's count of real frames (the main
+    recipe's first): each part pads its own frames after its own real ones, which ``cmrdx.train.data.u8_to_input``
+    restores to the recipe's zeros."""
+    from cmrdx.recipe import recipe_view_keys, u8_exact
+
+    parts = (p.main, *p.streams)
+    for q in parts:
+        if q.window_scope != "frame":
+            raise ValueError("phantom_u8 is exact only for window_scope='frame'; apply the recipe to phantom_study")
+        if not u8_exact(q):
+            raise ValueError("phantom_u8 needs a recipe whose output is whole grey levels (store_size == resize and "
+                             f"crop == image_size; got store_size={q.store_size}, resize={q.resize}, crop={q.crop}, "
+                             f"image_size={q.image_size})")
+    keys = recipe_view_keys(p)
+    if any(q.heart_crop_mm is not None for q in parts):  # the heart is located from every plane the study has,
+        from cmrdx.study.heart import AXIS_VIEWS, SAX_VIEWS  # as apply_recipe does
+
+        keys = tuple(dict.fromkeys((*keys, *AXIS_VIEWS, *SAX_VIEWS)))
+    study = phantom_study(params, keys)[0]
+    outs = [_sampled_u8(study, q) for q in parts]
+    if outs[0] is None:
+        raise ValueError(f"recipe found none of its views in phantom study {params.seed}")
+    u8 = [o if o is not None else (np.zeros((q.frames, q.image_size, q.image_size), np.uint8), 0)
+          for o, q in zip(outs, parts)]
+    if len(u8) == 1:
+        return u8[0]
+    return np.concatenate([x for x, _ in u8]), np.array([k for _, k in u8], np.int64)
+
+
+def _sampled_u8(study: Study, p: RecipeParams) -> tuple[np.ndarray, int] | None:
+    """``phantom_u8`` of one recipe (its streams ignored) over the lazily rendered ``study``; None when the study
+    has none of its views."""
     from cmrdx.recipe import (
         EntryCrop,
         heart_crops,
         montage_plan,
-        recipe_view_keys,
         resize_crop,
         sample_indices,
         store_frames,
-        u8_exact,
         window_to_unit,
     )
 
-    if p.window_scope != "frame":
-        raise ValueError("phantom_u8 is exact only for window_scope='frame'; apply the recipe to phantom_study")
-    if not u8_exact(p):
-        raise ValueError("phantom_u8 needs a recipe whose output is whole grey levels (store_size == resize and "
-                         f"crop == image_size; got store_size={p.store_size}, resize={p.resize}, crop={p.crop}, "
-                         f"image_size={p.image_size})")
-    study = phantom_study(params, recipe_view_keys(p))[0]
     plan = montage_plan(p, study.views)
+    if not plan.entries:
+        return None
     crops = heart_crops(study.views, plan, p)[0]
     montage = plan.frames()
     idx = sample_indices(len(montage), p.frames)

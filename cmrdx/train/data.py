@@ -75,17 +75,26 @@ def recipe_to_u8(study, p: RecipeParams) -> tuple[np.ndarray, int, list[str]]:
 
 
 def u8_to_input(u8: np.ndarray, n_real: np.ndarray | int, p: RecipeParams) -> np.ndarray:
-    """(B, F, S, S) uint8 + real-frame counts -> (B, F, 3, S, S) float32, equal to ``apply_recipe``'s array."""
+    """(B, F, S, S) uint8 + real-frame counts -> (B, F, 3, S, S) float32, equal to ``apply_recipe``'s array.
+
+    A recipe with streams: F = ``p.input_frames`` and ``n_real`` holds each part's count, (B, parts) or (parts,)
+    for every study (``cmrdx.synth.arrays.phantom_u8`` gives them): each part is padded after its own real frames."""
     u8 = np.asarray(u8)
     if u8.ndim == 3:
         u8 = u8[None]
-    n = np.broadcast_to(np.asarray(n_real), (u8.shape[0],))
+    parts = [p.main.frames, *(st.frames for st in p.streams)]
+    if sum(parts) != u8.shape[1]:
+        raise ValueError(f"{u8.shape[1]} frames for a recipe of {' + '.join(map(str, parts))}")
+    n = np.broadcast_to(np.asarray(n_real), (u8.shape[0], len(parts)) if p.streams else (u8.shape[0],))
+    n = n.reshape(u8.shape[0], len(parts))
     g = u8.astype(np.float32) / 255.0
     out = np.empty(u8.shape[:2] + (3,) + u8.shape[2:], np.float32)
     for c in range(3):
         out[:, :, c] = (g - p.mean[c]) / p.std[c]
-    for i, k in enumerate(n):
-        out[i, int(k):] = 0.0  # the recipe pads after normalisation
+    starts = np.cumsum([0, *parts])
+    for i in range(u8.shape[0]):
+        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            out[i, a + int(n[i, j]):b] = 0.0  # the recipe pads after normalisation
     return out
 
 
@@ -460,6 +469,9 @@ def build_cache(source, recipe: RecipeParams, folder: str | Path, *, progress: b
     rows done). A source whose description or recipe differs from an existing cache's is an error (never
     mixed rows).
     """
+    if recipe.streams:
+        raise ValueError("a study cache holds one recipe's frames: build one for the main recipe (recipe.main) and "
+                         "one for each of its streams")
     check_exact_recipe(recipe)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
