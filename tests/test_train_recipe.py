@@ -390,9 +390,10 @@ def test_a_recipe_chains_its_stages_resumes_inside_a_stage_and_repeats_for_its_s
     for stage in recipe.stages:
         folder = work_a / stage.folder
         record = json.loads((folder / "stage.json").read_text())
-        # fields added since (classic_fraction, heart_crop_mm) were not in records written then
+        # fields added since (classic_fraction, heart_crop_mm, finding_stream) were not in records written then
         ident = {k: v for k, v in dataclasses.asdict(stage.config).items()
-                 if k not in TrainConfig.RUNTIME_FIELDS + ("init_from", "classic_fraction", "heart_crop_mm")}
+                 if k not in TrainConfig.RUNTIME_FIELDS + ("init_from", "classic_fraction", "heart_crop_mm",
+                                                                "finding_stream")}
         assert ident["version"] == "0.0.1"
         record["identity_sha256"] = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
         (folder / "stage.json").write_text(json.dumps(record))

@@ -163,7 +163,7 @@ def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset
     attention projections of ``model`` itself rather than of a copy (``model``'s state dict then no longer has
     the checkpoint layout: for a model that is dropped after the export)."""
     cfg = model.cfg.video
-    f = frames or cfg.num_frames
+    f = frames or model.input_frames
     if dynamo and split_in_place:
         from cmrdx.train.model import DividedAttention
 
@@ -293,7 +293,7 @@ def video_reference(model: CMRClip, *, batch: int = 2, seed: int = 0) -> tuple[n
     tower of ``model``."""
     cfg = model.cfg.video
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.num_frames, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
+    x = torch.randn(batch, model.input_frames, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
     with torch.no_grad():
         ref = model.eval().encode_video(x).numpy()
     return x.numpy(), ref
@@ -467,7 +467,7 @@ def export_model_folder(
             **{prec: p.name for prec, p in vfiles.items()},
             "input": "video",
             "output": "embedding",
-            "frames": cfg.video.num_frames,
+            "frames": cfg.input_frames,
             "image_size": cfg.video.img_size,
         },
         "text": {"file": text.name, "inputs": ["input_ids", "attention_mask"], "output": "embedding"},
@@ -501,7 +501,13 @@ def _after_manifest(m: Any, vfiles: dict[str, Path], opt: ExportOptions, rep: Ex
     from cmrdx.errors import CmrdxError
     from cmrdx.model.encoder import Encoder
 
-    if "int8" in vfiles and opt.validate_int8:
+    stream = ((getattr(m, "provenance", None) or {}).get("architecture") or {}).get("finding_stream") or {}
+    if "int8" in vfiles and opt.validate_int8 and stream.get("hold"):
+        # a finding stream holds the other findings' scores exactly in float32; int8 rounding moves them, so the
+        # CPU default stays float32 unless someone validates the copy on purpose
+        rep.notes.append("int8 copy not validated at export: the finding stream holds the other findings' scores "
+                         "exactly in float32 only (`cmrdx models validate-int8` records it if int8 is wanted)")
+    elif "int8" in vfiles and opt.validate_int8:
         from cmrdx.model.validate import validate_int8
 
         stage("validating the int8 copy on real-looking studies")

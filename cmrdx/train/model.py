@@ -14,6 +14,7 @@ Two attention implementations share the same parameters:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -71,11 +72,34 @@ class MotionConfig:
 
 
 @dataclass
+class FindingStreamConfig:
+    """A finding stream's shape (not in CMR-CLIP: cmrdx's small models only, see ``FindingStream``)."""
+
+    finding: str  # the bank finding it was trained for (what its embedding turns towards)
+    frames: int  # its input frames, which follow the video's in the model's input (a recipe stream's frames)
+    width: int = 16  # channels of the first convolution (the last has 8x)
+    hold: bool = True  # the other findings' prompts held: the stream turns the embedding only outside their span
+    mean: float = 0.485  # channel 0's normalisation, undone to read the grey frames
+    std: float = 0.229
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.width < 1:
+            raise ValueError(f"finding stream: frames and width must be at least 1 (got {self.frames}, {self.width})")
+
+
+@dataclass
 class CMRClipConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 512
     motion: MotionConfig | None = None  # None: the CMR-CLIP architecture exactly
+    finding_stream: FindingStreamConfig | None = None  # None: no finding stream
+
+    @property
+    def input_frames(self) -> int:
+        """Frames of the video input: the transformer's, then the finding stream's (if any)."""
+        fs = self.finding_stream
+        return self.video.num_frames + (fs.frames if fs is not None else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +111,7 @@ class CMRClipConfig:
             text=TextConfig(**d.get("text", {})),
             projection_dim=int(d.get("projection_dim", 512)),
             motion=MotionConfig(**d["motion"]) if d.get("motion") else None,
+            finding_stream=FindingStreamConfig(**d["finding_stream"]) if d.get("finding_stream") else None,
         )
 
 
@@ -383,6 +408,80 @@ class MotionStream(nn.Module):
         return self.head(self.stats(video))
 
 
+class FindingStream(nn.Module):
+    """A third video path for one finding that the space-time transformer misses: a small 2D CNN shared by every
+    frame of its own input (``FindingStreamConfig.frames`` frames after the video's, made by a recipe stream, e.g.
+    the LGE images cut around the heart), features pooled over the frames by max and mean, and a linear layer
+    into the embedding that starts at zero.
+
+    Why: on randomised phantoms the transformer leaves late gadolinium enhancement at chance even when trained
+    on the labels, where this CNN learns it from the same input (bench/results/lge_cnn.md), and from the report
+    sentences alone when trained on the clauses that speak of the finding (bench/results/lge_stream.md).
+
+    With ``hold`` (the default) the other findings' zero-shot scores are the base model's exactly: ``held`` is
+    the orthogonal projection onto the span of their prompts' text embeddings; the unit embedding's part in that
+    span stays, and its part outside keeps its length and turns with the stream, so every cosine with a held
+    prompt is unchanged. Without it the stream's output is added to the embedding. A study whose stream frames
+    are all padding (no image of the stream's views) keeps the main paths' embedding (its direction).
+    """
+
+    def __init__(self, cfg: FindingStreamConfig, out_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+
+        def block(i: int, o: int, k: int = 3, s: int = 2) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+        self.body = nn.Sequential(block(1, w, 5, 2), block(w, 2 * w, 3, 1), block(2 * w, 2 * w), block(2 * w, 4 * w),
+                                  block(4 * w, 8 * w))
+        self.proj = nn.Linear(32 * w, out_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.held: torch.Tensor
+        self.register_buffer("held", torch.zeros(out_dim, out_dim) if cfg.hold else torch.zeros(0))
+
+    def grey(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, C, S, S) normalised input -> (B, F, S, S) grey in [0, 1] and (B, F) real-frame mask (padded
+        frames are exactly zero in every channel)."""
+        g = x[:, :, 0]
+        real = g.flatten(2).abs().amax(2) > 0
+        return g * self.cfg.std + self.cfg.mean, real
+
+    def features(self, g: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, F, S, S) grey, (B, F) bool -> (B, 32 w): per-frame max and mean, then their max and mean over the
+        real frames (zero for a study with none)."""
+        b, f, s, _ = g.shape
+        z = self.body(g.reshape(b * f, 1, s, s))
+        z = torch.cat([z.amax(dim=(2, 3)), z.mean(dim=(2, 3))], dim=1).reshape(b, f, -1)
+        mask = real.view(b, f, 1)
+        some = real.any(dim=1, keepdim=True).to(z.dtype)
+        zmax = z.masked_fill(~mask, -1e4).amax(dim=1) * some
+        zmean = (z * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return torch.cat([zmax, zmean], dim=1)
+
+    def output(self, x: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, F, C, S, S) normalised stream input -> (B, D): the stream's raw output (zero without real frames).
+        ``augment``: applied to the grey frames first (training shifts)."""
+        g, real = self.grey(x)
+        if augment is not None:
+            g = augment(g)
+        return self.proj(self.features(g, real)) * real.any(dim=1, keepdim=True).to(g.dtype)
+
+    def join(self, e0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The main paths' embedding ``e0`` (B, D) with the stream's output ``out`` (B, D)."""
+        if not self.cfg.hold:
+            return e0 + out
+        u0 = F.normalize(e0, dim=1)
+        inside = u0 @ self.held
+        rest = u0 - inside
+        turned = F.normalize(rest + out - out @ self.held, dim=1)
+        return inside + rest.norm(dim=1, keepdim=True) * turned
+
+    def forward(self, e0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.join(e0, self.output(x))
+
+
 def build_bert(cfg: TextConfig) -> nn.Module:
     """A randomly initialised ``transformers.BertModel`` (no download), pooler included (its keys are in the
     checkpoint, although the CMR-CLIP forward does not use it)."""
@@ -420,6 +519,20 @@ class CMRClip(nn.Module):
             self.motion = MotionStream(self.cfg.motion, self.cfg.video, self.cfg.projection_dim)
         else:
             self.motion = None
+        self.finding_stream: FindingStream | None = None
+        if self.cfg.finding_stream is not None:  # registered after the motion stream, for the same reason
+            self.finding_stream = FindingStream(self.cfg.finding_stream, self.cfg.projection_dim)
+
+    @property
+    def input_frames(self) -> int:
+        """Frames of the video input: the transformer's, then the finding stream's (if any)."""
+        return self.cfg.input_frames
+
+    def encode_main(self, video: torch.Tensor) -> torch.Tensor:
+        """The transformer's and motion stream's embedding of the video's first ``num_frames`` frames."""
+        video = video[:, : self.cfg.video.num_frames] if self.finding_stream is not None else video
+        e = self.vid_proj(self.video_model(video))
+        return e if self.motion is None else e + self.motion(video)
 
     def set_attention_impl(self, impl: str) -> CMRClip:
         """Switch every video attention between "sdpa" and the reference-style "einsum" (same weights)."""
@@ -431,9 +544,11 @@ class CMRClip(nn.Module):
         return self
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) float32 -> (B, projection_dim), not normalised."""
-        e = self.vid_proj(self.video_model(video))
-        return e if self.motion is None else e + self.motion(video)
+        """(B, F, 3, H, W) float32 -> (B, projection_dim), not normalised (F: ``input_frames``)."""
+        e = self.encode_main(video)
+        if self.finding_stream is None:
+            return e
+        return self.finding_stream(e, video[:, self.cfg.video.num_frames:])
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N, L) int64 ids and 0/1 mask -> (N, projection_dim): attention-masked mean of the last hidden
@@ -474,10 +589,14 @@ class VideoTower(nn.Module):
         self.video_model = vm
         self.vid_proj = model.vid_proj
         self.motion = model.motion
+        self.finding_stream = model.finding_stream
+        self.frames = model.cfg.video.num_frames
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        e = self.vid_proj(self.video_model(video))
-        return e if self.motion is None else e + self.motion(video)
+        main = video[:, : self.frames] if self.finding_stream is not None else video
+        e = self.vid_proj(self.video_model(main))
+        e = e if self.motion is None else e + self.motion(main)
+        return e if self.finding_stream is None else self.finding_stream(e, video[:, self.frames:])
 
 
 class TextTower(nn.Module):

@@ -53,6 +53,10 @@ def architecture(folder: Path, provenance: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(arch, dict) or "video" not in arch or "text" not in arch:
         raise RecoveryError(f"{folder}: its manifest records no provenance.architecture (a model exported by cmrdx "
                             "training records one)")
+    if arch.get("finding_stream"):
+        raise RecoveryError(f"{folder}: the model has a finding stream ({arch['finding_stream'].get('finding')}), "
+                            "which is not recovered from ONNX files: start from the trained.pt of the run that made "
+                            "it, or from the model it was added to")
     out = {"video": dict(arch["video"]), "text": dict(arch["text"]), "projection_dim": int(arch["projection_dim"]),
            "motion": None}
     if arch.get("motion"):

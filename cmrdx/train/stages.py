@@ -200,6 +200,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: stage {i + 1} ({name}): {exc}") from None
         stages.append(Stage(i, name, note, s, cfg))
+    streams = [st for st in stages if st.config.finding_stream is not None]
+    if any(st.index != len(stages) - 1 for st in streams):
+        raise ValueError(f"{path}: stage {streams[0].index + 1} ({streams[0].name}) has a finding_stream: it adds the "
+                         "stream to the finished model, so it is the last stage (and the only one with it)")
     if vocab is not None and stages[0].config.init_from:
         raise ValueError(f"{path}: vocab and init_from both set: a warm start brings the vocabulary its weights "
                          "were trained with")
@@ -301,15 +305,17 @@ def _prebuild_caches(recipe: Recipe, work: Path, todo: list[Stage], *, progress:
         cfg = _stage_config(st, None, {})
         if cfg.max_cache_seconds is not None:
             continue  # a time-limited cache is filled by its stage (else it would get the budget twice)
-        recipe_p, source = cfg.recipe(), cfg.source()
-        key = cache_key(source.describe(), recipe_p)
-        if key in made:
-            continue
-        made.add(key)
-        desc = source.describe()
-        say(f"studies of stage {st.index + 1} ({st.name}): {_describe_data(desc)} -> caches/{key}")
-        build_cache(source, recipe_p, work / "caches" / key, progress=progress, workers=cfg.workers,
-                    max_seconds=cfg.max_cache_seconds)
+        source = cfg.source()
+        full = cfg.recipe()
+        for recipe_p in (full.main, *full.streams):  # a finding stream's stage reads a cache per recipe
+            key = cache_key(source.describe(), recipe_p)
+            if key in made:
+                continue
+            made.add(key)
+            desc = source.describe()
+            say(f"studies of stage {st.index + 1} ({st.name}): {_describe_data(desc)} -> caches/{key}")
+            build_cache(source, recipe_p, work / "caches" / key, progress=progress, workers=cfg.workers,
+                        max_seconds=cfg.max_cache_seconds)
 
 
 def run_recipe(recipe: Recipe, *, work: str | Path, out: str | Path | None, progress: bool = True,
@@ -359,9 +365,14 @@ def run_recipe(recipe: Recipe, *, work: str | Path, out: str | Path | None, prog
                 if info.is_main and st.index == 0 and recipe.vocab is not None:
                     _place_vocab(recipe.vocab, folder)
                 distributed.wait_for_main(info)
-                tr = Trainer(cfg, folder, progress=progress, dist=info, cache_root=work / "caches",
-                             resume_ignore=("init_from",) if st.index > 0 else (),
-                             on_step=_stage_steps(on_step, st.name))
+                kind: Any = Trainer
+                if cfg.finding_stream is not None:
+                    from cmrdx.train.findstream import FindingStreamTrainer
+
+                    kind = FindingStreamTrainer
+                tr = kind(cfg, folder, progress=progress, dist=info, cache_root=work / "caches",
+                          resume_ignore=("init_from",) if st.index > 0 else (),
+                          on_step=_stage_steps(on_step, st.name))
                 start = tr.step
                 res = tr.run(max_steps=left)
                 if left is not None:
@@ -547,7 +558,9 @@ def _describe_data(d: dict[str, Any]) -> str:
 
 
 def _short(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
+    """A stage's settings for a table cell (a pipe, as in a pattern, escaped: it would end the cell)."""
+    text = ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
+    return text.replace("|", "\\|")
 
 
 def card_section(recipe: Recipe, records: list[dict[str, Any]], prov: dict[str, Any], cfg: TrainConfig) -> str:
@@ -571,7 +584,8 @@ def card_section(recipe: Recipe, records: list[dict[str, Any]], prov: dict[str, 
         f"| model | {cfg.name} {cfg.version} |",
         f"| recipe | `{r['file']}`, {len(records)} stage{'s' if len(records) != 1 else ''}; sha256 of the file "
         f"`{r['file_sha256'][:16]}`, of its settings `{r['sha256'][:16]}` |",
-        f"| trained by | {prov.get('trained_by', 'cmrdx train')}, finished {prov.get('trained', '')} |",
+        f"| trained by | {prov.get('trained_by', 'cmrdx train')}, finished "
+        f"{prov.get('trained') or (records[-1].get('finished', '') if records else '')} |",
         f"| licence | {licence_for(prov)} |",
         f"| vocabulary | {r['vocab']} |",
     ]

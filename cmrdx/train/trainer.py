@@ -130,6 +130,9 @@ class TrainConfig:
     # with freeze_video, keep the motion stream at its warm start too (batch-norm statistics included): locked-image
     # tuning of the text tower alone against the whole video side
     freeze_motion: bool = False
+    # a finding stream (``cmrdx.train.findstream``: finding, clauses, segments, frames, heart_crop_mm, ...): the
+    # stage adds it to the finished model it starts from and trains it alone on the report clauses of its finding
+    finding_stream: dict[str, Any] | None = None
     threads: int | None = None
     # a warm start (``cmrdx.train.finetune``): a checkpoint.pt / trained.pt (the run's shapes must match it), or
     # CMR-CLIP weights (released checkpoint or imported model folder: the run takes their shapes)
@@ -181,6 +184,8 @@ class TrainConfig:
             d.pop("classic_fraction", None)
         if d.get("heart_crop_mm") is None:  # likewise
             d.pop("heart_crop_mm", None)
+        if d.get("finding_stream") is None:  # likewise
+            d.pop("finding_stream", None)
         return d
 
     def torch_device(self) -> str:
@@ -193,10 +198,18 @@ class TrainConfig:
         return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
 
     def recipe(self):
+        """The model's input recipe; with a finding stream, its stream's recipe follows (``RecipeParams.streams``)."""
+        from dataclasses import replace
+
         from cmrdx.recipe import get_recipe
 
-        return get_recipe("cmrclip-v1", frames=self.frames, image_size=self.image_size, resize=self.resize,
+        main = get_recipe("cmrclip-v1", frames=self.frames, image_size=self.image_size, resize=self.resize,
                           crop=self.crop, store_size=self.resize, window_scope="frame", heart_crop_mm=self.heart_crop_mm)
+        if self.finding_stream is None:
+            return main
+        from cmrdx.train.findstream import StreamSpec
+
+        return replace(main, streams=(StreamSpec.from_dict(self.finding_stream).stream_recipe(main),))
 
     def source(self):
         from cmrdx.train.data import ArchiveSource, PhantomSource, views_for_recipe
@@ -209,7 +222,7 @@ class TrainConfig:
                                  "to train on an archive, or drop archive to train on phantoms")
             return ArchiveSource(self.archive, reports=self.reports)
         return PhantomSource(self.phantoms, self.seed, prevalence=self.prevalence, matrix=self.matrix,
-                             views=views_for_recipe(self.recipe()), variety=self.variety,
+                             views=views_for_recipe(self.recipe().main), variety=self.variety,
                              only_families=self.only_families, exclude_families=self.exclude_families,
                              classic_fraction=self.classic_fraction)
 
@@ -222,7 +235,13 @@ class TrainConfig:
                           num_attention_heads=self.text_heads, intermediate_size=self.text_intermediate,
                           max_position_embeddings=self.max_length)
         motion = MotionConfig(**self.motion) if self.motion else None
-        return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim, motion=motion)
+        stream = None
+        if self.finding_stream is not None:
+            from cmrdx.train.findstream import StreamSpec
+
+            stream = StreamSpec.from_dict(self.finding_stream).model_config(self.recipe().main)
+        return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim, motion=motion,
+                             finding_stream=stream)
 
 
 @dataclass
@@ -332,6 +351,9 @@ class Trainer:
         from cmrdx.train.model import CMRClip
         from cmrdx.train.tokenizer import load_tokenizer, train_vocab
 
+        if cfg.finding_stream is not None:
+            raise ValueError("finding_stream is trained by a stage of its own (cmrdx.train.findstream), from a finished "
+                             "model: put it in the last stage of a recipe")
         self.dist = dist or SINGLE
         self.resume_ignore = tuple(resume_ignore)
         self.work = Path(work)

@@ -1,0 +1,257 @@
+"""A finding stream (cmrdx.train.findstream): the stage that adds a small CNN for one finding to a finished model,
+trained on the report clauses its patterns file under that finding, with the other findings' scores held.
+
+The pieces on their own (the spec's checks, the clause filer, the held projection and the join), then a tiny
+recipe whose last stage adds a stream: it trains only the stream, resumes where a kill stopped it with the weights
+an uninterrupted run gets, and exports a model folder whose input is the main recipe's frames and then the
+stream's, whose other findings score exactly as the model it started from, and which `cmrdx classify` reads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cmrdx.train.findstream import StreamSpec, file_clauses, held_projection, report_clauses
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "cmrdx" / "train" / "configs"
+LGE = r"enhanc|\bLGE\b|scar|fibros|gadolinium|infarct"
+
+
+def test_the_spec_names_what_is_wrong():
+    ok = StreamSpec.from_dict({"finding": "lge", "clauses": LGE})
+    assert ok.segments == ("lge_sa", "lge_lax", "lge_2ch", "lge_3ch") and ok.frames == 16 and ok.hold
+    with pytest.raises(ValueError, match="unknown keys \\['clause'\\]"):
+        StreamSpec.from_dict({"finding": "lge", "clause": LGE})
+    with pytest.raises(ValueError, match="give clauses"):
+        StreamSpec.from_dict({"finding": "lge"})
+    with pytest.raises(ValueError, match="finding_stream.negation: not a regular expression"):
+        StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "negation": "(no"})
+    with pytest.raises(ValueError, match="segments \\['lge_sax'\\]"):
+        StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "segments": ["lge_sax"]})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        StreamSpec.from_dict("lge")
+
+
+def test_the_stream_recipe_is_the_main_one_with_its_segments_frames_and_cut():
+    from cmrdx.recipe import get_recipe
+
+    main = get_recipe("cmrclip-v1", frames=32, image_size=96, resize=144, crop=96, store_size=144)
+    st = StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "heart_crop_mm": 210}).stream_recipe(main)
+    assert st.segments == ("lge_sa", "lge_lax", "lge_2ch", "lge_3ch") and st.frames == 16
+    assert st.heart_crop_mm == 210.0 and (st.image_size, st.resize, st.store_size) == (96, 144, 144)
+    assert st.streams == ()
+
+
+def test_clauses_are_filed_by_the_patterns_and_read_for_negation():
+    spec = StreamSpec.from_dict({"finding": "lge", "clauses": LGE})
+    reports = [
+        "Impression: Normal LV size. No late gadolinium enhancement; normal RV.",
+        "Conclusion: Subendocardial scar in the LAD territory. Cine SSFP and late gadolinium enhancement imaging.",
+        "LVEF 60%. RV normal.",
+        None,
+    ]
+    assert report_clauses(reports[0]) == ["Impression: Normal LV size.", "No late gadolinium enhancement",
+                                          "normal RV."]
+    f = file_clauses(spec, reports, np.arange(4))
+    # the technique sentence names a sequence, not a finding: not filed; reports without a filed clause drop out
+    assert f.texts == ["No late gadolinium enhancement", "Conclusion: Subendocardial scar in the LAD territory."]
+    assert f.denies.tolist() == [True, False] and f.rows.tolist() == [0, 1]
+    assert [c.tolist() for c in f.per_row] == [[0], [1]]
+    assert f.summary() == {"studies": 2, "clauses": 2, "distinct_clauses": 2, "denying_share": 0.5}
+
+
+def test_the_join_holds_every_cosine_with_the_held_prompts_and_turns_the_rest():
+    torch = pytest.importorskip("torch")
+    from cmrdx.train.model import FindingStream, FindingStreamConfig
+
+    rng = np.random.default_rng(0)
+    held_vecs = rng.normal(size=(6, 16)).astype(np.float32)
+    free_vec = rng.normal(size=16).astype(np.float32)
+    proj = held_projection(np.concatenate([held_vecs, held_vecs[:2] + held_vecs[2:4]]))  # dependent rows too
+    assert np.isclose(np.trace(proj), 6, atol=1e-4)  # the span's rank, not the rows'
+    fs = FindingStream(FindingStreamConfig("lge", frames=3, width=2), 16)
+    fs.held.copy_(torch.from_numpy(proj))
+    e0 = torch.from_numpy(rng.normal(size=(5, 16)).astype(np.float32)) * 3.0
+    out = torch.from_numpy(rng.normal(size=(5, 16)).astype(np.float32)) * 2.0
+    e = fs.join(e0, out)
+    u0 = torch.nn.functional.normalize(e0, dim=1)
+    held = torch.from_numpy(held_vecs / np.linalg.norm(held_vecs, axis=1, keepdims=True))
+    assert torch.allclose(e.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(e @ held.T, u0 @ held.T, atol=1e-5)  # every held cosine is the base model's
+    free = torch.from_numpy(free_vec / np.linalg.norm(free_vec))
+    assert (e @ free - u0 @ free).abs().max() > 1e-2  # the rest turns
+    # no output, no turn: the base model's direction
+    assert torch.allclose(fs.join(e0, torch.zeros_like(out)), u0, atol=1e-6)
+
+
+def test_a_stream_input_of_padding_only_leaves_the_embedding_where_the_model_put_it():
+    torch = pytest.importorskip("torch")
+    from cmrdx.train.model import FindingStream, FindingStreamConfig
+
+    torch.manual_seed(0)
+    fs = FindingStream(FindingStreamConfig("lge", frames=4, width=2, hold=False), 8).eval()
+    torch.nn.init.normal_(fs.proj.weight)  # a trained stream: its output is not zero
+    x = torch.randn(3, 4, 3, 24, 24)
+    x[1] = 0.0  # a study with no image of the stream's views: all padding
+    x[2, 2:] = 0.0  # two real frames, two padded
+    with torch.no_grad():
+        out = fs.output(x)
+        e0 = torch.randn(3, 8)
+        e = fs(e0, x)
+    assert torch.equal(out[1], torch.zeros(8)) and torch.equal(e[1], e0[1])
+    assert out[0].abs().sum() > 0 and out[2].abs().sum() > 0
+    g, real = fs.grey(x)
+    assert real.tolist() == [[True] * 4, [False] * 4, [True, True, False, False]]
+    assert torch.allclose(g[0], x[0, :, 0] * 0.229 + 0.485)
+
+
+def test_the_0_6_0_recipe_adds_an_lge_stream_to_0_5_0_on_the_adaptations_studies():
+    from cmrdx.train.data import cache_key
+    from cmrdx.train.stages import _stage_config, load_recipe
+
+    r = load_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0.yaml")
+    assert (r.name, r.version) == ("cmrdx-phantom-small", "0.6.0") and [s.name for s in r.stages] == ["lge-stream"]
+    cfg = _stage_config(r.stages[0], None, {})
+    assert Path(cfg.init_from).resolve() == (ROOT / "models" / "bases" / "cmrdx-phantom-small-0.5.0").resolve()
+    spec = StreamSpec.from_dict(cfg.finding_stream)
+    assert spec.finding == "lge" and spec.hold and spec.heart_crop_mm == 210
+    full = cfg.recipe()
+    base = json.loads((ROOT / "models" / "bases" / "cmrdx-phantom-small-0.5.0" / "manifest.json").read_text())
+    assert full.main.to_dict() == base["recipe"]["params"]  # 0.5.0 reads its own input, unchanged
+    assert full.input_frames == 48 and full.streams[0].heart_crop_mm == 210.0
+    # the studies of the mixed adaptation: the same cache serves both
+    mixed = _stage_config(load_recipe(CONFIGS / "cmrdx-phantom-small-adapt-mixed.yaml").stages[0], None, {})
+    assert cache_key(cfg.source().describe(), full.main) == cache_key(mixed.source().describe(), mixed.recipe())
+    # the patterns file the phantom reports' LGE sentences, not their technique lines
+    assert spec.files("Patchy mid-wall late enhancement of the septum.")
+    assert spec.files("No evidence of myocardial scar or fibrosis.") and spec.denies("No evidence of myocardial scar")
+    assert not spec.files("Cine SSFP and late gadolinium enhancement imaging were performed.")
+
+
+def test_a_finding_stream_is_the_last_stage_and_not_a_trainer_option(tmp_path):
+    from cmrdx.train.stages import load_recipe
+    from cmrdx.train.trainer import TrainConfig, Trainer
+
+    stream = {"finding": "lge", "clauses": LGE}
+    d = {"phantoms": 4, "stages": [{"stage": "a", "finding_stream": stream}, {"stage": "b"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match=r"stage 1 \(a\) has a finding_stream: .* the last stage"):
+        load_recipe(tmp_path / "r.yaml")
+    d["stages"][0]["finding_stream"] = dict(stream, clauses="(")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match=r"stage 1 \(a\): finding_stream.clauses: not a regular expression"):
+        load_recipe(tmp_path / "r.yaml")
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="trained by a stage of its own"):
+        Trainer(TrainConfig(phantoms=4, finding_stream=stream), tmp_path / "w")
+
+
+# ---------------------------------------------------------------- a tiny recipe with a stream, end to end
+
+TINY = dict(name="tiny-stream", version="0.0.1", phantoms=16, seed=3, prevalence=0.5, matrix=64, frames=8,
+            image_size=32, resize=48, crop=32, patch=8, width=32, depth=1, heads=2, text_hidden=32, text_layers=1,
+            text_heads=2, text_intermediate=64, projection_dim=32, vocab_size=200, max_length=128, batch_size=4,
+            lr=3e-3, warmup_steps=2, val_fraction=0.0, checkpoint_every=1, threads=2, workers=1,
+            stages=[{"stage": "scratch", "note": "both towers from scratch", "epochs": 2},
+                    {"stage": "lge", "note": "an LGE stream", "epochs": 2, "lr": 0.01, "augment_shift": 2,
+                     "finding_stream": {"finding": "lge", "clauses": LGE, "frames": 4, "width": 4,
+                                        "heart_crop_mm": 210}}])
+
+
+class Killed(Exception):
+    """A kill between two steps, with no chance to save."""
+
+
+@pytest.fixture()
+def deterministic_vocab(monkeypatch):
+    from helpers.ddp_train import fixed_vocab
+
+    monkeypatch.setattr("cmrdx.train.tokenizer.train_vocab",
+                        lambda texts, out, **_: fixed_vocab(list(texts), Path(out)))
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that_holds_the_others(
+        tmp_path, deterministic_vocab, monkeypatch):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from cmrdx.model.manifest import load_manifest
+    from cmrdx.train.stages import load_recipe, run_recipe
+    from cmrdx.train.trainer import export_trained
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    steps: list[tuple[str, int]] = []
+
+    def kill(stage: str, step: int, loss: float) -> None:
+        steps.append((stage, step))
+        assert np.isfinite(loss)
+        if (stage, step) == ("lge", 3):
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_recipe(load_recipe(cfg), work=tmp_path / "a", out=tmp_path / "model", progress=False, on_step=kill)
+    steps.clear()
+    res = run_recipe(load_recipe(cfg), work=tmp_path / "a", out=tmp_path / "model", progress=False,
+                     on_step=lambda s, n, loss: steps.append((s, n)))
+    assert res.finished and [r.skipped for r in res.stages] == [True, False]
+    assert steps == [("lge", 3), ("lge", 4), ("lge", 5), ("lge", 6), ("lge", 7), ("lge", 8)]
+    # the stream's studies: a cache of their own next to the main one (the same studies under the stream's recipe)
+    assert len(list((tmp_path / "a" / "caches").iterdir())) == 2
+    # an uninterrupted run: the same weights
+    run_recipe(load_recipe(cfg), work=tmp_path / "b", out=None, progress=False)
+    s1 = torch.load(tmp_path / "a" / "1-scratch" / "trained.pt", weights_only=False)["model"]
+    s2 = torch.load(tmp_path / "a" / "2-lge" / "trained.pt", weights_only=False)["model"]
+    sb = torch.load(tmp_path / "b" / "2-lge" / "trained.pt", weights_only=False)["model"]
+    assert all(torch.equal(s2[k], sb[k]) for k in s2)
+    # the stream alone trained: every other weight is stage 1's, bit for bit; the stream's last layer moved
+    assert set(s2) - set(s1) == {k for k in s2 if k.startswith("finding_stream.")}
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert s2["finding_stream.proj.weight"].abs().sum() > 0
+
+    # the model folder: 8 + 4 input frames, the stream's recipe after the main one, what trained said
+    m = load_manifest(tmp_path / "model", verify=True)
+    assert m.raw["video"]["frames"] == 12
+    # the CPU default stays float32, where the hold is exact: the int8 copy is not validated at export
+    assert m.raw["video"]["int8"] == "video.int8.onnx" and "int8" not in (m.validation or {})
+    params = m.raw["recipe"]["params"]
+    assert params["frames"] == 8 and [s["frames"] for s in params["streams"]] == [4]
+    assert params["streams"][0]["segments"] == ["lge_sa", "lge_lax", "lge_2ch", "lge_3ch"]
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| 2 lge |"))
+    assert len(re.findall(r"(?<!\\)\|", row)) == 8  # the patterns' pipes are escaped: the row keeps its 7 cells
+    assert r'"enhanc\|\\bLGE' in row
+    assert "finished 20" in card
+    fs = m.provenance["finding_stream"]
+    assert fs["finding"] == "lge" and 0 < fs["held_dimensions"] < 32 and fs["filed"]["studies"] >= 2
+
+    # its stream is not recovered from the ONNX files (a warm start names what to start from instead)
+    from cmrdx.train.finetune import load_warm_start
+
+    with pytest.raises(ValueError, match="has a finding stream \\(lge\\), which is not recovered"):
+        load_warm_start(tmp_path / "model")
+
+    # every finding but LGE scores as the model the stage started from; LGE does not
+    export_trained(tmp_path / "a" / "1-scratch" / "trained.pt", tmp_path / "base", int8=False, float16=False)
+    from cmrdx.pipeline.classify import classify
+
+    study = ROOT / "examples" / "phantom-study"
+    monkeypatch.setenv("CMRDX_HOME", str(tmp_path / "home"))
+    # the findings bank, whose other findings' prompts the stage held (a diagnosis bank's prompts are not held)
+    # in float32: the hold is exact there (an int8 copy moves every score by its own rounding)
+    got = {f.id: f.score for f in classify(study, model=tmp_path / "model", banks=["cmr-findings"],
+                                           device="cpu", precision="float32").findings}
+    base = {f.id: f.score for f in classify(study, model=tmp_path / "base", banks=["cmr-findings"],
+                                            device="cpu", precision="float32").findings}
+    assert got.keys() == base.keys() and len(got) > 5 and "lge" in got
+    for k in got:
+        if k != "lge":
+            assert got[k] == pytest.approx(base[k], abs=1e-5), k
+    assert got["lge"] != pytest.approx(base["lge"], abs=1e-6)
