@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Page order: model quality first, then what a user waits for, then the building blocks.
-ORDER = ["zeroshot", "families", "families-adapt", "probe", "lge_ceiling", "lge_cnn", "lge_stream", "typicality", "classify", "laptop", "explain", "batch", "pacs", "dicom", "synth", "encoder",
+ORDER = ["zeroshot", "families", "release-0.6.0", "families-adapt", "probe", "lge_ceiling", "lge_cnn", "lge_stream", "typicality", "classify", "laptop", "explain", "batch", "pacs", "dicom", "synth", "encoder",
          "train_ddp", "recipe_window"]
 SCRIPTS = {  # result name -> the script (and arguments) that regenerate it under `make bench`
     "dicom": ["bench_dicom.py"],
