@@ -9,18 +9,18 @@ EXAMPLE ?= examples/phantom-study
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
 
 # Runtime install (no torch). Re-run when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-cache-dir -e .
 	touch $@
 
 # Dev install: runtime + train extra + test tools + the packages that ship real DICOM test files.
 # heudiconv is installed without its dependencies (nipype and friends): only its test data is used.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "heudiconv==1.5.1"
+	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
+	$(PY) -m pip install -q --no-cache-dir --no-deps "heudiconv==1.5.1"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
