@@ -88,16 +88,10 @@ def negated(clause: str) -> bool:
 
 
 def clauses(report: str) -> list[str]:
-    """A report's clauses: its sentences, split again at semicolons; bare headings and one-word pieces dropped."""
-    from cmrdx.train.data import split_sentences
+    """A report's clauses (``cmrdx.train.findstream.report_clauses``: what the trainer's finding stream reads)."""
+    from cmrdx.train.findstream import report_clauses
 
-    out = []
-    for sent in split_sentences(report):
-        for c in sent.split(";"):
-            c = c.strip(" -*\t")
-            if len(c.split()) > 1 and not c.endswith(":"):
-                out.append(c)
-    return out
+    return report_clauses(report)
 
 
 def report_topics(reports: list[str], rows: np.ndarray, bank, encode_texts, labels,
