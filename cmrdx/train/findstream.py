@@ -34,95 +34,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrdx.fileio import atomic_write
+from cmrdx.train.streamspec import DEFAULT_NEGATION, DEFAULT_TECHNIQUE, LGE_SEGMENTS, StreamSpec
+
+__all__ = ["DEFAULT_NEGATION", "DEFAULT_TECHNIQUE", "LGE_SEGMENTS", "FiledClauses", "FindingStreamTrainer",
+           "StreamSpec", "file_clauses", "held_projection", "negation_loss", "report_clauses"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cmrdx.recipe import RecipeParams
     from cmrdx.train.distributed import DistInfo
-    from cmrdx.train.model import FindingStreamConfig
     from cmrdx.train.trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NEGATION = r"\b(no|not|none|absent|without|negative|normal|unremarkable|preserved)\b"
-DEFAULT_TECHNIQUE = r"\b(cine|SSFP|protocol|sequences?)\b"
-LGE_SEGMENTS = ("lge_sa", "lge_lax", "lge_2ch", "lge_3ch")
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """A ``finding_stream`` mapping of a training config, checked (see the module's docstring)."""
-
-    finding: str
-    clauses: str
-    technique: str = DEFAULT_TECHNIQUE
-    negation: str = DEFAULT_NEGATION
-    segments: tuple[str, ...] = LGE_SEGMENTS
-    frames: int = 16
-    heart_crop_mm: float | None = 210.0
-    width: int = 16
-    hold: bool = True
-    bank: str = "cmr-findings"
-    weight_decay: float = 1e-4
-
-    @classmethod
-    def from_dict(cls, d: Any) -> StreamSpec:
-        """ValueError naming what is wrong: not a mapping, unknown or missing keys, a pattern that does not
-        compile, segments the recipe does not know."""
-        if not isinstance(d, dict):
-            raise ValueError(f"finding_stream must be a mapping of {sorted(f.name for f in fields(cls))}, not {d!r}")
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known)
-        if extra:
-            raise ValueError(f"finding_stream: unknown keys {extra}; known: {sorted(known)}")
-        missing = [k for k in ("finding", "clauses") if not d.get(k)]
-        if missing:
-            raise ValueError(f"finding_stream: give {' and '.join(missing)} (the bank finding, and the pattern that "
-                             "files a report clause under it)")
-        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        spec = cls(**kw)
-        for k in ("clauses", "technique", "negation"):
-            try:
-                re.compile(getattr(spec, k))
-            except (re.error, TypeError) as exc:
-                raise ValueError(f"finding_stream.{k}: not a regular expression ({exc})") from None
-        from cmrdx.recipe import SEGMENTS
-
-        bad = [s for s in spec.segments if s not in SEGMENTS]
-        if bad or not spec.segments:
-            raise ValueError(f"finding_stream.segments {list(spec.segments)}: give some of {list(SEGMENTS)}")
-        if spec.frames < 1 or spec.width < 1:
-            raise ValueError(f"finding_stream: frames and width must be at least 1 (got {spec.frames}, {spec.width})")
-        return spec
-
-    def stream_recipe(self, main: RecipeParams) -> RecipeParams:
-        """The recipe of the stream's input: the main recipe's settings with the stream's segments, frames and cut."""
-        return replace(main, segments=tuple(self.segments), frames=int(self.frames),
-                       heart_crop_mm=None if self.heart_crop_mm is None else float(self.heart_crop_mm), streams=())
-
-    def model_config(self, main: RecipeParams) -> FindingStreamConfig:
-        from cmrdx.train.model import FindingStreamConfig
-
-        return FindingStreamConfig(finding=self.finding, frames=int(self.frames), width=int(self.width),
-                                   hold=bool(self.hold), mean=float(main.mean[0]), std=float(main.std[0]))
-
-    def files(self, clause: str) -> bool:
-        """Whether the clause speaks of the finding (by the recipe's patterns)."""
-        return (re.search(self.clauses, clause, re.IGNORECASE) is not None
-                and re.search(self.technique, clause, re.IGNORECASE) is None)
-
-    def denies(self, clause: str) -> bool:
-        """Whether a filed clause denies the finding (negation and normality words)."""
-        return re.search(self.negation, clause, re.IGNORECASE) is not None
 
 
 def report_clauses(report: str) -> list[str]:

@@ -207,7 +207,7 @@ class TrainConfig:
                           crop=self.crop, store_size=self.resize, window_scope="frame", heart_crop_mm=self.heart_crop_mm)
         if self.finding_stream is None:
             return main
-        from cmrdx.train.findstream import StreamSpec
+        from cmrdx.train.streamspec import StreamSpec
 
         return replace(main, streams=(StreamSpec.from_dict(self.finding_stream).stream_recipe(main),))
 
@@ -237,7 +237,7 @@ class TrainConfig:
         motion = MotionConfig(**self.motion) if self.motion else None
         stream = None
         if self.finding_stream is not None:
-            from cmrdx.train.findstream import StreamSpec
+            from cmrdx.train.streamspec import StreamSpec
 
             stream = StreamSpec.from_dict(self.finding_stream).model_config(self.recipe().main)
         return CMRClipConfig(video=video, text=text, projection_dim=self.projection_dim, motion=motion,
