@@ -36,6 +36,11 @@ def test_the_spec_names_what_is_wrong():
         StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "segments": ["lge_sax"]})
     with pytest.raises(ValueError, match="must be a mapping"):
         StreamSpec.from_dict("lge")
+    # the bank and the finding are checked when the recipe is read, before any warm start or rendering
+    with pytest.raises(ValueError, match="finding_stream.bank 'no-such-bank': .*no such prompt bank"):
+        StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "bank": "no-such-bank"})
+    with pytest.raises(ValueError, match="finding_stream.finding 'scar': not a finding of the bank cmr-findings"):
+        StreamSpec.from_dict({"finding": "scar", "clauses": LGE})
 
 
 def test_the_stream_recipe_is_the_main_one_with_its_segments_frames_and_cut():

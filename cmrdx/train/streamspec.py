@@ -60,6 +60,17 @@ class StreamSpec:
             raise ValueError(f"finding_stream.segments {list(spec.segments)}: give some of {list(SEGMENTS)}")
         if spec.frames < 1 or spec.width < 1:
             raise ValueError(f"finding_stream: frames and width must be at least 1 (got {spec.frames}, {spec.width})")
+        # the bank and the finding, now: not after a warm start has loaded and the study caches have rendered
+        from cmrdx.errors import PromptBankError
+        from cmrdx.zeroshot.bank import get_bank
+
+        try:
+            ids = [f.id for f in get_bank(spec.bank).findings]
+        except PromptBankError as exc:
+            raise ValueError(f"finding_stream.bank {spec.bank!r}: {exc}") from None
+        if spec.finding not in ids:
+            raise ValueError(f"finding_stream.finding {spec.finding!r}: not a finding of the bank {spec.bank} "
+                             f"({', '.join(ids)})")
         return spec
 
     def stream_recipe(self, main: RecipeParams) -> RecipeParams:
