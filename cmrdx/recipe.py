@@ -85,6 +85,10 @@ class RecipeParams:
         cine_phases: resample cines to this many phases (nearest index) when they have another count;
             None keeps every phase.
         lge_repeats_default: L when there is no LGE short-axis stack.
+        lge_repeats: each long-axis LGE image's repeats in the montage, whatever the short-axis stack; None (the
+            reference) repeats it as often as the stack has slices (L), which balances the views for a transformer
+            that reads frames in order, but leaves a 16-frame sample of the montage a quarter of the stack's
+            slices. 1 suits a path that pools its frames (a finding stream): every slice then has its frame.
         mean, std: per-channel normalisation of [0, 1] intensities.
         heart_crop_mm: before anything else, cut every image to a square of this side (mm) centred on the heart,
             which the study's own plan locates (``cmrdx.study.heart``): the short-axis slices on the LV long axis,
@@ -106,6 +110,7 @@ class RecipeParams:
     window_scope: str = "view"
     cine_phases: int | None = 30
     lge_repeats_default: int = 12
+    lge_repeats: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     heart_crop_mm: float | None = None
@@ -119,6 +124,8 @@ class RecipeParams:
             raise ValueError(f"window_scope must be 'view' or 'frame', not {self.window_scope!r}")
         if not 0 <= self.window[0] < self.window[1] <= 100:
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.window}")
+        if self.lge_repeats is not None and not 1 <= int(self.lge_repeats) <= 64:
+            raise ValueError(f"lge_repeats must be between 1 and 64 (or None), got {self.lge_repeats}")
         if self.heart_crop_mm is not None and not 20.0 <= float(self.heart_crop_mm) <= 1000.0:
             raise ValueError(f"heart_crop_mm must be between 20 and 1000 mm (or None), got {self.heart_crop_mm}")
         for k, st in enumerate(self.streams):
@@ -142,8 +149,9 @@ class RecipeParams:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "streams"}
-        if d["heart_crop_mm"] is None:  # the reference input: recorded as it was before the option existed
-            del d["heart_crop_mm"]
+        for opt in ("heart_crop_mm", "lge_repeats"):  # the reference input: recorded as before the options existed
+            if d[opt] is None:
+                del d[opt]
         out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
         if self.streams:  # recorded only when there are any: a recipe without keeps its old record and digest
             out["streams"] = [st.to_dict() for st in self.streams]
@@ -403,10 +411,12 @@ def montage_plan(p: RecipeParams, views: Mapping[str, Any]) -> MontagePlan:
     sa_key = view_key("lge", "SAX")
     lge_sa = views[sa_key] if "lge_sa" in p.segments and sa_key in views else None
     repeats = lge_sa.n_slices if lge_sa is not None else p.lge_repeats_default
+    if p.lge_repeats is not None:
+        repeats = int(p.lge_repeats)
     chosen = {seg: next((v for v in SEGMENTS[seg].views if view_key(SEGMENTS[seg].role, v) in views), None)
               for seg in p.segments}
     repeated = [s for s in p.segments if SEGMENTS[s].kind == "one_image_repeated" and chosen[s] is not None]
-    if lge_sa is None and repeated:  # only said when some long-axis LGE image is actually repeated
+    if lge_sa is None and repeated and p.lge_repeats is None:  # only said when some long-axis LGE image is actually repeated
         subs.append(f"no lge:SAX stack: LGE long-axis images repeated {repeats} times (recipe default)")
     omitted_roles = {SEGMENTS[s].role for s in p.segments if chosen[s] is None}
     for role in sorted(omitted_roles):

@@ -41,6 +41,10 @@ def test_the_spec_names_what_is_wrong():
         StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "bank": "no-such-bank"})
     with pytest.raises(ValueError, match="finding_stream.finding 'scar': not a finding of the bank cmr-findings"):
         StreamSpec.from_dict({"finding": "scar", "clauses": LGE})
+    assert ok.lge_repeats is None  # the default: as the reference repeats the long-axis images
+    for bad in (0, 65, 1.5, "1", True):
+        with pytest.raises(ValueError, match="finding_stream.lge_repeats: a whole number from 1 to 64"):
+            StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "lge_repeats": bad})
 
 
 def test_the_stream_recipe_is_the_main_one_with_its_segments_frames_and_cut():
@@ -50,7 +54,9 @@ def test_the_stream_recipe_is_the_main_one_with_its_segments_frames_and_cut():
     st = StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "heart_crop_mm": 210}).stream_recipe(main)
     assert st.segments == ("lge_sa", "lge_lax", "lge_2ch", "lge_3ch") and st.frames == 16
     assert st.heart_crop_mm == 210.0 and (st.image_size, st.resize, st.store_size) == (96, 144, 144)
-    assert st.streams == ()
+    assert st.streams == () and st.lge_repeats is None
+    once = StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "lge_repeats": 1}).stream_recipe(main)
+    assert once.lge_repeats == 1 and once.to_dict()["lge_repeats"] == 1
 
 
 def test_clauses_are_filed_by_the_patterns_and_read_for_negation():
@@ -166,7 +172,7 @@ TINY = dict(name="tiny-stream", version="0.0.1", phantoms=16, seed=3, prevalence
             stages=[{"stage": "scratch", "note": "both towers from scratch", "epochs": 2},
                     {"stage": "lge", "note": "an LGE stream", "epochs": 2, "lr": 0.01, "augment_shift": 2,
                      "finding_stream": {"finding": "lge", "clauses": LGE, "frames": 4, "width": 4,
-                                        "heart_crop_mm": 210}}])
+                                        "heart_crop_mm": 210, "lge_repeats": 1}}])
 
 
 class Killed(Exception):
@@ -236,6 +242,7 @@ def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that
     assert "finished 20" in card
     fs = m.provenance["finding_stream"]
     assert fs["finding"] == "lge" and 0 < fs["held_dimensions"] < 32 and fs["filed"]["studies"] >= 2
+    assert params["streams"][0]["lge_repeats"] == 1
 
     # its stream is not recovered from the ONNX files (a warm start names what to start from instead)
     from cmrdx.train.finetune import load_warm_start

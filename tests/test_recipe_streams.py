@@ -105,6 +105,31 @@ def test_the_input_is_the_main_recipes_then_each_streams(small_phantom):
     assert main.heart is None and rr.heart == s1.heart and rr.heart is not None and rr.heart["located"]
 
 
+def test_lge_repeats_puts_each_long_axis_image_in_once_and_the_reference_is_recorded_as_before(small_phantom):
+    params, study = small_phantom
+    n = study.views[view_key("lge", "SAX")].n_slices
+    ref = montage_plan(MAIN, study.views)
+    assert {e.segment: e.repeats for e in ref.entries if e.kind == "one_image_repeated"} == dict.fromkeys(
+        ("lge_lax", "lge_2ch", "lge_3ch"), n)  # the reference: as often as the stack has slices
+    once = dataclasses.replace(MAIN, lge_repeats=1)
+    plan = montage_plan(once, study.views)
+    assert {e.segment: e.repeats for e in plan.entries if e.kind == "one_image_repeated"} == dict.fromkeys(
+        ("lge_lax", "lge_2ch", "lge_3ch"), 1)
+    # a 16-frame LGE stream then holds every slice of the stack and each long-axis image once
+    st = dataclasses.replace(MAIN, segments=LGE_SEGMENTS, frames=n + 3, lge_repeats=1, heart_crop_mm=150.0)
+    rr = apply_recipe(study, st)
+    assert rr.montage_length == n + 3 and rr.used["lge_sa"]["slices"] == list(range(n))
+    assert not np.any(np.all(rr.array == 0, axis=(1, 2, 3)))  # no padding, no frame twice
+    # the fast path reads the option as apply_recipe does
+    u8, n_real = phantom_u8(params, st)
+    assert int(n_real) == n + 3 and u8.shape[0] == n + 3
+    # the reference's record and digest are as before the option existed; the option's round-trips
+    assert "lge_repeats" not in MAIN.to_dict() and once.to_dict()["lge_repeats"] == 1
+    assert RecipeParams.from_dict(once.to_dict()) == once
+    with pytest.raises(ValueError, match="lge_repeats must be between 1 and 64"):
+        dataclasses.replace(MAIN, lge_repeats=0)
+
+
 def test_a_stream_without_its_views_is_empty_and_said_while_the_main_still_raises(small_phantom):
     _, study = small_phantom
     lacking = without_lge(study)

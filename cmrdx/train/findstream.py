@@ -22,6 +22,7 @@ The exported model's input is the main recipe's frames followed by the stream's.
     frames: 16                                      # frames, and
     heart_crop_mm: 210                              # the cut around the heart (null: the whole field)
     width: 16                         # the CNN's first channels
+    lge_repeats: 1                    # each long-axis LGE image once (null: as often as the stack has slices)
     hold: true                        # the other findings' zero-shot scores stay the base model's exactly
     bank: cmr-findings                # the prompt bank whose other findings are held
     weight_decay: 0.0001

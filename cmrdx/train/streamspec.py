@@ -27,6 +27,7 @@ class StreamSpec:
     segments: tuple[str, ...] = LGE_SEGMENTS
     frames: int = 16
     heart_crop_mm: float | None = 210.0
+    lge_repeats: int | None = None
     width: int = 16
     hold: bool = True
     bank: str = "cmr-findings"
@@ -60,6 +61,10 @@ class StreamSpec:
             raise ValueError(f"finding_stream.segments {list(spec.segments)}: give some of {list(SEGMENTS)}")
         if spec.frames < 1 or spec.width < 1:
             raise ValueError(f"finding_stream: frames and width must be at least 1 (got {spec.frames}, {spec.width})")
+        if spec.lge_repeats is not None and not (isinstance(spec.lge_repeats, int) and not isinstance(spec.lge_repeats, bool)
+                                                 and 1 <= spec.lge_repeats <= 64):
+            raise ValueError(f"finding_stream.lge_repeats: a whole number from 1 to 64 (or null), not "
+                             f"{spec.lge_repeats!r}")
         # the bank and the finding, now: not after a warm start has loaded and the study caches have rendered
         from cmrdx.errors import PromptBankError
         from cmrdx.zeroshot.bank import get_bank
@@ -76,7 +81,8 @@ class StreamSpec:
     def stream_recipe(self, main: RecipeParams) -> RecipeParams:
         """The recipe of the stream's input: the main recipe's settings with the stream's segments, frames and cut."""
         return replace(main, segments=tuple(self.segments), frames=int(self.frames),
-                       heart_crop_mm=None if self.heart_crop_mm is None else float(self.heart_crop_mm), streams=())
+                       heart_crop_mm=None if self.heart_crop_mm is None else float(self.heart_crop_mm),
+                       lge_repeats=self.lge_repeats, streams=())
 
     def model_config(self, main: RecipeParams) -> FindingStreamConfig:
         from cmrdx.train.model import FindingStreamConfig
