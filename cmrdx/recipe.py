@@ -124,8 +124,10 @@ class RecipeParams:
             raise ValueError(f"window_scope must be 'view' or 'frame', not {self.window_scope!r}")
         if not 0 <= self.window[0] < self.window[1] <= 100:
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.window}")
-        if self.lge_repeats is not None and not 1 <= int(self.lge_repeats) <= 64:
-            raise ValueError(f"lge_repeats must be between 1 and 64 (or None), got {self.lge_repeats}")
+        if self.lge_repeats is not None and not (isinstance(self.lge_repeats, int)
+                                                 and not isinstance(self.lge_repeats, bool)
+                                                 and 1 <= self.lge_repeats <= 64):
+            raise ValueError(f"lge_repeats must be between 1 and 64 (a whole number, or None), got {self.lge_repeats!r}")
         if self.heart_crop_mm is not None and not 20.0 <= float(self.heart_crop_mm) <= 1000.0:
             raise ValueError(f"heart_crop_mm must be between 20 and 1000 mm (or None), got {self.heart_crop_mm}")
         for k, st in enumerate(self.streams):

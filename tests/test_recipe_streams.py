@@ -115,7 +115,7 @@ def test_lge_repeats_puts_each_long_axis_image_in_once_and_the_reference_is_reco
     plan = montage_plan(once, study.views)
     assert {e.segment: e.repeats for e in plan.entries if e.kind == "one_image_repeated"} == dict.fromkeys(
         ("lge_lax", "lge_2ch", "lge_3ch"), 1)
-    # a 16-frame LGE stream then holds every slice of the stack and each long-axis image once
+    # a stream of n + 3 frames then holds every slice of the stack and each long-axis image once
     st = dataclasses.replace(MAIN, segments=LGE_SEGMENTS, frames=n + 3, lge_repeats=1, heart_crop_mm=150.0)
     rr = apply_recipe(study, st)
     assert rr.montage_length == n + 3 and rr.used["lge_sa"]["slices"] == list(range(n))
@@ -126,8 +126,9 @@ def test_lge_repeats_puts_each_long_axis_image_in_once_and_the_reference_is_reco
     # the reference's record and digest are as before the option existed; the option's round-trips
     assert "lge_repeats" not in MAIN.to_dict() and once.to_dict()["lge_repeats"] == 1
     assert RecipeParams.from_dict(once.to_dict()) == once
-    with pytest.raises(ValueError, match="lge_repeats must be between 1 and 64"):
-        dataclasses.replace(MAIN, lge_repeats=0)
+    for bad in (0, 65, 1.5, True):  # a recipe record from a manifest is checked as strictly as a config
+        with pytest.raises(ValueError, match="lge_repeats must be between 1 and 64"):
+            RecipeParams.from_dict({**MAIN.to_dict(), "lge_repeats": bad})
 
 
 def test_a_stream_without_its_views_is_empty_and_said_while_the_main_still_raises(small_phantom):
