@@ -230,6 +230,13 @@ def test_the_manifest_takes_the_frames_of_the_main_recipe_and_its_streams(tmp_pa
     write(main.frames + 1, main)
     with pytest.raises(ModelError, match=rf"takes {main.frames + 1} frames but the recipe makes {main.frames}"):
         load_manifest(d, verify=False)
+    # a recipe record that cannot be read: the folder's fault, said with the manifest's path and the fix
+    x = json.loads(json.dumps(raw))
+    x["recipe"]["params"]["lge_repeats"] = 1.5
+    (d / "manifest.json").write_text(json.dumps(x))
+    with pytest.raises(ModelError, match=r"model/manifest.json: its recipe cannot be read: lge_repeats must be") as ei:
+        load_manifest(d, verify=False).recipe_params()
+    assert "export the model again" in (ei.value.hint or "")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -234,7 +234,12 @@ class Manifest:
         """The manifest's input recipe as ``cmrdx.recipe.RecipeParams``."""
         from cmrdx.recipe import RecipeParams
 
-        return RecipeParams.from_dict(self.recipe.get("params", {}))
+        try:
+            return RecipeParams.from_dict(self.recipe.get("params", {}))
+        except (ValueError, TypeError) as exc:  # a bad record is the folder's fault, not a bug of cmrdx
+            raise ModelError(f"{self.root / MANIFEST_NAME}: its recipe cannot be read: {exc}",
+                             hint="the model folder is inconsistent: export the model again (`cmrdx models "
+                                  "export`), or put the recipe's parameters back as the export wrote them") from None
 
 
 def _strings(x: Any) -> list[str]:
@@ -323,7 +328,7 @@ def check_input_frames(m: Manifest) -> None:
     try:
         rp = m.recipe_params()
         n = int(frames)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, ModelError):
         return
     if n != rp.input_frames:
         parts = f"{rp.frames} of its own" + "".join(f" + {st.frames} of stream {k}" for k, st in
