@@ -365,11 +365,30 @@ class Encoder:
         v = self.manifest.video
         return (int(v["frames"]), 3, int(v["image_size"]), int(v["image_size"]))
 
+    @property
+    def main_output(self) -> str | None:
+        """The name of the video file's second output, the main paths' embedding (before a finding stream turned
+        it), or None for a model whose embedding is its main paths' (every model without a finding stream)."""
+        name = self.manifest.video.get("main_output")
+        return str(name) if name else None
+
     def encode_studies(self, batch: np.ndarray, progress: Progress | None = None) -> np.ndarray:
-        """(B, frames, 3, H, W) float32 recipe output -> (B, D) float32, L2-normalised.
+        """(B, frames, 3, H, W) float32 recipe output -> (B, D) float32, L2-normalised: the embedding that zero-shot
+        scores, explanations and text -> study search compare with prompts.
 
         ``progress(done, total)`` is called before the first study (0, B) and after each study is encoded; with it
         the studies are run one at a time (the same embeddings), so that a caller can show how far it got."""
+        return self._encode(batch, progress)[0]
+
+    def encode_studies_main(self, batch: np.ndarray, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding, main): ``encode_studies``' embedding and the main paths' embedding, both (B, D) float32,
+        L2-normalised, from one run. Distances between studies use ``main`` (typicality against the model's
+        reference, few-shot prototypes, study -> study search): a finding stream turns the embedding towards its
+        one finding, and studies that differ only in what it sees would otherwise look far apart. ``main`` is
+        ``embedding`` itself (the same array) for a model without a second output."""
+        return self._encode(batch, progress)
+
+    def _encode(self, batch: np.ndarray, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(batch, dtype=np.float32)
         if x.ndim == 4:
             x = x[None]
@@ -378,16 +397,26 @@ class Encoder:
                 f"study batch has shape {x.shape}; model {self.manifest.name!r} takes (B, {', '.join(map(str, self.video_shape))})",
                 hint=f"make inputs with the model's recipe {self.manifest.recipe.get('name')!r}",
             )
+        # a model without a second output: its first output, whatever its name (as every model before them)
+        names = [str(self.manifest.video.get("output", "embedding")), self.main_output] if self.main_output else None
+
+        def run(xs: np.ndarray) -> list[np.ndarray]:
+            outs = self._video.run(names, {self.video_input: np.ascontiguousarray(xs)})
+            return list(outs) if names else [outs[0]]
+
         if progress is None:
-            out = self._video.run(None, {self.video_input: np.ascontiguousarray(x)})[0]
-            return l2_normalise(out)
-        n = len(x)
-        progress(0, n)
-        rows = []
-        for i in range(n):
-            rows.append(self._video.run(None, {self.video_input: np.ascontiguousarray(x[i : i + 1])})[0])
-            progress(i + 1, n)
-        return l2_normalise(np.concatenate(rows) if rows else np.zeros((0, self.manifest.embedding_dim), np.float32))
+            outs = run(x)
+        else:
+            n = len(x)
+            progress(0, n)
+            parts = []
+            for i in range(n):
+                parts.append(run(x[i : i + 1]))
+                progress(i + 1, n)
+            empty = np.zeros((0, self.manifest.embedding_dim), np.float32)
+            outs = [np.concatenate([p[j] for p in parts]) if parts else empty for j in range(2 if names else 1)]
+        emb = l2_normalise(outs[0])
+        return emb, (l2_normalise(outs[1]) if len(outs) > 1 else emb)
 
     # ------------------------------------------------------------------ text
     def _load_text(self) -> None:

@@ -96,7 +96,7 @@ class ModelParts:
         pass
 
 
-def video_stage(parts: ModelParts, path: Path, opt: ExportOptions, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def video_stage(parts: ModelParts, path: Path, opt: ExportOptions, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """The torch side of the video tower: export it to ``path`` and run it on ``batch`` check inputs; returns
     (inputs, torch outputs) for ``check_video_outputs``."""
     vm = parts.video().eval().set_attention_impl("sdpa")
@@ -156,14 +156,25 @@ class ExportReport:
 # ---------------------------------------------------------------- ONNX export
 
 
+MAIN_OUTPUT = "main_embedding"
+
+
+def video_outputs(model: CMRClip) -> list[str]:
+    """The video file's outputs: ``embedding``, and for a model with a finding stream ``main_embedding`` (the
+    main paths' embedding before the stream turned it: what distances between studies use)."""
+    return ["embedding"] + ([MAIN_OUTPUT] if model.finding_stream is not None else [])
+
+
 def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset: int = 23, dynamo: bool = True,
                  split_in_place: bool = False) -> Path:
     """Write the video tower: input ``video`` (B, F, 3, S, S) float32 -> ``embedding`` (B, D) float32
-    (projected, not normalised). Batch is dynamic; frames and size are fixed. ``split_in_place``: split the
+    (projected, not normalised), and with a finding stream ``main_embedding`` (B, D) too (``video_outputs``).
+    Batch is dynamic; frames and size are fixed. ``split_in_place``: split the
     attention projections of ``model`` itself rather than of a copy (``model``'s state dict then no longer has
     the checkpoint layout: for a model that is dropped after the export)."""
     cfg = model.cfg.video
     f = frames or model.input_frames
+    outputs = video_outputs(model)
     if dynamo and split_in_place:
         from cmrdx.train.model import DividedAttention
 
@@ -180,7 +191,7 @@ def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset
             batch = torch.export.Dim("batch", min=1, max=4096)
             prog = torch.onnx.export(
                 tower, (dummy,), dynamo=True, opset_version=opset, input_names=["video"],
-                output_names=["embedding"], dynamic_shapes={"video": {0: batch}}, verbose=False,
+                output_names=outputs, dynamic_shapes={"video": {0: batch}}, verbose=False,
             )
             if prog is None:  # torch returns None only for dynamo=False
                 raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
@@ -189,7 +200,7 @@ def export_video(model: CMRClip, path: Path, *, frames: int | None = None, opset
         else:
             torch.onnx.export(
                 tower, (dummy,), str(path), dynamo=False, opset_version=min(opset, 17), input_names=["video"],
-                output_names=["embedding"], dynamic_axes={"video": {0: "batch"}, "embedding": {0: "batch"}},
+                output_names=outputs, dynamic_axes={"video": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
             )
     return path
 
@@ -246,14 +257,25 @@ def to_int8(src: Path, dst: Path) -> Path:
     # recorded around fused Attention; dropping the recorded intermediate shapes lets it infer its own.
     m = onnx.load(str(src))
     del m.graph.value_info[:]
+    keep = stream_nodes(m)
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:  # beside dst: a big file stays on its disk
         bare = Path(tmp) / "bare.onnx"
         onnx.save(m, str(bare))
         del m  # the quantizer reads the file: one copy of the float model in memory, not two
         release_memory()
         quantize_dynamic(str(bare), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         per_channel=False)
+                         per_channel=False, nodes_to_exclude=keep)
     return dst
+
+
+def stream_nodes(m: Any) -> list[str]:
+    """The MatMul / Gemm nodes of a finding stream (their weights are ``finding_stream.*``), which int8 leaves in
+    float32: the projection onto the held findings' prompts must stay exact for their scores to be the main
+    paths' (rounded, it moved them by up to 0.004), and the stream's last layer is one small matrix."""
+    names = [n.name for n in m.graph.node
+             if n.op_type in ("MatMul", "Gemm") and any(i.startswith("finding_stream.") for i in n.input)]
+    # the quantiser splits a Gemm into MatMul + Add before it reads the exclusions: name its MatMul too
+    return names + [f"{n}_MatMul" for n in names]
 
 
 def count_ops(path: Path) -> dict[str, int]:
@@ -288,15 +310,18 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)
 
 
-def video_reference(model: CMRClip, *, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, torch outputs) for ``check_video_outputs``: ``batch`` fresh N(0, 1) studies through the video
-    tower of ``model``."""
+def video_reference(model: CMRClip, *, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(inputs, torch outputs in ``video_outputs`` order) for ``check_video_outputs``: ``batch`` fresh N(0, 1)
+    studies through the video tower of ``model``."""
     cfg = model.cfg.video
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, model.input_frames, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
     with torch.no_grad():
-        ref = model.eval().encode_video(x).numpy()
-    return x.numpy(), ref
+        model.eval()
+        refs = [model.encode_video(x).numpy()]
+        if model.finding_stream is not None:
+            refs.append(model.encode_main(x).numpy())
+    return x.numpy(), refs
 
 
 def check_video(model: CMRClip, files: dict[str, Path], *, batch: int = 2, seed: int = 0) -> dict[str, Any]:
@@ -306,26 +331,33 @@ def check_video(model: CMRClip, files: dict[str, Path], *, batch: int = 2, seed:
     return check_video_outputs(files, x, ref)
 
 
-def check_video_outputs(files: dict[str, Path], xn: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
-    """``check_video`` against torch outputs computed beforehand (``video_reference``), one onnxruntime session
-    at a time."""
+def check_video_outputs(files: dict[str, Path], xn: np.ndarray, ref: np.ndarray | list[np.ndarray]) -> dict[str, Any]:
+    """``check_video`` against torch outputs computed beforehand (``video_reference``: one array per output, in
+    ``video_outputs`` order; a bare array is the first), one onnxruntime session at a time. Every output is
+    checked; the second's records are named ``video_*_main_*``."""
+    refs = [ref] if isinstance(ref, np.ndarray) else list(ref)
     batch = len(xn)
     out: dict[str, Any] = {}
     for prec, path in files.items():
         n = batch if prec == "float32" else 1  # reduced precision is slow on CPU; one study suffices
-        y = _session(path).run(None, {"video": xn[:n]})[0]
+        ys = _session(path).run(None, {"video": xn[:n]})
         release_memory()  # the session is gone: its weights too
-        if prec == "float32":
-            err = rel_error(y, ref[:n])
-            out["video_float32_rel_error"] = err
-            if not err <= FP32_RTOL:
-                raise ExportError(f"{path.name}: float32 relative error {err:.2e} > {FP32_RTOL:.0e} against torch")
-        else:
-            cos = float(row_cosines(y, ref[:n]).min())
-            out[f"video_{prec}_min_cosine"] = cos
-            need = FP16_MIN_COS if prec == "float16" else INT8_MIN_COS
-            if not cos >= need:
-                raise ExportError(f"{path.name}: {prec} cosine {cos:.5f} < {need} against torch float32")
+        if len(ys) < len(refs):
+            names = ", ".join(["embedding", MAIN_OUTPUT][: len(refs)])
+            raise ExportError(f"{path.name}: {len(ys)} output(s), the model has {len(refs)} ({names})")
+        for j, r in enumerate(refs):
+            y, tag, what = ys[j], ("", "_main")[j], ("", " (main_embedding)")[j]
+            if prec == "float32":
+                err = rel_error(y, r[:n])
+                out[f"video_float32{tag}_rel_error"] = err
+                if not err <= FP32_RTOL:
+                    raise ExportError(f"{path.name}{what}: float32 relative error {err:.2e} > {FP32_RTOL:.0e} against torch")
+            else:
+                cos = float(row_cosines(y, r[:n]).min())
+                out[f"video_{prec}{tag}_min_cosine"] = cos
+                need = FP16_MIN_COS if prec == "float16" else INT8_MIN_COS
+                if not cos >= need:
+                    raise ExportError(f"{path.name}{what}: {prec} cosine {cos:.5f} < {need} against torch float32")
     return out
 
 
@@ -467,6 +499,7 @@ def export_model_folder(
             **{prec: p.name for prec, p in vfiles.items()},
             "input": "video",
             "output": "embedding",
+            **({"main_output": MAIN_OUTPUT} if cfg.finding_stream is not None else {}),
             "frames": cfg.input_frames,
             "image_size": cfg.video.img_size,
         },
@@ -501,13 +534,7 @@ def _after_manifest(m: Any, vfiles: dict[str, Path], opt: ExportOptions, rep: Ex
     from cmrdx.errors import CmrdxError
     from cmrdx.model.encoder import Encoder
 
-    stream = ((getattr(m, "provenance", None) or {}).get("architecture") or {}).get("finding_stream") or {}
-    if "int8" in vfiles and opt.validate_int8 and stream.get("hold"):
-        # a finding stream holds the other findings' scores exactly in float32; int8 rounding moves them, so the
-        # CPU default stays float32 unless someone validates the copy on purpose
-        rep.notes.append("int8 copy not validated at export: the finding stream holds the other findings' scores "
-                         "exactly in float32 only (`cmrdx models validate-int8` records it if int8 is wanted)")
-    elif "int8" in vfiles and opt.validate_int8:
+    if "int8" in vfiles and opt.validate_int8:
         from cmrdx.model.validate import validate_int8
 
         stage("validating the int8 copy on real-looking studies")

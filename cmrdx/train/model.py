@@ -592,11 +592,13 @@ class VideoTower(nn.Module):
         self.finding_stream = model.finding_stream
         self.frames = model.cfg.video.num_frames
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The embedding; with a finding stream, (the embedding, the main paths' embedding): the second output
+        ``main_embedding`` of the exported file, which distances between studies use (``Encoder.encode_studies_main``)."""
         main = video[:, : self.frames] if self.finding_stream is not None else video
         e = self.vid_proj(self.video_model(main))
         e = e if self.motion is None else e + self.motion(main)
-        return e if self.finding_stream is None else self.finding_stream(e, video[:, self.frames:])
+        return e if self.finding_stream is None else (self.finding_stream(e, video[:, self.frames:]), e)
 
 
 class TextTower(nn.Module):
