@@ -80,7 +80,8 @@ def phantom_embeddings(encoder: Any, n: int, seed: int, workers: int,
                        indices: list[int] | None = None, exclude: tuple[str, ...] | None = None,
                        classic_fraction: float = 0.0) -> np.ndarray:
     """Embeddings of the studies of PhantomSource(n, seed) (all, or ``indices``), rendered by ``workers``
-    processes while this one encodes."""
+    processes while this one encodes: the main paths' embeddings (``Encoder.encode_studies_main``), which
+    typicality compares."""
     from cmrdx.train.data import u8_to_input
 
     p = encoder.manifest.recipe_params()
@@ -91,7 +92,7 @@ def phantom_embeddings(encoder: Any, n: int, seed: int, workers: int,
 
     def take(results: Iterator[tuple[np.ndarray, int]]) -> None:
         for j, (u8, n_real) in enumerate(results, 1):
-            out.append(encoder.encode_studies(u8_to_input(u8, n_real, p))[0])
+            out.append(encoder.encode_studies_main(u8_to_input(u8, n_real, p))[1][0])  # typicality: main paths
             if j % 50 == 0 or j == len(jobs):
                 print(f"  {j}/{len(jobs)} phantoms ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -230,14 +231,14 @@ def cmd_measure(a: argparse.Namespace) -> int:
     # held-out phantoms, read as a user's studies are
     rows = read_archive(a.heldout)
     es = embed_labelled(rows, enc, None)
-    ho = ref.assess_many(es.embeddings)
+    ho = ref.assess_many(es.distance_embeddings)
     k_flag = sum(t.status == "atypical" for t in ho)
     lo, hi = _wilson(k_flag, len(ho))
     ho_scores = np.array([t.score for t in ho])
     print(f"held-out: {k_flag}/{len(ho)} atypical", flush=True)
 
     # the example study
-    ex = ref.assess(embed_study_folder(ROOT / "examples" / "phantom-study", enc)[0])
+    ex = ref.assess(embed_study_folder(ROOT / "examples" / "phantom-study", enc, main=True)[0])
 
     # real MR pixels
     real = []
@@ -245,7 +246,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
         for i, (name, what, build) in enumerate(real_pixel_studies()):
             folder = Path(tmp) / f"real{i:02d}"
             build(folder)
-            real.append((name, what, ref.assess(embed_study_folder(folder, enc)[0])))
+            real.append((name, what, ref.assess(embed_study_folder(folder, enc, main=True)[0])))
             print(f"  {name}: {real[-1][2].status} {real[-1][2].score:.3f}", flush=True)
 
         # arrays (the reference's rendering) against DICOM (the user's path) for the same draws
@@ -260,7 +261,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
                 p = sample_params(seed * 100_000 + i, vendor=vendor, prevalence=PREVALENCE, report_style=style)
                 folder = Path(tmp) / f"dicom{i:03d}"
                 write_study(folder, p)
-                e = embed_study_folder(folder, enc)[0]
+                e = embed_study_folder(folder, enc, main=True)[0]
                 pairs.append((float(1.0 - arr[j] @ e / np.linalg.norm(e)), ref.assess(e)))
                 print(f"  DICOM check {i}: distance {pairs[-1][0]:.4f}, {pairs[-1][1].status}", flush=True)
 

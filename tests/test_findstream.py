@@ -230,8 +230,18 @@ def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that
     # the model folder: 8 + 4 input frames, the stream's recipe after the main one, what trained said
     m = load_manifest(tmp_path / "model", verify=True)
     assert m.raw["video"]["frames"] == 12
-    # the CPU default stays float32, where the hold is exact: the int8 copy is not validated at export
-    assert m.raw["video"]["int8"] == "video.int8.onnx" and "int8" not in (m.validation or {})
+    # a second output, the main paths' embedding (what distances between studies use)
+    assert m.raw["video"]["main_output"] == "main_embedding"
+    # the int8 copy keeps the stream's matrices (the held projection above all) in float32, and is validated at
+    # export like any model's, on both outputs
+    import onnx
+
+    i8 = onnx.load(str(tmp_path / "model" / "video.int8.onnx"))
+    users = {n.op_type for n in i8.graph.node if any(i.startswith("finding_stream.") for i in n.input)}
+    assert "MatMul" in users and not users & {"MatMulInteger", "DynamicQuantizeLinear"}
+    assert any(n.op_type == "MatMulInteger" for n in i8.graph.node)  # the main paths are quantised
+    rec = m.validation["int8"]
+    assert rec["status"] in ("validated", "failed") and rec["main_embedding"]["studies"] == rec["studies"]
     params = m.raw["recipe"]["params"]
     assert params["frames"] == 8 and [s["frames"] for s in params["streams"]] == [4]
     assert params["streams"][0]["segments"] == ["lge_sa", "lge_lax", "lge_2ch", "lge_3ch"]
@@ -258,12 +268,25 @@ def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that
     monkeypatch.setenv("CMRDX_HOME", str(tmp_path / "home"))
     # the findings bank, whose other findings' prompts the stage held (a diagnosis bank's prompts are not held)
     # in float32: the hold is exact there (an int8 copy moves every score by its own rounding)
-    got = {f.id: f.score for f in classify(study, model=tmp_path / "model", banks=["cmr-findings"],
-                                           device="cpu", precision="float32").findings}
-    base = {f.id: f.score for f in classify(study, model=tmp_path / "base", banks=["cmr-findings"],
-                                            device="cpu", precision="float32").findings}
+    import cmrdx.pipeline.classify as cl
+
+    typical_of: list[np.ndarray] = []
+    assess = cl.assess_typicality
+    monkeypatch.setattr(cl, "assess_typicality", lambda man, e: (typical_of.append(e), assess(man, e))[1])
+    r_got = classify(study, model=tmp_path / "model", banks=["cmr-findings"], device="cpu", precision="float32")
+    r_base = classify(study, model=tmp_path / "base", banks=["cmr-findings"], device="cpu", precision="float32")
+    got = {f.id: f.score for f in r_got.findings}
+    base = {f.id: f.score for f in r_base.findings}
     assert got.keys() == base.keys() and len(got) > 5 and "lge" in got
     for k in got:
         if k != "lge":
             assert got[k] == pytest.approx(base[k], abs=1e-5), k
     assert got["lge"] != pytest.approx(base["lge"], abs=1e-6)
+    # distances use the main paths' embedding: the base model's own, where the stream turned the embedding
+    assert r_base.main_embedding is None and r_got.main_embedding is not None
+    np.testing.assert_allclose(r_got.main_embedding, r_base.embedding, atol=1e-5)
+    assert float(r_got.embedding @ r_base.embedding) < 1 - 1e-4
+    np.testing.assert_array_equal(typical_of[0], r_got.main_embedding)
+    np.testing.assert_array_equal(typical_of[1], r_base.embedding)
+    assert "main_embedding" in r_got.to_dict(include_embedding=True)
+    assert "main_embedding" not in r_base.to_dict(include_embedding=True)

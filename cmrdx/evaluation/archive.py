@@ -78,17 +78,34 @@ class StudyEmbeddingCache:
         return self.folder / h[:2] / f"{h}.npy"
 
     def get(self, study_uid: str) -> np.ndarray | None:
+        """The cached embedding, (D,); None when there is none (or it is damaged)."""
+        got = self.get_main(study_uid)
+        return got[0] if got is not None else None
+
+    def get_main(self, study_uid: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(embedding, main) as ``Encoder.encode_studies_main`` gave them (main is the embedding itself for an
+        entry of a model without a second output); None when there is none (or it is damaged)."""
         p = self._path(study_uid)
         if not p.is_file():
             return None
         try:
-            return np.load(p)
+            arr = np.load(p)
         except (OSError, ValueError) as exc:
             log.warning("%s: damaged cache entry (%s); recomputing", p, exc)
             return None
+        if arr.ndim == 2 and len(arr) == 2:
+            return arr[0], arr[1]
+        if arr.ndim != 1:
+            log.warning("%s: damaged cache entry (shape %s); recomputing", p, arr.shape)
+            return None
+        return arr, arr
 
-    def put(self, study_uid: str, emb: np.ndarray) -> None:
+    def put(self, study_uid: str, emb: np.ndarray, main: np.ndarray | None = None) -> None:
+        """Cache a study's embedding, and its main paths' embedding when the model has one (stored as rows 0 and
+        1 of one (2, D) array; an entry without it stays (D,), as before)."""
         arr = np.asarray(emb, dtype=np.float32)
+        if main is not None and main is not emb:
+            arr = np.stack([arr, np.asarray(main, dtype=np.float32)])
         try:
             atomic_write(self._path(study_uid), lambda f: np.save(f, arr))
         except OSError as exc:
@@ -193,11 +210,19 @@ class EmbeddedSet:
 
     rows: list[LabelledStudy]
     embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    # (N, D): the main paths' embeddings (``Encoder.encode_studies_main``), which distances between studies use
+    # (few-shot, typicality references); None when they are ``embeddings`` (a model without a finding stream)
+    main: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     cached: int = 0
     failure_kinds: dict[str, int] = field(default_factory=dict)
     read_seconds: list[float] = field(default_factory=list)
     encode_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def distance_embeddings(self) -> np.ndarray:
+        """What distances between studies use: ``main`` when the model has a finding stream, else ``embeddings``."""
+        return self.main if self.main is not None else self.embeddings
 
     def labels(self, fid: str) -> tuple[np.ndarray, np.ndarray]:
         """(indices with a known label, their 0/1 labels) for finding ``fid``."""
@@ -213,13 +238,16 @@ def _read_study(path: str | Path, params: Any, study_uid: str | None = None, ins
     return apply_recipe(study, params).array, study.study_uid
 
 
-def embed_study_folder(path: str | Path, encoder: Any, params: Any = None) -> tuple[np.ndarray, str, float, float]:
+def embed_study_folder(path: str | Path, encoder: Any, params: Any = None, *,
+                       main: bool = False) -> tuple[np.ndarray, str, float, float]:
     """One study folder read as a user's study is (``assemble_study`` + the model's recipe) and encoded:
-    (embedding, StudyInstanceUID, seconds reading + preprocessing, seconds encoding). Errors propagate."""
+    (embedding, StudyInstanceUID, seconds reading + preprocessing, seconds encoding). ``main``: the main paths'
+    embedding instead (``Encoder.encode_studies_main``: what typicality and other distances use). Errors
+    propagate."""
     t0 = time.perf_counter()
     x, uid = _read_study(path, params if params is not None else encoder.manifest.recipe_params())
     t1 = time.perf_counter()
-    emb = encoder.encode_studies(x[None])[0]
+    emb = encoder.encode_studies_main(x[None])[1][0] if main else encoder.encode_studies(x[None])[0]
     return emb, uid, t1 - t0, time.perf_counter() - t1
 
 
@@ -236,7 +264,8 @@ def embed_labelled(
         cache = cache.bind(encoder)
     params = encoder.manifest.recipe_params()
     out = EmbeddedSet(rows=[], embeddings=np.zeros((0, encoder.manifest.embedding_dim), np.float32))
-    embs = []
+    embs, mains = [], []
+    has_main = bool(getattr(encoder, "main_output", None))
 
     def fail(r: LabelledStudy, kind: str, reason: str) -> None:
         out.failed.append((r.key, reason))
@@ -254,8 +283,12 @@ def embed_labelled(
             except Exception as exc:  # noqa: BLE001 - recorded, the others go on
                 fail(r, f"unreadable ({type(exc).__name__})", str(exc).splitlines()[0])
                 continue
+        main = None
         if cache is not None and not refresh and r.study_uid:
-            emb = cache.get(r.study_uid)
+            got = cache.get_main(r.study_uid)
+            # an entry without the main embedding, for a model that has one, is not this model's: embed again
+            if got is not None and (got[1] is not got[0] or not has_main):
+                emb, main = got
         if emb is not None:
             out.cached += 1
         elif r.path is None:
@@ -270,16 +303,23 @@ def embed_labelled(
                 fail(r, f"unreadable ({type(exc).__name__})", str(exc).splitlines()[0])
                 continue
             t1 = time.perf_counter()
-            emb = encoder.encode_studies(x[None])[0]
+            if has_main:
+                e1, m1 = encoder.encode_studies_main(x[None])
+                emb, main = e1[0], m1[0]
+            else:
+                emb = encoder.encode_studies(x[None])[0]
             out.read_seconds.append(t1 - t0)
             out.encode_seconds.append(time.perf_counter() - t1)
             r.study_uid = r.study_uid or uid
             if cache is not None:
-                cache.put(r.study_uid, emb)
+                cache.put(r.study_uid, emb, main)
         out.rows.append(r)
         embs.append(emb)
+        mains.append(main if main is not None else emb)
     if progress:
         progress(len(rows), len(rows))
     if embs:
         out.embeddings = np.stack(embs).astype(np.float32)
+        if has_main:
+            out.main = np.stack(mains).astype(np.float32)
     return out

@@ -132,6 +132,8 @@ class EvalSet:
         cached: studies whose embedding came from the cache.
         encode_ms, read_ms: median per-study encoder and reading + recipe times in ms over the studies encoded
             in this call; None when every embedding came from the cache.
+        study_main: (N, D) the main paths' embeddings of a model with a finding stream (``EmbeddedSet.main``),
+            which few-shot's distances use; None when they are ``study_emb``.
     """
 
     ids: list[str]
@@ -143,6 +145,13 @@ class EvalSet:
     encode_ms: float | None = None
     read_ms: float | None = None
     cached: int = 0
+    study_main: np.ndarray | None = None
+
+    @property
+    def distance_emb(self) -> np.ndarray:
+        """What distances between studies use: ``study_main`` when the model has a finding stream, else
+        ``study_emb``."""
+        return self.study_main if self.study_main is not None else self.study_emb
 
     def labels(self, finding: str) -> np.ndarray:
         return (self.severity[finding] != Severity.NONE).astype(int)
@@ -205,7 +214,8 @@ def load_eval_set(archive: str | Path, encoder, *, cache_dir: Path | None = None
 
     return EvalSet(ids=[r.path.name if r.path is not None else r.key for r in es.rows], study_emb=es.embeddings, reports=[reports[id(r)] for r in es.rows],
                    severity=severity, skipped=skipped, seconds=time.perf_counter() - t0,
-                   encode_ms=median_ms(es.encode_seconds), read_ms=median_ms(es.read_seconds), cached=es.cached)
+                   encode_ms=median_ms(es.encode_seconds), read_ms=median_ms(es.read_seconds), cached=es.cached,
+                   study_main=es.main)
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -242,9 +252,13 @@ def zeroshot(es: EvalSet, bank, encoder, *, n_boot: int = 1000, seed: int = 0) -
 
 
 def retrieval(es: EvalSet, encoder) -> dict[str, Any]:
-    """Report text <-> study retrieval over the whole archive."""
+    """Report text <-> study retrieval over the whole archive, scored as search scores a text query
+    (``cmrdx.pipeline.search``): the cosine with the study's embedding, or for a model with a finding stream the
+    mean of the cosines with its embedding and its main paths' embedding."""
     t = encoder.encode_texts(es.reports)
     sim = t @ es.study_emb.T  # (texts, studies)
+    if es.study_main is not None:
+        sim = (sim + t @ es.study_main.T) / 2
     return {"text_to_study": retrieval_metrics(sim), "study_to_text": retrieval_metrics(sim.T),
             "chance_R@1": 1.0 / len(es.ids)}
 
@@ -260,7 +274,7 @@ def fewshot(es: EvalSet, findings: Sequence[str], *, shots: Sequence[int] = (1, 
         y = es.labels(f)[known]
         out["findings"][f] = {}
         for k in shots:
-            m, sd, n = fewshot_auc(es.study_emb[known], y, k, episodes=episodes, seed=seed)
+            m, sd, n = fewshot_auc(es.distance_emb[known], y, k, episodes=episodes, seed=seed)
             out["findings"][f][str(k)] = {"mean": m, "sd": sd, "episodes": n}
     return out
 

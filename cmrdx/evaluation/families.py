@@ -149,7 +149,8 @@ def subset(es: EvalSet, mask: np.ndarray) -> EvalSet:
     idx = np.flatnonzero(mask)
     return EvalSet(ids=[es.ids[i] for i in idx], study_emb=es.study_emb[idx], reports=[es.reports[i] for i in idx],
                    severity={k: v[idx] for k, v in es.severity.items()}, skipped=dict(es.skipped), seconds=es.seconds,
-                   encode_ms=es.encode_ms, read_ms=es.read_ms, cached=es.cached)
+                   encode_ms=es.encode_ms, read_ms=es.read_ms, cached=es.cached,
+                   study_main=es.study_main[idx] if es.study_main is not None else None)
 
 
 def _cell(r: Mapping[str, Any], min_positives: int) -> dict[str, Any]:

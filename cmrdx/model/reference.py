@@ -339,7 +339,7 @@ def reference_from_archive(model: str | Path | None, data: str | Path, *, k: int
     m = enc.manifest
     text = source or (f"{len(keep)} studies of the archive {root.name!r}, read through recipe "
                       f"{m.recipe.get('name', '?')}")
-    ref = build_reference(es.embeddings[keep], source=text, k=k, quantile=quantile, model_sha256=m.sha256,
+    ref = build_reference(es.distance_embeddings[keep], source=text, k=k, quantile=quantile, model_sha256=m.sha256,
                           precision=enc.precision,
                           extra={"folders": len(folders), "unreadable": len(es.failed), "duplicates": duplicates})
     return ArchiveReference(reference=ref, folders=len(folders), embedded=es, duplicates=duplicates)

@@ -76,6 +76,9 @@ class ClassifyResult:
     explanation: Explanation | None = None
     # similar prior cases from a search store (``cmrdx.pipeline.priors.add_similar``), when asked for
     similar: SimilarCases | None = None
+    # the main paths' embedding of a model with a finding stream (``Encoder.encode_studies_main``): what distances
+    # to other studies use (typicality, few-shot, similar cases); None when it is ``embedding`` itself
+    main_embedding: np.ndarray | None = None
 
     def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -109,11 +112,20 @@ class ClassifyResult:
             d["similar"] = self.similar.to_dict()
         if include_embedding:
             d["embedding"] = [round(float(x), 6) for x in self.embedding]
+            if self.main_embedding is not None:
+                d["main_embedding"] = [round(float(x), 6) for x in self.main_embedding]
         return d
+
+    @property
+    def distance_embedding(self) -> np.ndarray:
+        """The embedding that distances to other studies use: the main paths' (``main_embedding``) when the model
+        has a finding stream, else ``embedding``."""
+        return self.main_embedding if self.main_embedding is not None else self.embedding
 
 
 def assess_typicality(manifest: Manifest, embedding: np.ndarray) -> Typicality:
-    """How typical a study's embedding is of the model's training studies; "unknown" without a reference."""
+    """How typical a study's embedding (its main paths' one: ``Encoder.encode_studies_main``) is of the model's
+    training studies; "unknown" without a reference."""
     ref = load_reference(manifest)
     return ref.assess(embedding) if ref is not None else Typicality.unknown(manifest.name)
 
@@ -190,7 +202,8 @@ def classify(
     t["recipe_ms"] = (time.perf_counter() - t2) * 1000
     t3 = time.perf_counter()
     stage(f"encoding the study ({enc.manifest.name}, {enc.description})")
-    emb = enc.encode_studies(rr.array[None])[0]
+    embs, mains = enc.encode_studies_main(rr.array[None])
+    emb, main = embs[0], mains[0]  # main: what distances to other studies use (the same array without a stream)
     t["encode_ms"] = (time.perf_counter() - t3) * 1000
     t4 = time.perf_counter()
     msha = model_sha256(enc.manifest)
@@ -210,7 +223,7 @@ def classify(
         protos = Prototypes.load(Path(prototypes))
         protos.check_model(enc.manifest.name, msha)
         findings = {f.id: f for b in loaded_banks for f in b.findings}
-        for (fid, sc), shots in zip(protos.score(emb).items(), protos.shots):
+        for (fid, sc), shots in zip(protos.score(main).items(), protos.shots):
             rec: dict[str, Any] = {"score": sc, "call": Call.PRESENT if sc > 0 else Call.ABSENT,
                                    "shots": [int(x) for x in shots]}
             missing = findings[fid].missing(set(study.views)) if fid in findings else []
@@ -219,7 +232,7 @@ def classify(
                 rec["reason"] = "needs " + "; and ".join(r.describe() for r in missing) + ": not in this study"
             rec["call"] = str(rec["call"])
             fewshot[fid] = rec
-    typ = assess_typicality(enc.manifest, emb)
+    typ = assess_typicality(enc.manifest, main)
     if typ.status == "atypical":  # the model has seen nothing like this study: no confident call stands
         for s in scores:
             make_uncertain(s, "atypical study: " + typ.reason)
@@ -245,6 +258,7 @@ def classify(
         source=str(study.source or path),
         findings=ranked,
         embedding=emb,
+        main_embedding=None if mains is embs else main,
         model={"name": enc.manifest.name, "version": enc.manifest.version, "sha256": msha,
                "recipe": enc.manifest.recipe.get("name"), "licence": enc.manifest.licence},
         banks=[{"name": b.name, "version": b.version, "sha256": b.sha256, "path": str(b.path)} for b in loaded_banks],

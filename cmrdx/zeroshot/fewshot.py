@@ -121,4 +121,6 @@ def fit_from_labelled(embedded: Any, findings: Sequence[str] | None, shots: int 
         raise CmrdxError(f"no labelled study could be embedded{why}",
                          hint="check the labels file's `study` column and --data")
     y = labels_for_prototypes(embedded.rows, findings, shots)
-    return fit_prototypes(np.asarray(embedded.embeddings), y, model_name, model_sha256)
+    # the main paths' embeddings where the model has a finding stream: prototypes are distances between studies
+    emb = getattr(embedded, "distance_embeddings", None)
+    return fit_prototypes(np.asarray(emb if emb is not None else embedded.embeddings), y, model_name, model_sha256)
