@@ -130,13 +130,15 @@ def vote(cases: Sequence[PriorCase], finding_ids: Sequence[str]) -> dict[str, di
 
 def similar_cases(store: Store | str | os.PathLike[str], embedding: np.ndarray, *, k: int, banks: Sequence[PromptBank],
                   text_embeddings: Mapping[str, Mapping[str, np.ndarray]], model_name: str, model_sha256: str,
-                  exclude_uid: str | None = None) -> SimilarCases:
-    """The ``k`` studies of ``store`` nearest to ``embedding`` (the study ``exclude_uid`` left out), with their
-    impressions, their findings called present by ``banks`` (``text_embeddings``: bank name -> prompt -> vector) and
-    the vote of their labels. Raises ModelError when the store was built with another model."""
+                  exclude_uid: str | None = None, main: np.ndarray | None = None) -> SimilarCases:
+    """The ``k`` studies of ``store`` nearest to the study whose embedding is ``embedding`` and main paths'
+    embedding ``main`` (None: the embedding itself; distances between studies use it, ``Store.search_study``),
+    the study ``exclude_uid`` left out, with their impressions, their findings called present by ``banks``
+    (``text_embeddings``: bank name -> prompt -> vector) and the vote of their labels. Raises ModelError when the
+    store was built with another model."""
     st = open_store(store)
     st.check_model(model_name, model_sha256)
-    hits = [h for h in st.search_vector(embedding, k + 1, exact=None) if h.study_uid != exclude_uid][:k]
+    hits = [h for h in st.search_study(embedding, main, k + 1, exact=None) if h.study_uid != exclude_uid][:k]
     archive = Path(st.info["archive"]) if st.info.get("archive") else None
     notes: list[str] = ["a prior's findings are cmrdx's calls on its stored embedding; which views it lacked is not "
                         "known here, so none is called not assessable"]
@@ -150,7 +152,7 @@ def similar_cases(store: Store | str | os.PathLike[str], embedding: np.ndarray, 
     index = {r["study_uid"]: i for i, r in enumerate(st.rows)}
     cases: list[PriorCase] = []
     for h in hits:
-        emb = np.asarray(st.emb[index[h.study_uid]], dtype=np.float32)
+        emb = np.asarray(st.emb[index[h.study_uid]], dtype=np.float32)  # its findings: prompts meet the embedding
         called = [s.label for b in banks
                   for s in score_bank(emb, b, dict(text_embeddings[b.name]), model_name, model_sha256)
                   if s.call == Call.PRESENT]
@@ -193,7 +195,9 @@ def add_similar(result: ClassifyResult, store: Store | str | os.PathLike[str], *
     banks = [get_bank(b["path"]) for b in result.banks]
     cache = TextEmbeddingCache(sha, text_cache_dir)
     tembs = {b.name: bank_text_embeddings(b, enc.encode_texts, cache) for b in banks}
+    main = result.main_embedding if result.main_embedding is not None else result.embedding
     result.similar = similar_cases(store, result.embedding, k=k, banks=banks, text_embeddings=tembs,
-                                   model_name=enc.manifest.name, model_sha256=sha, exclude_uid=result.study_uid)
+                                   model_name=enc.manifest.name, model_sha256=sha, exclude_uid=result.study_uid,
+                                   main=main)
     result.timings_ms["similar_ms"] = (time.perf_counter() - t0) * 1000
     return result.similar

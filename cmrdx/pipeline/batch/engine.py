@@ -21,28 +21,42 @@ if TYPE_CHECKING:
 
 @dataclass
 class EncodedStudy:
-    """One study as an engine hands it back: its embedding and the recipe's notes, or why it failed."""
+    """One study as an engine hands it back: its embedding and the recipe's notes, or why it failed.
+
+    ``main`` is the main paths' embedding of a model with a finding stream (``Encoder.encode_studies_main``):
+    typicality and study -> study search measure distances on it, while the scores compare ``embedding`` with
+    the prompts. None means it is ``embedding`` itself (every model without a finding stream)."""
 
     uid: str
     embedding: np.ndarray | None  # (D,) float32, L2-normalised; None when the study failed
     meta: dict[str, Any] = field(default_factory=dict)  # views_used, series_used, warnings, files_skipped
     error: dict[str, str] | None = None  # {"type", "message"} when the study failed
     seconds: float = 0.0  # time spent preparing it (reading, assembling, recipe)
+    main: np.ndarray | None = None  # (D,) float32, L2-normalised; None: the same as ``embedding``
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def distance_embedding(self) -> np.ndarray | None:
+        """The embedding that distances to other studies use: ``main`` when the model has one, else
+        ``embedding`` (None when the study failed)."""
+        return self.main if self.main is not None else self.embedding
 
     @classmethod
     def failed(cls, uid: str, type_: str, message: str, seconds: float = 0.0) -> EncodedStudy:
         return cls(uid, None, {}, {"type": type_, "message": message}, seconds)
 
     @classmethod
-    def from_prepared(cls, prepared: Mapping[str, Any], embedding: np.ndarray | None) -> EncodedStudy:
-        """From ``prepare_study``'s result and the embedding of its array (None when it failed)."""
+    def from_prepared(cls, prepared: Mapping[str, Any], embedding: np.ndarray | None,
+                      main: np.ndarray | None = None) -> EncodedStudy:
+        """From ``prepare_study``'s result and the embedding of its array (None when it failed); ``main``: its main
+        paths' embedding, when the model has one."""
         if prepared["error"] is not None:
             return cls(prepared["uid"], None, {}, dict(prepared["error"]), float(prepared["seconds"]))
-        return cls(prepared["uid"], np.asarray(embedding, np.float32), dict(prepared["meta"]), None, float(prepared["seconds"]))
+        return cls(prepared["uid"], np.asarray(embedding, np.float32), dict(prepared["meta"]), None,
+                   float(prepared["seconds"]), None if main is None else np.asarray(main, np.float32))
 
 
 @dataclass

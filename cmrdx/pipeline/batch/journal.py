@@ -5,8 +5,9 @@ The journal is the commit log: a run killed at any moment (SIGKILL included) lea
 which the next run drops. It is append-only: a study's later record supersedes its earlier ones, and a study
 that changed or left the archive since it was scored gets a record saying so ("changed", "removed"). A record
 never holds patient identifiers: the study's UID, its folder relative to the archive (a PACS study: its address
-``pacs://NODE/STUDY_UID``), the model, the scores, the embedding (base64 little-endian float32), the recipe's
-notes and, for a PACS study, what was transferred (``pacs``).
+``pacs://NODE/STUDY_UID``), the model, the scores, the embedding (base64 little-endian float32; a model with a
+finding stream adds its main paths' embedding, ``main_embedding``, in the same encoding), the recipe's notes and,
+for a PACS study, what was transferred (``pacs``).
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ def decode_embedding(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype="<f4").copy()
 
 
+def record_main_embedding(rec: dict[str, Any]) -> np.ndarray:
+    """An ok record's main paths' embedding: its ``main_embedding`` when it has one (a model with a finding
+    stream), else its ``embedding`` (the same thing for every other model, and in every record written before)."""
+    return decode_embedding(rec.get("main_embedding") or rec["embedding"])
+
+
 @dataclass
 class RecordContext:
     """What a record says besides the study itself: where its files are and which model and banks scored it."""
@@ -224,7 +231,11 @@ class RecordContext:
 
 
 def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
-    """The journal record of one study, ok or failed: the only place a record is made (keys in this order)."""
+    """The journal record of one study, ok or failed: the only place a record is made (keys in this order).
+
+    Scores compare the study's embedding with the prompts; typicality is a distance to the reference's studies,
+    so it is measured on the main paths' embedding (``EncodedStudy.main``). The record holds ``main_embedding``
+    only when it differs from ``embedding``, so a model without a finding stream writes what it always did."""
     from cmrdx.zeroshot.scoring import note_departures, score_bank
 
     uid = study.uid
@@ -242,8 +253,8 @@ def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
     from cmrdx.model.reference import Typicality
     from cmrdx.zeroshot.scoring import make_uncertain
 
-    typ = ctx.reference.assess(np.asarray(study.embedding, np.float32)) if ctx.reference is not None \
-        else Typicality.unknown(ctx.model)
+    main = e if study.main is None else np.asarray(study.main, np.float32)
+    typ = ctx.reference.assess(main) if ctx.reference is not None else Typicality.unknown(ctx.model)
     views = study.meta.get("views")  # None: the preparer gave no view list, so requirements are not checked
     departures = [(w, m) for w, m in study.meta.get("departures", [])]
     for bank, temb in zip(ctx.banks, ctx.text_emb):
@@ -256,6 +267,7 @@ def build_record(study: EncodedStudy, ctx: RecordContext) -> dict[str, Any]:
             if fs.reason or fs.notes:
                 findings[fs.id]["reason"] = "; ".join(([fs.reason] if fs.reason else []) + fs.notes)
     meta = {k: v for k, v in study.meta.items() if k != "departures"}  # already in the findings' reasons
-    rec.update(status="ok", findings=findings, embedding=encode_embedding(e),
+    own_main = {} if main is e or np.array_equal(main, e) else {"main_embedding": encode_embedding(main)}
+    rec.update(status="ok", findings=findings, embedding=encode_embedding(e), **own_main,
                typicality={"status": typ.status, "score": typ.score}, **meta)
     return rec

@@ -37,13 +37,17 @@ class LocalEngine:
             chunk, ready[:] = ready[: self.batch_size], ready[self.batch_size:]
             ok = [p for p in chunk if p["error"] is None]
             embs: Any = ()
+            mains: Any = None  # None: the model has no main paths' embedding of its own
             if ok:
                 t0 = time.perf_counter()
-                embs = job.encoder.encode_studies(np.stack([p["array"] for p in ok]))
+                embs, main = job.encoder.encode_studies_main(np.stack([p["array"] for p in ok]))
+                mains = None if main is embs else main
                 self.encode_seconds += time.perf_counter() - t0
-            emb_of = {p["uid"]: e for p, e in zip(ok, embs)}
+            emb_of = {p["uid"]: i for i, p in enumerate(ok)}
             for p in chunk:
-                yield EncodedStudy.from_prepared(p, emb_of.get(p["uid"]))
+                i = emb_of.get(p["uid"])
+                yield EncodedStudy.from_prepared(p, None if i is None else embs[i],
+                                                 None if i is None or mains is None else mains[i])
 
     def run(self, todo: Sequence[str], job: EngineJob) -> Iterator[EncodedStudy]:
         workers = self.workers or config.cpu_count()

@@ -51,17 +51,23 @@ class _EncodeActor:
         ok = batch["ok"].astype(bool)
         d = self.enc.manifest.embedding_dim
         emb = np.zeros((len(ok), d), np.float32)
+        main = np.zeros((len(ok), d), np.float32)
         if ok.any():
-            emb[ok] = self.enc.encode_studies(np.stack(batch["array"][ok]))
-        return {"uid": batch["uid"], "ok": batch["ok"], "embedding": emb, "meta": batch["meta"], "seconds": batch["seconds"]}
+            emb[ok], main[ok] = self.enc.encode_studies_main(np.stack(batch["array"][ok]))
+        out = {"uid": batch["uid"], "ok": batch["ok"], "embedding": emb, "meta": batch["meta"], "seconds": batch["seconds"]}
+        if self.enc.main_output:  # a column of its own only for a model with a finding stream (every batch alike)
+            out["main"] = main
+        return out
 
 
 def _encoded(row: dict[str, Any]) -> EncodedStudy:
-    """A Ray row back into the engine-neutral form (failures carry their error in ``meta``)."""
+    """A Ray row back into the engine-neutral form (failures carry their error in ``meta``; ``main`` only from
+    a model with a main paths' embedding of its own)."""
     uid, meta, seconds = str(row["uid"]), json.loads(str(row["meta"])), float(row["seconds"])
     if not bool(row["ok"]):
         return EncodedStudy(uid, None, {}, meta, seconds)
-    return EncodedStudy(uid, np.asarray(row["embedding"], np.float32), meta, None, seconds)
+    main = np.asarray(row["main"], np.float32) if "main" in row else None
+    return EncodedStudy(uid, np.asarray(row["embedding"], np.float32), meta, None, seconds, main)
 
 
 class RayEngine:

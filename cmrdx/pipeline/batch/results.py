@@ -1,6 +1,6 @@
 """A batch run's outputs, all made from its journal: the results file (Parquet, CSV or JSONL, by suffix; one flat
-row per study, sorted by StudyInstanceUID), ``OUT.embeddings.npz`` for search stores, and HTML reports on
-request."""
+row per study, sorted by StudyInstanceUID), ``OUT.embeddings.npz`` for search stores (with ``main_embedding``
+beside ``embedding`` when the model has a finding stream), and HTML reports on request."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from cmrdx.errors import CmrdxError
 from cmrdx.fileio import atomic_write
 from cmrdx.pipeline.batch.discover import file_ref, read_discovery
-from cmrdx.pipeline.batch.journal import Journal, decode_embedding, journal_path, state_dir
+from cmrdx.pipeline.batch.journal import Journal, decode_embedding, journal_path, record_main_embedding, state_dir
 from cmrdx.pipeline.batch.options import BatchOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +48,9 @@ def flat_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results(records: dict[str, dict[str, Any]], out: Path) -> None:
-    """Rewrite ``out`` (by suffix) and ``OUT.embeddings.npz`` atomically from the journal's records."""
+    """Rewrite ``out`` (by suffix) and ``OUT.embeddings.npz`` atomically from the journal's records. The npz holds
+    ``main_embedding`` (the main paths' embeddings, which study -> study search compares) only when a record has
+    one: then a row per ok study, its record's ``embedding`` where it has none."""
     rows = flat_rows(records)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     suffix = out.suffix.lower()
@@ -73,10 +75,13 @@ def write_results(records: dict[str, dict[str, Any]], out: Path) -> None:
     atomic_write(out, data)
     ok = [records[u] for u in sorted(records) if records[u]["status"] == "ok"]
     if ok:
-        emb = np.stack([decode_embedding(r["embedding"]) for r in ok])
-        atomic_write(embeddings_path(out), lambda f: np.savez(
-            f, study_uid=np.array([r["study_uid"] for r in ok]), source=np.array([r["source"] for r in ok]),
-            embedding=emb, model=np.array(ok[0]["model"]), model_sha256=np.array(ok[0]["model_sha256"])))
+        arrays: dict[str, Any] = {"study_uid": np.array([r["study_uid"] for r in ok]),
+                                  "source": np.array([r["source"] for r in ok]),
+                                  "embedding": np.stack([decode_embedding(r["embedding"]) for r in ok]),
+                                  "model": np.array(ok[0]["model"]), "model_sha256": np.array(ok[0]["model_sha256"])}
+        if any(r.get("main_embedding") for r in ok):  # a model with a finding stream
+            arrays["main_embedding"] = np.stack([record_main_embedding(r) for r in ok])
+        atomic_write(embeddings_path(out), lambda f: np.savez(f, **arrays))
 
 
 def embeddings_path(out: Path) -> Path:
