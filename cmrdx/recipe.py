@@ -617,6 +617,7 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     p = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not p.streams:
         return _apply_one(study, p)
+    study = shared_decodes(study)  # a stream reads images the main recipe read: each is decoded once
     rr = _apply_one(study, p.main)
     arrays = [rr.array]
     for k, st in enumerate(p.streams, 1):
@@ -634,6 +635,37 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
             rr.heart = sr.heart
     rr.array = np.concatenate(arrays)
     return rr
+
+
+def shared_decodes(study: Study) -> Study:
+    """``study`` with every view's loader remembering the images it decoded, so that the recipes of one
+    ``apply_recipe`` call (the main recipe and its streams: an LGE stream reads the LGE images the main montage
+    read) decode each (slice, phase) image once. A copy: ``study`` itself is unchanged, and the memory goes with
+    the copy when the call returns."""
+    views = {}
+    for key, view in study.views.items():
+        if view._loader is None:
+            views[key] = view
+            continue
+        views[key] = replace(view, _loader=_MemoLoader(view._loader))
+    return replace(study, views=views)
+
+
+class _MemoLoader:
+    """A view's loader(slices, phases) that decodes each (slice, phase) image once, slice by slice."""
+
+    def __init__(self, load: Any):
+        self.load = load
+        self.seen: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, slices: Any, phases: Any) -> np.ndarray:
+        for s in dict.fromkeys(int(i) for i in slices):
+            missing = [int(t) for t in dict.fromkeys(phases) if (s, int(t)) not in self.seen]
+            if missing:
+                got = np.asarray(self.load([s], missing), dtype=np.float32)
+                for j, t in enumerate(missing):
+                    self.seen[(s, t)] = got[0, j]
+        return np.stack([np.stack([self.seen[(int(s), int(t))] for t in phases]) for s in slices])
 
 
 def _apply_one(study: Study, p: RecipeParams) -> RecipeResult:

@@ -29,7 +29,7 @@ from cmrdx.synth.arrays import phantom_study, phantom_u8
 from cmrdx.synth.params import sample_params
 from cmrdx.vocab import LGE_VIEWS, view_key
 
-BUNDLED = Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small"
+BASE = Path(__file__).resolve().parents[1] / "models" / "bases" / "cmrdx-phantom-small-0.5.0"
 LGE_SEGMENTS = ("lge_sa", "lge_lax", "lge_2ch", "lge_3ch")
 LGE_KEYS = tuple(view_key("lge", v) for v in LGE_VIEWS)
 # whole grey levels and one window per frame: what phantom_u8 reproduces exactly
@@ -103,6 +103,32 @@ def test_the_input_is_the_main_recipes_then_each_streams(small_phantom):
     assert rr.departures == main.departures and rr.montage_length == main.montage_length
     assert rr.sampled == main.sampled
     assert main.heart is None and rr.heart == s1.heart and rr.heart is not None and rr.heart["located"]
+
+
+def test_the_images_a_stream_shares_with_the_main_recipe_are_decoded_once(small_phantom):
+    _, study = small_phantom
+    decoded: list[tuple[str, int, int]] = []
+
+    def counting(key, load):
+        def run(slices, phases):
+            decoded.extend((key, int(a), int(b)) for a in slices for b in phases)
+            return load(slices, phases)
+        return run
+
+    counted = dataclasses.replace(study, views={k: dataclasses.replace(v, _loader=counting(k, v._loader))
+                                                for k, v in study.views.items()})
+    p = with_stream()
+    rr = apply_recipe(counted, p)
+    assert decoded and len(decoded) == len(set(decoded))  # each (view, slice, phase) image once
+    lge = {d for d in decoded if d[0].startswith("lge:")}
+    decoded.clear()
+    apply_recipe(counted, p.main)
+    apply_recipe(counted, p.streams[0])
+    assert lge & {d for d in decoded if d[0].startswith("lge:")} and len(decoded) > len(set(decoded))  # shared
+    # the same input as each recipe alone, and the study given is left as it was
+    np.testing.assert_array_equal(rr.array, np.concatenate([apply_recipe(study, p.main).array,
+                                                            apply_recipe(study, p.streams[0]).array]))
+    assert all(counted.views[k]._loader is not None for k in counted.views)
 
 
 def test_lge_repeats_puts_each_long_axis_image_in_once_and_the_reference_is_recorded_as_before(small_phantom):
@@ -209,7 +235,7 @@ def test_the_manifest_takes_the_frames_of_the_main_recipe_and_its_streams(tmp_pa
 
     d = tmp_path / "model"
     d.mkdir()
-    shutil.copy(BUNDLED / "manifest.json", d / "manifest.json")
+    shutil.copy(BASE / "manifest.json", d / "manifest.json")  # a model without a stream
     raw = json.loads((d / "manifest.json").read_text())
     main = RecipeParams.from_dict(raw["recipe"]["params"])
     assert raw["video"]["frames"] == main.frames == main.input_frames == load_manifest(d, verify=False).video["frames"]
