@@ -323,3 +323,25 @@ def test_progress_is_drawn_on_a_terminal_and_nothing_is_when_piped(tmp_path):
     drawn = b"".join(chunks).decode("utf-8", "replace")
     assert out == b"done\n"
     assert "importing the thing" in drawn and "encoding studies" in drawn
+
+
+def test_an_int8_embedding_does_not_depend_on_the_studies_beside_it_in_a_batch():
+    """The int8 copy quantises activations over the whole run: the encoder runs it one study at a time, so a
+    study's embedding is the same alone and in any batch (a resumed batch run equals an uninterrupted one)."""
+    import onnxruntime as ort
+
+    from cmrdx.model.encoder import Encoder
+    from cmrdx.recipe import apply_recipe
+    from cmrdx.study.assemble import assemble_study
+
+    enc = Encoder("cmrdx-phantom-small", device="cpu", precision="int8")
+    a = apply_recipe(assemble_study(ROOT / "examples" / "phantom-study"), enc.manifest.recipe_params()).array
+    b = np.clip(a * 3.0, -3.0, 3.0).astype(np.float32)  # a brighter study beside it: another activation range
+    alone = enc.encode_studies(a[None])[0]
+    for batch, at in ((np.stack([a, b]), 0), (np.stack([b, a, b]), 1)):
+        np.testing.assert_array_equal(enc.encode_studies(batch)[at], alone)
+    # why: the int8 file itself, given the batch in one run, moves the study's embedding
+    s = ort.InferenceSession(str(enc.manifest.path(enc.manifest.video["int8"])), providers=["CPUExecutionProvider"])
+    one = s.run(None, {"video": a[None]})[0][0]
+    two = s.run(None, {"video": np.stack([a, b])})[0][0]
+    assert not np.array_equal(one, two)

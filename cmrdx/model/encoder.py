@@ -404,15 +404,19 @@ class Encoder:
             outs = self._video.run(names, {self.video_input: np.ascontiguousarray(xs)})
             return list(outs) if names else [outs[0]]
 
-        if progress is None:
+        # The int8 copy quantises its activations per run, over the whole batch: run it one study at a time, so
+        # that a study's embedding never depends on the studies that share its batch (a resumed batch run equals
+        # an uninterrupted one; classify equals batch).
+        if progress is None and (self.precision != "int8" or len(x) <= 1):
             outs = run(x)
         else:
             n = len(x)
-            progress(0, n)
+            tell = progress or (lambda _done, _total: None)
+            tell(0, n)
             parts = []
             for i in range(n):
                 parts.append(run(x[i : i + 1]))
-                progress(i + 1, n)
+                tell(i + 1, n)
             empty = np.zeros((0, self.manifest.embedding_dim), np.float32)
             outs = [np.concatenate([p[j] for p in parts]) if parts else empty for j in range(2 if names else 1)]
         emb = l2_normalise(outs[0])
