@@ -281,18 +281,33 @@ class FindingStreamTrainer:
 
     def base_embeddings(self) -> np.ndarray:
         """(N, D) the frozen model's embedding of every cache row (zeros where the cache has none). Minutes for a
-        few thousand studies on a CPU, so it says how far it got every 512 studies."""
+        few thousand studies on a CPU, so it shows how far it got: a bar as caching shows one, and a log line
+        every 512 studies (what ``--no-progress`` prints)."""
         import torch
 
         rows = np.flatnonzero(self.cache.done & (self.cache.n_real > 0))
         e0 = np.zeros((len(self.cache.n_real), self.cfg.projection_dim), np.float32)
-        with torch.no_grad():
-            for k in range(0, len(rows), 32):
-                r = rows[k:k + 32]
-                e0[r] = self.model.encode_main(self.main_input(r)).numpy()
-                done = k + len(r)
-                if self.progress and (done % 512 == 0 or done == len(rows)):
-                    log.info("finding stream: the frozen model's embeddings, %d/%d studies", done, len(rows))
+        bar = None
+        if self.progress and len(rows):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("frozen model's embeddings"), BarColumn(), MofNCompleteColumn(),
+                           TimeRemainingColumn())
+            bar.start()
+            task = bar.add_task("embed", total=len(rows))
+        try:
+            with torch.no_grad():
+                for k in range(0, len(rows), 32):
+                    r = rows[k:k + 32]
+                    e0[r] = self.model.encode_main(self.main_input(r)).numpy()
+                    done = k + len(r)
+                    if bar is not None:
+                        bar.update(task, completed=done)
+                    if self.progress and (done % 512 == 0 or done == len(rows)):
+                        log.info("finding stream: the frozen model's embeddings, %d/%d studies", done, len(rows))
+        finally:
+            if bar is not None:
+                bar.stop()
         return e0
 
     # ------------------------------------------------------------------ checkpoints
