@@ -212,5 +212,5 @@ def test_speed_times_one_study_on_the_given_clock():
     # one tick a reading: reading + recipe 1 s, each encoder run 1 s
     assert (r.read_and_recipe_ms, r.encode_ms_median, r.encode_ms_min, r.repeats) == (1000.0, 1000.0, 1000.0, 3)
     fr = enc.manifest.recipe_params()
-    assert r.input_shape == [1, fr.frames, 3, fr.image_size, fr.image_size]
+    assert r.input_shape == [1, fr.input_frames, 3, fr.image_size, fr.image_size]
     assert r.to_dict()["model"] == "cmrdx-phantom-small" and r.cpu

@@ -27,7 +27,7 @@ def test_manifest_verifies_with_provenance_and_size_budget():
     assert prov["training"]["config"]["seed"] == prov["data"]["seed"]
     assert set(prov["metrics"]["zeroshot_auc"]) >= {"lv_dysfunction", "lge", "aortic_dilation"}
     r = m.recipe_params()
-    assert (r.frames, r.image_size) == (m.video["frames"], m.video["image_size"])
+    assert (r.input_frames, r.image_size) == (m.video["frames"], m.video["image_size"])
 
 
 def test_example_study_embeddings_match_golden():

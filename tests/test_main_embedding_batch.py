@@ -39,6 +39,8 @@ from cmrdx.pipeline.search import MAIN_FILE, Store, build_store, similar, store_
 pytestmark = pytest.mark.usefixtures("module_home")
 
 MODEL = "cmrdx-phantom-small"
+# a model without a stream of its own (0.5.0, the bundled model's main paths): the stream here is a fake one
+BASE = str(Path(__file__).resolve().parents[1] / "models" / "bases" / "cmrdx-phantom-small-0.5.0")
 MIX = np.random.default_rng(7).standard_normal((128, 128)).astype(np.float32)
 
 
@@ -53,7 +55,7 @@ def _main_of(emb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def manifest():
-    return get_manifest(MODEL)
+    return get_manifest(BASE)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,9 @@ def archive(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stream(monkeypatch):
-    """The bundled model's encoder (the one batch runs and study queries load) with a main embedding of its own."""
-    enc = get_encoder(None, "cpu", "auto")
+    """0.5.0's encoder (the one batch runs and study queries load with ``model=BASE``) with a main embedding of its
+    own."""
+    enc = get_encoder(BASE, "cpu", "auto")
     real = enc.encode_studies_main
 
     def encode_studies_main(batch, progress=None):
@@ -179,7 +182,7 @@ def test_the_npz_holds_main_only_when_a_record_has_one(tmp_path):
 
 def test_a_stream_run_keeps_main_through_journal_npz_store_and_study_queries(archive, stream, manifest, tmp_path):
     out = tmp_path / "r.jsonl"
-    s = run_batch(archive, out, BatchOptions(device="cpu", workers=1))
+    s = run_batch(archive, out, BatchOptions(model=BASE, device="cpu", workers=1))
     assert s.ok == 2
     ref = load_reference(manifest)
     recs = {r["study_uid"]: r for r in _records(out)}
@@ -188,7 +191,7 @@ def test_a_stream_run_keeps_main_through_journal_npz_store_and_study_queries(arc
         np.testing.assert_allclose(main, _main_of(emb), atol=1e-6)
         assert r["typicality"]["score"] == pytest.approx(ref.assess(main).score, abs=1e-9)
         assert r["typicality"]["score"] != pytest.approx(ref.assess(emb).score, abs=1e-6)
-    s2 = run_batch(archive, out, BatchOptions(device="cpu", workers=1))  # resumed: the results from the journal
+    s2 = run_batch(archive, out, BatchOptions(model=BASE, device="cpu", workers=1))  # resumed: the results from the journal
     assert s2.done_before == 2
     with np.load(embeddings_path(out)) as z:
         uids = list(z["study_uid"])
@@ -201,7 +204,7 @@ def test_a_stream_run_keeps_main_through_journal_npz_store_and_study_queries(arc
     np.testing.assert_array_equal(np.asarray(st.main), np.stack([decode_embedding(recs[u]["main_embedding"])
                                                                 for u in uids]))
     # a study query ranks by the main embeddings: its scores are their cosines, not the embeddings'
-    hits = similar(db, archive / st.rows[0]["source"], 2, device="cpu")
+    hits = similar(db, archive / st.rows[0]["source"], 2, model=BASE, device="cpu")
     assert hits[0].study_uid == uids[0]
     main_cos = np.asarray(st.main) @ np.asarray(st.main)[0]
     emb_cos = np.asarray(st.emb) @ np.asarray(st.emb)[0]
@@ -215,15 +218,15 @@ def test_a_stream_run_keeps_main_through_journal_npz_store_and_study_queries(arc
     result = SimpleNamespace(embedding=np.asarray(st.emb[0]).copy(), main_embedding=np.asarray(st.main[0]).copy(),
                              study_uid="not-in-the-store", model={"sha256": model_sha256(manifest)},
                              banks=[{"path": str(bank.path)}], timings_ms={}, similar=None)
-    cases = add_similar(result, db, k=2, device="cpu").cases
+    cases = add_similar(result, db, k=2, model=BASE, device="cpu").cases
     assert [c.study_uid for c in cases] == uids[:2]
     assert [c.similarity for c in cases] == pytest.approx([main_cos[0], main_cos[1]], abs=1e-5)
 
 
 def test_a_model_without_a_stream_writes_what_it_always_did(archive, manifest, tmp_path):
     out = tmp_path / "r.jsonl"
-    assert get_encoder(None, "cpu", "auto").main_output is None
-    assert run_batch(archive, out, BatchOptions(device="cpu", workers=1)).ok == 2
+    assert get_encoder(BASE, "cpu", "auto").main_output is None
+    assert run_batch(archive, out, BatchOptions(model=BASE, device="cpu", workers=1)).ok == 2
     recs = _records(out)
     assert all("main_embedding" not in r for r in recs)
     ref = load_reference(manifest)
@@ -235,7 +238,7 @@ def test_a_model_without_a_stream_writes_what_it_always_did(archive, manifest, t
     assert "main" not in info and sorted(p.name for p in db.iterdir()) == ["embeddings.npy", "index.json",
                                                                           "studies.jsonl"]
     assert Store(db).main is None
-    hits = similar(db, archive / Store(db).rows[0]["source"], 2, device="cpu")
+    hits = similar(db, archive / Store(db).rows[0]["source"], 2, model=BASE, device="cpu")
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
@@ -289,3 +292,21 @@ def test_an_ivf_store_answers_study_queries_exactly_over_main(tmp_path):
     q = _l2((emb[7] + main[7])[None])[0]
     want = np.argsort(-((emb @ q + main @ q) / 2), kind="stable")[:20]
     assert [h.study_uid for h in st.search_vector(q, 20, text=True)] == [str(i) for i in want]
+
+
+def test_the_bundled_models_records_keep_its_main_paths_embedding_which_is_0_5_0s(archive, tmp_path):
+    """The bundled model (0.6.0: 0.5.0 with an LGE stream) in float32: each record's main embedding is 0.5.0's
+    embedding of the study, and its typicality 0.5.0's; its embedding is turned away from it."""
+    runs = {}
+    for name, model in (("bundled", None), ("base", BASE)):
+        out = tmp_path / f"{name}.jsonl"
+        assert run_batch(archive, out, BatchOptions(model=model, device="cpu", precision="float32", workers=1)).ok == 2
+        runs[name] = {r["study_uid"]: r for r in _records(out)}
+    assert runs["bundled"].keys() == runs["base"].keys()
+    for uid, r in runs["bundled"].items():
+        b = runs["base"][uid]
+        assert "main_embedding" in r and "main_embedding" not in b
+        np.testing.assert_allclose(decode_embedding(r["main_embedding"]), decode_embedding(b["embedding"]), atol=1e-5)
+        assert float(decode_embedding(r["embedding"]) @ decode_embedding(b["embedding"])) < 0.999
+        assert r["typicality"]["score"] == pytest.approx(b["typicality"]["score"], abs=1e-5)
+        assert r["typicality"]["status"] == b["typicality"]["status"]

@@ -374,17 +374,18 @@ def test_archive_family_filters_and_cli(tmp_path):
 def test_training_fast_path_is_exact_for_randomised_studies(heart_crop_mm):
     """``phantom_u8`` (only the sampled frames rendered) equals the recipe applied to the lazy study, for PSIR
     images, misregistered slices and missing views too, with the cut around the heart, and for a recipe with a
-    stream (the bundled model's recipe, then 16 LGE frames cut 210 mm around the heart): training on randomised
+    stream (the bundled model's recipe: its main recipe, then 16 LGE frames cut 210 mm around the heart, each image
+    once): training on randomised
     phantoms keeps its fast path."""
     from cmrdx.model.manifest import load_manifest
     from cmrdx.recipe import IMAGENET_MEAN, IMAGENET_STD, apply_recipe, get_recipe, recipe_view_keys
     from cmrdx.synth.arrays import phantom_u8
 
-    if heart_crop_mm == "stream":
-        main = load_manifest(Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small",
-                             verify=False).recipe_params()
-        st = replace(main, segments=("lge_sa", "lge_lax", "lge_2ch", "lge_3ch"), frames=16, heart_crop_mm=210.0)
-        r = replace(main, streams=(st,))
+    if heart_crop_mm == "stream":  # the bundled model's recipe itself (0.6.0: a stream of every LGE image once)
+        r = load_manifest(Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small",
+                          verify=False).recipe_params()
+        assert [(st.segments, st.frames, st.heart_crop_mm, st.lge_repeats) for st in r.streams] == [
+            (("lge_sa", "lge_lax", "lge_2ch", "lge_3ch"), 16, 210.0, 1)]
     else:
         r = get_recipe("cmrclip-v1", frames=8, image_size=32, resize=48, crop=32, store_size=48,
                        window_scope="frame", heart_crop_mm=heart_crop_mm)
