@@ -622,7 +622,7 @@ def apply_recipe(study: Study, recipe: str | RecipeParams = "cmrclip-v1") -> Rec
     arrays = [rr.array]
     for k, st in enumerate(p.streams, 1):
         try:
-            sr = _apply_one(study, st)
+            sr = _apply_one(study, st, stream=True)
         except NoRecipeViews:
             arrays.append(np.zeros((st.frames, 3, st.image_size, st.image_size), np.float32))
             rr.substitutions.append(f"stream {k}: none of its views ({', '.join(recipe_view_keys(st))}) in the "
@@ -668,8 +668,10 @@ class _MemoLoader:
         return np.stack([np.stack([self.seen[(int(s), int(t))] for t in phases]) for s in slices])
 
 
-def _apply_one(study: Study, p: RecipeParams) -> RecipeResult:
-    """``apply_recipe`` of one recipe, its streams ignored."""
+def _apply_one(study: Study, p: RecipeParams, *, stream: bool = False) -> RecipeResult:
+    """``apply_recipe`` of one recipe, its streams ignored. ``stream``: the recipe is a stream of another, whose
+    padding is no departure (a stream pools over its real frames only, and one that holds each image once is
+    shorter than its frames in most studies), so it is not reported."""
     plan = montage_plan(p, study.views)
     subs = plan.substitutions
     if not plan.entries:
@@ -691,7 +693,7 @@ def _apply_one(study: Study, p: RecipeParams) -> RecipeResult:
         windows.append((lo_a, hi_a))
         used[e.segment]["window"] = [float(lo_a[0]), float(hi_a[0])]
     idx = sample_indices(len(entries), p.frames)
-    if len(entries) < p.frames:
+    if len(entries) < p.frames and not stream:
         subs.append(f"montage has {len(entries)} frames < {p.frames}: zero-padded")
     picked = [entries[i] for i in idx]
     done: dict[tuple[int, int], np.ndarray] = {}
