@@ -215,9 +215,13 @@ def test_a_stream_run_keeps_main_through_journal_npz_store_and_study_queries(arc
     from cmrdx.zeroshot.bank import get_bank
 
     bank = get_bank("cmr-findings")
+    from cmrdx.pipeline.classify import ClassifyResult
+
     result = SimpleNamespace(embedding=np.asarray(st.emb[0]).copy(), main_embedding=np.asarray(st.main[0]).copy(),
                              study_uid="not-in-the-store", model={"sha256": model_sha256(manifest)},
                              banks=[{"path": str(bank.path)}], timings_ms={}, similar=None)
+    result.distance_embedding = ClassifyResult.distance_embedding.fget(result)  # the result's own rule
+    assert result.distance_embedding is result.main_embedding
     cases = add_similar(result, db, k=2, model=BASE, device="cpu").cases
     assert [c.study_uid for c in cases] == uids[:2]
     assert [c.similarity for c in cases] == pytest.approx([main_cos[0], main_cos[1]], abs=1e-5)

@@ -195,9 +195,8 @@ def add_similar(result: ClassifyResult, store: Store | str | os.PathLike[str], *
     banks = [get_bank(b["path"]) for b in result.banks]
     cache = TextEmbeddingCache(sha, text_cache_dir)
     tembs = {b.name: bank_text_embeddings(b, enc.encode_texts, cache) for b in banks}
-    main = result.main_embedding if result.main_embedding is not None else result.embedding
     result.similar = similar_cases(store, result.embedding, k=k, banks=banks, text_embeddings=tembs,
                                    model_name=enc.manifest.name, model_sha256=sha, exclude_uid=result.study_uid,
-                                   main=main)
+                                   main=result.distance_embedding)
     result.timings_ms["similar_ms"] = (time.perf_counter() - t0) * 1000
     return result.similar
