@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cmrdx.errors import CmrdxError
 from cmrdx.model.loader import get_encoder, model_sha256
 from cmrdx.model.reference import load_reference
 from cmrdx.model.registry import get_manifest
@@ -314,3 +315,40 @@ def test_the_bundled_models_records_keep_its_main_paths_embedding_which_is_0_5_0
         assert float(decode_embedding(r["embedding"]) @ decode_embedding(b["embedding"])) < 0.999
         assert r["typicality"]["score"] == pytest.approx(b["typicality"]["score"], abs=1e-5)
         assert r["typicality"]["status"] == b["typicality"]["status"]
+
+
+def test_a_manifest_naming_an_output_its_file_lacks_is_refused_at_load(tmp_path):
+    import shutil
+
+    from cmrdx.errors import ModelError
+    from cmrdx.model.encoder import Encoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "cmrdx-phantom-small", folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["video"]["main_output"] == "main_embedding"
+    assert Encoder(folder, device="cpu", precision="float32", saved_graphs=False).main_output == "main_embedding"
+    m["video"]["main_output"] = "no_such_output"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="names output.*no_such_output.*video.onnx does not have") as ei:
+        Encoder(folder, device="cpu", precision="float32", saved_graphs=False)
+    assert "manifest.json" in str(ei.value) and "export the model again" in (ei.value.hint or "")
+
+
+def test_a_store_whose_main_embeddings_are_missing_or_foreign_says_so(tmp_path):
+    rng = np.random.default_rng(5)
+    emb, main = _l2(rng.standard_normal((6, 16))), _l2(rng.standard_normal((6, 16)))
+    db = tmp_path / "db"
+    build_store(db, [str(i) for i in range(6)], ["x"] * 6, emb, "m", "a" * 64, ann="exact", main=main)
+    (db / MAIN_FILE).unlink()
+    with pytest.raises(CmrdxError, match=f"{MAIN_FILE}: cannot be read") as ei:
+        Store(db)
+    assert ei.value.hint == "rebuild the index"
+    np.save(db / MAIN_FILE, main[:3])
+    with pytest.raises(CmrdxError, match="shape"):
+        Store(db)
+    info = json.loads((db / "index.json").read_text())
+    info["main"] = "../elsewhere.npy"  # a store reads only its own files
+    (db / "index.json").write_text(json.dumps(info))
+    with pytest.raises(CmrdxError, match="unknown main embeddings file"):
+        Store(db)

@@ -226,9 +226,25 @@ class Encoder:
         self._text: Any = None  # text tower loaded on first use: a classify with cached prompts never needs it
         self._tokenizer: Any = None
         self.video_input = manifest.video.get("input", "video")
+        self._check_outputs()
         self.load_seconds = time.perf_counter() - t0
         log.info("encoder %s on %s (%s): %s; %s", manifest.name, self.device, self.precision, self.device_note,
                  self.precision_note)
+
+    def _check_outputs(self) -> None:
+        """A manifest naming a second output (``main_output``) must name outputs the loaded video file has: found
+        at load, with the file and the fix, not as an onnxruntime error at the first study."""
+        if not self.main_output:
+            return
+        have = [o.name for o in self._video.get_outputs()]
+        want = [str(self.manifest.video.get("output", "embedding")), self.main_output]
+        missing = [n for n in want if n not in have]
+        if missing:
+            raise ModelError(f"{self.manifest.root / 'manifest.json'}: the video section names output(s) "
+                             f"{', '.join(missing)}, which {self._video_rel(self.precision)} does not have "
+                             f"(it has {', '.join(have)})",
+                             hint="export the model again (`cmrdx models export` or `cmrdx train`), or restore "
+                                  "the manifest it was exported with")
 
     def _video_rel(self, precision: str) -> str:
         rel = self.manifest.video.get(precision)

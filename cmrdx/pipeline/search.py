@@ -129,10 +129,23 @@ class Store:
         self.info = json.loads(f.read_text())
         if self.info.get("format") != FORMAT:
             raise CmrdxError(f"{f}: unsupported index format {self.info.get('format')!r}", hint="rebuild the index")
-        self.emb = np.load(self.db / "embeddings.npy", mmap_mode="r")
-        self.main = np.load(self.db / str(self.info["main"]), mmap_mode="r") if self.info.get("main") else None
+        self.emb = self._array("embeddings.npy")
+        main = self.info.get("main")
+        if main not in (None, MAIN_FILE):  # index.json names only the file build_store writes, inside the store
+            raise CmrdxError(f"{f}: unknown main embeddings file {main!r}", hint="rebuild the index")
+        self.main = self._array(MAIN_FILE) if main else None
+        if self.main is not None and self.main.shape != self.emb.shape:
+            raise CmrdxError(f"{self.db / MAIN_FILE}: shape {self.main.shape}, the embeddings' is {self.emb.shape}",
+                             hint="rebuild the index")
         self.rows = [json.loads(line) for line in (self.db / "studies.jsonl").read_text().splitlines() if line]
         self._ivf: Any = None  # the FAISS index, read on first use
+
+    def _array(self, name: str) -> np.ndarray:
+        """A matrix of the store, memory-mapped; a missing or damaged file is the store's error, named."""
+        try:
+            return np.load(self.db / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CmrdxError(f"{self.db / name}: cannot be read ({exc})", hint="rebuild the index") from exc
 
     def check_model(self, name: str, sha256: str) -> None:
         if sha256 != self.info["model_sha256"]:
