@@ -1,9 +1,12 @@
 """Attribution (``cmrdx explain``, ``classify --explain``), and checks that can fail (of the method on 0.5.0, the
-bundled model's main paths without its LGE stream; the command on the bundled model):
+bundled model's main paths without its LGE stream, and on the bundled model with its stream; the command on the
+bundled model):
 
 * the input it perturbs is the model's input: the montage rebuilt from frames decoded once equals ``apply_recipe``;
 * on phantom studies whose only abnormality is LGE, the LGE finding's attribution falls on the LGE segments and
-  its region map on the scar (the phantom's own scar, sampled on the LGE planes);
+  its region map on the scar (the phantom's own scar, sampled on the LGE planes), for the bundled model too, whose
+  LGE score comes mostly from its stream: a patch is taken away in the stream's frames of the same images as well
+  (the patch carried through the stream's own cut around the heart, checked on an image with one bright square);
 * a view replaced by noise: that view's attribution for a finding that needs it collapses;
 * the model-randomisation check (Adebayo et al., 2018): the bundled model with its video tower's weights drawn anew
   gives attributions unrelated to the trained model's;
@@ -43,13 +46,8 @@ pytestmark = pytest.mark.usefixtures("module_home")
 BASE = Path(__file__).resolve().parents[1] / "models" / "bases" / "cmrdx-phantom-small-0.5.0"
 
 
-@pytest.fixture(scope="module")
-def scorer():
-    """(recipe, encode, score(embedding, finding, bank), bank) of 0.5.0 on the CPU: the bundled model's main paths
-    without its LGE stream. The sanity checks below are of the method, on a model whose whole input explain
-    perturbs; the bundled model's stream frames are kept by region and phase perturbations (its explanations
-    say so), so its LGE region map shows the main paths' share only."""
-    enc = get_encoder(BASE, "cpu")
+def _scorer(model):
+    enc = get_encoder(model, "cpu")
     bank = get_bank("cmr-findings")
     sha = model_sha256(enc.manifest)
     temb = bank_text_embeddings(bank, enc.encode_texts, TextEmbeddingCache(sha, None))
@@ -58,6 +56,19 @@ def scorer():
         return score_finding(e, f, temb, b, enc.manifest.name, sha).score
 
     return enc.manifest.recipe_params(), enc.encode_studies, score, bank
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    """(recipe, encode, score(embedding, finding, bank), bank) of 0.5.0 on the CPU: the bundled model's main paths
+    without its LGE stream, a model whose every input frame is a main recipe's."""
+    return _scorer(BASE)
+
+
+@pytest.fixture(scope="module", params=["0.5.0", "bundled"])
+def any_scorer(request, scorer):
+    """``scorer`` of 0.5.0, then of the bundled model (0.6.0: 0.5.0 and an LGE stream, 16 more frames)."""
+    return scorer if request.param == "0.5.0" else _scorer(None)
 
 
 def phantom(seed: int, findings: dict[str, str]):
@@ -123,8 +134,8 @@ def test_the_montage_rebuilt_from_decoded_frames_is_the_recipes_input(recipe):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_lge_attribution_falls_on_the_lge_segments_and_the_overlay_on_the_scar(scorer, seed):
-    p, encode, score, bank = scorer
+def test_lge_attribution_falls_on_the_lge_segments_and_the_overlay_on_the_scar(any_scorer, seed):
+    p, encode, score, bank = any_scorer
     params, study = phantom(seed, {"lge": "severe"})
     m = Montage(study, p)
     ex = explain(study, p, encode, [(bank.finding("lge"), bank)], score, montage=m,
@@ -142,6 +153,48 @@ def test_lge_attribution_falls_on_the_lge_segments_and_the_overlay_on_the_scar(s
     assert on_scar > att.mean(), (att.round(4), scar.round(3))
     i, j = np.unravel_index(att.argmax(), att.shape)
     assert scar[i, j] > 0.25 * scar.max(), (att.round(4), scar.round(3))
+    # the map is the mean of deletion and insertion, both kept
+    np.testing.assert_allclose(att, (np.array(fe.region.deletion) + np.array(fe.region.insertion)) / 2, atol=2e-6)
+    assert (ex.streams is not None) == bool(p.streams)
+    if p.streams:  # the stream's frames of the mapped segment had their patches taken away too
+        assert "took the same part of the heart away in the stream's frames" in ex.streams
+        assert fe.region.segment in ex.streams
+
+
+def test_a_patch_is_carried_into_the_streams_frames_of_the_same_image():
+    """An LGE stack whose images are dark but for one bright square: the square's box in the main recipe's stored
+    frames, carried through the view's image into the bundled stream's frames (its own cut around the heart, other
+    per slice, and its resize), is the box the square has there, to a pixel."""
+    from cmrdx.pipeline.explain import _stream_rects
+
+    p = get_encoder(None, "cpu").manifest.recipe_params()
+    study = phantom(SEEDS[0], {"lge": "severe"})[1]
+    v = study.views["lge:SAX"]
+    real = v.pixels()
+
+    def loader(slices, phases):
+        out = real[np.ix_(list(slices), list(phases))] * 0.01
+        out[:, :, 50:62, 70:80] = 1000.0
+        return out
+
+    study.views["lge:SAX"] = dataclasses.replace(v, _loader=loader)
+    m, sm = Montage(study, p), Montage(study, p.streams[0])
+    assert sm.crops and not m.crops  # the stream cuts around the heart, the main recipe does not
+
+    def box(fr):
+        ys, xs = np.nonzero(fr > 0.5 * fr.max())
+        return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+
+    r0, r1, c0, c1 = box(m.stored["lge_sa"][0])
+    rects = _stream_rects(m, "lge_sa", sm, slice(r0, r1), slice(c0, c1))
+    starts = {sm.crops["lge_sa"].starts[k] for k in range(len(rects))}
+    assert len(rects) == v.n_slices and len(starts) > 1  # each slice has a cut of its own
+    for k, rc in enumerate(rects):
+        got = (rc[0].start, rc[0].stop, rc[1].start, rc[1].stop)
+        want = box(sm.stored["lge_sa"][k])
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (k, got, want)
+    # a box outside the stream's cut maps to nothing
+    assert _stream_rects(m, "lge_sa", sm, slice(0, 4), slice(0, 4)) == [None] * v.n_slices
 
 
 def _noise(study, key: str):
@@ -260,9 +313,13 @@ def test_explain_command_json_report_and_bounded_cost(tmp_path):
             assert f["views"][s] == pytest.approx((f["leave_out"][s] + f["alone"][s]) / 2, abs=2e-6)
     mapped = [f for f in ex["findings"] if f["region"]]
     assert len(mapped) >= 1 and all(len(f["region"]["grid"]) == 4 for f in mapped)
+    for f in mapped:  # a patch's value is the mean of deletion and insertion
+        grid, dele, ins = (np.array(f["region"][k]) for k in ("grid", "deletion", "insertion"))
+        assert grid.shape == dele.shape == ins.shape == (4, 4)
+        np.testing.assert_allclose(grid, (dele + ins) / 2, atol=2e-6)
     # the cost is bounded by the options, whatever the machine: plans (full, 6 left out, 4 alone, 2 roles)
-    # + 8 phase windows + per region map its context and 16 patches
-    assert ex["n_inputs"] <= 13 + 8 + len({f["region"]["segment"] for f in mapped}) * 17
+    # + 8 phase windows + per region map its context, the whole field taken away and 16 patches twice
+    assert ex["n_inputs"] <= 13 + 8 + len({f["region"]["segment"] for f in mapped}) * 34
     assert d["impression"]["draft"] and d["impression"]["text"].startswith("DRAFT - not for clinical use")
     assert "PHANTOM" not in r.output  # the example's synthetic patient name stays out
     html = report.read_text()

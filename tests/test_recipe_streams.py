@@ -273,8 +273,9 @@ def test_the_manifest_takes_the_frames_of_the_main_recipe_and_its_streams(tmp_pa
 
 def test_attribution_appends_the_streams_frames_to_every_perturbed_input(small_phantom):
     """Every input the encoder is given holds the stream's frames after the main recipe's: the study's own stream
-    frames for the unperturbed, phase and region inputs; for a views perturbation, the stream planned without the
-    views taken out (all zero when it has none left), as ``apply_recipe`` makes it for a study lacking them."""
+    frames for the unperturbed and phase inputs; for a views perturbation, the stream planned without the views
+    taken out (all zero when it has none left), as ``apply_recipe`` makes it for a study lacking them; for the region
+    map of an LGE segment the stream also shares, that stream with its patches taken away (and the note says so)."""
     from cmrdx.pipeline.explain import ExplainOptions, explain
     from cmrdx.zeroshot.bank import get_bank
 
@@ -293,7 +294,7 @@ def test_attribution_appends_the_streams_frames_to_every_perturbed_input(small_p
     bank = get_bank("cmr-findings")
     targets = [(bank.findings[0], bank)]
     ex = explain(study, p, encode, targets, lambda e, f, b: float(e[0] + e[1]),
-                 options=ExplainOptions(phase_windows=2, grid=2, batch=3))
+                 options=ExplainOptions(phase_windows=2, grid=2, batch=3, region_segments=("lge_sa",)))
     assert ex.n_inputs == len(seen) and all(x.shape == (14, 3, 32, 32) for x in seen)
     assert any(np.array_equal(x, full) for x in seen)
     # the unperturbed input and the phase windows at least keep the study's own stream frames
@@ -305,13 +306,15 @@ def test_attribution_appends_the_streams_frames_to_every_perturbed_input(small_p
         kept_ = {k: v for k, v in study.views.items() if not (k in lge and bits >> lge.index(k) & 1)}
         if any(k in kept_ for k in lge):
             honest.append(apply_recipe(dataclasses.replace(study, views=kept_), p.streams[0]).array)
-    assert all(any(np.array_equal(x[8:], h) for h in honest) for x in seen)
+    altered = [x for x in seen if not any(np.array_equal(x[8:], h) for h in honest)]
+    # only the region map's inputs (each patch taken away, each patch alone, the whole field away) alter the stream
+    assert 1 <= len(altered) <= 2 * 2 * 2 + 1
     # the leave-one-out of the LGE SAX stack replans the stream without it; every LGE view out: an empty stream
     no_sax = dataclasses.replace(study, views={k: v for k, v in study.views.items() if k != "lge:SAX"})
     assert any(np.array_equal(x[8:], apply_recipe(no_sax, p.streams[0]).array) for x in seen)
     assert any(np.all(x[8:] == 0) and not np.all(x[:8] == 0) for x in seen)
     note = ex.to_dict()["method"]["streams"]
     assert "stream 1: lge_sa, lge_lax, lge_2ch, lge_3ch, 6 frames, 150 mm around the heart" in note
-    assert "not occluded" in note
+    assert "took the same part of the heart away in the stream's frames of the same images (stream 1: lge_sa)" in note
     assert "streams" not in explain(study, p.main, encode, targets, lambda e, f, b: float(e[0]),
                                     options=ExplainOptions(phase_windows=0, grid=0)).to_dict()["method"]

@@ -132,8 +132,8 @@ def explain_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu"),
     study: str | None = typer.Option(None, "--study", help="StudyInstanceUID when the folder holds several."),
     grid: int = typer.Option(4, "--grid", min=0, help="Region map: patches per side (0: no map)."),
-    regions: int = typer.Option(1, "--regions", min=0, help="Segments that get a region map (each costs grid^2 "
-                                                            "encoder inputs)."),
+    regions: int = typer.Option(1, "--regions", min=0, help="Segments that get a region map (each costs "
+                                                            "2 grid^2 + 2 encoder inputs)."),
     phases: int = typer.Option(8, "--phases", min=0, help="Positions of the sliding window over the cycle."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (schema cmrdx-classify/1, with "
                                                        "\"explain\" and \"impression\")."),

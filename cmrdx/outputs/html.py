@@ -326,8 +326,9 @@ def phase_curve(values: list[float], centres: list[float]) -> str:
 
 
 def overlay_png(image: np.ndarray, grid: list[list[float]], scale: float, edge: int = 160) -> str:
-    """A key frame (uint8) with the region map over it: red where hiding the patch lowered the score, blue where it
-    raised it, the more opaque the larger the change (``scale``: the change drawn fully opaque)."""
+    """A key frame (uint8) with the region map over it: red where the patch supports the score (positive values:
+    hiding it lowers the score, showing it alone raises it), blue where it counts against, the more opaque the
+    larger the change (``scale``: the change drawn fully opaque)."""
     from PIL import Image
 
     g = np.asarray(grid, dtype=np.float32)
@@ -362,8 +363,9 @@ def _attribution(result: ClassifyResult) -> str:
                            f'title="{_e(lab)}" src="{overlay_png(im, fe.region.grid, scale)}">'
                            for im, lab in zip(fe.region.images, fe.region.frames))
             figs.append(f'<figure class="overlay" data-segment="{_e(fe.region.segment)}">{imgs}<figcaption>regions on '
-                        f"{_e(fe.region.view)}: red, hiding the patch lowered the score (up to {scale:.3f}); blue, raised "
-                        f"it; {_e('; '.join(fe.region.frames))}</figcaption></figure>")
+                        f"{_e(fe.region.view)}: red, the patch supports the score (up to {scale:.3f}: the mean of the score "
+                        f"lost when it is hidden and gained when it is shown alone); blue, it counts against; "
+                        f"{_e('; '.join(fe.region.frames))}</figcaption></figure>")
         elif fe.region_note:
             figs.append(f'<p class="muted">{_e(fe.region_note)}</p>')
         cards.append(f'<div class="why" id="why-{_e(fe.id)}" data-id="{_e(fe.id)}"><h3>{_e(fe.label)}: score '

@@ -12,19 +12,27 @@ made on the recipe's montage (``cmrdx.recipe``) from frames decoded, windowed an
   positions; the frames of every cine segment inside the window are replaced by that segment's mean frame (the
   anatomy stays, the motion in the window goes), giving a curve over the cycle;
 * **regions**: for the segment that matters most to a finding (the largest view attribution), a ``grid`` x ``grid``
-  patch of the model's field of view is replaced, on every frame of that segment, by the frame's mean grey level,
-  giving a map shown over key frames of that segment.
+  patch of the model's field of view is taken away on every frame of that segment (``smoothed``: the patch without
+  its fine bright structures), giving a map shown over key frames of that segment. Each patch's value is the mean
+  of two differences, as a view's is: *deletion* (the study's score minus the score with the patch taken away) and
+  *insertion* (the score with only that patch left, the rest of the field taken away, minus the score with the whole
+  field taken away). Deletion alone misses evidence the model sees twice: a model that asks whether any patch
+  shows enhancement (a max over the image) keeps its score when one of two scarred patches is hidden; insertion
+  finds each of them.
 
 The perturbations do not depend on the finding, so one set of perturbed inputs serves every finding: a study costs
-(segments + phase_windows + grid^2 x region views) encoder inputs, run ``batch`` at a time. Findings that cannot
-be assessed (the study lacks what they need) are not explained.
+(plans + phase_windows + (2 grid^2 + 2) x region views) encoder inputs, run ``batch`` at a time. Findings that
+cannot be assessed (the study lacks what they need) are not explained.
 
 A recipe with streams (``RecipeParams.streams``: further video paths whose frames follow the main recipe's in the
 model's input) is explained over the main recipe's segments. The stream frames are appended to every perturbed
 input. A views perturbation removes its views from the whole study, so each stream is planned again without them
-(a stream left with none of its views gets all-zero frames, as ``apply_recipe`` gives it). Phase and region
-perturbations change only the main recipe's frames: the streams' frames stay as they are in the study (not
-occluded), and ``Explanation.to_dict`` says so.
+(a stream left with none of its views gets all-zero frames, as ``apply_recipe`` gives it). A region perturbation
+takes the same part of the heart away in a stream's frames of the same images: the patch's edges are carried from
+the main recipe's stored frame to the view's image and on through the stream's own cut (around the heart) and
+resize (``Montage.boundary_map``), and that rectangle of the stream's frame gets the same replacement
+(``smoothed``). Phase perturbations change the main recipe's cine frames only. ``Explanation.to_dict`` says what
+was done to the streams' frames.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from cmrdx.recipe import (
     PlanEntry,
     RecipeParams,
     _resize_crop_matrices,
+    _short_edge_size,
     apply_window,
     entry_crop,
     heart_crops,
@@ -62,14 +71,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from cmrdx.zeroshot.scoring import FindingScore
 
 CYCLE_KIND = "mid_slice_all_phases"  # the segments that hold a cardiac cycle (cines)
-END_SYSTOLE_FRACTION = 0.35
-PREPARE_BYTES = 256 << 20  # perturbed inputs made ahead of the encoder at most (CMR-CLIP's input: 38 MB)  # a cine key frame: end-systole falls near a third of the RR interval at most rates
+END_SYSTOLE_FRACTION = 0.35  # a cine key frame: end-systole falls near a third of the RR interval at most rates
+PREPARE_BYTES = 256 << 20  # perturbed inputs made ahead of the encoder at most (CMR-CLIP's input: 38 MB)
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """How much attribution to compute. The encoder inputs per study are ``segments + phase_windows + grid**2 x
-    (views with a region map)``, at most ``6 + 8 + 16 x 2 = 46`` with the defaults.
+    """How much attribution to compute. The encoder inputs per study are at most ``plans + phase_windows +
+    (2 grid**2 + 2) x (segments with a region map)``: the plans (the study, each segment left out, each alone among
+    its role, each role left out: 13 for six segments of two roles), the phase windows, and per mapped segment its
+    context plan, the whole field taken away and each patch twice (deletion and insertion): at most
+    ``13 + 8 + 34 = 55`` with the defaults (the view attributions alone: 21).
 
     Attributes:
         phase_windows: positions of the sliding window over the cycle (0 leaves the phase curve out).
@@ -165,6 +177,36 @@ class Montage:
         d = ((new[:, rows, cols] - st[:, rows, cols]) / 255.0).astype(np.float32)
         return np.matmul(np.matmul(r[:, rows], d), c[:, cols].T)
 
+    def patch_change_each(self, segment: str, new: np.ndarray,
+                          rects: Sequence[tuple[slice, slice] | None]) -> np.ndarray:
+        """``patch_change`` with a patch of its own for each stored frame of the segment (None: the frame keeps
+        its own)."""
+        q = self._q
+        st = self.stored[segment]
+        r, c = _resize_crop_matrices(st.shape[1], st.shape[2], q.resize, q.crop, q.image_size)
+        out = np.zeros((len(st), q.image_size, q.image_size), np.float32)
+        for k, rc in enumerate(rects):
+            if rc is None:
+                continue
+            rows, cols = rc
+            d = ((new[k, rows, cols] - st[k, rows, cols]) / 255.0).astype(np.float32)
+            out[k] = r[:, rows] @ d @ c[:, cols].T
+        return out
+
+    def boundary_map(self, segment: str, image: int) -> tuple[float, float, float, float]:
+        """(a_r, b_r, a_c, b_c): a pixel edge at row y (column x) of the view's image lies at ``y * a_r - b_r``
+        (``x * a_c - b_c``) of the segment's stored frame of ``image`` (an index into its entry's images): the
+        entry's cut around the heart, then the resize of the shorter edge and the centre crop."""
+        e = self.entries[segment]
+        crop = self.crops.get(segment)
+        h, w = crop.size if crop is not None else self.study.views[e.key].shape
+        r0, c0 = crop.starts[image] if crop is not None else (0, 0)
+        p = self.p
+        size, out = (p.store_size, p.store_size) if p.store_size is not None else (p.resize, p.crop)
+        rh, rw = _short_edge_size(h, w, size)
+        a_r, a_c = rh / h, rw / w
+        return a_r, r0 * a_r + round((rh - out) / 2.0), a_c, c0 * a_c + round((rw - out) / 2.0)
+
     def input(self, plan: MontagePlan | None = None, frames: Mapping[str, np.ndarray] | None = None,
               grey: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """(frames, 3, S, S) float32 model input of ``plan`` (default: the study's own), with ``frames[segment]``
@@ -243,8 +285,8 @@ class Montage:
 
 @dataclass
 class _Perturbation:
-    kind: str  # "view" | "phase" | "region"
-    key: Any  # segment | window index | (segment, row, col)
+    kind: str  # "plan" | "phase" | "region" (a patch taken away) | "kept" (a patch alone) | "none" (no patch)
+    key: Any  # view keys taken out | window index | (segment, row, col) | segment
     make: Callable[[], np.ndarray]
 
 
@@ -316,14 +358,21 @@ class RegionMap:
 
     segment: str
     view: str
-    grid: list[list[float]]
+    grid: list[list[float]]  # the mean of deletion and insertion
     frames: list[str]
     alone: bool = False  # made with the segment as the only one of its role
     images: list[np.ndarray] = field(default_factory=list, repr=False)
+    deletion: list[list[float]] = field(default_factory=list)  # score minus the score with the patch taken away
+    insertion: list[list[float]] = field(default_factory=list)  # score with the patch alone minus with none
 
     def to_dict(self) -> dict[str, Any]:
         return {"segment": self.segment, "view": self.view, "grid": self.grid, "key_frames": self.frames,
-                "alone": self.alone}
+                "alone": self.alone, "deletion": self.deletion, "insertion": self.insertion}
+
+
+def _grid_of(a: np.ndarray, ti: int) -> list[list[float]]:
+    """Target ``ti``'s map of a (grid, grid, targets) array, rounded."""
+    return [[round(float(x), 6) for x in row] for row in a[:, :, ti]]
 
 
 def _rounded(d: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -383,8 +432,10 @@ class Explanation:
                 "views": "score minus the score with the segment left out as the recipe leaves out a missing view",
                 "phase": "score minus the score with the cine frames in a window of the cycle replaced by their "
                          "segment's mean frame",
-                "region": "score minus the score with a patch of the field of view replaced by the frame's mean "
-                          "grey level on every frame of the segment",
+                "region": "per patch of the field of view, the mean of deletion (score minus the score with the "
+                          "patch taken away on every frame of the segment: its fine bright structures removed, "
+                          "or blurred on a cine) and insertion (the score with the patch alone left, the rest of "
+                          "the field taken away, minus the score with the whole field taken away)",
                 "options": self.options.to_dict(),
                 **({"streams": self.streams} if self.streams else {}),
             },
@@ -411,16 +462,45 @@ def _stream_montage(study: Study, st: RecipeParams) -> Montage | None:
     return Montage(study, st) if montage_plan(st, study.views).entries else None
 
 
-def _streams_note(p: RecipeParams) -> str | None:
+def _streams_note(p: RecipeParams, occluded: Mapping[int, set[str]]) -> str | None:
+    """What the perturbations did to the streams' frames; ``occluded``: per stream (0-based) the segments whose
+    region perturbations took the same part of the heart away in its frames."""
     if not p.streams:
         return None
     names = "; ".join(f"stream {k}: {', '.join(st.segments)}, {st.frames} frames"
                       + (f", {st.heart_crop_mm:g} mm around the heart" if st.heart_crop_mm is not None else "")
                       for k, st in enumerate(p.streams, 1))
+    regions = "; ".join(f"stream {k + 1}: {', '.join(sorted(segs))}" for k, segs in sorted(occluded.items()) if segs)
     return (f"the model's input also holds the frames of {len(p.streams)} stream(s) ({names}) after the main "
             "recipe's: a views perturbation leaves its views out of the streams too (each stream planned again "
-            "without them, as for a study that lacks them); the phase and region perturbations change the main "
-            "recipe's frames only: the streams' frames were not occluded")
+            "without them, as for a study that lacks them); "
+            + (f"a region perturbation took the same part of the heart away in the stream's frames of the same "
+               f"images ({regions}); " if regions else "the region perturbations did not reach the streams' "
+               "frames (no mapped segment is one of theirs); ")
+            + "the phase perturbations change the main recipe's cine frames only")
+
+
+def _stream_rects(m: Montage, segment: str, sm: Montage, rows: slice, cols: slice,
+                  ) -> list[tuple[slice, slice] | None]:
+    """Per stored frame of stream montage ``sm``'s ``segment``: the rectangle that shows the part of the view's
+    image that ``rows`` x ``cols`` of the main montage's stored frames of the same image show (None: the image is
+    not one of the main segment's, or the rectangle lies outside the stream's frame)."""
+    main_e, st_e = m.entries[segment], sm.entries[segment]
+    where = {im: k for k, im in enumerate(main_e.images)} if main_e.key == st_e.key else {}
+    n_r, n_c = sm.stored[segment].shape[1:]
+    out: list[tuple[slice, slice] | None] = []
+    for k, im in enumerate(st_e.images):
+        j = where.get(im)
+        if j is None:
+            out.append(None)
+            continue
+        a_r, b_r, a_c, b_c = m.boundary_map(segment, j)
+        s_ar, s_br, s_ac, s_bc = sm.boundary_map(segment, k)
+        # main stored edge -> the view's image -> the stream's stored frame, in whole pixels within the frame
+        r0, r1 = (int(np.clip(round((e + b_r) / a_r * s_ar - s_br), 0, n_r)) for e in (rows.start, rows.stop))
+        c0, c1 = (int(np.clip(round((e + b_c) / a_c * s_ac - s_bc), 0, n_c)) for e in (cols.start, cols.stop))
+        out.append((slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None)
+    return out
 
 
 def _key_frames(m: Montage, segment: str, phase_peak: int | None) -> tuple[list[str], list[np.ndarray]]:
@@ -475,10 +555,21 @@ def explain(
     n_inputs = [0]
     stream_frames: dict[frozenset[str], np.ndarray] = {}
 
-    def with_streams(x: np.ndarray, gone: frozenset[str] = frozenset()) -> np.ndarray:
-        """The main recipe's input ``x`` followed by every stream's frames, planned without the views ``gone``."""
+    def with_streams(x: np.ndarray, gone: frozenset[str] = frozenset(),
+                     grey: Sequence[Mapping[str, np.ndarray] | None] = ()) -> np.ndarray:
+        """The main recipe's input ``x`` followed by every stream's frames, planned without the views ``gone``;
+        ``grey[k]``: grey images in place of stream k's own for some of its segments (``Montage.input``)."""
         if not p.streams:
             return x
+        if any(g is not None for g in grey):
+            parts = []
+            for k, (sm, st) in enumerate(zip(streams, p.streams)):
+                g = grey[k] if k < len(grey) else None
+                if sm is None:
+                    parts.append(np.zeros((st.frames, 3, st.image_size, st.image_size), np.float32))
+                else:
+                    parts.append(sm.input(sm.plan_without(gone) if gone else None, grey=g))
+            return np.concatenate([x, *parts])
         if gone not in stream_frames:
             parts = []
             for sm, st in zip(streams, p.streams):
@@ -585,33 +676,83 @@ def explain(
     edges = _grid_edges(lo, hi, opt.grid) if opt.grid else np.zeros(0, int)
     patch = (hi - lo) / max(opt.grid, 1)
     soft: dict[str, np.ndarray] = {}
+    stream_soft: dict[tuple[int, str], np.ndarray] = {}
+    occluded: dict[int, set[str]] = {}
 
-    def region_input(s: str, i: int, j: int) -> Callable[[], np.ndarray]:
-        # the map is made with ``s`` the only segment of its role, so that evidence the role's other segments
-        # repeat (an infarct seen on the SAX stack and on every long-axis LGE image) does not hide it
+    def stream_reaches(k: int, s: str) -> bool:
+        """Whether stream k holds the images of segment ``s`` as planned for its region map (the role's other
+        views taken out), so that its patches can be taken away there too."""
+        sm = streams[k]
+        if sm is None or s not in sm.entries:
+            return False
+        planned = sm.plan_without(others[s]) if others[s] else sm.plan
+        pe = next((e for e in planned.entries if e.segment == s), None)
+        return pe is not None and pe.images == sm.entries[s].images and pe.key == sm.entries[s].key
+
+    field_ = slice(int(edges[0]), int(edges[-1])) if opt.grid else slice(0, 0)  # the patches' union
+    stream_all: dict[tuple[int, str], np.ndarray] = {}
+
+    def stream_grey(s: str, r: slice | None, c: slice | None, kept: bool) -> list[Mapping[str, np.ndarray] | None]:
+        """Per stream: its grey images of segment ``s`` with the part of the heart that patch (r, c) of the main
+        frames shows taken away (``kept``: only that part left, the rest of the field taken away; no patch: the
+        whole field taken away), replaced as the main frames' patch is; None when it does not hold them."""
+        out: list[Mapping[str, np.ndarray] | None] = []
+        for k, sm in enumerate(streams):
+            if sm is None or not stream_reaches(k, s):
+                out.append(None)
+                continue
+            if (k, s) not in stream_soft:  # the patch's size in the stream's pixels
+                scale = sm.boundary_map(s, 0)[0] / m.boundary_map(s, 0)[0]
+                stream_soft[(k, s)] = smoothed(sm.stored[s], role_of[s], patch * scale, sm.p)
+                stream_all[(k, s)] = sm.patch_change_each(s, stream_soft[(k, s)],
+                                                          _stream_rects(m, s, sm, field_, field_))
+            d = sm.patch_change_each(s, stream_soft[(k, s)], _stream_rects(m, s, sm, r, c)) \
+                if r is not None and c is not None else 0.0
+            out.append({s: sm.final_of(sm.entries[s]) + (stream_all[(k, s)] - d if kept else d)})
+            occluded.setdefault(k, set()).add(s)
+        return out
+
+    def region_input(s: str, ij: tuple[int, int] | None, kept: bool = False) -> Callable[[], np.ndarray]:
+        """Patch ``ij`` of segment ``s`` taken away (``kept``: the only one left); None: the whole field taken
+        away. The map is made with ``s`` the only segment of its role, so that evidence the role's other segments
+        repeat (an infarct seen on the SAX stack and on every long-axis LGE image) does not hide it."""
         plan = m.plan_without(others[s]) if others[s] else None
 
         def make() -> np.ndarray:
             if s not in soft:
                 soft[s] = smoothed(m.stored[s], role_of[s], patch, p)
-            r, c = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
-            g = m.final_of(m.entries[s]) + m.patch_change(s, soft[s], r, c)
-            return with_streams(m.input(plan, grey={s: g}), others[s])
+            whole = m.patch_change(s, soft[s], field_, field_)
+            if ij is None:
+                r = c = None
+                g = m.final_of(m.entries[s]) + whole
+            else:
+                i, j = ij
+                r, c = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
+                d = m.patch_change(s, soft[s], r, c)
+                g = m.final_of(m.entries[s]) + (whole - d if kept else d)
+            return with_streams(m.input(plan, grey={s: g}), others[s], stream_grey(s, r, c, kept or ij is None))
         return make
 
     context = {s: others[s] for s in region_segs}
     second = [_Perturbation("plan", g, plan_maker(g)) for g in dict.fromkeys(context.values()) if g not in v]
-    second += [_Perturbation("region", (s, i, j), region_input(s, i, j))
-               for s in region_segs for i in range(opt.grid) for j in range(opt.grid)]
+    second += [_Perturbation("none", s, region_input(s, None)) for s in region_segs]
+    second += [_Perturbation(kind, (s, i, j), region_input(s, (i, j), kind == "kept"))
+               for s in region_segs for kind in ("region", "kept") for i in range(opt.grid) for j in range(opt.grid)]
     sc2 = run(second)
     v.update({pp.key: sc for pp, sc in zip(second, sc2) if pp.kind == "plan"})
     t["perturb_ms"] = (time.perf_counter() - t2) * 1000 - enc_ms[0]
     t["encode_ms"] = enc_ms[0]
-    region_grid = {s: np.zeros((opt.grid, opt.grid, len(targets))) for s in region_segs}
+    deletion = {s: np.zeros((opt.grid, opt.grid, len(targets))) for s in region_segs}
+    insertion = {s: np.zeros((opt.grid, opt.grid, len(targets))) for s in region_segs}
+    none = {pp.key: sc for pp, sc in zip(second, sc2) if pp.kind == "none"}
     for pp, sc in zip(second, sc2):
         if pp.kind == "region":
             seg, i, j = pp.key
-            region_grid[seg][i, j] = v[context[seg]] - sc
+            deletion[seg][i, j] = v[context[seg]] - sc
+        elif pp.kind == "kept":
+            seg, i, j = pp.key
+            insertion[seg][i, j] = sc - none[seg]
+    region_grid = {s: (deletion[s] + insertion[s]) / 2.0 for s in region_segs}
 
     out: list[FindingExplanation] = []
     for ti, (f, b) in enumerate(targets):
@@ -633,8 +774,8 @@ def explain(
                 peak = int(round(int(np.argmax(phase)) / opt.phase_windows * n_img)) % n_img
             labels, imgs = _key_frames(m, mapped, peak)
             fe.region = RegionMap(segment=mapped, view=m.entries[mapped].key, alone=bool(others[mapped]),
-                                  grid=[[round(float(x), 6) for x in row] for row in region_grid[mapped][:, :, ti]],
-                                  frames=labels, images=imgs)
+                                  grid=_grid_of(region_grid[mapped], ti), frames=labels, images=imgs,
+                                  deletion=_grid_of(deletion[mapped], ti), insertion=_grid_of(insertion[mapped], ti))
         elif opt.grid:
             fe.region_note = (f"no region map: its most important segment ({top}) is not among the "
                               f"{opt.region_views} mapped for this study (the higher-ranked findings' first)")
@@ -645,7 +786,7 @@ def explain(
     return Explanation(segments=seg_info,
                        phase_centres=[k / opt.phase_windows for k in range(opt.phase_windows)] if cines else [],
                        phase_width=opt.phase_width, findings=out, skipped=dict(skipped or {}), options=opt,
-                       n_inputs=n_inputs[0], timings_ms=t, streams=_streams_note(p))
+                       n_inputs=n_inputs[0], timings_ms=t, streams=_streams_note(p, occluded))
 
 
 def explain_findings_of(study: Study, enc: Encoder, ranked: Sequence[FindingScore], banks: Sequence[PromptBank],
