@@ -113,6 +113,22 @@ def test_cli_json_output_file_and_no_phi(study, tiny_model, tmp_path):
     assert "LV dilation" in r.stdout and "views used" in r.stdout
 
 
+def test_cli_embedding_puts_the_study_embeddings_in_the_json(study, tmp_path):
+    """``--embedding``: the embedding prompts score and, for the bundled model (a finding stream), the main paths'
+    one that distances use; both unit vectors, equal to the Python API's (JSON keeps 6 decimals); none without it."""
+    r = _cli("classify", str(study), "--device", "cpu", "--json", "--embedding", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    res = classify(study, device="cpu")
+    for key, want in (("embedding", res.embedding), ("main_embedding", res.main_embedding)):
+        got = np.array(d[key])
+        assert got.shape == want.shape and abs(np.linalg.norm(got) - 1) < 1e-4
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(d["embedding"], d["main_embedding"], atol=1e-3)  # the stream turned the embedding
+    r = _cli("classify", str(study), "--device", "cpu", "--json", home=tmp_path)
+    assert r.returncode == 0 and "embedding" not in json.loads(r.stdout)
+
+
 def test_cli_errors_have_documented_codes(study, tiny_model, tmp_path):
     r = _cli("classify", str(study), "--model", str(tmp_path / "nope"), home=tmp_path)
     assert r.returncode == EXIT_CODES["ModelError"] and "no model named" in r.stderr

@@ -39,6 +39,9 @@ def classify_cmd(
     db: Path | None = typer.Option(None, "--db", help="A search store (`cmrdx index`): show the most similar prior "
                                    "cases, their report impressions and findings, and a vote of their labels."),
     k: int = typer.Option(5, "-k", min=1, help="Similar prior cases to show with --db."),
+    embedding: bool = typer.Option(False, "--embedding", help="Put the study's embedding in the JSON result "
+                                   "(--json, --output): \"embedding\", the one prompts score, and for a model with a "
+                                   "finding stream \"main_embedding\", the one distances to other studies use."),
 ) -> None:
     """Score a study against prompt banks and print the findings ranked."""
     from cmrdx.pipeline.classify import classify
@@ -81,7 +84,7 @@ def classify_cmd(
         from cmrdx.pipeline.priors import add_similar
 
         add_similar(res, db, k=k, model=model, device=device)
-    payload = json.dumps(res.to_dict(), indent=2)
+    payload = json.dumps(res.to_dict(include_embedding=embedding), indent=2)
     if output is not None:
         from cmrdx.outputs import write_atomic
 
