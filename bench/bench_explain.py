@@ -122,20 +122,14 @@ def cost(repeat: int) -> list[str]:
 
 
 def _study_job(job: tuple[int, str | None]) -> dict[str, Any]:
-    """One held-out study: its reference findings and the draft impression's statements."""
+    """One held-out study: its reference findings and the draft impression's statements, as `cmrdx classify`
+    composes them (``cmrdx.pipeline.classify.classify``: the bundled model, its banks, typicality)."""
     i, data = job
-    from cmrdx.model.loader import get_encoder, model_sha256
-    from cmrdx.pipeline.classify import assess_typicality
-    from cmrdx.recipe import apply_recipe
+    from cmrdx.pipeline.classify import classify
     from cmrdx.synth.archive import study_seed
     from cmrdx.synth.arrays import phantom_report, phantom_study
     from cmrdx.synth.params import sample_params
-    from cmrdx.vocab import DEFAULT_BANKS
-    from cmrdx.zeroshot.bank import get_bank
-    from cmrdx.zeroshot.impression import compose_impression
-    from cmrdx.zeroshot.scoring import TextEmbeddingCache, bank_text_embeddings, make_uncertain, rank, score_bank
 
-    enc = get_encoder(None, "cpu")
     if data:
         from cmrdx.study.assemble import assemble_study
 
@@ -148,18 +142,8 @@ def _study_job(job: tuple[int, str | None]) -> dict[str, Any]:
         p = sample_params(study_seed(HELDOUT_SEED, i), vendor="philips", prevalence=0.3, report_style="telegraphic")
         study, report = phantom_study(p)[0], phantom_report(p)
         labels = set(p.present)
-    emb = enc.encode_studies(apply_recipe(study, enc.manifest.recipe_params()).array[None])[0]
-    sha = model_sha256(enc.manifest)
-    banks = [get_bank(b) for b in DEFAULT_BANKS]
-    scores = []
-    for b in banks:
-        temb = bank_text_embeddings(b, enc.encode_texts, TextEmbeddingCache(sha, None))
-        scores += score_bank(emb, b, temb, enc.manifest.name, sha, views=set(study.views))
-    typ = assess_typicality(enc.manifest, emb)
-    if typ.status == "atypical":
-        for s in scores:
-            make_uncertain(s, "atypical")
-    imp = compose_impression(rank(scores), banks, typicality=typ.status)
+    imp = classify(study, device="cpu").impression
+    assert imp is not None
     return {"i": i, "reference": sorted(reference_findings(report)), "labels": sorted(labels),
             "mentioned": imp.present, "uncertain": imp.uncertain, "text": imp.text}
 
@@ -222,19 +206,24 @@ def main() -> None:
     load1 = load_average()
     imp_lines, extra = impressions(args.n, args.workers, args.data)
     ex = extra["example"]
+    from cmrdx.model.loader import get_encoder
+
+    enc = get_encoder(None, "cpu")
     text = [
         "## Attribution and the draft impression",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU, onnxruntime float32; "
-        f"1-min load average {load0} before and {load1} after the timed runs (a shared machine: times drift with it, "
-        "the encoder inputs do not). Model: the bundled `cmrdx-phantom-small`, bank `cmr-findings`.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU, onnxruntime "
+        f"{enc.precision} (the default); 1-min load average {load0} before and {load1} after the timed runs (a shared "
+        "machine: times drift with it, the encoder inputs do not). Model: the bundled `cmrdx-phantom-small` "
+        f"{enc.manifest.version}, bank `cmr-findings`.",
         "",
         "### Cost of `--explain` on the example study",
         "",
         "Every attribution is a score change on perturbed copies of the model's input, encoded 16 at a time: each "
         "montage segment left out and alone among its role (the recipe's own handling of a missing view), each role "
-        "left out, 8 windows of the cycle, and per region map one context and 4 x 4 patches. The perturbed inputs "
-        "serve every finding at once, so a study costs the same whether one finding or all are explained.",
+        "left out, 8 windows of the cycle, and per region map one context, the whole field hidden and each of 4 x 4 "
+        "patches twice (hidden; alone). The perturbed inputs serve every finding at once, so a study costs the same "
+        "whether one finding or all are explained.",
         "",
         *cost_lines,
         "",
