@@ -70,3 +70,19 @@ def test_eval_cli_on_a_dicom_archive(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["eval", "retrieval", "--model", str(MODEL), "--data", str(arch), "--json", str(out2)])
     assert res.exit_code == 0, res.output
     assert json.loads(out2.read_text())["text_to_study"] == r["retrieval"]["text_to_study"]
+    # --record writes the headline figures into a copy of the model: the archive by its folder name and its
+    # labels' digest, never this machine's path; the model verifies and keeps its identity
+    import shutil
+
+    from cmrdx.evaluation.benchmarks import record_metrics
+    from cmrdx.model.loader import model_sha256
+    from cmrdx.model.manifest import load_manifest, sha256_file
+
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL, copy)
+    record_metrics(copy, r)
+    m = load_manifest(copy, verify=True)
+    bench = m.provenance["metrics"]["benchmark"]
+    assert bench["data"] == "arch" and bench["labels_sha256"] == sha256_file(arch / "labels.csv") and bench["n"] == 5
+    assert str(tmp_path) not in (copy / "manifest.json").read_text()
+    assert model_sha256(m) == model_sha256(load_manifest(MODEL, verify=False))

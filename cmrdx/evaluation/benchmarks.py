@@ -33,8 +33,16 @@ from typing import Any
 import numpy as np
 
 from cmrdx.errors import CmrdxError
-from cmrdx.evaluation.archive import REPORT_TXT, LabelledStudy, StudyEmbeddingCache, embed_labelled, read_archive
+from cmrdx.evaluation.archive import (
+    LABELS_CSV,
+    REPORT_TXT,
+    LabelledStudy,
+    StudyEmbeddingCache,
+    embed_labelled,
+    read_archive,
+)
 from cmrdx.fileio import atomic_write
+from cmrdx.model.manifest import sha256_file
 from cmrdx.vocab import SEVERITY_LEVELS, Severity
 
 log = logging.getLogger(__name__)
@@ -377,8 +385,12 @@ def record_metrics(model_root: str | Path, results: EvalReport | dict[str, Any])
     mpath = Path(model_root) / "manifest.json"
     d = json.loads(mpath.read_text())
     zs, rt, fs = results["zeroshot"], results["retrieval"], results["fewshot"]
+    # the archive by its folder name and its labels' digest: a manifest travels, this machine's paths do not
+    data = Path(str(results["data"]))
+    labels = data / LABELS_CSV
     metrics: dict[str, Any] = {
-        "benchmark": {"data": results["data"], "n": results["n"], "bank": zs["bank"],
+        "benchmark": {"data": data.name, "n": results["n"], "bank": zs["bank"],
+                      **({"labels_sha256": sha256_file(labels)} if labels.is_file() else {}),
                       **({"device": results["device"]} if results.get("device") else {})},
         "zeroshot_auc": {k: {"auc": round(v["auc"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
                          for k, v in zs["findings"].items()},
