@@ -145,6 +145,24 @@ def test_the_0_6_0_recipe_adds_an_lge_stream_to_0_5_0_on_the_adaptations_studies
     assert not spec.files("Cine SSFP and late gadolinium enhancement imaging were performed.")
 
 
+def test_the_from_scratch_recipe_trains_0_5_0s_stages_then_0_6_0s_stream():
+    """One command from scratch: its six stages train what 0.5.0's five and 0.6.0's stream stage train (equal
+    settings digests, which leave out where a stage's starting weights lie); only the stream's starting point
+    differs (this run's stage 5, not the released 0.5.0); the vocabulary is 0.5.0's."""
+    from cmrdx.train.stages import _stage_config, load_recipe
+
+    chain = load_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0-from-scratch.yaml")
+    v5 = load_recipe(CONFIGS / "cmrdx-phantom-small-0.5.0.yaml")
+    v6 = load_recipe(CONFIGS / "cmrdx-phantom-small-0.6.0.yaml")
+    assert (chain.name, chain.version) == ("cmrdx-phantom-small", "0.6.0")
+    assert [s.name for s in chain.stages] == [s.name for s in v5.stages + v6.stages]
+    assert [s.identity() for s in chain.stages] == [s.identity() for s in v5.stages + v6.stages]
+    assert chain.vocab is not None and chain.vocab.read_bytes() == v5.vocab.read_bytes()
+    assert chain.stages[0].config.init_from is None  # from scratch
+    last = _stage_config(chain.stages[-1], Path("WORK/5-text/trained.pt"), {})
+    assert last.init_from == str(Path("WORK/5-text/trained.pt")) and last.finding_stream == v6.stages[0].config.finding_stream
+
+
 def test_a_finding_stream_is_the_last_stage_and_not_a_trainer_option(tmp_path):
     from cmrdx.train.stages import load_recipe
     from cmrdx.train.trainer import TrainConfig, Trainer
