@@ -691,6 +691,7 @@ def explain(
 
     field_ = slice(int(edges[0]), int(edges[-1])) if opt.grid else slice(0, 0)  # the patches' union
     stream_all: dict[tuple[int, str], np.ndarray] = {}
+    soft_all: dict[str, np.ndarray] = {}  # a segment's change with the whole field taken away
 
     def stream_grey(s: str, r: slice | None, c: slice | None, kept: bool) -> list[Mapping[str, np.ndarray] | None]:
         """Per stream: its grey images of segment ``s`` with the part of the heart that patch (r, c) of the main
@@ -721,7 +722,8 @@ def explain(
         def make() -> np.ndarray:
             if s not in soft:
                 soft[s] = smoothed(m.stored[s], role_of[s], patch, p)
-            whole = m.patch_change(s, soft[s], field_, field_)
+                soft_all[s] = m.patch_change(s, soft[s], field_, field_)
+            whole = soft_all[s]
             if ij is None:
                 r = c = None
                 g = m.final_of(m.entries[s]) + whole
