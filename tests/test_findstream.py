@@ -47,6 +47,29 @@ def test_the_spec_names_what_is_wrong():
             StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "lge_repeats": bad})
 
 
+def test_intensity_jitter_is_checked_and_draws_a_window_and_gamma_per_study():
+    import torch
+
+    from cmrdx.train.streamspec import jitter_grey
+
+    assert StreamSpec.from_dict({"finding": "lge", "clauses": LGE}).intensity_jitter == 0.0  # off unless asked
+    assert StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "intensity_jitter": 0.3}).intensity_jitter == 0.3
+    for bad in (-0.1, 0.6, "0.3", True):
+        with pytest.raises(ValueError, match="finding_stream.intensity_jitter: a number from 0 to 0.5"):
+            StreamSpec.from_dict({"finding": "lge", "clauses": LGE, "intensity_jitter": bad})
+    g = torch.linspace(0, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4).repeat(64, 1, 1, 1)
+    out = jitter_grey(g, 0.3, np.random.default_rng(0))
+    assert out.shape == g.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    # one window per study, the same for all its frames: a study's frames stay in the order of their grey levels
+    for b in range(len(g)):
+        flat_in, flat_out = g[b].flatten(), out[b].flatten()
+        assert bool((torch.diff(flat_out[torch.argsort(flat_in)]) >= -1e-6).all())
+    # studies get different windows, and some lift the black level (zero maps above zero)
+    zero = jitter_grey(torch.zeros(256, 1, 2, 2), 0.3, np.random.default_rng(1))[:, 0, 0, 0]
+    assert 0.2 < float((zero > 0).float().mean()) < 0.9 and len(torch.unique(out[:, 0, 0, 1])) > 32
+    assert torch.equal(jitter_grey(g, 0.3, np.random.default_rng(5)), jitter_grey(g, 0.3, np.random.default_rng(5)))
+
+
 def test_the_stream_recipe_is_the_main_one_with_its_segments_frames_and_cut():
     from cmrdx.recipe import get_recipe
 

@@ -347,7 +347,12 @@ class FindingStreamTrainer:
         from cmrdx.train.trainer import shift_batch
 
         m = int(self.cfg.augment_shift)
-        return shift_batch(g, m, self.rng) if m > 0 else g
+        g = shift_batch(g, m, self.rng) if m > 0 else g
+        if self.spec.intensity_jitter > 0:
+            from cmrdx.train.streamspec import jitter_grey
+
+            g = jitter_grey(g, float(self.spec.intensity_jitter), self.rng)
+        return g
 
     def train_step(self) -> float:
         import torch

@@ -32,6 +32,8 @@ class StreamSpec:
     hold: bool = True
     bank: str = "cmr-findings"
     weight_decay: float = 1e-4
+    # training only: each study's grey frames through a random window and gamma (0: none; see ``jitter_grey``)
+    intensity_jitter: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Any) -> StreamSpec:
@@ -59,6 +61,9 @@ class StreamSpec:
         bad = [s for s in spec.segments if s not in SEGMENTS]
         if bad or not spec.segments:
             raise ValueError(f"finding_stream.segments {list(spec.segments)}: give some of {list(SEGMENTS)}")
+        if isinstance(spec.intensity_jitter, bool) or not isinstance(spec.intensity_jitter, (int, float)) or not (
+                0.0 <= spec.intensity_jitter <= 0.5):
+            raise ValueError(f"finding_stream.intensity_jitter: a number from 0 to 0.5, not {spec.intensity_jitter!r}")
         if spec.frames < 1 or spec.width < 1:
             raise ValueError(f"finding_stream: frames and width must be at least 1 (got {spec.frames}, {spec.width})")
         if spec.lge_repeats is not None and not (isinstance(spec.lge_repeats, int) and not isinstance(spec.lge_repeats, bool)
@@ -98,3 +103,17 @@ class StreamSpec:
     def denies(self, clause: str) -> bool:
         """Whether a filed clause denies the finding (negation and normality words)."""
         return re.search(self.negation, clause, re.IGNORECASE) is not None
+
+
+def jitter_grey(g: Any, m: float, rng: Any) -> Any:
+    """Each study's grey frames (B, F, S, S) in [0, 1] through its own random window and gamma: black level
+    a ~ U(-m, m/2) (below 0 lifts the background, as a signed image's window does), white level 1 + U(-m/2, m/2),
+    gamma exp(U(-m, m)); the result clipped to [0, 1]. A training augmentation of the stream's contrast: no study
+    of another contrast is needed to draw it. ``rng``: a numpy Generator."""
+    import torch
+
+    b = g.shape[0]
+    lo = torch.as_tensor(rng.uniform(-m, m / 2, b), dtype=g.dtype).view(b, 1, 1, 1)
+    hi = torch.as_tensor(1.0 + rng.uniform(-m / 2, m / 2, b), dtype=g.dtype).view(b, 1, 1, 1)
+    gamma = torch.as_tensor(rng.uniform(-m, m, b), dtype=g.dtype).exp().view(b, 1, 1, 1)
+    return ((g - lo) / (hi - lo)).clamp(0.0, 1.0) ** gamma
