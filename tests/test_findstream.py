@@ -231,7 +231,7 @@ def deterministic_vocab(monkeypatch):
 @pytest.mark.torch
 @pytest.mark.slow
 def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that_holds_the_others(
-        tmp_path, deterministic_vocab, monkeypatch):
+        tmp_path, deterministic_vocab, monkeypatch, caplog):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     from cmrdx.model.manifest import load_manifest
@@ -251,8 +251,14 @@ def test_a_stream_stage_trains_the_stream_alone_resumes_and_exports_a_model_that
     with pytest.raises(Killed):
         run_recipe(load_recipe(cfg), work=tmp_path / "a", out=tmp_path / "model", progress=False, on_step=kill)
     steps.clear()
-    res = run_recipe(load_recipe(cfg), work=tmp_path / "a", out=tmp_path / "model", progress=False,
-                     on_step=lambda s, n, loss: steps.append((s, n)))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cmrdx"):
+        res = run_recipe(load_recipe(cfg), work=tmp_path / "a", out=tmp_path / "model", progress=False,
+                         on_step=lambda s, n, loss: steps.append((s, n)))
+    # without bars (--no-progress) the stage says how far it got in log lines
+    said = [r.getMessage() for r in caplog.records if r.name == "cmrdx.train.findstream"]
+    assert any("frozen model's embeddings" in m for m in said), said
+    assert any(m.startswith("finding stream step 8/8") for m in said), said
     assert res.finished and [r.skipped for r in res.stages] == [True, False]
     assert steps == [("lge", 3), ("lge", 4), ("lge", 5), ("lge", 6), ("lge", 7), ("lge", 8)]
     # the stream's studies: a cache of their own next to the main one (the same studies under the stream's recipe)

@@ -281,8 +281,8 @@ class FindingStreamTrainer:
 
     def base_embeddings(self) -> np.ndarray:
         """(N, D) the frozen model's embedding of every cache row (zeros where the cache has none). Minutes for a
-        few thousand studies on a CPU, so it shows how far it got: a bar as caching shows one, and a log line
-        every 512 studies (what ``--no-progress`` prints)."""
+        few thousand studies on a CPU, so it shows how far it got: a bar as caching shows one or, with
+        ``--no-progress`` (``progress`` False), a log line every 512 studies."""
         import torch
 
         rows = np.flatnonzero(self.cache.done & (self.cache.n_real > 0))
@@ -303,7 +303,7 @@ class FindingStreamTrainer:
                     done = k + len(r)
                     if bar is not None:
                         bar.update(task, completed=done)
-                    if self.progress and (done % 512 == 0 or done == len(rows)):
+                    elif done % 512 == 0 or done == len(rows):
                         log.info("finding stream: the frozen model's embeddings, %d/%d studies", done, len(rows))
         finally:
             if bar is not None:
@@ -376,19 +376,33 @@ class FindingStreamTrainer:
     def run(self, max_steps: int | None = None) -> TrainResult:
         stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         t0 = self.clock()
-        while self.step < stop:
-            loss = self.train_step()
-            self.step += 1
-            self.losses.append(loss)
-            if self.on_step is not None:
-                self.on_step(self.step, loss)
-            if self.progress and (self.step % self.steps_per_epoch == 0 or self.step == stop):
-                log.info("finding stream step %d/%d: loss %.3f", self.step, self.total_steps,
-                         float(np.mean(self.losses[-20:])))
-            if self.step % max(1, self.cfg.checkpoint_every) == 0 or self.step == stop:
-                self.train_seconds += self.clock() - t0
-                t0 = self.clock()
-                self.save()
+        bar = None
+        if self.progress:  # a bar, as the trainer shows; log lines with --no-progress
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("finding stream"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            bar.start()
+            task = bar.add_task("train", total=self.total_steps, completed=self.step, info="")
+        try:
+            while self.step < stop:
+                loss = self.train_step()
+                self.step += 1
+                self.losses.append(loss)
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
+                recent = float(np.mean(self.losses[-20:]))
+                if bar is not None:
+                    bar.update(task, completed=self.step, info=f"loss {recent:.3f}")
+                elif self.step % 10 == 0 or self.step % self.steps_per_epoch == 0 or self.step == stop:
+                    log.info("finding stream step %d/%d: loss %.3f", self.step, self.total_steps, recent)
+                if self.step % max(1, self.cfg.checkpoint_every) == 0 or self.step == stop:
+                    self.train_seconds += self.clock() - t0
+                    t0 = self.clock()
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.stop()
         self.train_seconds += self.clock() - t0
         self.stream.eval()
         return self.result()
