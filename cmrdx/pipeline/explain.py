@@ -171,11 +171,7 @@ class Montage:
     def patch_change(self, segment: str, new: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
         """(n, S, S) change of the segment's grey images when its stored frames take ``new`` in the patch
         (rows, cols): the transform is linear, so only the patch's columns of its matrices are needed."""
-        q = self._q
-        st = self.stored[segment]
-        r, c = _resize_crop_matrices(st.shape[1], st.shape[2], q.resize, q.crop, q.image_size)
-        d = ((new[:, rows, cols] - st[:, rows, cols]) / 255.0).astype(np.float32)
-        return np.matmul(np.matmul(r[:, rows], d), c[:, cols].T)
+        return self.patch_change_each(segment, new, [(rows, cols)] * len(self.stored[segment]))
 
     def patch_change_each(self, segment: str, new: np.ndarray,
                           rects: Sequence[tuple[slice, slice] | None]) -> np.ndarray:
